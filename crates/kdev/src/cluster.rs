@@ -1,0 +1,164 @@
+//! `kdev cluster up|down|kubeconfig`: a local Kubernetes control plane with no
+//! containers.
+//!
+//! Real etcd, kube-apiserver, kube-controller-manager and kube-scheduler run
+//! as local processes (kwokctl's binary runtime), with kwok faking a node and
+//! its pods: a Deployment gets ReplicaSets, scheduled pods and Running
+//! statuses, and kwok's Logs/Exec/PortForward resources make a pod's logs come
+//! from a local file, its exec run a local command and a port-forward reach a
+//! local port. Everything listens on 127.0.0.1.
+//!
+//! Binaries come from `scripts/install-control-plane` (see [`binaries`]);
+//! cluster state lives under `$KDEV_HOME/kwok/clusters/<name>`
+//! (`KDEV_HOME` defaults to `~/.cache/kdev`).
+
+mod binaries;
+mod kwokctl;
+pub mod processes;
+mod ready;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::cli::{ClusterArgs, ClusterCommand};
+use crate::kubeclient::validate_dns_label;
+use crate::progress::Step;
+
+pub use binaries::Binaries;
+
+pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ClusterCommand::Up { name, timeout } => {
+            let cluster = LocalCluster::new(&name.name)?;
+            let started = Instant::now();
+            cluster.up(timeout).await?;
+            eprintln!(
+                "cluster {:?} is up ({:.1}s). Use it with:\n  export KUBECONFIG={}",
+                cluster.name,
+                started.elapsed().as_secs_f64(),
+                cluster.kubeconfig_path().display()
+            );
+        }
+        ClusterCommand::Down { name } => {
+            let cluster = LocalCluster::new(&name.name)?;
+            cluster.down().await?;
+        }
+        ClusterCommand::Kubeconfig { name } => {
+            let cluster = LocalCluster::new(&name.name)?;
+            if !cluster.exists() {
+                anyhow::bail!(
+                    "no local cluster named {:?}; start it with `kdev cluster up --name {}`",
+                    cluster.name,
+                    cluster.name
+                );
+            }
+            println!("{}", cluster.kubeconfig_path().display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root of kdev's local state.
+pub fn kdev_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("KDEV_HOME") {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache").join("kdev")
+}
+
+/// One named local cluster.
+pub struct LocalCluster {
+    pub name: String,
+    /// kwokctl's work directory (`KWOK_WORKDIR`), shared by all local clusters.
+    workdir: PathBuf,
+}
+
+impl LocalCluster {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        validate_dns_label("cluster name", name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            workdir: kdev_home().join("kwok"),
+        })
+    }
+
+    /// The folder kwokctl keeps this cluster's files in.
+    pub fn dir(&self) -> PathBuf {
+        self.workdir.join("clusters").join(&self.name)
+    }
+
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir().join("kubeconfig.yaml")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.kubeconfig_path().exists()
+    }
+
+    /// Starts the cluster and waits until it can run pods. Returns at once if
+    /// it already runs; restarts its processes if it exists but is stopped.
+    pub async fn up(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let binaries = Binaries::locate()?;
+        let kwokctl = kwokctl::Kwokctl::new(&binaries, &self.workdir, &self.name);
+        if self.exists() {
+            if ready::served(&self.kubeconfig_path()).await {
+                eprintln!("cluster {:?} is already running", self.name);
+                return Ok(());
+            }
+            let step = Step::start(format!("restarting stopped cluster {:?}", self.name));
+            kwokctl.start().await?;
+            step.done();
+        } else {
+            let step = Step::start(format!(
+                "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok for cluster {:?}",
+                self.name
+            ));
+            std::fs::create_dir_all(&self.workdir)
+                .with_context(|| format!("failed to create {}", self.workdir.display()))?;
+            let config = self.workdir.join(format!("{}.kwokctl.json", self.name));
+            std::fs::write(&config, kwokctl::config(&binaries).to_string())
+                .with_context(|| format!("failed to write {}", config.display()))?;
+            let created = kwokctl.create(&config, timeout).await;
+            let _ = std::fs::remove_file(&config);
+            if let Err(err) = created {
+                // Leave nothing half-started behind.
+                let _ = kwokctl.delete().await;
+                processes::kill_under(&self.dir());
+                return Err(err);
+            }
+            step.done();
+        }
+        ready::wait(&self.kubeconfig_path(), &kwokctl, deadline).await
+    }
+
+    /// Stops every process of the cluster and removes its files.
+    pub async fn down(&self) -> anyhow::Result<()> {
+        let dir = self.dir();
+        if !dir.exists() {
+            eprintln!("no local cluster named {:?}; nothing to do", self.name);
+            return Ok(());
+        }
+        let binaries = Binaries::locate()?;
+        let kwokctl = kwokctl::Kwokctl::new(&binaries, &self.workdir, &self.name);
+        let step = Step::start(format!("stopping cluster {:?}", self.name));
+        let deleted = kwokctl.delete().await;
+        // kwokctl stops what it recorded; anything else still running from the
+        // cluster's folder (a component restarted behind its back) goes too.
+        let stragglers = processes::kill_under(&dir);
+        if stragglers > 0 {
+            tracing::warn!(stragglers, "stopped processes kwokctl left running");
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("failed to remove {}", dir.display()))?;
+        }
+        deleted?;
+        step.done();
+        Ok(())
+    }
+}

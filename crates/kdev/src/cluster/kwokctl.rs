@@ -1,0 +1,155 @@
+//! Driving kwokctl's binary runtime.
+//!
+//! kwokctl starts each component as a detached local process and records it
+//! under `$KWOK_WORKDIR/clusters/<name>`. kdev hands it a configuration that
+//! points every component at a local binary (kwokctl would otherwise download
+//! them), binds everything to 127.0.0.1, and keeps the user's kubeconfig
+//! untouched (`--kubeconfig ""`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use super::Binaries;
+
+/// kwok's resources that tests create per pod: logs from a local file, exec of
+/// a local command, port-forward to a local port (and attach). `Stage` is left
+/// out on purpose: enabling it replaces kwok's built-in pod and node
+/// lifecycles with whatever Stage objects exist in the cluster (none).
+pub const KWOK_CRDS: &[&str] = &[
+    "Logs",
+    "ClusterLogs",
+    "Exec",
+    "ClusterExec",
+    "PortForward",
+    "ClusterPortForward",
+    "Attach",
+    "ClusterAttach",
+];
+
+/// The `KwokctlConfiguration` for a cluster made of the given binaries.
+/// JSON is valid YAML, which is what kwokctl reads.
+pub fn config(binaries: &Binaries) -> serde_json::Value {
+    let path = |p: &Path| p.display().to_string();
+    json!({
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": {
+            "runtime": "binary",
+            "bindAddress": "127.0.0.1",
+            "etcdBinary": path(&binaries.etcd),
+            "kubeApiserverBinary": path(&binaries.kube_apiserver),
+            "kubeControllerManagerBinary": path(&binaries.kube_controller_manager),
+            "kubeSchedulerBinary": path(&binaries.kube_scheduler),
+            "kubectlBinary": path(&binaries.kubectl),
+            "kwokControllerBinary": path(&binaries.kwok),
+            "enableCRDs": KWOK_CRDS,
+        }
+    })
+}
+
+pub struct Kwokctl<'a> {
+    binaries: &'a Binaries,
+    workdir: &'a Path,
+    name: &'a str,
+}
+
+impl<'a> Kwokctl<'a> {
+    pub fn new(binaries: &'a Binaries, workdir: &'a Path, name: &'a str) -> Self {
+        Self {
+            binaries,
+            workdir,
+            name,
+        }
+    }
+
+    pub async fn create(&self, config: &Path, timeout: Duration) -> anyhow::Result<()> {
+        let timeout = format!("{}s", timeout.as_secs().max(1));
+        let config = config.display().to_string();
+        self.run(&[
+            "create",
+            "cluster",
+            "--runtime",
+            "binary",
+            "--config",
+            &config,
+            "--kubeconfig",
+            "",
+            "--timeout",
+            &timeout,
+        ])
+        .await
+    }
+
+    pub async fn start(&self) -> anyhow::Result<()> {
+        self.run(&["start", "cluster"]).await
+    }
+
+    pub async fn delete(&self) -> anyhow::Result<()> {
+        // `delete` insists on a kubeconfig to remove the cluster's context
+        // from and refuses an empty path; kdev never added a context anywhere,
+        // so it names a file that does not exist.
+        let untouched = self.workdir.join("no-kubeconfig.yaml");
+        let untouched = untouched.display().to_string();
+        self.run(&["delete", "cluster", "--kubeconfig", &untouched])
+            .await
+    }
+
+    /// Adds fake nodes, each Ready and managed by kwok. kwokctl's node
+    /// template gives nodes documentation addresses (192.0.2.x); the API
+    /// server dials a node's InternalIP for logs, exec and port-forward, and
+    /// kwok's fake kubelet listens on 127.0.0.1, so the nodes get that.
+    pub async fn scale_nodes(&self, replicas: u32) -> anyhow::Result<()> {
+        let replicas = replicas.to_string();
+        self.run(&[
+            "scale",
+            "node",
+            "--replicas",
+            &replicas,
+            "--param",
+            r#".nodeIPs = ["127.0.0.1"]"#,
+        ])
+        .await
+    }
+
+    async fn run(&self, args: &[&str]) -> anyhow::Result<()> {
+        let what = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(self.binaries.bin_dir.clone()).chain(std::env::split_paths(&path)),
+        )
+        .context("PATH holds a folder name that cannot be joined")?;
+        tracing::debug!(?args, "running kwokctl");
+        let output = tokio::process::Command::new(&self.binaries.kwokctl)
+            .arg("--name")
+            .arg(self.name)
+            .args(args)
+            .env("KWOK_WORKDIR", self.workdir)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("failed to run {}", self.binaries.kwokctl.display()))?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        tracing::debug!(%log, "kwokctl {what} finished");
+        if output.status.success() {
+            return Ok(());
+        }
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow::bail!(
+            "kwokctl {what} for cluster {:?} failed ({}); its last output:\n{}\n(component logs are in {})",
+            self.name,
+            output.status,
+            tail.join("\n"),
+            self.workdir
+                .join("clusters")
+                .join(self.name)
+                .join("logs")
+                .display()
+        )
+    }
+}

@@ -1,0 +1,261 @@
+//! From kubectl's flags to a connected client, and API errors a person can act on.
+//!
+//! Config is found as kubectl finds it: `--kubeconfig` if given; else the files
+//! listed in `KUBECONFIG` (merged; missing ones skipped); else `~/.kube/config`;
+//! else, inside a pod, the service account.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::cli::GlobalArgs;
+use crate::error::usage;
+
+/// A client with the namespace and server it was resolved for.
+#[derive(Clone)]
+pub struct Kube {
+    pub client: Client,
+    /// The `-n` namespace, else the context's, else "default".
+    pub namespace: String,
+    /// The API server's URL, for error messages.
+    pub server: String,
+}
+
+/// Where the config came from, for error messages.
+enum Source {
+    Flag(PathBuf),
+    Env(Vec<PathBuf>),
+    Home(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(path) | Source::Home(path) => write!(f, "{}", path.display()),
+            Source::Env(paths) => {
+                let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "KUBECONFIG ({})", list.join(":"))
+            }
+        }
+    }
+}
+
+/// Resolves the global flags into a client. Fails with a usage error (exit 2)
+/// for a bad flag, such as an unknown context, and never contacts the server.
+pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Kube> {
+    let config = load_config(global).await?;
+    let namespace = global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    validate_dns_label("namespace", &namespace)?;
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .with_context(|| format!("failed to build a client for the API server at {server}"))?;
+    Ok(Kube {
+        client,
+        namespace,
+        server,
+    })
+}
+
+async fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
+    let Some((kubeconfig, source)) = read_kubeconfig(global.kubeconfig.as_deref())? else {
+        if let Some(context) = &global.context {
+            return Err(usage(format!(
+                "--context {context:?} given, but no kubeconfig was found (KUBECONFIG is unset and ~/.kube/config does not exist)"
+            )));
+        }
+        let mut config = Config::incluster().map_err(|err| {
+            anyhow::anyhow!(
+                "no kubeconfig found and not running in a pod ({err}); pass --kubeconfig, set KUBECONFIG, \
+                 or start a local cluster with `kdev cluster up` and `export KUBECONFIG=$(kdev cluster kubeconfig)`"
+            )
+        })?;
+        tune(&mut config);
+        return Ok(config);
+    };
+
+    let context = match global
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone())
+    {
+        Some(context) => context,
+        None => {
+            return Err(usage(format!(
+                "{source} has no current context; pass --context (available: {})",
+                context_names(&kubeconfig)
+            )));
+        }
+    };
+    if !kubeconfig.contexts.iter().any(|c| c.name == context) {
+        return Err(usage(format!(
+            "context {context:?} not found in {source} (available: {})",
+            context_names(&kubeconfig)
+        )));
+    }
+    let options = KubeConfigOptions {
+        context: Some(context.clone()),
+        ..KubeConfigOptions::default()
+    };
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .with_context(|| format!("failed to load context {context:?} from {source}"))?;
+    tune(&mut config);
+    Ok(config)
+}
+
+/// Fails fast when nothing listens, rather than after kube's default 30 s.
+fn tune(config: &mut Config) {
+    config.connect_timeout = Some(Duration::from_secs(10));
+}
+
+fn read_kubeconfig(flag: Option<&Path>) -> anyhow::Result<Option<(Kubeconfig, Source)>> {
+    if let Some(path) = flag {
+        let kubeconfig = Kubeconfig::read_from(path).map_err(|err| {
+            usage(format!(
+                "failed to read kubeconfig {} given by --kubeconfig: {err}",
+                path.display()
+            ))
+        })?;
+        return Ok(Some((kubeconfig, Source::Flag(path.to_owned()))));
+    }
+    if let Some(list) = std::env::var_os("KUBECONFIG") {
+        // kubectl skips listed files that do not exist.
+        let paths: Vec<PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty() && p.exists())
+            .collect();
+        if !paths.is_empty() {
+            let mut merged = Kubeconfig::default();
+            for path in &paths {
+                let one = Kubeconfig::read_from(path).map_err(|err| {
+                    usage(format!(
+                        "failed to read kubeconfig {} listed in KUBECONFIG: {err}",
+                        path.display()
+                    ))
+                })?;
+                merged = merged
+                    .merge(one)
+                    .with_context(|| format!("failed to merge kubeconfig {}", path.display()))?;
+            }
+            return Ok(Some((merged, Source::Env(paths))));
+        }
+    }
+    let Some(home) = std::env::var_os("HOME") else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(home).join(".kube").join("config");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let kubeconfig = Kubeconfig::read_from(&path).map_err(|err| {
+        usage(format!(
+            "failed to read kubeconfig {}: {err}",
+            path.display()
+        ))
+    })?;
+    Ok(Some((kubeconfig, Source::Home(path))))
+}
+
+fn context_names(kubeconfig: &Kubeconfig) -> String {
+    if kubeconfig.contexts.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<&str> = kubeconfig
+        .contexts
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    names.join(", ")
+}
+
+/// Checks a namespace or object name the way the API server would, so a typo
+/// is a usage error before any request.
+pub fn validate_dns_label(what: &str, name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "invalid {what} {name:?}: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+impl Kube {
+    /// Turns a failed API call into a message saying what failed and what to
+    /// do: `action` names the call and its object, e.g. "get deployment team/web".
+    pub fn explain(&self, err: kube::Error, action: impl fmt::Display) -> anyhow::Error {
+        explain(&self.server, err, action)
+    }
+}
+
+/// See [`Kube::explain`].
+pub fn explain(server: &str, err: kube::Error, action: impl fmt::Display) -> anyhow::Error {
+    match &err {
+        kube::Error::Api(status) => {
+            let hint = match status.code {
+                401 => {
+                    "; the credentials in the kubeconfig were rejected: log in again or use another --context"
+                }
+                403 => "; ask a cluster admin for this permission, or use another --context",
+                404 => "; check the name and the namespace (-n)",
+                409 => "; someone else changed it at the same time: run the command again",
+                _ => "",
+            };
+            anyhow::anyhow!("failed to {action}: {}{hint}", status.message)
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow::anyhow!(
+            "failed to {action}: cannot reach the API server at {server}: {}; is the cluster running? \
+             (for a local one: `kdev cluster up`)",
+            root_cause(&err)
+        ),
+        _ => anyhow::Error::new(err).context(format!("failed to {action}")),
+    }
+}
+
+/// The innermost error's message: for a refused connection that is
+/// "Connection refused (os error 111)" rather than hyper's "client error (Connect)".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// True when the error is the API server's 404.
+pub fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// True when the error is the API server's 409 (conflict or already exists).
+pub fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["default", "team-a", "a1", "x"] {
+            assert!(validate_dns_label("namespace", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Team", "-a", "a-", "a_b", &"a".repeat(64)] {
+            assert!(validate_dns_label("namespace", bad).is_err(), "{bad}");
+        }
+    }
+}

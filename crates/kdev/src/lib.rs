@@ -1,0 +1,90 @@
+//! kdev: develop against Kubernetes.
+//!
+//! `main.rs` only calls [`main`]; every capability lives in its own module:
+//! [`cluster`] (the local control plane), [`controller`] (the in-cluster
+//! part), with [`cli`] parsing arguments and [`kubeclient`] turning kubectl's
+//! flags into a client.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cluster;
+pub mod controller;
+pub mod error;
+pub mod kubeclient;
+pub mod progress;
+mod version;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::Failure;
+
+/// Parses arguments, runs the command and turns its outcome into an exit code:
+/// 0 for success, 1 for a failure, 2 for a usage error (as clap does for bad
+/// flags).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: failed to start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let verbose = cli.global.verbose;
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => report(&err, verbose),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Cluster(args) => cluster::run(args).await,
+        Command::Controller(args) => controller::run(&cli.global, args).await,
+        Command::Version(args) => version::run(&cli.global, args).await,
+        Command::Completion(args) => {
+            cli::completion(args.shell);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// One line per failure, causes joined by ": "; the debug form (with the
+/// whole chain) only with `-v`.
+fn report(err: &anyhow::Error, verbose: u8) -> ExitCode {
+    if verbose > 0 {
+        eprintln!("error: {err:?}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+    match err.downcast_ref::<Failure>() {
+        Some(Failure::Usage(_)) => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        // kdev reports failures itself, once; libraries' own error logs would repeat them.
+        0 => "off,kdev=warn",
+        1 => "info,kdev=debug",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,197 @@
+//! The kdev binary's behaviour on bad input, where no cluster is involved:
+//! exit codes (2 usage, 1 failure) and messages that say what to do.
+
+use std::process::{Command, Output};
+
+fn kdev(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("run kdev")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A kubeconfig with two contexts whose server nothing listens on.
+fn kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("config");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: dev\n\
+         clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\n\
+         users:\n- name: u\n  user:\n    token: t\n\
+         contexts:\n- name: dev\n  context: {cluster: c, user: u, namespace: team}\n\
+         - name: prod\n  context: {cluster: c, user: u}\n",
+    )
+    .expect("write kubeconfig");
+    path
+}
+
+#[test]
+fn version_client_prints_the_version() {
+    let out = kdev(&["version", "--client"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("kdev {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_unknown_flag_is_a_usage_error() {
+    let out = kdev(&["version", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn an_unknown_context_names_the_available_ones_and_exits_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = kubeconfig(dir.path());
+    let out = kdev(&[
+        "version",
+        "--kubeconfig",
+        config.to_str().expect("utf-8"),
+        "--context",
+        "staging",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("context \"staging\" not found"), "{err}");
+    assert!(err.contains("available: dev, prod"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn an_unreachable_server_is_one_clear_line_and_exits_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = kubeconfig(dir.path());
+    let out = kdev(&["version", "--kubeconfig", config.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach the API server at https://127.0.0.1:9"),
+        "{err}"
+    );
+    assert!(err.contains("is the cluster running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn kubeconfig_env_lists_several_files_and_skips_missing_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = kubeconfig(dir.path());
+    let list = format!(
+        "{}:{}",
+        dir.path().join("missing").display(),
+        config.display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .args(["version", "--context", "nope"])
+        .env("KUBECONFIG", list)
+        .output()
+        .expect("run kdev");
+    // The listed file was read: its contexts are offered.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("available: dev, prod"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_missing_kubeconfig_file_is_a_usage_error() {
+    let out = kdev(&["version", "--kubeconfig", "/nonexistent/kubeconfig"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/kubeconfig"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn no_kubeconfig_at_all_says_how_to_get_one() {
+    let out = kdev(&["version"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("kdev cluster up"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_invalid_namespace_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = kubeconfig(dir.path());
+    let out = kdev(&[
+        "version",
+        "--kubeconfig",
+        config.to_str().expect("utf-8"),
+        "-n",
+        "Bad_NS",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid namespace \"Bad_NS\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_invalid_cluster_name_is_a_usage_error() {
+    let out = kdev(&["cluster", "up", "--name", "Not_Valid"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid cluster name"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_control_plane_binaries_are_named_with_the_command_that_builds_them() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .args(["cluster", "up", "--name", "nobins"])
+        .env("KDEV_BIN_DIR", empty.path())
+        .env("KDEV_HOME", empty.path())
+        .env("PATH", empty.path())
+        .output()
+        .expect("run kdev");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("missing control-plane binaries: kwokctl, kwok, etcd, kube-apiserver"),
+        "{err}"
+    );
+    assert!(err.contains("scripts/install-control-plane"), "{err}");
+}
+
+#[test]
+fn kubeconfig_of_an_unknown_cluster_says_how_to_start_it() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .args(["cluster", "kubeconfig", "--name", "nothere"])
+        .env("KDEV_HOME", home.path())
+        .output()
+        .expect("run kdev");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("kdev cluster up --name nothere"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn completion_scripts_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = kdev(&["completion", shell]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("kdev"));
+    }
+}

@@ -1,0 +1,95 @@
+//! `kdev cluster up|kubeconfig|down` on a cluster of its own.
+
+use std::time::Instant;
+
+use crate::support::{kdev, unique_name};
+
+#[test]
+fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
+    let name = unique_name("life");
+    let started = Instant::now();
+    let up = kdev()
+        .args(["cluster", "up", "--name", &name])
+        .output()
+        .expect("run kdev");
+    assert!(
+        up.status.success(),
+        "kdev cluster up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    eprintln!(
+        "kdev cluster up took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let guard = Down(name.clone());
+
+    let path = kdev()
+        .args(["cluster", "kubeconfig", "--name", &name])
+        .output()
+        .expect("run kdev");
+    assert!(path.status.success());
+    let kubeconfig = String::from_utf8(path.stdout)
+        .expect("utf-8 path")
+        .trim()
+        .to_owned();
+    let dir = std::path::Path::new(&kubeconfig)
+        .parent()
+        .expect("cluster dir")
+        .to_owned();
+
+    let binaries = kdev::cluster::Binaries::locate().expect("binaries");
+    let nodes = std::process::Command::new(&binaries.kubectl)
+        .args(["--kubeconfig", &kubeconfig, "get", "nodes", "--no-headers"])
+        .output()
+        .expect("run kubectl");
+    let nodes = String::from_utf8_lossy(&nodes.stdout);
+    assert!(
+        nodes
+            .lines()
+            .any(|line| line.split_whitespace().nth(1) == Some("Ready")),
+        "no Ready node in:\n{nodes}"
+    );
+
+    // A second `up` finds it running and returns at once.
+    let again = kdev()
+        .args(["cluster", "up", "--name", &name])
+        .output()
+        .expect("run kdev");
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    assert!(
+        !kdev::cluster::processes::pids_under(&dir).is_empty(),
+        "the cluster runs processes"
+    );
+    drop(guard);
+    let left = kdev::cluster::processes::pids_under(&dir);
+    assert!(
+        left.is_empty(),
+        "processes left behind after down: {left:?}"
+    );
+    assert!(!dir.exists(), "cluster folder left behind");
+
+    let gone = kdev()
+        .args(["cluster", "kubeconfig", "--name", &name])
+        .output()
+        .expect("run kdev");
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("kdev cluster up"));
+}
+
+/// Stops the cluster whatever the test's outcome.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let down = kdev().args(["cluster", "down", "--name", &self.0]).output();
+        if let Ok(out) = down {
+            assert!(
+                out.status.success() || std::thread::panicking(),
+                "kdev cluster down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests against a real local control plane (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler, kwok).
+//!
+//! `scripts/test` starts the cluster and points `KDEV_TEST_KUBECONFIG` at it.
+//! Without it every test here fails with a message saying so: a missing
+//! cluster is never a silent skip.
+
+mod deploy_manifests;
+mod kwok_emulation;
+mod lifecycle;
+mod support;
+mod workloads;
