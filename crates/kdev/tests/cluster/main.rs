@@ -5,6 +5,7 @@
 //! Without it every test here fails with a message saying so: a missing
 //! cluster is never a silent skip.
 
+mod controller;
 mod deploy_manifests;
 mod kwok_emulation;
 mod lifecycle;

@@ -1,9 +1,10 @@
 //! Helpers: a client for the test cluster, a namespace per test, polling.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -146,4 +147,100 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// deploy/ rendered by kustomize with every object moved into `namespace`.
+/// kustomize takes only relative resource paths, so deploy/ is copied beside
+/// the overlay.
+pub fn render_deploy(namespace: &str) -> Vec<u8> {
+    let overlay = tempfile::tempdir().expect("temp dir");
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let base = overlay.path().join("base");
+    std::fs::create_dir(&base).expect("create base");
+    for entry in std::fs::read_dir(&deploy).expect("deploy/ exists") {
+        let path = entry.expect("read deploy/").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, base.join(path.file_name().expect("a file name"))).expect("copy");
+        }
+    }
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!("namespace: {namespace}\nresources:\n- base\n"),
+    )
+    .expect("write overlay");
+    let rendered = kubectl()
+        .arg("kustomize")
+        .arg(overlay.path())
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        rendered.status.success(),
+        "kustomize failed: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    rendered.stdout
+}
+
+/// `kubectl apply -f -` of `manifests`, with extra flags.
+pub fn kubectl_apply(manifests: &[u8], flags: &[&str]) -> Output {
+    let mut apply = kubectl()
+        .args(["apply", "-f", "-"])
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl apply");
+    apply
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(manifests)
+        .expect("write manifests");
+    apply.wait_with_output().expect("kubectl apply finishes")
+}
+
+/// A kubeconfig for the test cluster that acts as `user` (impersonation),
+/// so a test runs with exactly the permissions RBAC gives that user.
+pub fn kubeconfig_as(user: &str, dir: &std::path::Path) -> PathBuf {
+    let path = kubeconfig();
+    let mut config = Kubeconfig::read_from(&path).expect("read the test kubeconfig");
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_owned());
+        }
+    }
+    let out = dir.join("kubeconfig-as.json");
+    std::fs::write(
+        &out,
+        serde_json::to_vec(&config).expect("serialize kubeconfig"),
+    )
+    .expect("write kubeconfig");
+    out
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1; `None` while nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
