@@ -17,3 +17,5 @@
 
 pub mod keys;
 pub mod lease;
+pub mod session;
+pub mod tunnel;

@@ -43,6 +43,9 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// Run kdev's in-cluster controller (deployed from deploy/).
     Controller(ControllerArgs),
+    /// Run the agent of a swap's proxy Pod (started by `kdev swap`, not by hand).
+    #[command(hide = true)]
+    Agent(crate::agent::AgentArgs),
     /// Print kdev's version and, unless --client, the API server's.
     Version(VersionArgs),
     /// Print a shell completion script.

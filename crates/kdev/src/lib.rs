@@ -7,12 +7,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod controller;
 pub mod error;
 pub mod kubeclient;
 pub mod progress;
+pub mod tunnel;
 mod version;
 
 use std::process::ExitCode;
@@ -50,6 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(args) => cluster::run(args).await,
         Command::Controller(args) => controller::run(&cli.global, args).await,
         Command::Version(args) => version::run(&cli.global, args).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Completion(args) => {
             cli::completion(args.shell);
             Ok(ExitCode::SUCCESS)

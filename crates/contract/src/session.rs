@@ -1,0 +1,262 @@
+//! A swap session as it is recorded in the cluster, and what restoring it means.
+//!
+//! A session of `kdev swap deploy/NAME` is written into the cluster before
+//! anything changes, so any process can restore it from cluster state alone:
+//!
+//! - a Lease named [`lease_name`]`(NAME)`, labelled [`ROLE_LABEL`]`=`[`ROLE_SESSION`]
+//!   and [`SESSION_LABEL`]`=<id>`, annotated with [`TARGET_ANNOTATION`] and
+//!   [`CONTAINER_ANNOTATION`]; its holder renews it while the CLI lives;
+//! - on the Deployment, in the one PATCH that scales it to 0: the label
+//!   [`SWAPPED_LABEL`]`=<id>` and the annotations [`SESSION_ANNOTATION`]`=<id>` and
+//!   [`ORIGINAL_REPLICAS_ANNOTATION`]`=<n>`;
+//! - a proxy Pod owned by the Lease (so deleting the Lease collects it),
+//!   labelled [`ROLE_LABEL`]`=`[`ROLE_PROXY`] and carrying the same annotations.
+//!
+//! [`restore_plan`] decides, from a Deployment's replicas and annotations,
+//! what restoring a session does to it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Annotation: the session id (on the Deployment, the Lease and the proxy Pod).
+pub const SESSION_ANNOTATION: &str = "kdev.dev/session";
+/// Annotation: the Deployment's replicas before the swap (Deployment, proxy Pod).
+pub const ORIGINAL_REPLICAS_ANNOTATION: &str = "kdev.dev/original-replicas";
+/// Annotation: the swapped container's name (Lease, proxy Pod).
+pub const CONTAINER_ANNOTATION: &str = "kdev.dev/container";
+/// Annotation: what is swapped, as `deployment/NAME` (Lease, proxy Pod).
+pub const TARGET_ANNOTATION: &str = "kdev.dev/target";
+/// Label on a swapped Deployment, valued with the session id, so watchers can
+/// select swapped Deployments on the server.
+pub const SWAPPED_LABEL: &str = "kdev.dev/swapped";
+/// Label: the session id (Lease, proxy Pod).
+pub const SESSION_LABEL: &str = "kdev.dev/session";
+/// Label: what a kdev object is for.
+pub const ROLE_LABEL: &str = "kdev.dev/role";
+/// [`ROLE_LABEL`] value of a session's Lease.
+pub const ROLE_SESSION: &str = "swap-session";
+/// [`ROLE_LABEL`] value of a session's proxy Pod.
+pub const ROLE_PROXY: &str = "swap-proxy";
+/// The port the agent in the proxy Pod takes tunnel connections on.
+pub const AGENT_PORT: u16 = 7355;
+/// The name of the agent's container in the proxy Pod.
+pub const AGENT_CONTAINER: &str = "kdev-agent";
+
+/// The Lease that holds the session of Deployment `deployment`. One name per
+/// Deployment is what makes two sessions of one Deployment impossible: the
+/// second create is refused by the API server.
+pub fn lease_name(deployment: &str) -> String {
+    truncate_with_hash(&format!("kdev-swap-{deployment}"), 253)
+}
+
+/// The proxy Pod's name: readable, unique per session, at most 63 characters
+/// so it is also a valid hostname.
+pub fn proxy_pod_name(deployment: &str, session: &str) -> String {
+    let short: String = session.chars().take(8).collect();
+    let head = truncate_with_hash(deployment, 63 - "-kdev-".len() - short.len());
+    format!("{head}-kdev-{short}")
+}
+
+fn truncate_with_hash(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    // FNV-1a: stable across versions and platforms, which std's hasher is not.
+    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    let suffix = format!("-{:08x}", hash as u32);
+    let head = name[..max - suffix.len()].trim_end_matches(['-', '.']);
+    format!("{head}{suffix}")
+}
+
+/// The marks a swap leaves on a Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentMarks {
+    pub session: String,
+    pub original_replicas: i32,
+}
+
+/// A kdev annotation that cannot be read. Nothing is restored from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadAnnotation {
+    pub key: &'static str,
+    pub value: String,
+}
+
+impl fmt::Display for BadAnnotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "annotation {}={:?} is not a replica count (a whole number ≥ 0)",
+            self.key, self.value
+        )
+    }
+}
+
+impl std::error::Error for BadAnnotation {}
+
+impl DeploymentMarks {
+    /// The annotations to write with the PATCH that scales to 0.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        [
+            (SESSION_ANNOTATION.to_owned(), self.session.clone()),
+            (
+                ORIGINAL_REPLICAS_ANNOTATION.to_owned(),
+                self.original_replicas.to_string(),
+            ),
+        ]
+        .into()
+    }
+
+    /// Reads the marks back; `None` when the Deployment carries no session.
+    pub fn read(annotations: &BTreeMap<String, String>) -> Result<Option<Self>, BadAnnotation> {
+        let Some(session) = annotations.get(SESSION_ANNOTATION) else {
+            return Ok(None);
+        };
+        let raw = annotations
+            .get(ORIGINAL_REPLICAS_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        let original_replicas =
+            raw.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or(BadAnnotation {
+                    key: ORIGINAL_REPLICAS_ANNOTATION,
+                    value: raw,
+                })?;
+        Ok(Some(Self {
+            session: session.clone(),
+            original_replicas,
+        }))
+    }
+}
+
+/// What restoring a session does to its Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restore {
+    /// Still at 0 as the swap left it: scale back and remove kdev's marks.
+    ScaleBack { to: i32 },
+    /// Someone set replicas during the session: keep their value, remove the marks.
+    KeepChanged { current: i32, original: i32 },
+    /// The Deployment carries no marks of this session: leave it alone.
+    Nothing,
+}
+
+/// Decides how to restore session `session` on a Deployment with `replicas`
+/// (`None` when unset, which Kubernetes reads as 1) and `annotations`.
+/// Marks of another session are not this session's to remove.
+pub fn restore_plan(
+    session: &str,
+    replicas: Option<i32>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Restore, BadAnnotation> {
+    let Some(marks) = DeploymentMarks::read(annotations)? else {
+        return Ok(Restore::Nothing);
+    };
+    if marks.session != session {
+        return Ok(Restore::Nothing);
+    }
+    let current = replicas.unwrap_or(1);
+    if current == 0 {
+        Ok(Restore::ScaleBack {
+            to: marks.original_replicas,
+        })
+    } else {
+        Ok(Restore::KeepChanged {
+            current,
+            original: marks.original_replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(session: &str, replicas: &str) -> BTreeMap<String, String> {
+        [
+            (SESSION_ANNOTATION.to_owned(), session.to_owned()),
+            (ORIGINAL_REPLICAS_ANNOTATION.to_owned(), replicas.to_owned()),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn a_deployment_still_at_zero_is_scaled_back() {
+        assert_eq!(
+            restore_plan("s1", Some(0), &marks("s1", "3")),
+            Ok(Restore::ScaleBack { to: 3 })
+        );
+    }
+
+    #[test]
+    fn a_manual_scale_during_the_session_is_kept() {
+        assert_eq!(
+            restore_plan("s1", Some(5), &marks("s1", "3")),
+            Ok(Restore::KeepChanged {
+                current: 5,
+                original: 3
+            })
+        );
+        // Unset replicas means 1 to Kubernetes: someone changed it.
+        assert_eq!(
+            restore_plan("s1", None, &marks("s1", "3")),
+            Ok(Restore::KeepChanged {
+                current: 1,
+                original: 3
+            })
+        );
+    }
+
+    #[test]
+    fn another_sessions_marks_or_none_are_left_alone() {
+        assert_eq!(
+            restore_plan("s1", Some(0), &marks("s2", "3")),
+            Ok(Restore::Nothing)
+        );
+        assert_eq!(
+            restore_plan("s1", Some(0), &BTreeMap::new()),
+            Ok(Restore::Nothing)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_replica_count_is_an_error_not_a_guess() {
+        for bad in ["", "three", "-1", "1.5"] {
+            let err = restore_plan("s1", Some(0), &marks("s1", bad)).unwrap_err();
+            assert_eq!(err.key, ORIGINAL_REPLICAS_ANNOTATION);
+            assert!(err.to_string().contains("not a replica count"));
+        }
+    }
+
+    #[test]
+    fn marks_round_trip() {
+        let m = DeploymentMarks {
+            session: "abc".into(),
+            original_replicas: 4,
+        };
+        assert_eq!(DeploymentMarks::read(&m.annotations()), Ok(Some(m)));
+    }
+
+    #[test]
+    fn names_stay_within_kubernetes_limits() {
+        assert_eq!(lease_name("web"), "kdev-swap-web");
+        assert_eq!(
+            proxy_pod_name("web", "0123456789abcdef"),
+            "web-kdev-01234567"
+        );
+        let long = "a".repeat(250);
+        assert!(lease_name(&long).len() <= 253);
+        let pod = proxy_pod_name(&long, "0123456789abcdef");
+        assert!(pod.len() <= 63, "{pod}");
+        assert!(pod.ends_with("-kdev-01234567"));
+        // Distinct long names stay distinct.
+        assert_ne!(
+            proxy_pod_name(&format!("{long}x"), "s"),
+            proxy_pod_name(&format!("{long}y"), "s")
+        );
+    }
+}

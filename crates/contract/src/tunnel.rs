@@ -1,0 +1,240 @@
+//! The tunnel between the CLI and the agent in the proxy Pod.
+//!
+//! The CLI holds one port-forward to the agent's [`AGENT_PORT`] and runs a
+//! yamux session over it (the CLI is the yamux client). Every yamux stream
+//! starts with one [`Header`] written by the side that opened it:
+//!
+//! - [`Header::Inbound`] (agent → CLI): a connection arrived on the proxy
+//!   Pod's `port`; the CLI connects it to the local process.
+//! - [`Header::Connect`] (CLI → agent): the local process wants `host:port`
+//!   in the cluster; the agent dials it and answers with a [`ConnectReply`].
+//! - [`Header::Ping`] (CLI → agent): the agent echoes 8 bytes back; the CLI's
+//!   keepalive, since a port-forward can die without closing.
+//!
+//! After the header (and reply) the stream carries raw bytes both ways.
+//!
+//! Wire format: `version: u8, kind: u8, length: u16 BE, payload[length]`.
+//! A reader refuses a version it does not know, so a CLI and an agent of
+//! different releases fail loudly rather than misread each other.
+//!
+//! [`AGENT_PORT`]: crate::session::AGENT_PORT
+
+use std::fmt;
+
+pub const VERSION: u8 = 1;
+
+const KIND_INBOUND: u8 = 1;
+const KIND_CONNECT: u8 = 2;
+const KIND_PING: u8 = 3;
+
+/// The longest host name a Connect may carry (DNS names are at most 253).
+pub const MAX_HOST_LEN: usize = 253;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Header {
+    Inbound { port: u16 },
+    Connect { host: String, port: u16 },
+    Ping,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// More bytes are needed; the value is how many the whole header takes,
+    /// when known.
+    Incomplete(Option<usize>),
+    UnknownVersion(u8),
+    UnknownKind(u8),
+    Malformed(&'static str),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Incomplete(_) => write!(f, "stream header cut short"),
+            DecodeError::UnknownVersion(v) => write!(
+                f,
+                "tunnel protocol version {v} is not {VERSION}: use the same kdev release for the CLI and the agent image"
+            ),
+            DecodeError::UnknownKind(k) => write!(f, "unknown stream kind {k}"),
+            DecodeError::Malformed(what) => write!(f, "malformed stream header: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Header {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = match self {
+            Header::Inbound { port } => (KIND_INBOUND, port.to_be_bytes().to_vec()),
+            Header::Connect { host, port } => {
+                let mut payload = port.to_be_bytes().to_vec();
+                payload.extend_from_slice(host.as_bytes());
+                (KIND_CONNECT, payload)
+            }
+            Header::Ping => (KIND_PING, Vec::new()),
+        };
+        let mut out = vec![VERSION, kind];
+        // Payloads are at most 2 + MAX_HOST_LEN bytes (hosts are checked on
+        // decode; an over-long host is refused by the agent's dial anyway).
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Decodes a header from the start of `buf`; returns it and its length.
+    pub fn decode(buf: &[u8]) -> Result<(Header, usize), DecodeError> {
+        if buf.len() < 4 {
+            return Err(DecodeError::Incomplete(None));
+        }
+        if buf[0] != VERSION {
+            return Err(DecodeError::UnknownVersion(buf[0]));
+        }
+        let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        let total = 4 + len;
+        if buf.len() < total {
+            return Err(DecodeError::Incomplete(Some(total)));
+        }
+        let payload = &buf[4..total];
+        let port = || -> Result<u16, DecodeError> {
+            payload
+                .get(..2)
+                .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                .ok_or(DecodeError::Malformed("no port"))
+        };
+        let header = match buf[1] {
+            KIND_INBOUND if len == 2 => Header::Inbound { port: port()? },
+            KIND_INBOUND => return Err(DecodeError::Malformed("inbound payload is not 2 bytes")),
+            KIND_CONNECT => {
+                let host = std::str::from_utf8(&payload[2.min(len)..])
+                    .map_err(|_| DecodeError::Malformed("host is not UTF-8"))?;
+                if host.is_empty() || host.len() > MAX_HOST_LEN {
+                    return Err(DecodeError::Malformed("host is empty or too long"));
+                }
+                Header::Connect {
+                    host: host.to_owned(),
+                    port: port()?,
+                }
+            }
+            KIND_PING if len == 0 => Header::Ping,
+            KIND_PING => return Err(DecodeError::Malformed("ping carries a payload")),
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        Ok((header, total))
+    }
+}
+
+/// The agent's answer to a [`Header::Connect`]: `0` for connected, or `1`
+/// followed by a u16 BE length and a UTF-8 message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectReply {
+    Connected,
+    Failed(String),
+}
+
+impl ConnectReply {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ConnectReply::Connected => vec![0],
+            ConnectReply::Failed(message) => {
+                let message = &message.as_bytes()[..message.len().min(1024)];
+                let mut out = vec![1];
+                out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                out.extend_from_slice(message);
+                out
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<(ConnectReply, usize), DecodeError> {
+        match buf.first() {
+            None => Err(DecodeError::Incomplete(None)),
+            Some(0) => Ok((ConnectReply::Connected, 1)),
+            Some(1) => {
+                if buf.len() < 3 {
+                    return Err(DecodeError::Incomplete(None));
+                }
+                let total = 3 + usize::from(u16::from_be_bytes([buf[1], buf[2]]));
+                if buf.len() < total {
+                    return Err(DecodeError::Incomplete(Some(total)));
+                }
+                let message = String::from_utf8_lossy(&buf[3..total]).into_owned();
+                Ok((ConnectReply::Failed(message), total))
+            }
+            Some(_) => Err(DecodeError::Malformed("connect reply")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        for header in [
+            Header::Inbound { port: 8080 },
+            Header::Connect {
+                host: "db.team.svc.cluster.local".into(),
+                port: 5432,
+            },
+            Header::Ping,
+        ] {
+            let mut bytes = header.encode();
+            let len = bytes.len();
+            bytes.extend_from_slice(b"trailing data");
+            assert_eq!(Header::decode(&bytes), Ok((header, len)));
+        }
+    }
+
+    #[test]
+    fn a_short_buffer_asks_for_more() {
+        let bytes = Header::Connect {
+            host: "x".into(),
+            port: 1,
+        }
+        .encode();
+        for cut in 0..bytes.len() {
+            assert!(matches!(
+                Header::decode(&bytes[..cut]),
+                Err(DecodeError::Incomplete(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused_with_advice() {
+        let mut bytes = Header::Ping.encode();
+        bytes[0] = 2;
+        let err = Header::decode(&bytes).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownVersion(2));
+        assert!(err.to_string().contains("same kdev release"));
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        assert_eq!(
+            Header::decode(&[VERSION, 9, 0, 0]),
+            Err(DecodeError::UnknownKind(9))
+        );
+        assert!(matches!(
+            Header::decode(&[VERSION, KIND_CONNECT, 0, 2, 0, 80]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Header::decode(&[VERSION, KIND_INBOUND, 0, 1, 0]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            ConnectReply::Connected,
+            ConnectReply::Failed("connection refused".into()),
+        ] {
+            let bytes = reply.encode();
+            assert_eq!(ConnectReply::decode(&bytes), Ok((reply, bytes.len())));
+        }
+    }
+}

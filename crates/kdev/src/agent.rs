@@ -1,0 +1,250 @@
+//! `kdev agent`: the process in a swap's proxy Pod.
+//!
+//! It listens on the swapped container's ports and on the tunnel port
+//! ([`AGENT_PORT`]). The CLI reaches the tunnel port through one
+//! port-forward and runs a yamux session over it ([`crate::tunnel`]). Then:
+//!
+//! - a connection to a container port becomes an `Inbound` stream to the CLI;
+//! - a `Connect` stream from the CLI becomes a connection the agent dials in
+//!   the cluster (so the local process reaches cluster Services);
+//! - a `Ping` stream is echoed (the CLI's keepalive).
+//!
+//! A new tunnel connection replaces the previous one: that is how the CLI
+//! reconnects after a port-forward drops. Connections arriving while no CLI is
+//! connected wait a few seconds for one, then are closed.
+//!
+//! The agent knows nothing of sessions or Leases: if the CLI is gone, the
+//! session's Lease expires and the reaper deletes this Pod.
+//!
+//! [`AGENT_PORT`]: kdev_contract::session::AGENT_PORT
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use kdev_contract::tunnel::{ConnectReply, Header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::error::usage;
+use crate::tunnel::{self, Mux, Role};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example (what a proxy Pod runs):\n  kdev agent --port 8080 --port 9090")]
+pub struct AgentArgs {
+    /// Where the CLI's tunnel connects.
+    #[arg(long, default_value = "0.0.0.0:7355")]
+    pub tunnel: SocketAddr,
+    /// A container port to serve, as PORT (bound on 0.0.0.0) or PORT=ADDR:BIND (bound there).
+    #[arg(long = "port", value_name = "PORT[=ADDR:BIND]")]
+    pub ports: Vec<String>,
+    /// Resolve NAME to IP instead of asking DNS (repeatable), for clusters without cluster DNS.
+    #[arg(long = "resolve", value_name = "NAME=IP")]
+    pub resolve: Vec<String>,
+}
+
+/// One container port and where the agent listens for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBinding {
+    pub port: u16,
+    pub bind: SocketAddr,
+}
+
+pub fn parse_port(text: &str) -> anyhow::Result<PortBinding> {
+    let bad = || {
+        usage(format!(
+            "invalid --port {text:?}: use PORT or PORT=ADDR:BIND, like 8080 or 8080=127.0.0.1:18080"
+        ))
+    };
+    let (port, bind) = match text.split_once('=') {
+        Some((port, bind)) => (port, Some(bind)),
+        None => (text, None),
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bind = match bind {
+        Some(bind) => bind.parse().map_err(|_| bad())?,
+        None => SocketAddr::from(([0, 0, 0, 0], port)),
+    };
+    Ok(PortBinding { port, bind })
+}
+
+fn parse_resolve(entries: &[String]) -> anyhow::Result<BTreeMap<String, IpAddr>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (name, ip) = entry
+                .split_once('=')
+                .ok_or_else(|| usage(format!("invalid --resolve {entry:?}: use NAME=IP")))?;
+            let ip = ip.parse().map_err(|_| {
+                usage(format!(
+                    "invalid --resolve {entry:?}: {ip:?} is not an IP address"
+                ))
+            })?;
+            Ok((name.to_owned(), ip))
+        })
+        .collect()
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let ports: Vec<PortBinding> = args
+        .ports
+        .iter()
+        .map(|p| parse_port(p))
+        .collect::<Result<_, _>>()?;
+    let resolve = parse_resolve(&args.resolve)?;
+    let tunnel = TcpListener::bind(args.tunnel)
+        .await
+        .with_context(|| format!("failed to listen on {} for the tunnel", args.tunnel))?;
+    let (current_tx, current_rx) = watch::channel::<Option<Mux>>(None);
+    for binding in ports {
+        let listener = TcpListener::bind(binding.bind).await.with_context(|| {
+            format!(
+                "failed to listen on {} for container port {}",
+                binding.bind, binding.port
+            )
+        })?;
+        tokio::spawn(serve_port(listener, binding.port, current_rx.clone()));
+    }
+    tracing::info!(tunnel = %args.tunnel, "agent ready");
+    let resolve = std::sync::Arc::new(resolve);
+    loop {
+        let (socket, peer) = tunnel
+            .accept()
+            .await
+            .context("failed to accept a tunnel connection")?;
+        let _ = socket.set_nodelay(true);
+        tracing::info!(%peer, "tunnel connected");
+        let (mux, mut inbound, _driver) = Mux::start(socket, Role::Server);
+        current_tx.send_replace(Some(mux));
+        let resolve = resolve.clone();
+        tokio::spawn(async move {
+            while let Some(stream) = inbound.recv().await {
+                tokio::spawn(serve_stream(stream, resolve.clone()));
+            }
+            tracing::info!(%peer, "tunnel closed");
+        });
+    }
+}
+
+/// Hands each connection to the container port to the CLI.
+async fn serve_port(listener: TcpListener, port: u16, current: watch::Receiver<Option<Mux>>) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let mut current = current.clone();
+        tokio::spawn(async move {
+            // A CLI that is reconnecting gets a few seconds to come back.
+            let waited =
+                tokio::time::timeout(Duration::from_secs(5), current.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(|found| found.ok().and_then(|mux| mux.clone()));
+            let Some(mux) = waited else {
+                tracing::warn!(port, "no CLI connected; closing an inbound connection");
+                return;
+            };
+            match mux.open_with(&Header::Inbound { port }).await {
+                Ok(stream) => tunnel::splice(socket, stream).await,
+                Err(err) => tracing::warn!(port, error = %err, "failed to open an inbound stream"),
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut stream: tunnel::Stream,
+    resolve: std::sync::Arc<BTreeMap<String, IpAddr>>,
+) {
+    let header = match tunnel::read_header(&mut stream).await {
+        Ok(header) => header,
+        Err(err) => {
+            tracing::warn!(error = %err, "bad stream from the CLI");
+            return;
+        }
+    };
+    match header {
+        Header::Ping => {
+            let mut nonce = [0u8; 8];
+            if stream.read_exact(&mut nonce).await.is_ok() {
+                let _ = stream.write_all(&nonce).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+        Header::Connect { host, port } => {
+            let target = match resolve.get(&host) {
+                Some(ip) => dial(SocketAddr::new(*ip, port)).await,
+                None => dial((host.as_str(), port)).await,
+            };
+            match target {
+                Ok(socket) => {
+                    if stream
+                        .write_all(&ConnectReply::Connected.encode())
+                        .await
+                        .is_ok()
+                    {
+                        tunnel::splice(stream, socket).await;
+                    }
+                }
+                Err(err) => {
+                    let message = format!("failed to connect to {host}:{port}: {err}");
+                    tracing::info!("{message}");
+                    let _ = stream
+                        .write_all(&ConnectReply::Failed(message).encode())
+                        .await;
+                    let _ = stream.shutdown().await;
+                }
+            }
+        }
+        Header::Inbound { port } => {
+            tracing::warn!(port, "the CLI sent an inbound header; ignoring the stream");
+        }
+    }
+}
+
+async fn dial(target: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpStream> {
+    let socket = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out after 10s"))??;
+    let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(
+            parse_port("8080").expect("valid"),
+            PortBinding {
+                port: 8080,
+                bind: "0.0.0.0:8080".parse().expect("addr")
+            }
+        );
+        assert_eq!(
+            parse_port("8080=127.0.0.1:18080").expect("valid"),
+            PortBinding {
+                port: 8080,
+                bind: "127.0.0.1:18080".parse().expect("addr")
+            }
+        );
+        for bad in ["", "http", "8080=", "8080=localhost", "70000"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolve_entries_parse() {
+        let map = parse_resolve(&["db.team.svc=127.0.0.1".into()]).expect("valid");
+        assert_eq!(map["db.team.svc"], IpAddr::from([127, 0, 0, 1]));
+        assert!(parse_resolve(&["db".into()]).is_err());
+        assert!(parse_resolve(&["db=nowhere".into()]).is_err());
+    }
+}
