@@ -39,6 +39,12 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Replace a Deployment's container with a local process; the cluster restores itself if kdev dies.
+    Swap(crate::swap::SwapArgs),
+    /// List swap sessions: holder, target, age, state.
+    Sessions(crate::swap::sweep::SessionsArgs),
+    /// Restore expired or orphaned swap sessions now (the reaper's job, for clusters without the controller).
+    Sweep(crate::swap::sweep::SweepArgs),
     /// Run a local, container-free Kubernetes cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok).
     Cluster(ClusterArgs),
     /// Run kdev's in-cluster controller (deployed from deploy/).

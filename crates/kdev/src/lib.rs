@@ -14,6 +14,7 @@ pub mod controller;
 pub mod error;
 pub mod kubeclient;
 pub mod progress;
+pub mod swap;
 pub mod tunnel;
 mod version;
 
@@ -53,6 +54,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Controller(args) => controller::run(&cli.global, args).await,
         Command::Version(args) => version::run(&cli.global, args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::Swap(args) => swap::run(&cli.global, args).await,
+        Command::Sweep(args) => swap::sweep::sweep(&cli.global, args).await,
+        Command::Sessions(args) => swap::sweep::sessions(&cli.global, args).await,
         Command::Completion(args) => {
             cli::completion(args.shell);
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,351 @@
+//! The CLI's end of the tunnel: one port-forward to the agent, kept up.
+//!
+//! A state machine per connection attempt: `Connecting` (port-forward, yamux,
+//! first ping) → `Up` (inbound streams delivered, keepalive pings every 3 s)
+//! → `Down` (two missed pings or the connection closed) → back to
+//! `Connecting` after a backoff of 0.25 s doubling to 5 s. The session goes
+//! on through all of it; only the Lease decides whether it is alive.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kdev_contract::session::AGENT_PORT;
+use kdev_contract::tunnel::{ConnectReply, Header};
+use kube::Api;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::error::usage;
+use crate::tunnel::{self, Mux, Role};
+
+/// Container port → local port the local process listens on.
+pub type Routes = Arc<BTreeMap<u16, u16>>;
+
+/// The current tunnel, `None` while reconnecting.
+pub type Current = watch::Receiver<Option<Mux>>;
+
+/// Keeps a tunnel to `pod` up until dropped (abort the returned task).
+pub fn maintain(
+    pods: Api<Pod>,
+    pod: String,
+    routes: Routes,
+) -> (Current, tokio::task::JoinHandle<()>) {
+    let (state_tx, state_rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        let mut was_up = false;
+        loop {
+            match connect(&pods, &pod).await {
+                Ok((forwarder, mux, inbound, driver)) => {
+                    backoff = Duration::from_millis(250);
+                    if was_up {
+                        eprintln!("kdev: tunnel to {pod} is back");
+                    }
+                    was_up = true;
+                    state_tx.send_replace(Some(mux.clone()));
+                    let delivery = tokio::spawn(deliver_inbound(inbound, routes.clone()));
+                    tokio::select! {
+                        _ = driver => {}
+                        _ = keepalive(&mux) => {}
+                    }
+                    delivery.abort();
+                    forwarder.abort();
+                    state_tx.send_replace(None);
+                    eprintln!("kdev: tunnel to {pod} dropped; reconnecting");
+                }
+                Err(err) => tracing::debug!(error = %err, "tunnel connection attempt failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    (state_rx, task)
+}
+
+type Connected = (
+    kube::api::Portforwarder,
+    Mux,
+    tunnel::Inbound,
+    tokio::task::JoinHandle<()>,
+);
+
+async fn connect(pods: &Api<Pod>, pod: &str) -> anyhow::Result<Connected> {
+    let mut forwarder = pods.portforward(pod, &[AGENT_PORT]).await?;
+    let stream = forwarder
+        .take_stream(AGENT_PORT)
+        .ok_or_else(|| anyhow::anyhow!("the port-forward has no stream for port {AGENT_PORT}"))?;
+    let (mux, inbound, driver) = Mux::start(stream, Role::Client);
+    if let Err(err) = ping(&mux).await {
+        driver.abort();
+        forwarder.abort();
+        return Err(err);
+    }
+    Ok((forwarder, mux, inbound, driver))
+}
+
+/// Waits until the tunnel is up, or fails after `timeout`.
+pub async fn wait_up(current: &mut Current, timeout: Duration) -> anyhow::Result<()> {
+    match tokio::time::timeout(timeout, current.wait_for(Option::is_some)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => anyhow::bail!(
+            "could not open a tunnel to the proxy pod's agent (port {AGENT_PORT}) within {}s",
+            timeout.as_secs()
+        ),
+    }
+}
+
+async fn ping(mux: &Mux) -> anyhow::Result<()> {
+    let exchange = async {
+        let nonce: [u8; 8] = rand_nonce();
+        let mut stream = mux.open_with(&Header::Ping).await?;
+        stream.write_all(&nonce).await?;
+        let mut echo = [0u8; 8];
+        stream.read_exact(&mut echo).await?;
+        anyhow::ensure!(echo == nonce, "the agent echoed the wrong bytes");
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent did not answer a ping within 5s"))?
+}
+
+fn rand_nonce() -> [u8; 8] {
+    let id = uuid::Uuid::new_v4();
+    let mut nonce = [0u8; 8];
+    nonce.copy_from_slice(&id.as_bytes()[..8]);
+    nonce
+}
+
+/// Returns once two pings in a row fail.
+async fn keepalive(mux: &Mux) {
+    let mut missed = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        match ping(mux).await {
+            Ok(()) => missed = 0,
+            Err(err) => {
+                missed += 1;
+                tracing::debug!(error = %err, missed, "keepalive ping failed");
+                if missed >= 2 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connects each inbound stream to the local process.
+async fn deliver_inbound(mut inbound: tunnel::Inbound, routes: Routes) {
+    while let Some(mut stream) = inbound.recv().await {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let port = match tunnel::read_header(&mut stream).await {
+                Ok(Header::Inbound { port }) => port,
+                Ok(other) => {
+                    tracing::warn!(?other, "unexpected stream from the agent");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "bad stream from the agent");
+                    return;
+                }
+            };
+            let local = routes.get(&port).copied().unwrap_or(port);
+            match TcpStream::connect(("127.0.0.1", local)).await {
+                Ok(socket) => {
+                    let _ = socket.set_nodelay(true);
+                    tunnel::splice(stream, socket).await;
+                }
+                Err(err) => {
+                    eprintln!(
+                        "kdev: a request to port {port} found nothing listening on 127.0.0.1:{local} ({err})"
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// `--forward`: a local port whose connections the agent makes in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// What the agent dials.
+    pub host: String,
+    pub port: u16,
+    /// The local port (0: any free one).
+    pub local: u16,
+    /// The Service's name, for `svc/NAME` forwards.
+    pub service: Option<String>,
+}
+
+impl Forward {
+    /// Parses `svc/NAME:PORT[:LOCAL]` or `HOST:PORT[:LOCAL]`.
+    pub fn parse(text: &str, namespace: &str) -> anyhow::Result<Self> {
+        let bad = || {
+            usage(format!(
+                "invalid --forward {text:?}: use svc/NAME:PORT[:LOCAL] or HOST:PORT[:LOCAL], like svc/db:5432"
+            ))
+        };
+        let (service, rest) = match text
+            .strip_prefix("svc/")
+            .or_else(|| text.strip_prefix("service/"))
+        {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (name, port, local) = match parts.as_slice() {
+            [name, port] => (*name, *port, None),
+            [name, port, local] => (*name, *port, Some(*local)),
+            _ => return Err(bad()),
+        };
+        if name.is_empty() {
+            return Err(bad());
+        }
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let local: u16 = match local {
+            Some(local) => local.parse().map_err(|_| bad())?,
+            None => 0,
+        };
+        Ok(if service {
+            Forward {
+                host: format!("{name}.{namespace}.svc"),
+                port,
+                local,
+                service: Some(name.to_owned()),
+            }
+        } else {
+            Forward {
+                host: name.to_owned(),
+                port,
+                local,
+                service: None,
+            }
+        })
+    }
+
+    /// The variables Kubernetes gives containers for a Service, pointed at
+    /// the local end of this forward.
+    pub fn service_env(&self, local: SocketAddr) -> Vec<(String, String)> {
+        let Some(service) = &self.service else {
+            return Vec::new();
+        };
+        let prefix = service.to_uppercase().replace('-', "_");
+        vec![
+            (format!("{prefix}_SERVICE_HOST"), local.ip().to_string()),
+            (format!("{prefix}_SERVICE_PORT"), local.port().to_string()),
+        ]
+    }
+}
+
+/// Binds a forward's local port; connections go through the current tunnel.
+pub async fn serve_forward(
+    forward: Forward,
+    current: Current,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(("127.0.0.1", forward.local))
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "failed to listen on 127.0.0.1:{} for --forward {}:{}: {err}",
+                forward.local,
+                forward.host,
+                forward.port
+            )
+        })?;
+    let local = listener.local_addr()?;
+    let forward = Arc::new(forward);
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let _ = socket.set_nodelay(true);
+            let mut current = current.clone();
+            let forward = forward.clone();
+            tokio::spawn(async move {
+                let mux = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    current.wait_for(Option::is_some),
+                )
+                .await
+                .ok()
+                .and_then(|found| found.ok().and_then(|mux| mux.clone()));
+                let Some(mux) = mux else {
+                    eprintln!(
+                        "kdev: no tunnel for a connection to {}:{}",
+                        forward.host, forward.port
+                    );
+                    return;
+                };
+                let header = Header::Connect {
+                    host: forward.host.clone(),
+                    port: forward.port,
+                };
+                let mut stream = match mux.open_with(&header).await {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        eprintln!(
+                            "kdev: failed to reach {}:{} through the tunnel: {err}",
+                            forward.host, forward.port
+                        );
+                        return;
+                    }
+                };
+                match tunnel::read_connect_reply(&mut stream).await {
+                    Ok(ConnectReply::Connected) => tunnel::splice(socket, stream).await,
+                    Ok(ConnectReply::Failed(message)) => eprintln!("kdev: the agent {message}"),
+                    Err(err) => eprintln!(
+                        "kdev: the tunnel failed while connecting to {}:{}: {err}",
+                        forward.host, forward.port
+                    ),
+                }
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse() {
+        assert_eq!(
+            Forward::parse("svc/db:5432", "team").expect("valid"),
+            Forward {
+                host: "db.team.svc".into(),
+                port: 5432,
+                local: 0,
+                service: Some("db".into())
+            }
+        );
+        assert_eq!(
+            Forward::parse("cache.example:6379:16379", "team").expect("valid"),
+            Forward {
+                host: "cache.example".into(),
+                port: 6379,
+                local: 16379,
+                service: None
+            }
+        );
+        for bad in ["svc/db", "db", ":80", "svc/db:http", "a:1:2:3"] {
+            assert!(Forward::parse(bad, "team").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_variables_point_at_the_local_end() {
+        let forward = Forward::parse("svc/user-db:5432", "team").expect("valid");
+        let env = forward.service_env("127.0.0.1:40000".parse().expect("addr"));
+        assert_eq!(
+            env,
+            vec![
+                ("USER_DB_SERVICE_HOST".to_owned(), "127.0.0.1".to_owned()),
+                ("USER_DB_SERVICE_PORT".to_owned(), "40000".to_owned())
+            ]
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The proxy Pod that stands in for a swapped Deployment's pods.
+//!
+//! Services must route to it, so it carries the pod template's labels
+//! (without `pod-template-hash`, so no ReplicaSet adopts it) and the swapped
+//! container's ports under the same names. It is owned by the session's Lease,
+//! never by the ReplicaSet, so deleting the Lease collects it. It runs kdev's
+//! agent unprivileged: non-root, no capabilities, read-only root filesystem.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use kdev_contract::session::{
+    AGENT_CONTAINER, AGENT_PORT, CONTAINER_ANNOTATION, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL,
+    ROLE_PROXY, SESSION_ANNOTATION, SESSION_LABEL, TARGET_ANNOTATION,
+};
+use kube::api::ObjectMeta;
+
+use super::session::template_labels;
+
+/// The agent image matching this kdev release.
+pub fn default_agent_image() -> String {
+    format!("ghcr.io/kdev-dev/kdev:{}", env!("CARGO_PKG_VERSION"))
+}
+
+pub struct ProxySpec<'a> {
+    pub name: &'a str,
+    pub session: &'a str,
+    pub deployment: &'a Deployment,
+    pub container: &'a Container,
+    pub original_replicas: i32,
+    pub agent_image: &'a str,
+    pub owner: OwnerReference,
+}
+
+pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
+    let deployment_name = spec.deployment.metadata.name.clone().unwrap_or_default();
+    let mut labels = template_labels(spec.deployment);
+    labels.remove("pod-template-hash");
+    labels.insert(ROLE_LABEL.into(), ROLE_PROXY.into());
+    labels.insert(SESSION_LABEL.into(), spec.session.into());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+
+    let container_ports: Vec<ContainerPort> = spec
+        .container
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .map(|p| ContainerPort {
+            name: p.name.clone(),
+            container_port: p.container_port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    if container_ports
+        .iter()
+        .any(|p| p.container_port == i32::from(AGENT_PORT))
+    {
+        anyhow::bail!(
+            "container {:?} uses port {AGENT_PORT}, which kdev's agent needs for its tunnel",
+            spec.container.name
+        );
+    }
+    let mut args = vec!["agent".to_owned()];
+    for port in &container_ports {
+        args.push("--port".into());
+        args.push(port.container_port.to_string());
+    }
+    let mut ports = container_ports.clone();
+    ports.push(ContainerPort {
+        name: Some("kdev-tunnel".into()),
+        container_port: i32::from(AGENT_PORT),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    });
+
+    let template = spec
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref());
+    // Ports below 1024 need no capability when the pod's network namespace
+    // lets everyone bind them (a "safe" sysctl since Kubernetes 1.22).
+    let sysctls = container_ports
+        .iter()
+        .any(|p| p.container_port < 1024)
+        .then(|| {
+            vec![Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".into(),
+                value: "0".into(),
+            }]
+        });
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(spec.name.to_owned()),
+            labels: Some(labels),
+            annotations: Some(
+                [
+                    (SESSION_ANNOTATION.to_owned(), spec.session.to_owned()),
+                    (
+                        TARGET_ANNOTATION.to_owned(),
+                        format!("deployment/{deployment_name}"),
+                    ),
+                    (CONTAINER_ANNOTATION.to_owned(), spec.container.name.clone()),
+                    (
+                        ORIGINAL_REPLICAS_ANNOTATION.to_owned(),
+                        spec.original_replicas.to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![spec.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(2),
+            node_selector: template.and_then(|t| t.node_selector.clone()),
+            tolerations: template.and_then(|t| t.tolerations.clone()),
+            image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                sysctls,
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: AGENT_CONTAINER.into(),
+                image: Some(spec.agent_image.to_owned()),
+                args: Some(args),
+                ports: Some(ports),
+                readiness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(i32::from(AGENT_PORT)),
+                        host: None,
+                    }),
+                    period_seconds: Some(2),
+                    ..Probe::default()
+                }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(
+                        [
+                            ("cpu".into(), Quantity("10m".into())),
+                            ("memory".into(), Quantity("16Mi".into())),
+                        ]
+                        .into(),
+                    ),
+                    limits: Some([("memory".into(), Quantity("128Mi".into()))].into()),
+                    ..ResourceRequirements::default()
+                }),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: None,
+                    }),
+                    ..SecurityContext::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web", "tier": "front", "pod-template-hash": "abc" } },
+                    "spec": { "containers": [{ "name": "app", "ports": [
+                        { "name": "http", "containerPort": 80 },
+                        { "containerPort": 9090 },
+                        { "containerPort": 53, "protocol": "UDP" }
+                    ] }] }
+                }
+            }
+        }))
+        .expect("valid")
+    }
+
+    fn build() -> Pod {
+        let deployment = deployment();
+        let container = deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .clone();
+        pod(&ProxySpec {
+            name: "web-kdev-1234",
+            session: "1234",
+            deployment: &deployment,
+            container: &container,
+            original_replicas: 3,
+            agent_image: "kdev:test",
+            owner: OwnerReference {
+                kind: "Lease".into(),
+                name: "kdev-swap-web".into(),
+                ..Default::default()
+            },
+        })
+        .expect("a pod")
+    }
+
+    #[test]
+    fn services_select_it_and_no_replicaset_adopts_it() {
+        let pod = build();
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels["tier"], "front");
+        assert!(!labels.contains_key("pod-template-hash"));
+        assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "Lease");
+        assert_eq!(
+            pod.metadata.annotations.unwrap()[ORIGINAL_REPLICAS_ANNOTATION],
+            "3"
+        );
+    }
+
+    #[test]
+    fn it_serves_the_containers_tcp_ports_by_name() {
+        let spec = build().spec.unwrap();
+        let agent = &spec.containers[0];
+        let ports: Vec<(Option<String>, i32)> = agent
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name, p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (Some("http".into()), 80),
+                (None, 9090),
+                (Some("kdev-tunnel".into()), 7355)
+            ]
+        );
+        assert_eq!(
+            agent.args.clone().unwrap(),
+            ["agent", "--port", "80", "--port", "9090"]
+        );
+        // Port 80 without a capability: the unprivileged-port sysctl.
+        let sysctls = spec.security_context.unwrap().sysctls.unwrap();
+        assert_eq!(sysctls[0].value, "0");
+    }
+
+    #[test]
+    fn it_runs_unprivileged() {
+        let spec = build().spec.unwrap();
+        let pod_security = spec.security_context.clone().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        let security = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+}

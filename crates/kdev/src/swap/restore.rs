@@ -1,0 +1,237 @@
+//! Restoring a swap session from what the cluster records, by whoever finds
+//! it: the CLI at the session's normal end, `kdev sweep`, the reaper.
+//!
+//! # Expected flow
+//! 1. Restore the Deployment ([`restore_plan`]): back to the original replicas
+//!    if it is still at 0, else keep what someone set; remove kdev's label and
+//!    annotations. One merge PATCH guarded by `resourceVersion`, retried on
+//!    conflict after a fresh read.
+//! 2. Delete the session's proxy Pods.
+//! 3. Delete the Lease, only if it still is this session's (guarded by its
+//!    `resourceVersion`).
+//!
+//! # Guarantees
+//! - Crash-safe in any order of crashes: the Lease, the record that says
+//!   "this session needs restoring", goes last, so a restorer that dies before
+//!   step 3 leaves the session for the next one; steps 1 and 2 are idempotent.
+//! - Touches nothing kdev did not change: only `spec.replicas` while it is
+//!   still the 0 kdev set, and kdev's own keys.
+//! - Never guesses: an unreadable replica count leaves the Deployment as it is
+//!   and fails, naming the annotation.
+//!
+//! # Assumptions
+//! - The caller has judged the session over (ended, expired or orphaned).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kdev_contract::session::{
+    self, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, ROLE_PROXY, Restore, SESSION_ANNOTATION,
+    SESSION_LABEL, SWAPPED_LABEL, restore_plan,
+};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Resource as _};
+use serde_json::json;
+
+use crate::kubeclient::{Kube, is_conflict, is_not_found};
+
+/// What restoring did to the Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    ScaledBack {
+        to: i32,
+    },
+    KeptChanged {
+        current: i32,
+        original: i32,
+    },
+    /// The Deployment carried no marks of this session (already restored, or
+    /// the session crashed before recording).
+    NothingToRestore,
+    DeploymentGone,
+}
+
+impl Outcome {
+    pub fn describe(&self, deployment: &str) -> String {
+        match self {
+            Outcome::ScaledBack { to } => {
+                format!("deployment/{deployment} scaled back to {to} replicas")
+            }
+            Outcome::KeptChanged { current, original } => format!(
+                "deployment/{deployment} kept at {current} replicas: someone changed it from 0 during the session (it was {original} before)"
+            ),
+            Outcome::NothingToRestore => format!("deployment/{deployment} needed no restore"),
+            Outcome::DeploymentGone => format!("deployment/{deployment} no longer exists"),
+        }
+    }
+}
+
+/// A session to restore, as named in the cluster.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub namespace: String,
+    pub deployment: String,
+    pub session: String,
+}
+
+/// Step 1: the Deployment.
+pub async fn restore_deployment(kube: &Kube, target: &Target) -> anyhow::Result<Outcome> {
+    let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let what = format!("deployment {}/{}", target.namespace, target.deployment);
+    for _ in 0..5 {
+        let deployment = match api.get(&target.deployment).await {
+            Ok(d) => d,
+            Err(err) if is_not_found(&err) => return Ok(Outcome::DeploymentGone),
+            Err(err) => return Err(kube.explain(err, format!("read {what}"))),
+        };
+        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+        let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
+        let plan = restore_plan(&target.session, replicas, &annotations).map_err(|bad| {
+            anyhow::anyhow!(
+                "cannot restore {what}: {bad}; set its replicas by hand and remove the annotation"
+            )
+        })?;
+        let (replicas, outcome) = match plan {
+            Restore::Nothing => return Ok(Outcome::NothingToRestore),
+            Restore::ScaleBack { to } => (json!(to), Outcome::ScaledBack { to }),
+            Restore::KeepChanged { current, original } => {
+                (json!(current), Outcome::KeptChanged { current, original })
+            }
+        };
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": deployment.metadata.resource_version,
+                "labels": { SWAPPED_LABEL: null },
+                "annotations": { SESSION_ANNOTATION: null, ORIGINAL_REPLICAS_ANNOTATION: null },
+            },
+            "spec": { "replicas": replicas },
+        });
+        match api
+            .patch(
+                &target.deployment,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(outcome),
+            Err(err) if is_conflict(&err) => continue,
+            Err(err) => return Err(kube.explain(err, format!("restore {what}"))),
+        }
+    }
+    anyhow::bail!(
+        "failed to restore {what}: it kept changing under kdev (5 conflicts); run `kdev sweep` again"
+    )
+}
+
+/// Steps 2 and 3: the proxy Pods and the Lease.
+pub async fn remove_session_objects(kube: &Kube, target: &Target) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let selector = format!(
+        "{ROLE_LABEL}={ROLE_PROXY},{SESSION_LABEL}={}",
+        target.session
+    );
+    let proxies = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|err| {
+            kube.explain(
+                err,
+                format!("list proxy pods of session {}", target.session),
+            )
+        })?;
+    for pod in proxies.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        match pods
+            .delete(&name, &DeleteParams::default().grace_period(1))
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => {
+                return Err(
+                    kube.explain(err, format!("delete proxy pod {}/{name}", target.namespace))
+                );
+            }
+        }
+    }
+    delete_lease(kube, target).await
+}
+
+/// Deletes the session's Lease if it still belongs to this session.
+pub async fn delete_lease(kube: &Kube, target: &Target) -> anyhow::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let name = session::lease_name(&target.deployment);
+    let lease = match leases.get_opt(&name).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return Ok(()),
+        Err(err) => {
+            return Err(kube.explain(err, format!("read lease {}/{name}", target.namespace)));
+        }
+    };
+    let owner = lease
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SESSION_LABEL));
+    if owner != Some(&target.session) {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: lease.metadata.resource_version.clone(),
+            uid: lease.metadata.uid.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match leases.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        // Renewed since it was read: its holder is back; the next look decides.
+        Err(err) if is_conflict(&err) => Ok(()),
+        Err(err) => Err(kube.explain(err, format!("delete lease {}/{name}", target.namespace))),
+    }
+}
+
+/// The whole restore, in the documented order, with an Event on the
+/// Deployment saying what was done and `why`.
+pub async fn restore(
+    kube: &Kube,
+    target: &Target,
+    why: &str,
+    recorder: Option<&Recorder>,
+) -> anyhow::Result<Outcome> {
+    let outcome = restore_deployment(kube, target).await?;
+    if let Some(recorder) = recorder
+        && matches!(
+            outcome,
+            Outcome::ScaledBack { .. } | Outcome::KeptChanged { .. }
+        )
+    {
+        publish(kube, recorder, target, &outcome, why).await;
+    }
+    remove_session_objects(kube, target).await?;
+    Ok(outcome)
+}
+
+async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Outcome, why: &str) {
+    let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let Ok(deployment) = api.get(&target.deployment).await else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "SwapRestored".into(),
+        note: Some(format!(
+            "{} ({why}; session {})",
+            outcome.describe(&target.deployment),
+            target.session
+        )),
+        action: "Restore".into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &deployment.object_ref(&())).await {
+        tracing::warn!(error = %err, "failed to record the restore as an Event");
+    }
+}

@@ -1,0 +1,545 @@
+//! One swap session's writes to the cluster, in the order that keeps the
+//! cluster restorable whenever the CLI dies.
+//!
+//! # Expected flow
+//! 1. **Claim**: create the Lease `kdev-swap-<deployment>` (holder `user@host`,
+//!    duration `--ttl`, labelled with the session id). The API server refuses a
+//!    second create, which is what makes one session per Deployment.
+//! 2. **Record**: one merge PATCH of the Deployment, guarded by the
+//!    `resourceVersion` it was read at, sets `replicas: 0` together with the
+//!    annotations holding the session id and the original replica count.
+//! 3. **Proxy**: create the proxy Pod, owned by the Lease.
+//! 4. The proxy runs; 5. the tunnel is up; 6. the command runs; the Lease is
+//!    renewed every third of its duration throughout.
+//! 7. The command ends; 8. **restore** the Deployment; 9. delete the proxy
+//!    Pod; 10. delete the Lease ([`super::restore`]).
+//!
+//! # Guarantees (a crash between any two steps)
+//! - before 1: nothing was written.
+//! - after 1: a Lease and nothing else. It stops being renewed, expires, and
+//!   the reaper finds no marks on the Deployment and deletes the Lease.
+//! - after 2: the Deployment is at 0 *and* carries its original count: there
+//!   is no moment where replicas is 0 and the count is not in the cluster,
+//!   because both are written by the same PATCH. The Lease expires; the
+//!   reaper restores the count, then deletes the Lease.
+//! - after 3 to 7: as after 2; the proxy Pod goes with the Lease (explicitly,
+//!   and by garbage collection through its owner reference).
+//! - after 8 or 9: the Deployment is restored; the Lease expires and the
+//!   reaper, finding no marks, deletes it and anything it owns.
+//! - after 10: done.
+//!
+//! # Assumptions
+//! - Some restorer runs: the controller's reaper in the cluster, or
+//!   `kdev sweep` (which `kdev swap` runs on its target before claiming).
+//! - Nobody else writes kdev's annotations.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use kdev_contract::session::{
+    self, CONTAINER_ANNOTATION, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_ANNOTATION,
+    SESSION_LABEL, SWAPPED_LABEL, TARGET_ANNOTATION,
+};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Resource as _};
+use serde_json::json;
+
+use super::proxy;
+use super::restore::{self, Outcome, Target};
+use crate::kubeclient::{Kube, is_conflict, is_not_found};
+
+/// The steps after which a crash can be injected (`KDEV_SWAP_CRASH_AFTER=N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    Claimed = 1,
+    Recorded = 2,
+    ProxyCreated = 3,
+    ProxyRunning = 4,
+    TunnelUp = 5,
+    CommandStarted = 6,
+    CommandEnded = 7,
+    Restored = 8,
+    ProxyDeleted = 9,
+    Released = 10,
+}
+
+impl Step {
+    pub const ALL: [Step; 10] = [
+        Step::Claimed,
+        Step::Recorded,
+        Step::ProxyCreated,
+        Step::ProxyRunning,
+        Step::TunnelUp,
+        Step::CommandStarted,
+        Step::CommandEnded,
+        Step::Restored,
+        Step::ProxyDeleted,
+        Step::Released,
+    ];
+}
+
+/// Kills this process with SIGKILL right after a chosen step: the crash
+/// sweep's way of proving every step is safe to die after. Off unless
+/// `KDEV_SWAP_CRASH_AFTER` is set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrashAfter(Option<u32>);
+
+impl CrashAfter {
+    pub const ENV: &'static str = "KDEV_SWAP_CRASH_AFTER";
+
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(value) => {
+                let step: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=Step::ALL.len() as u32).contains(n))
+                    .ok_or_else(|| {
+                        crate::error::usage(format!(
+                            "{}={value:?} is not a step from 1 to 10",
+                            Self::ENV
+                        ))
+                    })?;
+                Ok(Self(Some(step)))
+            }
+            Err(_) => Ok(Self(None)),
+        }
+    }
+
+    pub fn reached(&self, step: Step) {
+        if self.0 == Some(step as u32) {
+            eprintln!("kdev: crash injected after step {} ({step:?})", step as u32);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Who holds a Deployment when a claim is refused.
+#[derive(Debug)]
+pub struct Held {
+    pub holder: String,
+    pub since: String,
+    pub session: String,
+}
+
+pub struct Session {
+    pub kube: Kube,
+    pub id: String,
+    pub deployment: String,
+    pub container: String,
+    pub holder: String,
+    pub ttl: Duration,
+    pub proxy_name: String,
+    crash: CrashAfter,
+}
+
+impl Session {
+    /// Step 1. `Err(Ok(held))` when another session holds the Deployment.
+    pub async fn claim(
+        kube: &Kube,
+        deployment: &str,
+        container: &str,
+        ttl: Duration,
+        crash: CrashAfter,
+    ) -> anyhow::Result<Result<Session, Held>> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let holder = holder_identity();
+        let now = MicroTime(Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(session::lease_name(deployment)),
+                labels: Some(
+                    [
+                        (ROLE_LABEL.to_owned(), ROLE_SESSION.to_owned()),
+                        (SESSION_LABEL.to_owned(), id.clone()),
+                        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                    ]
+                    .into(),
+                ),
+                annotations: Some(
+                    [
+                        (
+                            TARGET_ANNOTATION.to_owned(),
+                            format!("deployment/{deployment}"),
+                        ),
+                        (CONTAINER_ANNOTATION.to_owned(), container.to_owned()),
+                        (SESSION_ANNOTATION.to_owned(), id.clone()),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.clone()),
+                lease_duration_seconds: Some(ttl.as_secs().max(1) as i32),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                ..LeaseSpec::default()
+            }),
+        };
+        let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
+        match leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => {}
+            Err(err) if is_conflict(&err) => {
+                let existing = leases
+                    .get_opt(&session::lease_name(deployment))
+                    .await
+                    .map_err(|err| kube.explain(err, "read the session lease"))?;
+                let existing = existing.unwrap_or_default();
+                let spec = existing.spec.unwrap_or_default();
+                return Ok(Err(Held {
+                    holder: spec.holder_identity.unwrap_or_else(|| "someone".into()),
+                    since: spec
+                        .acquire_time
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_else(|| "an unknown time".into()),
+                    session: existing
+                        .metadata
+                        .labels
+                        .and_then(|l| l.get(SESSION_LABEL).cloned())
+                        .unwrap_or_default(),
+                }));
+            }
+            Err(err) => {
+                return Err(kube.explain(
+                    err,
+                    format!(
+                        "create lease {}/{}",
+                        kube.namespace,
+                        session::lease_name(deployment)
+                    ),
+                ));
+            }
+        }
+        crash.reached(Step::Claimed);
+        Ok(Ok(Session {
+            kube: kube.clone(),
+            proxy_name: session::proxy_pod_name(deployment, &id),
+            id,
+            deployment: deployment.to_owned(),
+            container: container.to_owned(),
+            holder,
+            ttl,
+            crash,
+        }))
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            namespace: self.kube.namespace.clone(),
+            deployment: self.deployment.clone(),
+            session: self.id.clone(),
+        }
+    }
+
+    pub fn crash(&self) -> CrashAfter {
+        self.crash
+    }
+
+    /// Step 2: scale to 0 and record the original count in one PATCH.
+    /// Returns the Deployment as patched and the original count.
+    pub async fn record(&self) -> anyhow::Result<(Deployment, i32)> {
+        let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        let what = format!("deployment {}/{}", self.kube.namespace, self.deployment);
+        for _ in 0..5 {
+            let current = api
+                .get(&self.deployment)
+                .await
+                .map_err(|err| self.kube.explain(err, format!("read {what}")))?;
+            let original = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let marks = DeploymentMarks {
+                session: self.id.clone(),
+                original_replicas: original,
+            };
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": current.metadata.resource_version,
+                    "labels": { SWAPPED_LABEL: self.id },
+                    "annotations": marks.annotations(),
+                },
+                "spec": { "replicas": 0 },
+            });
+            match api
+                .patch(
+                    &self.deployment,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(patched) => {
+                    self.crash.reached(Step::Recorded);
+                    return Ok((patched, original));
+                }
+                Err(err) if is_conflict(&err) => continue,
+                Err(err) => return Err(self.kube.explain(err, format!("scale {what} to 0"))),
+            }
+        }
+        anyhow::bail!("failed to scale {what} to 0: it kept changing (5 conflicts); try again")
+    }
+
+    /// Step 3: the proxy Pod, owned by the Lease.
+    pub async fn create_proxy(
+        &self,
+        deployment: &Deployment,
+        container: &Container,
+        original_replicas: i32,
+        agent_image: &str,
+    ) -> anyhow::Result<()> {
+        let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        let lease = leases
+            .get(&session::lease_name(&self.deployment))
+            .await
+            .map_err(|err| self.kube.explain(err, "read the session lease"))?;
+        let owner = OwnerReference {
+            api_version: Lease::api_version(&()).into_owned(),
+            kind: Lease::kind(&()).into_owned(),
+            name: lease.metadata.name.clone().unwrap_or_default(),
+            uid: lease.metadata.uid.clone().unwrap_or_default(),
+            controller: None,
+            block_owner_deletion: None,
+        };
+        let pod = proxy::pod(&proxy::ProxySpec {
+            name: &self.proxy_name,
+            session: &self.id,
+            deployment,
+            container,
+            original_replicas,
+            agent_image,
+            owner,
+        })?;
+        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|err| {
+                self.kube.explain(
+                    err,
+                    format!(
+                        "create proxy pod {}/{}",
+                        self.kube.namespace, self.proxy_name
+                    ),
+                )
+            })?;
+        self.crash.reached(Step::ProxyCreated);
+        Ok(())
+    }
+
+    /// Step 4: waits until the proxy Pod runs.
+    pub async fn wait_proxy_running(&self, timeout: Duration) -> anyhow::Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match pods.get_opt(&self.proxy_name).await {
+                Ok(Some(pod))
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") =>
+                {
+                    self.crash.reached(Step::ProxyRunning);
+                    return Ok(pod);
+                }
+                Ok(Some(pod)) => {
+                    if let Some(reason) = waiting_reason(&pod)
+                        && (reason.contains("ImagePull") || reason.contains("ErrImage"))
+                    {
+                        anyhow::bail!(
+                            "proxy pod {}/{} cannot pull its image ({reason}); pass --agent-image with an image the cluster can pull",
+                            self.kube.namespace,
+                            self.proxy_name
+                        );
+                    }
+                }
+                Ok(None) => anyhow::bail!(
+                    "proxy pod {}/{} disappeared",
+                    self.kube.namespace,
+                    self.proxy_name
+                ),
+                Err(err) => tracing::debug!(error = %err, "reading the proxy pod failed; retrying"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "proxy pod {}/{} did not start within {}s; see `kubectl -n {} describe pod {}`",
+                    self.kube.namespace,
+                    self.proxy_name,
+                    timeout.as_secs(),
+                    self.kube.namespace,
+                    self.proxy_name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Renews the Lease once. `Ok(Err(reason))` when the session is lost.
+    pub async fn renew(&self) -> anyhow::Result<Result<(), String>> {
+        let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        let name = session::lease_name(&self.deployment);
+        for _ in 0..3 {
+            let lease = match leases.get_opt(&name).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    return Ok(Err(format!(
+                        "its Lease {}/{name} was deleted",
+                        self.kube.namespace
+                    )));
+                }
+                Err(err) => {
+                    return Err(self
+                        .kube
+                        .explain(err, format!("read lease {}/{name}", self.kube.namespace)));
+                }
+            };
+            if lease
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SESSION_LABEL))
+                != Some(&self.id)
+            {
+                return Ok(Err(format!(
+                    "its Lease {}/{name} now belongs to another session",
+                    self.kube.namespace
+                )));
+            }
+            let mut lease = lease;
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+            }
+            match leases.replace(&name, &PostParams::default(), &lease).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(err) if is_conflict(&err) => continue,
+                Err(err) if is_not_found(&err) => {
+                    return Ok(Err(format!(
+                        "its Lease {}/{name} was deleted",
+                        self.kube.namespace
+                    )));
+                }
+                Err(err) => {
+                    return Err(self
+                        .kube
+                        .explain(err, format!("renew lease {}/{name}", self.kube.namespace)));
+                }
+            }
+        }
+        Err(anyhow::anyhow!(
+            "failed to renew lease {}/{name}: it kept changing",
+            self.kube.namespace
+        ))
+    }
+
+    /// Steps 8 to 10: restore, delete the proxy, release the Lease.
+    pub async fn end(&self) -> anyhow::Result<Outcome> {
+        let target = self.target();
+        let outcome = restore::restore_deployment(&self.kube, &target).await?;
+        self.crash.reached(Step::Restored);
+        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        match pods
+            .delete(
+                &self.proxy_name,
+                &kube::api::DeleteParams::default().grace_period(1),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => {
+                return Err(self.kube.explain(
+                    err,
+                    format!(
+                        "delete proxy pod {}/{}",
+                        self.kube.namespace, self.proxy_name
+                    ),
+                ));
+            }
+        }
+        self.crash.reached(Step::ProxyDeleted);
+        restore::remove_session_objects(&self.kube, &target).await?;
+        self.crash.reached(Step::Released);
+        Ok(outcome)
+    }
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
+}
+
+/// `user@host`, as telepresence and kubectl's audit logs name people.
+pub fn holder_identity() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{user}@{host}")
+}
+
+/// Labels of a Deployment's pod template, as a map.
+pub fn template_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// Finds the container to swap: the named one, else the Deployment's only
+/// container, else the one `kubectl.kubernetes.io/default-container` names.
+pub fn choose_container(deployment: &Deployment, name: Option<&str>) -> anyhow::Result<Container> {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("the deployment has no pod template")?;
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
+    let wanted = match name {
+        Some(name) => name.to_owned(),
+        None if spec.containers.len() == 1 => spec.containers[0].name.clone(),
+        None => {
+            let default = deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("kubectl.kubernetes.io/default-container"))
+                .cloned();
+            default.ok_or_else(|| {
+                crate::error::usage(format!(
+                    "deployment/{deployment_name} has several containers ({}); choose one with -c",
+                    names.join(", ")
+                ))
+            })?
+        }
+    };
+    spec.containers
+        .iter()
+        .find(|c| c.name == wanted)
+        .cloned()
+        .ok_or_else(|| {
+            crate::error::usage(format!(
+                "deployment/{deployment_name} has no container {wanted:?} (it has: {})",
+                names.join(", ")
+            ))
+        })
+}
