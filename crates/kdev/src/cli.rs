@@ -111,6 +111,9 @@ pub struct ControllerArgs {
     /// This replica's identity in the leader election (default: the pod's name, else the host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Reap swap sessions in this namespace only (default: every namespace; needs only namespaced RBAC).
+    #[arg(long, value_name = "NAME")]
+    pub watch_namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]

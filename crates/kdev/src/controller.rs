@@ -8,6 +8,7 @@
 //! longer does.
 
 pub mod leader;
+mod reaper;
 mod serve;
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 
 use crate::cli::{ControllerArgs, GlobalArgs};
@@ -42,7 +44,7 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
         listener,
         serve::State {
             ready: ready_rx,
-            leading: leading_rx,
+            leading: leading_rx.clone(),
             metrics: metrics.clone(),
         },
     ));
@@ -55,6 +57,22 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
     tracing::info!(server = %version.git_version, "connected");
     let _ = ready_tx.send(true);
 
+    let reporter = Reporter {
+        controller: "kdev-controller".into(),
+        instance: Some(identity.clone()),
+    };
+    let recorder = Recorder::new(kube.client.clone(), reporter);
+    if let Some(ns) = &args.watch_namespace {
+        kubeclient::validate_dns_label("--watch-namespace", ns)?;
+    }
+    let reaper = tokio::spawn(reaper::run(
+        kube.clone(),
+        args.watch_namespace.clone(),
+        leading_rx.clone(),
+        recorder,
+        metrics.clone(),
+    ));
+
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &namespace);
     let elector = leader::Elector::new(
         leases,
@@ -64,6 +82,7 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
     );
     let outcome = elector.run(leading_tx, metrics, shutdown_signal()).await;
     server.abort();
+    reaper.abort();
     outcome.map(|()| ExitCode::SUCCESS)
 }
 

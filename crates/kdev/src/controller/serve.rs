@@ -9,6 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 pub struct Metrics {
     registry: Registry,
     leading: Gauge,
+    restores: Counter,
 }
 
 impl Default for Metrics {
@@ -36,13 +38,27 @@ impl Default for Metrics {
             concat!("kdev version ", env!("CARGO_PKG_VERSION")),
             info,
         );
-        Self { registry, leading }
+        let restores = Counter::default();
+        registry.register(
+            "swap_restores",
+            "Swap sessions this replica restored",
+            restores.clone(),
+        );
+        Self {
+            registry,
+            leading,
+            restores,
+        }
     }
 }
 
 impl Metrics {
     pub fn set_leading(&self, leading: bool) {
         self.leading.set(i64::from(leading));
+    }
+
+    pub fn restored(&self) {
+        self.restores.inc();
     }
 
     fn render(&self) -> String {

@@ -541,6 +541,9 @@ fn keyed_files(
     optional: Option<bool>,
     mode: u32,
 ) -> anyhow::Result<()> {
+    // On a laptop a Secret's files are for their owner alone, whatever the
+    // volume's mode (the API server defaults it to 0644).
+    let private = |mode: u32| if kind == "secret" { mode & 0o700 } else { mode };
     let Some(data) = data else {
         if optional.unwrap_or(false) {
             return Ok(());
@@ -561,14 +564,14 @@ fn keyed_files(
                 files.push(VolumeFile {
                     path: item.path.clone(),
                     bytes: bytes.clone(),
-                    mode: item.mode.map(|m| m as u32).unwrap_or(mode),
+                    mode: private(item.mode.map(|m| m as u32).unwrap_or(mode)),
                 });
             }
         }
         None => files.extend(data.into_iter().map(|(key, bytes)| VolumeFile {
             path: key,
             bytes,
-            mode,
+            mode: private(mode),
         })),
     }
     Ok(())

@@ -203,6 +203,7 @@ pub async fn restore(
     recorder: Option<&Recorder>,
 ) -> anyhow::Result<Outcome> {
     let outcome = restore_deployment(kube, target).await?;
+    crash_point_after_deployment(&outcome);
     if let Some(recorder) = recorder
         && matches!(
             outcome,
@@ -233,5 +234,17 @@ async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Ou
     };
     if let Err(err) = recorder.publish(&event, &deployment.object_ref(&())).await {
         tracing::warn!(error = %err, "failed to record the restore as an Event");
+    }
+}
+
+/// With `KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT` set, a restorer kills itself
+/// (SIGKILL) right after it restored a Deployment and before it deleted the
+/// Lease: how the tests prove a restorer dying mid-restore loses nothing.
+fn crash_point_after_deployment(outcome: &Outcome) {
+    if std::env::var_os("KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT").is_some()
+        && matches!(outcome, Outcome::ScaledBack { .. })
+    {
+        eprintln!("kdev: crash injected after restoring the deployment");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
     }
 }

@@ -8,10 +8,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+
 use crate::support::{
     eventually, free_port, http_get, kdev, kubeconfig_as, kubectl_apply, render_deploy,
     with_namespace,
 };
+use crate::swap_support::{Swap, assert_restored, deploy, simple_deployment};
 
 /// A controller process, killed when dropped.
 struct Replica {
@@ -27,6 +31,7 @@ impl Replica {
             .args(["controller", "--kubeconfig"])
             .arg(kubeconfig)
             .args(["--lease-namespace", namespace, "--identity", identity])
+            .args(["--watch-namespace", namespace])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .spawn()
             .expect("start kdev controller");
@@ -112,6 +117,41 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
             },
         )
         .await;
+
+        // The leader, with nothing but deploy/'s RBAC, restores a dead swap
+        // session and records an Event saying so.
+        deploy(&ns, simple_deployment("web", 2, &[8080])).await;
+        let mut dead = Swap::start(
+            &ns.name,
+            &["deploy/web", "--ttl", "3s"],
+            &["true"],
+            &[("KDEV_SWAP_CRASH_AFTER", "3")],
+        );
+        dead.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            dead.stderr().contains("crash injected after step 3"),
+            "{}",
+            dead.stderr()
+        );
+        assert_restored(&ns, "web", 2, Duration::from_secs(20)).await;
+        let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
+        let restored = eventually(Duration::from_secs(10), "a SwapRestored event", || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("SwapRestored"))
+        })
+        .await;
+        let note = restored.note.unwrap_or_default();
+        assert!(note.contains("scaled back to 2 replicas"), "{note}");
+        assert!(note.contains("not renewed"), "{note}");
+        let (_, metrics) = http_get(follower.port, "/metrics")
+            .await
+            .expect("metrics answer");
+        assert!(
+            metrics.contains("kdev_controller_swap_restores_total 1"),
+            "{metrics}"
+        );
     })
     .await;
 }

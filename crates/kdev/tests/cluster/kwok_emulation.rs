@@ -40,9 +40,8 @@ pub async fn running_pod(ns: &TestNamespace, name: &str) -> Pod {
     .await
 }
 
-/// Creates one of kwok's per-pod resources (Logs, Exec, PortForward), named
-/// after the pod it applies to.
-pub async fn create_kwok(ns: &TestNamespace, kind: &str, pod: &str, spec: serde_json::Value) {
+/// One of kwok's resource kinds (`Logs`, `ClusterPortForward`, …).
+fn kwok_resource(kind: &str) -> ApiResource {
     let gvk = GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", kind);
     let lower = kind.to_lowercase();
     let plural = if lower.ends_with('s') {
@@ -50,7 +49,28 @@ pub async fn create_kwok(ns: &TestNamespace, kind: &str, pod: &str, spec: serde_
     } else {
         format!("{lower}s")
     };
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    ApiResource::from_gvk_with_plural(&gvk, &plural)
+}
+
+/// Creates one of kwok's cluster-wide resources (ClusterLogs, ClusterExec, ClusterPortForward).
+pub async fn create_kwok_cluster(
+    client: &kube::Client,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) {
+    let resource = kwok_resource(kind);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let object = DynamicObject::new(name, &resource).data(json!({ "spec": spec }));
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("create kwok {kind} {name}: {err}"));
+}
+
+/// Creates one of kwok's per-pod resources (Logs, Exec, PortForward), named
+/// after the pod it applies to.
+pub async fn create_kwok(ns: &TestNamespace, kind: &str, pod: &str, spec: serde_json::Value) {
+    let resource = kwok_resource(kind);
     let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
     let object = DynamicObject::new(pod, &resource).data(json!({ "spec": spec }));
     api.create(&PostParams::default(), &object)

@@ -6,8 +6,11 @@
 //! cluster is never a silent skip.
 
 mod controller;
+mod crash;
 mod deploy_manifests;
 mod kwok_emulation;
 mod lifecycle;
 mod support;
+mod swap;
+mod swap_support;
 mod workloads;

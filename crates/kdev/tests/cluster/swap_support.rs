@@ -1,0 +1,287 @@
+//! Helpers for swap tests: a local agent standing in for the proxy pod's,
+//! a `kdev swap` child process, and checks that a Deployment is restored.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+
+use crate::kwok_emulation::create_kwok_cluster;
+use crate::support::{TestNamespace, eventually, free_port, kdev, kubeconfig, wait_child};
+
+/// A `kdev agent` on 127.0.0.1, reached by every proxy pod's tunnel port in
+/// the namespace through kwok's port-forward.
+pub struct LocalAgent {
+    child: Child,
+    /// Container port → the local port the agent listens on for it.
+    pub ports: BTreeMap<u16, u16>,
+    forward: String,
+}
+
+impl LocalAgent {
+    pub async fn start(ns: &TestNamespace, container_ports: &[u16], resolve: &[String]) -> Self {
+        let tunnel = free_port();
+        let ports: BTreeMap<u16, u16> = container_ports.iter().map(|p| (*p, free_port())).collect();
+        let mut command = kdev();
+        command.args(["agent", "--tunnel", &format!("127.0.0.1:{tunnel}")]);
+        for (port, local) in &ports {
+            command.args(["--port", &format!("{port}=127.0.0.1:{local}")]);
+        }
+        for entry in resolve {
+            command.args(["--resolve", entry]);
+        }
+        let child = command
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kdev agent");
+        let forward = format!("agent-{}", ns.name);
+        create_kwok_cluster(
+            &ns.client,
+            "ClusterPortForward",
+            &forward,
+            serde_json::json!({
+                "selector": { "matchNamespaces": [ns.name] },
+                "forwards": [{ "ports": [7355], "target": { "port": tunnel, "address": "127.0.0.1" } }]
+            }),
+        )
+        .await;
+        eventually(Duration::from_secs(10), "the agent to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", tunnel))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self {
+            child,
+            ports,
+            forward,
+        }
+    }
+
+    /// Where a client reaches the proxy pod's `port` (what a Service would route to).
+    pub fn address(&self, port: u16) -> (&'static str, u16) {
+        ("127.0.0.1", self.ports[&port])
+    }
+}
+
+impl Drop for LocalAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = crate::support::kubectl()
+            .args([
+                "delete",
+                "clusterportforwards.kwok.x-k8s.io",
+                &self.forward,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .output();
+    }
+}
+
+/// `kdev swap` as a child process; stderr goes to a file for assertions.
+pub struct Swap {
+    pub child: Child,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Swap {
+    pub fn start(ns: &str, args: &[&str], command: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stderr = dir.path().join("stderr");
+        let mut cmd = kdev();
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["-n", ns, "swap"])
+            .args(args)
+            .arg("--")
+            .args(command);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start kdev swap");
+        Self {
+            child,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the swap says it is in place.
+    pub async fn wait_swapped(&self) {
+        eventually(
+            Duration::from_secs(60),
+            "kdev swap to be in place",
+            || async {
+                let err = self.stderr();
+                assert!(!err.contains("error:"), "kdev swap failed: {err}");
+                err.contains("kdev: swapped").then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let what = format!("kdev swap (stderr: {})", self.stderr());
+        wait_child(&mut self.child, timeout, &what).await
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+    }
+}
+
+impl Drop for Swap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a Deployment from JSON and waits for all its pods to run.
+pub async fn deploy(ns: &TestNamespace, manifest: serde_json::Value) -> Deployment {
+    let deployment: Deployment = serde_json::from_value(manifest).expect("a valid Deployment");
+    let api = ns.api::<Deployment>();
+    let created = api
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    let name = created.metadata.name.clone().expect("a name");
+    let replicas = created.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    eventually(
+        Duration::from_secs(60),
+        "the deployment's pods to run",
+        || async {
+            let d = api.get(&name).await.ok()?;
+            (d.status?.ready_replicas.unwrap_or(0) == replicas).then_some(())
+        },
+    )
+    .await;
+    created
+}
+
+/// A Deployment of one container `app` with the given ports.
+pub fn simple_deployment(name: &str, replicas: i32, ports: &[u16]) -> serde_json::Value {
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| serde_json::json!({ "containerPort": p }))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                // Meets the "restricted" Pod Security Standard, as deploy/'s namespace enforces.
+                "spec": {
+                    "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
+                    "containers": [{
+                        "name": "app",
+                        "image": "example.invalid/app:1",
+                        "ports": ports,
+                        "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+                    }]
+                }
+            }
+        }
+    })
+}
+
+/// Waits until `deployment` is back at `replicas` with nothing of kdev left:
+/// no label or annotation, no Lease, no proxy pod.
+pub async fn assert_restored(
+    ns: &TestNamespace,
+    deployment: &str,
+    replicas: i32,
+    timeout: Duration,
+) {
+    let deployments = ns.api::<Deployment>();
+    let leases = ns.api::<Lease>();
+    let pods = ns.api::<Pod>();
+    eventually(
+        timeout,
+        &format!("deployment/{deployment} to be restored to {replicas}"),
+        || async {
+            let d = deployments.get(deployment).await.ok()?;
+            let at = d.spec.as_ref()?.replicas.unwrap_or(1);
+            let marks = d
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .keys()
+                .any(|k| k.starts_with("kdev.dev/"))
+                || d.metadata
+                    .labels
+                    .unwrap_or_default()
+                    .keys()
+                    .any(|k| k.starts_with("kdev.dev/"));
+            let lease = leases
+                .get_opt(&format!("kdev-swap-{deployment}"))
+                .await
+                .ok()?
+                .is_some();
+            let proxies = pods
+                .list(&ListParams::default().labels("kdev.dev/role=swap-proxy"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count();
+            (at == replicas && !marks && !lease && proxies == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// `kdev controller` reaping one namespace of the test cluster (admin
+/// credentials; deploy/'s RBAC is tested in controller.rs), killed when dropped.
+pub struct Controller(pub Child);
+
+impl Controller {
+    pub fn start(lease_namespace: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = kdev();
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args([
+                "controller",
+                "--lease-namespace",
+                lease_namespace,
+                "--identity",
+                "test-reaper",
+            ])
+            .args(["--watch-namespace", lease_namespace])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        Self(cmd.spawn().expect("start kdev controller"))
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
