@@ -122,7 +122,7 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
         // session and records an Event saying so.
         deploy(&ns, simple_deployment("web", 2, &[8080])).await;
         let mut dead = Swap::start(
-            &ns.name,
+            &ns,
             &["deploy/web", "--ttl", "3s"],
             &["true"],
             &[("KDEV_SWAP_CRASH_AFTER", "3")],

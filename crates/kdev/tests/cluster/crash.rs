@@ -18,7 +18,7 @@ const TTL_SECS: u64 = 3;
 #[tokio::test]
 async fn every_crash_point_is_restored_by_the_reaper() {
     with_namespace("crash", |ns| async move {
-        let _reaper = Controller::start(&ns.name, &[]);
+        let _reaper = Controller::start(&ns, &[]);
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
         let replicas = |step: u32| (step % 3 + 1) as i32;
         let deployments: Vec<_> = (1..=STEPS)
@@ -37,7 +37,7 @@ async fn every_crash_point_is_restored_by_the_reaper() {
                 let target = format!("deploy/web{step}");
                 let crash = step.to_string();
                 let swap = Swap::start(
-                    &ns.name,
+                    &ns,
                     &[&target, "--ttl", &ttl],
                     &["sleep", "1"],
                     &[("KDEV_SWAP_CRASH_AFTER", &crash)],
@@ -91,15 +91,14 @@ async fn a_reaper_killed_mid_restore_leaves_the_rest_to_its_successor() {
         deploy(&ns, simple_deployment("web", 2, &[8080])).await;
         // A session whose CLI died right after scaling to 0.
         let mut dead = Swap::start(
-            &ns.name,
+            &ns,
             &["deploy/web", "--ttl", "3s"],
             &["true"],
             &[("KDEV_SWAP_CRASH_AFTER", "3")],
         );
         dead.wait_exit(Duration::from_secs(30)).await;
 
-        let mut first =
-            Controller::start(&ns.name, &[("KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT", "1")]);
+        let mut first = Controller::start(&ns, &[("KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT", "1")]);
         let status = wait_child(&mut first.0, Duration::from_secs(30), "the first reaper").await;
         assert_eq!(status.signal(), Some(9));
         // It restored the Deployment but never reached the Lease.
@@ -113,7 +112,7 @@ async fn a_reaper_killed_mid_restore_leaves_the_rest_to_its_successor() {
                 .is_some()
         );
 
-        let _second = Controller::start(&ns.name, &[]);
+        let _second = Controller::start(&ns, &[]);
         assert_restored(&ns, "web", 2, Duration::from_secs(20)).await;
     })
     .await;

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::support::{kdev, unique_name};
+use crate::support::{OwnCluster, kdev, unique_name};
 
 #[test]
 fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
@@ -21,7 +21,7 @@ fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
         "kdev cluster up took {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let guard = Down(name.clone());
+    let guard = OwnCluster(name.clone());
 
     let path = kdev()
         .args(["cluster", "kubeconfig", "--name", &name])
@@ -76,20 +76,4 @@ fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
         .expect("run kdev");
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("kdev cluster up"));
-}
-
-/// Stops the cluster whatever the test's outcome.
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let down = kdev().args(["cluster", "down", "--name", &self.0]).output();
-        if let Ok(out) = down {
-            assert!(
-                out.status.success() || std::thread::panicking(),
-                "kdev cluster down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
 }

@@ -27,9 +27,9 @@ pub fn kubeconfig() -> PathBuf {
     }
 }
 
-pub async fn client() -> Client {
-    let path = kubeconfig();
-    let kubeconfig = Kubeconfig::read_from(&path)
+/// A client for the cluster behind `path`.
+pub async fn client_for(path: &std::path::Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path)
         .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -44,10 +44,15 @@ pub fn kdev() -> Command {
 
 /// The pinned kubectl that `scripts/install-control-plane` built.
 pub fn kubectl() -> Command {
+    kubectl_for(&kubeconfig())
+}
+
+/// The pinned kubectl, for the cluster behind `kubeconfig`.
+pub fn kubectl_for(kubeconfig: &std::path::Path) -> Command {
     let binaries =
         kdev::cluster::Binaries::locate().expect("the control-plane binaries are installed");
     let mut command = Command::new(binaries.kubectl);
-    command.arg("--kubeconfig").arg(kubeconfig());
+    command.arg("--kubeconfig").arg(kubeconfig);
     command
 }
 
@@ -55,6 +60,8 @@ pub fn kubectl() -> Command {
 pub struct TestNamespace {
     pub name: String,
     pub client: Client,
+    /// The kubeconfig of the cluster the namespace is in.
+    pub kubeconfig: PathBuf,
 }
 
 impl TestNamespace {
@@ -74,7 +81,16 @@ where
     F: FnOnce(TestNamespace) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let client = client().await;
+    with_namespace_in(&kubeconfig(), prefix, test).await;
+}
+
+/// [`with_namespace`] in the cluster behind `kubeconfig`.
+pub async fn with_namespace_in<F, Fut>(kubeconfig: &std::path::Path, prefix: &str, test: F)
+where
+    F: FnOnce(TestNamespace) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = client_for(kubeconfig).await;
     let name = unique_name(prefix);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -103,6 +119,7 @@ where
     let outcome = AssertUnwindSafe(test(TestNamespace {
         name: name.clone(),
         client: client.clone(),
+        kubeconfig: kubeconfig.to_owned(),
     }))
     .catch_unwind()
     .await;
@@ -261,5 +278,44 @@ pub async fn wait_child(
             "{what} did not exit within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A local cluster of a test's own, stopped when dropped whatever the outcome.
+pub struct OwnCluster(pub String);
+
+impl OwnCluster {
+    /// Starts `kdev cluster up --name <name>` and returns the guard and its kubeconfig.
+    pub fn up(prefix: &str) -> (Self, PathBuf) {
+        let name = unique_name(prefix);
+        let up = kdev()
+            .args(["cluster", "up", "--name", &name])
+            .output()
+            .expect("run kdev");
+        let guard = OwnCluster(name.clone());
+        assert!(
+            up.status.success(),
+            "kdev cluster up failed: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let path = kdev()
+            .args(["cluster", "kubeconfig", "--name", &name])
+            .output()
+            .expect("run kdev");
+        let kubeconfig = PathBuf::from(String::from_utf8(path.stdout).expect("utf-8").trim());
+        (guard, kubeconfig)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let down = kdev().args(["cluster", "down", "--name", &self.0]).output();
+        if let Ok(out) = down {
+            assert!(
+                out.status.success() || std::thread::panicking(),
+                "kdev cluster down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

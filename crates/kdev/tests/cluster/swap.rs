@@ -37,7 +37,7 @@ async fn many_concurrent_inbound_connections_reach_the_local_process_byte_exact(
         let agent = LocalAgent::start(&ns, &[8080], &[]).await;
         let local = echo_server().await;
         let mut swap = Swap::start(
-            &ns.name,
+            &ns,
             &[
                 "deploy/web",
                 "--ttl",
@@ -126,7 +126,7 @@ async fn the_local_process_reaches_a_cluster_service_through_the_agent() {
             open(sys.argv[1],'wb').write(data)\n";
         let forward = format!("svc/backend:{backend_port}");
         let mut swap = Swap::start(
-            &ns.name,
+            &ns,
             &["deploy/web", "--ttl", "6s", "--forward", &forward],
             &["python3", "-c", script, result.to_str().expect("utf-8")],
             &[],
@@ -196,7 +196,7 @@ async fn the_local_process_gets_env_envfrom_downward_api_and_volume_files() {
         let out = tempfile::tempdir().expect("temp dir");
         let script = r#"env > "$1/env" && cp -r "$KDEV_ROOT" "$1/root" && stat -c %a "$KDEV_ROOT/var/run/secrets/app/password" > "$1/mode" && exit 7"#;
         let mut swap = Swap::start(
-            &ns.name,
+            &ns,
             &["deploy/api", "--ttl", "6s"],
             &["sh", "-c", script, "sh", out.path().to_str().expect("utf-8")],
             &[],
@@ -237,14 +237,9 @@ async fn a_second_swap_of_the_same_deployment_is_refused_with_its_holder() {
     with_namespace("swap-twice", |ns| async move {
         deploy(&ns, simple_deployment("web", 1, &[8080])).await;
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
-        let first = Swap::start(
-            &ns.name,
-            &["deploy/web", "--ttl", "6s"],
-            &["sleep", "300"],
-            &[],
-        );
+        let first = Swap::start(&ns, &["deploy/web", "--ttl", "6s"], &["sleep", "300"], &[]);
         first.wait_swapped().await;
-        let mut second = Swap::start(&ns.name, &["deploy/web", "--ttl", "6s"], &["true"], &[]);
+        let mut second = Swap::start(&ns, &["deploy/web", "--ttl", "6s"], &["true"], &[]);
         let status = second.wait_exit(Duration::from_secs(30)).await;
         assert_eq!(status.code(), Some(1));
         let err = second.stderr();
@@ -268,12 +263,7 @@ async fn a_manual_scale_during_a_swap_is_kept_and_reported() {
     with_namespace("swap-scale", |ns| async move {
         deploy(&ns, simple_deployment("web", 2, &[8080])).await;
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
-        let mut swap = Swap::start(
-            &ns.name,
-            &["deploy/web", "--ttl", "6s"],
-            &["sleep", "300"],
-            &[],
-        );
+        let mut swap = Swap::start(&ns, &["deploy/web", "--ttl", "6s"], &["sleep", "300"], &[]);
         swap.wait_swapped().await;
         ns.api::<Deployment>()
             .patch(
@@ -298,12 +288,7 @@ async fn deleting_the_lease_under_a_running_session_ends_it_and_restores() {
     with_namespace("swap-lease", |ns| async move {
         deploy(&ns, simple_deployment("web", 3, &[8080])).await;
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
-        let mut swap = Swap::start(
-            &ns.name,
-            &["deploy/web", "--ttl", "3s"],
-            &["sleep", "300"],
-            &[],
-        );
+        let mut swap = Swap::start(&ns, &["deploy/web", "--ttl", "3s"], &["sleep", "300"], &[]);
         swap.wait_swapped().await;
         ns.api::<Lease>()
             .delete("kdev-swap-web", &DeleteParams::default())
@@ -337,7 +322,7 @@ async fn bad_input_is_a_usage_error_and_changes_nothing() {
                 "has no container \"nope\"",
             ),
         ] {
-            let mut swap = Swap::start(&ns.name, &args, &["true"], &[]);
+            let mut swap = Swap::start(&ns, &args, &["true"], &[]);
             let status = swap.wait_exit(Duration::from_secs(20)).await;
             assert_eq!(status.code(), Some(2), "{args:?}: {}", swap.stderr());
             assert!(
@@ -346,7 +331,7 @@ async fn bad_input_is_a_usage_error_and_changes_nothing() {
                 swap.stderr()
             );
         }
-        let mut missing = Swap::start(&ns.name, &["deploy/absent"], &["true"], &[]);
+        let mut missing = Swap::start(&ns, &["deploy/absent"], &["true"], &[]);
         assert_eq!(
             missing.wait_exit(Duration::from_secs(20)).await.code(),
             Some(1)
@@ -376,7 +361,7 @@ async fn swap_sweeps_an_expired_session_of_its_target_first() {
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
         // A session whose CLI died right after scaling to 0.
         let mut dead = Swap::start(
-            &ns.name,
+            &ns,
             &["deploy/web", "--ttl", "3s"],
             &["sleep", "300"],
             &[("KDEV_SWAP_CRASH_AFTER", "2")],
@@ -385,7 +370,7 @@ async fn swap_sweeps_an_expired_session_of_its_target_first() {
         let d = ns.api::<Deployment>().get("web").await.expect("deployment");
         assert_eq!(d.spec.and_then(|s| s.replicas), Some(0));
 
-        let mut next = Swap::start(&ns.name, &["deploy/web", "--ttl", "6s"], &["true"], &[]);
+        let mut next = Swap::start(&ns, &["deploy/web", "--ttl", "6s"], &["true"], &[]);
         let status = next.wait_exit(Duration::from_secs(60)).await;
         assert!(status.success(), "{}", next.stderr());
         assert!(
@@ -411,12 +396,7 @@ async fn sessions_lists_a_live_swap() {
     with_namespace("swap-list", |ns| async move {
         deploy(&ns, simple_deployment("web", 1, &[8080])).await;
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
-        let swap = Swap::start(
-            &ns.name,
-            &["deploy/web", "--ttl", "6s"],
-            &["sleep", "300"],
-            &[],
-        );
+        let swap = Swap::start(&ns, &["deploy/web", "--ttl", "6s"], &["sleep", "300"], &[]);
         swap.wait_swapped().await;
         let out = crate::support::kdev()
             .arg("--kubeconfig")

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 
 use crate::kwok_emulation::create_kwok_cluster;
-use crate::support::{TestNamespace, eventually, free_port, kdev, kubeconfig, wait_child};
+use crate::support::{TestNamespace, eventually, free_port, kdev, wait_child};
 
 /// A `kdev agent` on 127.0.0.1, reached by every proxy pod's tunnel port in
 /// the namespace through kwok's port-forward.
@@ -21,24 +21,26 @@ pub struct LocalAgent {
     /// Container port → the local port the agent listens on for it.
     pub ports: BTreeMap<u16, u16>,
     forward: String,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
 }
 
 impl LocalAgent {
     pub async fn start(ns: &TestNamespace, container_ports: &[u16], resolve: &[String]) -> Self {
         let tunnel = free_port();
         let ports: BTreeMap<u16, u16> = container_ports.iter().map(|p| (*p, free_port())).collect();
-        let mut command = kdev();
-        command.args(["agent", "--tunnel", &format!("127.0.0.1:{tunnel}")]);
+        let mut args = vec![
+            "agent".to_owned(),
+            "--tunnel".to_owned(),
+            format!("127.0.0.1:{tunnel}"),
+        ];
         for (port, local) in &ports {
-            command.args(["--port", &format!("{port}=127.0.0.1:{local}")]);
+            args.extend(["--port".to_owned(), format!("{port}=127.0.0.1:{local}")]);
         }
         for entry in resolve {
-            command.args(["--resolve", entry]);
+            args.extend(["--resolve".to_owned(), entry.clone()]);
         }
-        let child = command
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kdev agent");
+        let child = spawn_agent(&args);
         let forward = format!("agent-{}", ns.name);
         create_kwok_cluster(
             &ns.client,
@@ -61,7 +63,37 @@ impl LocalAgent {
             child,
             ports,
             forward,
+            args,
+            kubeconfig: ns.kubeconfig.clone(),
         }
+    }
+
+    /// Kills the agent, as a crashed or rescheduled proxy pod would lose it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the agent again on the same ports.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_agent(&self.args);
+        let tunnel: u16 = self.args[2]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("tunnel port");
+        eventually(
+            Duration::from_secs(10),
+            "the agent to listen again",
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", tunnel))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
     }
 
     /// Where a client reaches the proxy pod's `port` (what a Service would route to).
@@ -74,7 +106,7 @@ impl Drop for LocalAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = crate::support::kubectl()
+        let _ = crate::support::kubectl_for(&self.kubeconfig)
             .args([
                 "delete",
                 "clusterportforwards.kwok.x-k8s.io",
@@ -86,6 +118,14 @@ impl Drop for LocalAgent {
     }
 }
 
+fn spawn_agent(args: &[String]) -> Child {
+    kdev()
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kdev agent")
+}
+
 /// `kdev swap` as a child process; stderr goes to a file for assertions.
 pub struct Swap {
     pub child: Child,
@@ -94,13 +134,18 @@ pub struct Swap {
 }
 
 impl Swap {
-    pub fn start(ns: &str, args: &[&str], command: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start(
+        ns: &TestNamespace,
+        args: &[&str],
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("stderr");
         let mut cmd = kdev();
         cmd.arg("--kubeconfig")
-            .arg(kubeconfig())
-            .args(["-n", ns, "swap"])
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "swap"])
             .args(args)
             .arg("--")
             .args(command);
@@ -258,10 +303,11 @@ pub async fn assert_restored(
 pub struct Controller(pub Child);
 
 impl Controller {
-    pub fn start(lease_namespace: &str, env: &[(&str, &str)]) -> Self {
+    pub fn start(ns: &TestNamespace, env: &[(&str, &str)]) -> Self {
+        let lease_namespace = ns.name.as_str();
         let mut cmd = kdev();
         cmd.arg("--kubeconfig")
-            .arg(kubeconfig())
+            .arg(&ns.kubeconfig)
             .args([
                 "controller",
                 "--lease-namespace",
