@@ -114,6 +114,12 @@ pub struct ControllerArgs {
     /// Reap swap sessions in this namespace only (default: every namespace; needs only namespaced RBAC).
     #[arg(long, value_name = "NAME")]
     pub watch_namespace: Option<String>,
+    /// Also clean up after dead telepresence 1 proxies, every 30s (needs deploy/telepresence's RBAC).
+    #[arg(long)]
+    pub telepresence: bool,
+    /// With --telepresence: leave proxies younger than this alone.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub telepresence_min_age: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -73,6 +73,20 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
         metrics.clone(),
     ));
 
+    let janitor = args.telepresence.then(|| {
+        let options = crate::telepresence::Options {
+            min_age: args.telepresence_min_age,
+            dry_run: false,
+            tries: 3,
+        };
+        tokio::spawn(telepresence_janitor(
+            kube.clone(),
+            args.watch_namespace.clone(),
+            options,
+            leading_rx.clone(),
+        ))
+    });
+
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &namespace);
     let elector = leader::Elector::new(
         leases,
@@ -83,7 +97,34 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
     let outcome = elector.run(leading_tx, metrics, shutdown_signal()).await;
     server.abort();
     reaper.abort();
+    if let Some(janitor) = janitor {
+        janitor.abort();
+    }
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// While leading, sweeps telepresence 1 proxies every 30 s.
+async fn telepresence_janitor(
+    kube: kubeclient::Kube,
+    namespace: Option<String>,
+    options: crate::telepresence::Options,
+    mut leading: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        match crate::telepresence::sweep(&kube, namespace.as_deref(), options).await {
+            Ok(reports) => {
+                for report in reports.iter().filter(|r| r.restored) {
+                    tracing::info!(namespace = %report.namespace, pod = %report.pod, "telepresence proxy: {}", report.line);
+                }
+            }
+            Err(err) => tracing::warn!(error = %format!("{err:#}"), "telepresence sweep failed"),
+        }
+    }
 }
 
 /// The pod's name is the natural identity; outside a pod, the host name plus

@@ -15,6 +15,7 @@ pub mod error;
 pub mod kubeclient;
 pub mod progress;
 pub mod swap;
+pub mod telepresence;
 pub mod tunnel;
 mod version;
 

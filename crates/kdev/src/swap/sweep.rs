@@ -42,6 +42,12 @@ pub struct SweepArgs {
     /// Say what would be restored; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also restore Deployments left at 0 by dead telepresence 1 proxies, and delete the proxies.
+    #[arg(long)]
+    pub telepresence: bool,
+    /// With --telepresence: leave proxies younger than this alone.
+    #[arg(long, default_value = "2m", value_parser = crate::cli::parse_duration)]
+    pub min_age: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -263,12 +269,26 @@ fn reason(state: State) -> &'static str {
 pub async fn sweep(global: &GlobalArgs, args: SweepArgs) -> anyhow::Result<ExitCode> {
     let kube = kubeclient::connect(global).await?;
     let namespace = (!args.all_namespaces).then_some(kube.namespace.as_str());
+    let mut failed = false;
+    if args.telepresence {
+        let options = crate::telepresence::Options {
+            min_age: args.min_age,
+            dry_run: args.dry_run,
+            tries: 3,
+        };
+        let reports = crate::telepresence::sweep(&kube, namespace, options).await?;
+        if reports.is_empty() {
+            eprintln!("no telepresence proxies found");
+        }
+        for report in reports {
+            println!("{}/pod/{}: {}", report.namespace, report.pod, report.line);
+        }
+    }
     let found = find(&kube, namespace).await?;
     if found.is_empty() {
         eprintln!("no swap sessions found");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut failed = false;
     for (session, state) in judge(&kube, found).await? {
         let name = format!("{}/deployment/{}", session.namespace, session.deployment);
         match state {

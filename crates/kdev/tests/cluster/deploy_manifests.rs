@@ -7,7 +7,7 @@ use crate::support::{kubectl_apply, render_deploy, with_namespace};
 #[tokio::test]
 async fn deploy_manifests_pass_server_side_dry_run() {
     with_namespace("deploy", |ns| async move {
-        let manifests = render_deploy(&ns.name);
+        let manifests = render_deploy(&ns.name, &["telepresence"]);
         let applied = kubectl_apply(&manifests, &["--dry-run=server", "-o", "json"]);
         assert!(
             applied.status.success(),
@@ -40,6 +40,19 @@ async fn deploy_manifests_pass_server_side_dry_run() {
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         let container = &pod["containers"][0];
         assert_eq!(container["args"][0], "controller");
+        // The telepresence component switches the cleaner on and grants what it needs.
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(args.contains(&"--telepresence"), "{args:?}");
+        assert!(
+            items.iter().any(|i| i["kind"] == "ClusterRole"
+                && i["metadata"]["name"] == "kdev-controller-telepresence"),
+            "the telepresence ClusterRole"
+        );
         let security = &container["securityContext"];
         assert_eq!(security["allowPrivilegeEscalation"], false);
         assert_eq!(security["readOnlyRootFilesystem"], true);

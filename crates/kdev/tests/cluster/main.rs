@@ -14,4 +14,5 @@ mod resilience;
 mod support;
 mod swap;
 mod swap_support;
+mod telepresence;
 mod workloads;

@@ -166,25 +166,23 @@ where
     }
 }
 
-/// deploy/ rendered by kustomize with every object moved into `namespace`.
+/// deploy/ rendered by kustomize with every object moved into `namespace`,
+/// with the optional components named in `components` (e.g. "telepresence").
 /// kustomize takes only relative resource paths, so deploy/ is copied beside
 /// the overlay.
-pub fn render_deploy(namespace: &str) -> Vec<u8> {
+pub fn render_deploy(namespace: &str, components: &[&str]) -> Vec<u8> {
     let overlay = tempfile::tempdir().expect("temp dir");
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
-    let base = overlay.path().join("base");
-    std::fs::create_dir(&base).expect("create base");
-    for entry in std::fs::read_dir(&deploy).expect("deploy/ exists") {
-        let path = entry.expect("read deploy/").path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            std::fs::copy(&path, base.join(path.file_name().expect("a file name"))).expect("copy");
+    copy_yaml_tree(&deploy, &overlay.path().join("base"));
+    let mut kustomization = format!("namespace: {namespace}\nresources:\n- base\n");
+    if !components.is_empty() {
+        kustomization.push_str("components:\n");
+        for component in components {
+            kustomization.push_str(&format!("- base/{component}\n"));
         }
     }
-    std::fs::write(
-        overlay.path().join("kustomization.yaml"),
-        format!("namespace: {namespace}\nresources:\n- base\n"),
-    )
-    .expect("write overlay");
+    std::fs::write(overlay.path().join("kustomization.yaml"), kustomization)
+        .expect("write overlay");
     let rendered = kubectl()
         .arg("kustomize")
         .arg(overlay.path())
@@ -196,6 +194,19 @@ pub fn render_deploy(namespace: &str) -> Vec<u8> {
         String::from_utf8_lossy(&rendered.stderr)
     );
     rendered.stdout
+}
+
+fn copy_yaml_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("read entry").path();
+        let target = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_yaml_tree(&path, &target);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
 }
 
 /// `kubectl apply -f -` of `manifests`, with extra flags.

@@ -1,0 +1,304 @@
+//! `kdev sweep --telepresence` against what telepresence 1 leaves behind:
+//! 0.105 proxy Deployments and 0.106+ bare proxy Pods, alive and dead, plus
+//! an ambiguous one. kwok forwards each proxy's port 9055 to a local port
+//! that answers HTTP (alive) or refuses connections (dead).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::kwok_emulation::create_kwok_cluster;
+use crate::support::{TestNamespace, eventually, free_port, kdev, kubectl_apply, with_namespace};
+use crate::swap_support::deploy;
+
+const ID: &str = "5f1e3c0a9b7d4e2f8a6c1b3d5e7f9a0b";
+
+/// Forwards port 9055 of every pod in the namespace to a local port that
+/// answers HTTP when `alive`, and refuses connections when not.
+async fn proxy_liveness(ns: &TestNamespace, alive: bool) {
+    let port = if alive {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 256];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        port
+    } else {
+        free_port()
+    };
+    create_kwok_cluster(
+        &ns.client,
+        "ClusterPortForward",
+        &format!("tp-{}", ns.name),
+        json!({
+            "selector": { "matchNamespaces": [ns.name] },
+            "forwards": [{ "ports": [9055], "target": { "port": port, "address": "127.0.0.1" } }]
+        }),
+    )
+    .await;
+}
+
+/// An original the way a team deploys it (`kubectl apply`, so its
+/// last-applied-configuration records `replicas`), then scaled to 0 by
+/// telepresence.
+async fn applied_original(
+    ns: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    labels: serde_json::Value,
+) {
+    let manifest = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": ns.name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": labels },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+            }
+        }
+    });
+    let applied = kubectl_apply(manifest.to_string().as_bytes(), &[]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    scale(ns, name, 0).await;
+}
+
+async fn scale(ns: &TestNamespace, name: &str, replicas: i32) {
+    ns.api::<Deployment>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
+        )
+        .await
+        .expect("scale");
+}
+
+/// A 0.106+ proxy: a bare Pod named `{original:.17}-{id}` with the
+/// original's labels plus `telepresence: id`.
+async fn bare_proxy(ns: &TestNamespace, name: &str, labels: serde_json::Value) {
+    let mut labels = labels;
+    labels["telepresence"] = json!(ID);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "app", "image": "datawire/telepresence-k8s:0.109", "command": ["/usr/src/app/run.sh"] }]
+        }
+    }))
+    .expect("valid");
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create proxy pod");
+    eventually(Duration::from_secs(30), "the proxy pod to run", || async {
+        let pod = ns.api::<Pod>().get(name).await.ok()?;
+        (pod.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+}
+
+/// True once a port-forward to `pod`'s port 9055 gets an HTTP answer.
+async fn answers(ns: &TestNamespace, pod: &str) -> Option<()> {
+    let mut forwarder = ns.api::<Pod>().portforward(pod, &[9055]).await.ok()?;
+    let mut stream = forwarder.take_stream(9055)?;
+    stream.write_all(b"HEAD / HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut reply = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut reply))
+        .await
+        .ok()?
+        .ok()?;
+    forwarder.abort();
+    (&reply == b"HTTP/").then_some(())
+}
+
+/// Runs the CLI without blocking this test's runtime, which serves the
+/// proxies' port 9055.
+async fn sweep(ns: &TestNamespace, extra: &[&str]) -> String {
+    let out = tokio::process::Command::from(kdev())
+        .arg("--kubeconfig")
+        .arg(&ns.kubeconfig)
+        .args(["-n", &ns.name, "sweep", "--telepresence"])
+        .args(extra)
+        .output()
+        .await
+        .expect("run kdev sweep");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn replicas(ns: &TestNamespace, name: &str) -> Option<i32> {
+    ns.api::<Deployment>()
+        .get(name)
+        .await
+        .expect("deployment")
+        .spec
+        .and_then(|s| s.replicas)
+}
+
+#[tokio::test]
+async fn a_dead_bare_proxy_is_replaced_by_its_original_at_its_last_applied_replicas() {
+    with_namespace("tp106-dead", |ns| async move {
+        applied_original(&ns, "orders-api", 3, json!({ "app": "orders-api" })).await;
+        let proxy = format!("orders-api-{ID}");
+        proxy_liveness(&ns, false).await;
+        bare_proxy(&ns, &proxy, json!({ "app": "orders-api" })).await;
+
+        // A proxy younger than the minimum age is left alone.
+        let young = sweep(&ns, &[]).await;
+        assert!(young.contains("younger than 120s, left alone"), "{young}");
+
+        let dry = sweep(&ns, &["--min-age", "0s", "--dry-run"]).await;
+        assert!(
+            dry.contains("would scale deployment/orders-api to 3"),
+            "{dry}"
+        );
+        assert_eq!(replicas(&ns, "orders-api").await, Some(0));
+
+        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        assert!(out.contains("dead (0.106+ bare proxy Pod)"), "{out}");
+        assert!(
+            out.contains("scaled deployment/orders-api to 3, from its last-applied-configuration"),
+            "{out}"
+        );
+        assert_eq!(replicas(&ns, "orders-api").await, Some(3));
+        eventually(Duration::from_secs(20), "the proxy pod to go", || async {
+            ns.api::<Pod>()
+                .get_opt(&proxy)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_live_bare_proxy_is_left_alone() {
+    with_namespace("tp106-alive", |ns| async move {
+        applied_original(&ns, "orders-api", 3, json!({ "app": "orders-api" })).await;
+        let proxy = format!("orders-api-{ID}");
+        proxy_liveness(&ns, true).await;
+        bare_proxy(&ns, &proxy, json!({ "app": "orders-api" })).await;
+        eventually(Duration::from_secs(20), "kwok to forward port 9055", || {
+            answers(&ns, &proxy)
+        })
+        .await;
+        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        assert!(
+            out.contains("alive (port 9055 answers), left alone"),
+            "{out}"
+        );
+        assert_eq!(replicas(&ns, "orders-api").await, Some(0));
+        assert!(
+            ns.api::<Pod>()
+                .get_opt(&proxy)
+                .await
+                .expect("read")
+                .is_some()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_0105_proxy_deployment_points_back_to_its_original() {
+    with_namespace("tp105-dead", |ns| async move {
+        // The original, at 0, created without kubectl apply: no evidence of its count.
+        deploy(&ns, crate::swap_support::simple_deployment("billing", 0, &[8080])).await;
+        let last_applied = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": format!("billing-{ID}"),
+                "selfLink": format!("/apis/apps/v1/namespaces/{}/deployments/billing", ns.name),
+            },
+        })
+        .to_string();
+        let proxy: Deployment = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("billing-{ID}"),
+                "labels": { "telepresence": ID },
+                "annotations": { "kubectl.kubernetes.io/last-applied-configuration": last_applied },
+            },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "billing", "telepresence": ID } },
+                "template": {
+                    "metadata": { "labels": { "app": "billing", "telepresence": ID } },
+                    "spec": { "containers": [{ "name": "app", "image": "datawire/telepresence-k8s:0.105" }] }
+                }
+            }
+        }))
+        .expect("valid");
+        proxy_liveness(&ns, false).await;
+        ns.api::<Deployment>().create(&PostParams::default(), &proxy).await.expect("create proxy deployment");
+        eventually(Duration::from_secs(30), "the proxy's pod to run", || async {
+            let d = ns.api::<Deployment>().get(&format!("billing-{ID}")).await.ok()?;
+            (d.status?.ready_replicas == Some(1)).then_some(())
+        })
+        .await;
+
+        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        assert!(out.contains("dead (0.105 proxy Deployment)"), "{out}");
+        assert!(out.contains("scaled deployment/billing to 1, the default"), "{out}");
+        assert_eq!(replicas(&ns, "billing").await, Some(1));
+        eventually(Duration::from_secs(20), "the proxy deployment to go", || async {
+            ns.api::<Deployment>().get_opt(&format!("billing-{ID}")).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ambiguous_match_is_reported_and_left_alone() {
+    with_namespace("tp-ambiguous", |ns| async move {
+        // Both names cut to 17 characters give "payments-service-".
+        applied_original(&ns, "payments-service-a", 2, json!({ "app": "pay" })).await;
+        applied_original(&ns, "payments-service-b", 2, json!({ "app": "pay" })).await;
+        let proxy = format!("payments-service--{ID}");
+        proxy_liveness(&ns, false).await;
+        bare_proxy(&ns, &proxy, json!({ "app": "pay" })).await;
+        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        assert!(
+            out.contains(
+                "2 Deployments match (payments-service-a, payments-service-b): left alone"
+            ),
+            "{out}"
+        );
+        assert_eq!(replicas(&ns, "payments-service-a").await, Some(0));
+        assert_eq!(replicas(&ns, "payments-service-b").await, Some(0));
+        assert!(
+            ns.api::<Pod>()
+                .get_opt(&proxy)
+                .await
+                .expect("read")
+                .is_some()
+        );
+    })
+    .await;
+}
