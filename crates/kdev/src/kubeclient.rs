@@ -19,6 +19,8 @@ use crate::error::usage;
 #[derive(Clone)]
 pub struct Kube {
     pub client: Client,
+    /// What the client was built from, for [`Kube::streaming_client`].
+    config: Config,
     /// The `-n` namespace, else the context's, else "default".
     pub namespace: String,
     /// The API server's URL, for error messages.
@@ -54,10 +56,11 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Kube> {
         .unwrap_or_else(|| config.default_namespace.clone());
     validate_dns_label("namespace", &namespace)?;
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config)
+    let client = Client::try_from(config.clone())
         .with_context(|| format!("failed to build a client for the API server at {server}"))?;
     Ok(Kube {
         client,
+        config,
         namespace,
         server,
     })
@@ -194,6 +197,45 @@ pub fn validate_dns_label(what: &str, name: &str) -> anyhow::Result<()> {
 }
 
 impl Kube {
+    /// A client for long-lived byte streams (the swap tunnel's port-forward)
+    /// whose connections to the API server set `TCP_NODELAY`. kube's own
+    /// client leaves Nagle's algorithm on, which holds back small WebSocket
+    /// frames until the previous one is acknowledged: up to a delayed-ACK
+    /// timeout (~40 ms) on an interactive request. Same base URI, TLS and
+    /// credentials as [`Kube::client`].
+    pub fn streaming_client(&self) -> anyhow::Result<Client> {
+        use hyper_util::client::legacy::connect::HttpConnector;
+        use kube::client::ConfigExt as _;
+        use tower::ServiceBuilder;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(self.config.connect_timeout);
+        let https = self
+            .config
+            .rustls_https_connector_with_connector(http)
+            .context("failed to set up TLS for the API server")?;
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, kube::client::Body>(https);
+        let service = ServiceBuilder::new()
+            .layer(self.config.base_uri_layer())
+            .option_layer(
+                self.config
+                    .auth_layer()
+                    .context("failed to set up API credentials")?,
+            )
+            .layer(
+                self.config
+                    .extra_headers_layer()
+                    .context("failed to set up API headers")?,
+            )
+            .map_err(|err| Box::new(err) as Box<dyn std::error::Error + Send + Sync>)
+            .service(hyper);
+        Ok(Client::new(service, self.config.default_namespace.clone()))
+    }
+
     /// Turns a failed API call into a message saying what failed and what to
     /// do: `action` names the call and its object, e.g. "get deployment team/web".
     pub fn explain(&self, err: kube::Error, action: impl fmt::Display) -> anyhow::Error {

@@ -262,8 +262,10 @@ async fn swap_and_run(
     let step =
         crate::progress::Step::start(format!("waiting for proxy pod {}", session.proxy_name));
     let proxy = session.wait_proxy_running(args.timeout).await?;
+    // The tunnel's own client: TCP_NODELAY towards the API server.
+    let tunnel_pods: Api<Pod> = Api::namespaced(kube.streaming_client()?, &kube.namespace);
     let (mut current, link_task) = link::maintain(
-        pods.clone(),
+        tunnel_pods,
         session.proxy_name.clone(),
         Arc::new(routes.clone()),
     );

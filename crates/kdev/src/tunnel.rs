@@ -49,6 +49,9 @@ impl Mux {
         let mut config = yamux::Config::default();
         // Window per stream × streams must stay under the connection's cap.
         config.set_max_num_streams(1024);
+        // Each yamux frame becomes one WebSocket message through the API
+        // server; fewer, larger frames move more bytes per message.
+        config.set_split_send_size(256 * 1024);
         let mut connection = yamux::Connection::new(io.compat(), config, mode);
         let (open_tx, mut open_rx) = mpsc::unbounded_channel::<OpenReply>();
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
