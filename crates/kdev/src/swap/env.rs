@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::Api;
 
-use crate::kubeclient::{Kube, is_not_found};
+use crate::kubeclient::Kube;
 
 /// What the local process gets.
 #[derive(Default)]
@@ -47,73 +47,68 @@ struct Sources<'a> {
     secrets: BTreeMap<String, Option<BTreeMap<String, Vec<u8>>>>,
 }
 
-impl<'a> Sources<'a> {
-    async fn config_map(
-        &mut self,
-        name: &str,
-    ) -> anyhow::Result<Option<&BTreeMap<String, Vec<u8>>>> {
+/// A ConfigMap's or Secret's keys, whatever field holds them.
+type Data = BTreeMap<String, Vec<u8>>;
+
+impl Sources<'_> {
+    async fn config_map(&mut self, name: &str) -> anyhow::Result<Option<&Data>> {
         if !self.config_maps.contains_key(name) {
-            let api: Api<ConfigMap> =
-                Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
-            let data = match api.get(name).await {
-                Ok(cm) => {
-                    let mut data: BTreeMap<String, Vec<u8>> = cm
-                        .data
+            let data = self.read::<ConfigMap>(name, "configmap").await?.map(|cm| {
+                let mut data: Data = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                data.extend(
+                    cm.binary_data
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    data.extend(
-                        cm.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    );
-                    Some(data)
-                }
-                Err(err) if is_not_found(&err) => None,
-                Err(err) => {
-                    return Err(self.kube.explain(
-                        err,
-                        format!("read configmap {}/{name}", self.kube.namespace),
-                    ));
-                }
-            };
+                        .map(|(k, v)| (k, v.0)),
+                );
+                data
+            });
             self.config_maps.insert(name.to_owned(), data);
         }
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
     }
 
-    async fn secret(&mut self, name: &str) -> anyhow::Result<Option<&BTreeMap<String, Vec<u8>>>> {
+    async fn secret(&mut self, name: &str) -> anyhow::Result<Option<&Data>> {
         if !self.secrets.contains_key(name) {
-            let api: Api<Secret> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
-            let data = match api.get(name).await {
-                Ok(secret) => {
-                    let mut data: BTreeMap<String, Vec<u8>> = secret
-                        .data
+            let data = self.read::<Secret>(name, "secret").await?.map(|secret| {
+                let mut data: Data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                data.extend(
+                    secret
+                        .string_data
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    data.extend(
-                        secret
-                            .string_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes())),
-                    );
-                    Some(data)
-                }
-                Err(err) if is_not_found(&err) => None,
-                Err(err) => {
-                    return Err(self
-                        .kube
-                        .explain(err, format!("read secret {}/{name}", self.kube.namespace)));
-                }
-            };
+                        .map(|(k, v)| (k, v.into_bytes())),
+                );
+                data
+            });
             self.secrets.insert(name.to_owned(), data);
         }
         Ok(self.secrets.get(name).and_then(Option::as_ref))
+    }
+
+    /// One object of the session's namespace; `None` when it does not exist.
+    async fn read<K>(&self, name: &str, kind: &str) -> anyhow::Result<Option<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        api.get_opt(name).await.map_err(|err| {
+            self.kube
+                .explain(err, format!("read {kind} {}/{name}", self.kube.namespace))
+        })
     }
 }
 

@@ -380,15 +380,11 @@ impl Session {
     pub async fn renew(&self) -> anyhow::Result<Result<(), String>> {
         let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let name = session::lease_name(&self.deployment);
+        let deleted = || format!("its Lease {}/{name} was deleted", self.kube.namespace);
         for _ in 0..3 {
             let lease = match leases.get_opt(&name).await {
                 Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    return Ok(Err(format!(
-                        "its Lease {}/{name} was deleted",
-                        self.kube.namespace
-                    )));
-                }
+                Ok(None) => return Ok(Err(deleted())),
                 Err(err) => {
                     return Err(self
                         .kube
@@ -414,12 +410,7 @@ impl Session {
             match leases.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => return Ok(Ok(())),
                 Err(err) if is_conflict(&err) => continue,
-                Err(err) if is_not_found(&err) => {
-                    return Ok(Err(format!(
-                        "its Lease {}/{name} was deleted",
-                        self.kube.namespace
-                    )));
-                }
+                Err(err) if is_not_found(&err) => return Ok(Err(deleted())),
                 Err(err) => {
                     return Err(self
                         .kube

@@ -5,26 +5,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
-use serde_json::json;
 
 use crate::support::{eventually, with_namespace};
-
-pub fn deployment(name: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "web", "image": "example.invalid/web:1" }] }
-            }
-        }
-    }))
-    .expect("a valid Deployment")
-}
+use crate::swap_support::simple_deployment;
 
 pub fn is_running(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -35,7 +18,11 @@ async fn a_deployment_of_three_replicas_reaches_three_running_pods() {
     with_namespace("workloads", |ns| async move {
         let deployments = ns.api::<Deployment>();
         deployments
-            .create(&PostParams::default(), &deployment("web", 3))
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(simple_deployment("web", 3, &[]))
+                    .expect("a valid Deployment"),
+            )
             .await
             .expect("create deployment");
 
