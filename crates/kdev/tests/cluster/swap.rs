@@ -78,6 +78,19 @@ async fn many_concurrent_inbound_connections_reach_the_local_process_byte_exact(
             client.await.expect("a client task");
         }
 
+        // All along, the proxy pod was the Lease's alone: no ReplicaSet adopted it.
+        let proxies = ns
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
+            .await
+            .expect("list proxies");
+        let owners = proxies.items[0]
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert_eq!(owners[0].kind, "Lease");
         swap.signal(Signal::SIGTERM);
         let status = swap.wait_exit(Duration::from_secs(20)).await;
         assert_eq!(

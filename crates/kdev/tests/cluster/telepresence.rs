@@ -224,52 +224,127 @@ async fn a_live_bare_proxy_is_left_alone() {
     .await;
 }
 
+/// A 0.105 proxy: a Deployment copied from the original by `kubectl apply`,
+/// renamed, whose last-applied `selfLink` names the original. The real
+/// controllers give it a ReplicaSet and a running pod.
+async fn proxy_deployment(ns: &TestNamespace, original: &str) -> String {
+    let name = format!("{original}-{ID}");
+    let last_applied = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "selfLink": format!("/apis/apps/v1/namespaces/{}/deployments/{original}", ns.name),
+        },
+    })
+    .to_string();
+    let proxy: Deployment = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": { "telepresence": ID },
+            "annotations": { "kubectl.kubernetes.io/last-applied-configuration": last_applied },
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": original, "telepresence": ID } },
+            "template": {
+                "metadata": { "labels": { "app": original, "telepresence": ID } },
+                "spec": { "containers": [{ "name": "app", "image": "datawire/telepresence-k8s:0.105" }] }
+            }
+        }
+    }))
+    .expect("valid");
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &proxy)
+        .await
+        .expect("create proxy deployment");
+    eventually(
+        Duration::from_secs(30),
+        "the proxy's pod to run",
+        || async {
+            let d = ns.api::<Deployment>().get(&name).await.ok()?;
+            (d.status?.ready_replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
+    name
+}
+
 #[tokio::test]
 async fn a_dead_0105_proxy_deployment_points_back_to_its_original() {
     with_namespace("tp105-dead", |ns| async move {
         // The original, at 0, created without kubectl apply: no evidence of its count.
-        deploy(&ns, crate::swap_support::simple_deployment("billing", 0, &[8080])).await;
-        let last_applied = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": format!("billing-{ID}"),
-                "selfLink": format!("/apis/apps/v1/namespaces/{}/deployments/billing", ns.name),
-            },
-        })
-        .to_string();
-        let proxy: Deployment = serde_json::from_value(json!({
-            "metadata": {
-                "name": format!("billing-{ID}"),
-                "labels": { "telepresence": ID },
-                "annotations": { "kubectl.kubernetes.io/last-applied-configuration": last_applied },
-            },
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": { "app": "billing", "telepresence": ID } },
-                "template": {
-                    "metadata": { "labels": { "app": "billing", "telepresence": ID } },
-                    "spec": { "containers": [{ "name": "app", "image": "datawire/telepresence-k8s:0.105" }] }
-                }
-            }
-        }))
-        .expect("valid");
+        deploy(
+            &ns,
+            crate::swap_support::simple_deployment("billing", 0, &[8080]),
+        )
+        .await;
         proxy_liveness(&ns, false).await;
-        ns.api::<Deployment>().create(&PostParams::default(), &proxy).await.expect("create proxy deployment");
-        eventually(Duration::from_secs(30), "the proxy's pod to run", || async {
-            let d = ns.api::<Deployment>().get(&format!("billing-{ID}")).await.ok()?;
-            (d.status?.ready_replicas == Some(1)).then_some(())
+        let proxy = proxy_deployment(&ns, "billing").await;
+
+        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        assert!(out.contains("dead (0.105 proxy Deployment)"), "{out}");
+        assert!(
+            out.contains("scaled deployment/billing to 1, the default"),
+            "{out}"
+        );
+        assert_eq!(replicas(&ns, "billing").await, Some(1));
+        eventually(
+            Duration::from_secs(20),
+            "the proxy deployment to go",
+            || async {
+                ns.api::<Deployment>()
+                    .get_opt(&proxy)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_live_0105_proxy_deployment_is_left_alone() {
+    with_namespace("tp105-alive", |ns| async move {
+        deploy(
+            &ns,
+            crate::swap_support::simple_deployment("billing", 0, &[8080]),
+        )
+        .await;
+        proxy_liveness(&ns, true).await;
+        let proxy = proxy_deployment(&ns, "billing").await;
+        let pods = ns
+            .api::<Pod>()
+            .list(&Default::default())
+            .await
+            .expect("list pods");
+        let pod = pods
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .find(|n| n.starts_with(&proxy))
+            .expect("the proxy's pod");
+        eventually(Duration::from_secs(20), "kwok to forward port 9055", || {
+            answers(&ns, &pod)
         })
         .await;
 
         let out = sweep(&ns, &["--min-age", "0s"]).await;
-        assert!(out.contains("dead (0.105 proxy Deployment)"), "{out}");
-        assert!(out.contains("scaled deployment/billing to 1, the default"), "{out}");
-        assert_eq!(replicas(&ns, "billing").await, Some(1));
-        eventually(Duration::from_secs(20), "the proxy deployment to go", || async {
-            ns.api::<Deployment>().get_opt(&format!("billing-{ID}")).await.ok()?.is_none().then_some(())
-        })
-        .await;
+        assert!(
+            out.contains("alive (port 9055 answers), left alone"),
+            "{out}"
+        );
+        assert_eq!(replicas(&ns, "billing").await, Some(0));
+        assert!(
+            ns.api::<Deployment>()
+                .get_opt(&proxy)
+                .await
+                .expect("read")
+                .is_some()
+        );
     })
     .await;
 }
