@@ -176,32 +176,21 @@ pub async fn resolve(
         let value = if let Some(value) = &var.value {
             Some(expand(value, &env.vars))
         } else if let Some(from) = &var.value_from {
+            let missing = |kind: &str, name: &str, key: &str| {
+                anyhow::anyhow!(
+                    "{who}'s variable {} needs key {key:?} of {kind} {}/{name}, which does not exist",
+                    var.name,
+                    kube.namespace
+                )
+            };
             if let Some(sel) = &from.config_map_key_ref {
                 let data = sources.config_map(&sel.name).await?;
-                match data.and_then(|d| d.get(&sel.key)) {
-                    Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                    None if sel.optional.unwrap_or(false) => None,
-                    None => anyhow::bail!(
-                        "{who}'s variable {} needs key {:?} of configmap {}/{}, which does not exist",
-                        var.name,
-                        sel.key,
-                        kube.namespace,
-                        sel.name
-                    ),
-                }
+                key_value(data, &sel.key, sel.optional)
+                    .ok_or_else(|| missing("configmap", &sel.name, &sel.key))?
             } else if let Some(sel) = &from.secret_key_ref {
                 let data = sources.secret(&sel.name).await?;
-                match data.and_then(|d| d.get(&sel.key)) {
-                    Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                    None if sel.optional.unwrap_or(false) => None,
-                    None => anyhow::bail!(
-                        "{who}'s variable {} needs key {:?} of secret {}/{}, which does not exist",
-                        var.name,
-                        sel.key,
-                        kube.namespace,
-                        sel.name
-                    ),
-                }
+                key_value(data, &sel.key, sel.optional)
+                    .ok_or_else(|| missing("secret", &sel.name, &sel.key))?
             } else if let Some(field) = &from.field_ref {
                 match pod_field(fields.pod, field) {
                     Some(v) => Some(v),
@@ -245,6 +234,16 @@ pub async fn resolve(
     )
     .await?;
     Ok(env)
+}
+
+/// A key's value: `Some(Some(v))` found, `Some(None)` missing but optional,
+/// `None` missing and required.
+fn key_value(data: Option<&Data>, key: &str, optional: Option<bool>) -> Option<Option<String>> {
+    match data.and_then(|d| d.get(key)) {
+        Some(v) => Some(Some(String::from_utf8_lossy(v).into_owned())),
+        None if optional.unwrap_or(false) => Some(None),
+        None => None,
+    }
 }
 
 fn from_name(kind: &str, name: &str) -> String {
