@@ -29,9 +29,9 @@ pub struct GlobalArgs {
     /// The kubeconfig context to use (default: the current context).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// The namespace to work in (default: the context's namespace, else "default").
+    /// The namespace to work in (default: the context's namespace, else "default"); `kdev logs` takes several.
     #[arg(short = 'n', long, global = true, value_name = "NAME")]
-    pub namespace: Option<String>,
+    pub namespace: Vec<String>,
     /// More diagnostics on stderr (-v, -vv, -vvv); RUST_LOG overrides.
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -41,6 +41,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Replace a Deployment's container with a local process; the cluster restores itself if kdev dies.
     Swap(crate::swap::SwapArgs),
+    /// Follow the logs of many pods and containers, and files inside them, in one stream.
+    Logs(crate::logs::LogsArgs),
     /// List swap sessions: holder, target, age, state.
     Sessions(crate::swap::sweep::SessionsArgs),
     /// Restore expired or orphaned swap sessions now (the reaper's job, for clusters without the controller).
@@ -198,7 +200,7 @@ mod tests {
     fn global_flags_go_anywhere() {
         let cli = Cli::try_parse_from(["kdev", "version", "-n", "team", "--context", "dev", "-vv"])
             .expect("valid arguments");
-        assert_eq!(cli.global.namespace.as_deref(), Some("team"));
+        assert_eq!(cli.global.namespace, ["team"]);
         assert_eq!(cli.global.context.as_deref(), Some("dev"));
         assert_eq!(cli.global.verbose, 2);
     }

@@ -91,6 +91,11 @@ impl LocalCluster {
         self.workdir.join("clusters").join(&self.name)
     }
 
+    /// kwok's extra Stages, beside (not in) the folder kwokctl owns.
+    fn stages_path(&self) -> PathBuf {
+        self.workdir.join(format!("{}.stages.yaml", self.name))
+    }
+
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir().join("kubeconfig.yaml")
     }
@@ -123,12 +128,16 @@ impl LocalCluster {
             let config = self.workdir.join(format!("{}.kwokctl.json", self.name));
             std::fs::write(&config, kwokctl::config(&binaries).to_string())
                 .with_context(|| format!("failed to write {}", config.display()))?;
-            let created = kwokctl.create(&config, timeout).await;
+            let stages = self.stages_path();
+            std::fs::write(&stages, kwokctl::CONTAINER_ID_STAGE)
+                .with_context(|| format!("failed to write {}", stages.display()))?;
+            let created = kwokctl.create(&config, &stages, timeout).await;
             let _ = std::fs::remove_file(&config);
             if let Err(err) = created {
                 // Leave nothing half-started behind.
                 let _ = kwokctl.delete().await;
                 processes::kill_under(&self.dir());
+                let _ = std::fs::remove_file(&stages);
                 return Err(err);
             }
             step.done();
@@ -157,6 +166,7 @@ impl LocalCluster {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("failed to remove {}", dir.display()))?;
         }
+        let _ = std::fs::remove_file(self.stages_path());
         deleted?;
         step.done();
         Ok(())

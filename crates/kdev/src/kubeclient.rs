@@ -50,9 +50,12 @@ impl fmt::Display for Source {
 /// for a bad flag, such as an unknown context, and never contacts the server.
 pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Kube> {
     let config = load_config(global).await?;
+    // A repeated -n means the last one, as kubectl reads repeated flags
+    // (only `kdev logs` reads them all).
     let namespace = global
         .namespace
-        .clone()
+        .last()
+        .cloned()
         .unwrap_or_else(|| config.default_namespace.clone());
     validate_dns_label("namespace", &namespace)?;
     let server = config.cluster_url.to_string();

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod controller;
 pub mod error;
 pub mod kubeclient;
+pub mod logs;
 pub mod progress;
 pub mod swap;
 pub mod telepresence;
@@ -56,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version(args) => version::run(&cli.global, args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Swap(args) => swap::run(&cli.global, args).await,
+        Command::Logs(args) => logs::run(&cli.global, args).await,
         Command::Sweep(args) => swap::sweep::sweep(&cli.global, args).await,
         Command::Sessions(args) => swap::sweep::sessions(&cli.global, args).await,
         Command::Completion(args) => {

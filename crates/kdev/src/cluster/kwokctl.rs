@@ -51,6 +51,46 @@ pub fn config(binaries: &Binaries) -> serde_json::Value {
     })
 }
 
+/// A pod Stage kwok runs besides its defaults (given to kwok-controller as
+/// a second `--config`): it gives each running container a container ID, as
+/// a kubelet does. kwok's own stages leave it empty, and log tools (stern;
+/// kdev to tell a restart) use it to tell one run of a container from the
+/// next.
+pub const CONTAINER_ID_STAGE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: kdev-container-ids
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: .metadata.deletionTimestamp
+      operator: DoesNotExist
+    - key: .status.phase
+      operator: In
+      values: [Running]
+    - key: '.status.containerStatuses.[] | select( .containerID == null ) | .name'
+      operator: Exists
+  next:
+    statusTemplate: |
+      {{ $uid := .metadata.uid }}
+      containerStatuses:
+      {{ range .status.containerStatuses }}
+      - name: {{ .name | Quote }}
+        image: {{ .image | Quote }}
+        imageID: ""
+        ready: {{ .ready }}
+        restartCount: {{ .restartCount }}
+        started: true
+        containerID: {{ printf "kwok://%s-%s-%v" $uid .name .restartCount | Quote }}
+        state:
+          running:
+            startedAt: {{ .state.running.startedAt | Quote }}
+      {{ end }}
+"#;
+
 pub struct Kwokctl<'a> {
     binaries: &'a Binaries,
     workdir: &'a Path,
@@ -66,9 +106,17 @@ impl<'a> Kwokctl<'a> {
         }
     }
 
-    pub async fn create(&self, config: &Path, timeout: Duration) -> anyhow::Result<()> {
+    /// `stages`: a file of extra kwok Stages (see [`CONTAINER_ID_STAGE`]),
+    /// which must stay in place while the cluster exists.
+    pub async fn create(
+        &self,
+        config: &Path,
+        stages: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let timeout = format!("{}s", timeout.as_secs().max(1));
         let config = config.display().to_string();
+        let stages = format!("kwok-controller=config={}", stages.display());
         self.run(&[
             "create",
             "cluster",
@@ -76,6 +124,8 @@ impl<'a> Kwokctl<'a> {
             "binary",
             "--config",
             &config,
+            "--extra-args",
+            &stages,
             "--kubeconfig",
             "",
             "--timeout",
