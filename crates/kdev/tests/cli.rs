@@ -195,3 +195,38 @@ fn completion_scripts_are_generated() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("kdev"));
     }
 }
+
+#[test]
+fn logs_bad_input_is_a_usage_error_naming_the_flag_before_any_request() {
+    // The kubeconfig points at a port nothing listens on: each of these must
+    // fail on its own before kdev tries to connect.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = kubeconfig(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    for (args, says) in [
+        (&["logs", "web-("][..], "invalid regex \"web-(\" in QUERY"),
+        (&["logs", "cronjob/x"], "unknown kind \"cronjob\""),
+        (&["logs", "-c", "a["], "in -c/--container"),
+        (&["logs", "-i", "("], "in -i/--include"),
+        (&["logs", "-E", "*"], "in -E/--exclude-container"),
+        (
+            &["logs", "--container-state", "sleeping"],
+            "invalid --container-state \"sleeping\"",
+        ),
+        (&["logs", "--file", "app.log"], "give an absolute path"),
+        (&["logs", "--file", "/var/log/$(id)"], "is not allowed"),
+        (&["logs", "--max-log-requests", "0"], "at least 1"),
+        (
+            &["logs", "-A", "-n", "x"],
+            "-A and -n cannot be used together",
+        ),
+        (&["logs", "-A", "deploy/web"], "give -n instead of -A"),
+        (&["logs", "--since", "ten"], "invalid duration"),
+    ] {
+        let mut all = vec!["--kubeconfig", config];
+        all.extend_from_slice(args);
+        let out = kdev(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}

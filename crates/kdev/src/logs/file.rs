@@ -278,6 +278,7 @@ impl FileTail {
         let mut parser = TailParser::new(&first);
         let mut carry: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; CHUNK];
+        let mut read_any = false;
         let ended = loop {
             let read = tokio::select! {
                 read = stdout.read(&mut buf) => read,
@@ -292,6 +293,7 @@ impl FileTail {
             match read {
                 Ok(0) | Err(_) => break End::Ended(None),
                 Ok(n) => {
+                    read_any = true;
                     carry.extend_from_slice(&buf[..n]);
                     let Some(end) = memchr::memrchr(b'\n', &carry) else {
                         continue;
@@ -311,21 +313,16 @@ impl FileTail {
         if let End::Ended(_) = ended {
             let status = status.await;
             let why = status.and_then(|s| {
-                (s.status.as_deref() == Some("Failure")).then(|| {
-                    let message = s.message.unwrap_or_default();
-                    if message.contains("127") {
-                        format!("{message}: the container has no sh or tail")
-                    } else {
-                        message
-                    }
-                })
+                (s.status.as_deref() == Some("Failure")).then(|| s.message.unwrap_or_default())
             });
-            if let Some(why) = &why
-                && why.contains("no sh or tail")
-            {
-                return End::Impossible(why.clone());
-            }
-            return End::Ended(why);
+            return match why {
+                // It failed before printing anything: the command could not
+                // run there (no sh or tail, exit 127; a runtime without exec).
+                Some(why) if !read_any => End::Impossible(format!(
+                    "{why}; the container needs sh and tail, and its node must support exec"
+                )),
+                why => End::Ended(why),
+            };
         }
         ended
     }

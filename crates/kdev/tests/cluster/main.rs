@@ -10,6 +10,7 @@ mod crash;
 mod deploy_manifests;
 mod kwok_emulation;
 mod lifecycle;
+mod logs;
 mod resilience;
 mod support;
 mod swap;

@@ -9,7 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{
-    OwnCluster, TestNamespace, client_for, eventually, with_namespace, with_namespace_in,
+    OwnCluster, TestNamespace, client_for, eventually, restart_component, with_namespace,
+    with_namespace_in,
 };
 use crate::swap_support::{LocalAgent, Swap, assert_restored, deploy, simple_deployment};
 
@@ -127,50 +128,7 @@ async fn the_session_survives_an_api_server_restart() {
         let session = session_of(&ns).await.expect("a session");
 
         // Kill kube-apiserver (a crash) and start it again with the same command line.
-        let pid = kdev::cluster::processes::pids_under(&dir)
-            .into_iter()
-            .find(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    String::from_utf8_lossy(&c)
-                        .split('\0')
-                        .next()
-                        .is_some_and(|a| a.ends_with("kube-apiserver"))
-                })
-            })
-            .expect("the kube-apiserver process");
-        let argv: Vec<String> =
-            String::from_utf8(std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline"))
-                .expect("utf-8")
-                .split('\0')
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned)
-                .collect();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
-            .expect("kill the apiserver");
-        eventually(Duration::from_secs(20), "the apiserver to stop", || async {
-            // Gone, or a zombie no one reaps (it is not our child).
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next());
-            matches!(state, None | Some("Z") | Some("X")).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut restarted = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .current_dir(cwd)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the apiserver again");
-        // `kdev cluster down` stops it; this thread collects it then.
-        std::thread::spawn(move || {
-            let _ = restarted.wait();
-        });
+        restart_component(&dir, "kube-apiserver", Duration::from_secs(2)).await;
         let client = client_for(&ns.kubeconfig).await;
         eventually(
             Duration::from_secs(60),

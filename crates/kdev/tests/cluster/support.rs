@@ -330,3 +330,57 @@ impl Drop for OwnCluster {
         }
     }
 }
+
+/// Kills one process of a local cluster (SIGKILL: a crash), waits `down_for`,
+/// and starts it again with the same command line and folder.
+pub async fn restart_component(dir: &std::path::Path, binary: &str, down_for: Duration) {
+    use nix::sys::signal::Signal;
+    let pid = kdev::cluster::processes::pids_under(dir)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .split('\0')
+                    .next()
+                    .is_some_and(|a| a.ends_with(binary))
+            })
+        })
+        .unwrap_or_else(|| panic!("no {binary} process under {}", dir.display()));
+    let argv: Vec<String> =
+        String::from_utf8(std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline"))
+            .expect("utf-8")
+            .split('\0')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
+        .unwrap_or_else(|err| panic!("kill {binary}: {err}"));
+    eventually(
+        Duration::from_secs(20),
+        &format!("{binary} to stop"),
+        || async {
+            // Gone, or a zombie no one reaps (it is not our child).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            matches!(state, None | Some("Z") | Some("X")).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(down_for).await;
+    let mut restarted = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {binary} again: {err}"));
+    // `kdev cluster down` stops it; this thread collects it then.
+    std::thread::spawn(move || {
+        let _ = restarted.wait();
+    });
+}
