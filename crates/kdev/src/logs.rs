@@ -148,18 +148,13 @@ impl Options {
                     "{kind}/{name} names an object in one namespace: give -n instead of -A"
                 )));
             }
-            if *kind != select::Kind::Pod {
-                validate_dns_label(&format!("{kind} name"), name).or_else(|err| {
-                    // DNS-1123 subdomains (dots) are valid names too.
-                    if name
-                        .split('.')
-                        .all(|part| validate_dns_label("name", part).is_ok())
-                    {
-                        Ok(())
-                    } else {
-                        Err(err)
-                    }
-                })?;
+            // Workload and Service names are DNS-1123 subdomains: dot-separated labels.
+            if *kind != select::Kind::Pod
+                && name
+                    .split('.')
+                    .any(|part| validate_dns_label("name", part).is_err())
+            {
+                validate_dns_label(&format!("{kind} name"), name)?;
             }
         }
         if args.max_log_requests == 0 {

@@ -350,13 +350,7 @@ impl FileTail {
                 times.push((now, out.len()));
             }
         }
-        if out.is_empty() {
-            return None;
-        }
-        Some(match times {
-            Some(lines) => Batch::Timed { bytes: out, lines },
-            None => Batch::Lines(out),
-        })
+        Batch::rendered(out, times)
     }
 }
 

@@ -7,7 +7,6 @@
 //! server) instead of growing memory, and a closed pipe ends kdev quietly.
 
 use std::io::{self, Write};
-use std::sync::Arc;
 
 use regex::bytes::Regex;
 use tokio::sync::mpsc;
@@ -199,6 +198,20 @@ pub enum Batch {
     },
 }
 
+impl Batch {
+    /// A batch of rendered lines; `times` when they are merged by time.
+    /// None when nothing was rendered.
+    pub fn rendered(bytes: Vec<u8>, times: Option<Vec<(i128, usize)>>) -> Option<Batch> {
+        if bytes.is_empty() {
+            return None;
+        }
+        Some(match times {
+            Some(lines) => Batch::Timed { bytes, lines },
+            None => Batch::Lines(bytes),
+        })
+    }
+}
+
 /// How streams hand their output on.
 pub type Sink = mpsc::Sender<Batch>;
 
@@ -252,9 +265,6 @@ pub async fn forward(mut rx: mpsc::Receiver<Batch>, writer: mpsc::Sender<Vec<u8>
         }
     }
 }
-
-/// Shared, for the streams.
-pub type SharedFormatter = Arc<Formatter>;
 
 #[cfg(test)]
 mod tests {

@@ -140,17 +140,12 @@ impl Shared {
 }
 
 /// A notice about one stream, on stderr.
-pub fn notice(target: &Target, what: Option<&str>, message: impl std::fmt::Display) {
-    match what {
-        Some(file) => eprintln!(
-            "kdev: {}/{} {} {file}: {message}",
-            target.namespace, target.pod, target.container
-        ),
-        None => eprintln!(
-            "kdev: {}/{} {}: {message}",
-            target.namespace, target.pod, target.container
-        ),
-    }
+pub fn notice(target: &Target, file: Option<&str>, message: impl std::fmt::Display) {
+    let file = file.map(|f| format!(" {f}")).unwrap_or_default();
+    eprintln!(
+        "kdev: {}/{} {}{file}: {message}",
+        target.namespace, target.pod, target.container
+    );
 }
 
 /// How far a stream got: the last line's raw timestamp and how many lines
@@ -304,7 +299,7 @@ impl Renderer {
                 self.line(formatter, line, &mut out, times.as_mut());
             }
         }
-        Self::batch(out, times)
+        Batch::rendered(out, times)
     }
 
     /// Renders what is left when the stream has ended for good.
@@ -316,17 +311,7 @@ impl Renderer {
         let mut times = self.merge.then(Vec::new);
         let carried = std::mem::take(&mut self.carry);
         self.line(formatter, &carried, &mut out, times.as_mut());
-        Self::batch(out, times)
-    }
-
-    fn batch(out: Vec<u8>, times: Option<Vec<(i128, usize)>>) -> Option<Batch> {
-        if out.is_empty() {
-            return None;
-        }
-        Some(match times {
-            Some(lines) => Batch::Timed { bytes: out, lines },
-            None => Batch::Lines(out),
-        })
+        Batch::rendered(out, times)
     }
 
     fn line(
