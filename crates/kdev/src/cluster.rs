@@ -110,6 +110,9 @@ impl LocalCluster {
         let deadline = Instant::now() + timeout;
         let binaries = Binaries::locate()?;
         let kwokctl = kwokctl::Kwokctl::new(&binaries, &self.workdir, &self.name);
+        std::fs::create_dir_all(&self.workdir)
+            .with_context(|| format!("failed to create {}", self.workdir.display()))?;
+        let creating = self.lock_creation(deadline).await?;
         if self.exists() {
             if ready::served(&self.kubeconfig_path()).await {
                 eprintln!("cluster {:?} is already running", self.name);
@@ -123,8 +126,6 @@ impl LocalCluster {
                 "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok for cluster {:?}",
                 self.name
             ));
-            std::fs::create_dir_all(&self.workdir)
-                .with_context(|| format!("failed to create {}", self.workdir.display()))?;
             let config = self.workdir.join(format!("{}.kwokctl.json", self.name));
             std::fs::write(&config, kwokctl::config(&binaries).to_string())
                 .with_context(|| format!("failed to write {}", config.display()))?;
@@ -142,7 +143,51 @@ impl LocalCluster {
             }
             step.done();
         }
+        drop(creating);
         ready::wait(&self.kubeconfig_path(), &kwokctl, deadline).await
+    }
+
+    /// kwokctl picks a new cluster's ports by counting down from 32767,
+    /// skipping ports that are bound or recorded by the clusters it can see,
+    /// so two clusters created at the same moment pick the same ports and one
+    /// of them never comes up. Clusters are therefore created (or restarted)
+    /// one at a time, under an exclusive lock on a file in the shared work
+    /// directory, held until kwokctl has recorded the ports and the API
+    /// server answers. The lock goes with the returned file, also when the
+    /// process dies.
+    async fn lock_creation(&self, deadline: Instant) -> anyhow::Result<std::fs::File> {
+        let path = self.workdir.join("create.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("failed to open {}", path.display()))?;
+        let mut step: Option<Step> = None;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    if let Some(step) = step {
+                        step.done();
+                    }
+                    return Ok(file);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(err).with_context(|| format!("failed to lock {}", path.display()));
+                }
+            }
+            step.get_or_insert_with(|| {
+                Step::start("waiting for another local cluster to finish starting")
+            });
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "timed out waiting for another local cluster to finish starting \
+                 (it holds {}); try again when it is up",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Stops every process of the cluster and removes its files.

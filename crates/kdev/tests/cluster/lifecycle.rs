@@ -77,3 +77,36 @@ fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("kdev cluster up"));
 }
+
+/// kwokctl picks ports by counting down from the same number in every
+/// process, so clusters created at the same moment used to get the same
+/// ports and one never came up (a CI failure). Both must come up, apart.
+#[test]
+fn two_clusters_started_at_once_both_come_up_on_their_own_ports() {
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| OwnCluster::up("twin"));
+        let b = scope.spawn(|| OwnCluster::up("twin"));
+        (a.join(), b.join())
+    });
+    let ((_a, kubeconfig_a), (_b, kubeconfig_b)) =
+        (a.expect("first cluster up"), b.expect("second cluster up"));
+    let server = |kubeconfig: &std::path::Path| {
+        let text = std::fs::read_to_string(kubeconfig).expect("read kubeconfig");
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix("server: ").map(str::to_owned))
+            .expect("a server in the kubeconfig")
+    };
+    assert_ne!(server(&kubeconfig_a), server(&kubeconfig_b));
+    for kubeconfig in [&kubeconfig_a, &kubeconfig_b] {
+        let version = crate::support::kubectl_for(kubeconfig)
+            .args(["get", "--raw", "/version"])
+            .output()
+            .expect("run kubectl");
+        assert!(
+            version.status.success(),
+            "{} does not answer: {}",
+            kubeconfig.display(),
+            String::from_utf8_lossy(&version.stderr)
+        );
+    }
+}
