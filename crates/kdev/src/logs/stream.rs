@@ -119,18 +119,25 @@ impl Shared {
             return Some(permit);
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if !self.queued_notice.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "kdev: more than {} streams: the others wait for a free slot (raise --max-log-requests to follow all at once)",
-                self.max_requests
-            );
-        }
+        self.say_queued();
         let permit = tokio::select! {
             permit = self.slots.clone().acquire_owned() => permit.ok(),
             () = self.cancel.cancelled() => None,
         };
         self.queued.fetch_sub(1, Ordering::Relaxed);
         permit
+    }
+
+    /// Says once that streams beyond `--max-log-requests` are queued rather
+    /// than dropped: when one has to wait, or up front when more streams
+    /// than slots are started at once.
+    pub fn say_queued(&self) {
+        if !self.queued_notice.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "kdev: more than {} streams: the others wait for a free slot (raise --max-log-requests to follow all at once)",
+                self.max_requests
+            );
+        }
     }
 
     /// Sends a batch; false when the output is gone (closed pipe).

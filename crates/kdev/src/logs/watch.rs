@@ -236,6 +236,11 @@ impl Supervisor {
                 self.filter.states
             );
         }
+        // Every stream of a --no-follow run is known now, so whether some
+        // will queue does not depend on how fast the first ones end.
+        if tasks.len() > self.shared.max_requests {
+            self.shared.say_queued();
+        }
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
