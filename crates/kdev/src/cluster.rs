@@ -14,6 +14,7 @@
 
 mod binaries;
 mod kwokctl;
+mod ports;
 pub mod processes;
 mod ready;
 
@@ -96,6 +97,12 @@ impl LocalCluster {
         self.workdir.join(format!("{}.stages.yaml", self.name))
     }
 
+    /// The configuration kdev created the cluster with, kept (beside the
+    /// folder kwokctl owns) until `down` because it records the ports.
+    fn config_path(&self) -> PathBuf {
+        self.workdir.join(format!("{}.kwokctl.json", self.name))
+    }
+
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir().join("kubeconfig.yaml")
     }
@@ -110,9 +117,6 @@ impl LocalCluster {
         let deadline = Instant::now() + timeout;
         let binaries = Binaries::locate()?;
         let kwokctl = kwokctl::Kwokctl::new(&binaries, &self.workdir, &self.name);
-        std::fs::create_dir_all(&self.workdir)
-            .with_context(|| format!("failed to create {}", self.workdir.display()))?;
-        let creating = self.lock_creation(deadline).await?;
         if self.exists() {
             if ready::served(&self.kubeconfig_path()).await {
                 eprintln!("cluster {:?} is already running", self.name);
@@ -126,74 +130,68 @@ impl LocalCluster {
                 "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok for cluster {:?}",
                 self.name
             ));
-            let config = self.workdir.join(format!("{}.kwokctl.json", self.name));
-            std::fs::write(&config, kwokctl::config(&binaries).to_string())
-                .with_context(|| format!("failed to write {}", config.display()))?;
+            self.write_config(&binaries, deadline).await?;
             let stages = self.stages_path();
             std::fs::write(&stages, kwokctl::CONTAINER_ID_STAGE)
                 .with_context(|| format!("failed to write {}", stages.display()))?;
-            let created = kwokctl.create(&config, &stages, timeout).await;
-            let _ = std::fs::remove_file(&config);
+            let created = kwokctl.create(&self.config_path(), &stages, timeout).await;
             if let Err(err) = created {
                 // Leave nothing half-started behind.
                 let _ = kwokctl.delete().await;
                 processes::kill_under(&self.dir());
                 let _ = std::fs::remove_file(&stages);
+                let _ = std::fs::remove_file(self.config_path());
                 return Err(err);
             }
             step.done();
         }
-        drop(creating);
         ready::wait(&self.kubeconfig_path(), &kwokctl, deadline).await
     }
 
-    /// kwokctl picks a new cluster's ports by counting down from 32767,
-    /// skipping ports that are bound or recorded by the clusters it can see,
-    /// so two clusters created at the same moment pick the same ports and one
-    /// of them never comes up. Clusters are therefore created (or restarted)
-    /// one at a time, under an exclusive lock on a file in the shared work
-    /// directory, held until kwokctl has recorded the ports and the API
-    /// server answers. The lock goes with the returned file, also when the
-    /// process dies.
-    async fn lock_creation(&self, deadline: Instant) -> anyhow::Result<std::fs::File> {
-        let path = self.workdir.join("create.lock");
-        let file = std::fs::OpenOptions::new()
+    /// Writes the cluster's configuration with ports of its own (see
+    /// [`ports`]). Two `kdev cluster up` at the same moment would pick the
+    /// same ports, so picking and recording them happens under an exclusive
+    /// lock on a file in the shared work directory. The lock goes with the
+    /// file, also when the process dies.
+    async fn write_config(&self, binaries: &Binaries, deadline: Instant) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.workdir)
+            .with_context(|| format!("failed to create {}", self.workdir.display()))?;
+        let path = self.workdir.join("ports.lock");
+        let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .with_context(|| format!("failed to open {}", path.display()))?;
-        let mut step: Option<Step> = None;
         loop {
-            match file.try_lock() {
-                Ok(()) => {
-                    if let Some(step) = step {
-                        step.done();
-                    }
-                    return Ok(file);
-                }
+            match lock.try_lock() {
+                Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) => {}
                 Err(std::fs::TryLockError::Error(err)) => {
                     return Err(err).with_context(|| format!("failed to lock {}", path.display()));
                 }
             }
-            step.get_or_insert_with(|| {
-                Step::start("waiting for another local cluster to finish starting")
-            });
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "timed out waiting for another local cluster to finish starting \
-                 (it holds {}); try again when it is up",
+                "timed out waiting for another `kdev cluster up` to pick its ports \
+                 (it holds {}); try again",
                 path.display()
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let ports = ports::pick(ports::OPTIONS.len(), &ports::reserved(&self.workdir))?;
+        let config = self.config_path();
+        std::fs::write(&config, kwokctl::config(binaries, &ports).to_string())
+            .with_context(|| format!("failed to write {}", config.display()))
     }
 
     /// Stops every process of the cluster and removes its files.
     pub async fn down(&self) -> anyhow::Result<()> {
         let dir = self.dir();
         if !dir.exists() {
+            // What an `up` killed before kwokctl made the folder left.
+            let _ = std::fs::remove_file(self.stages_path());
+            let _ = std::fs::remove_file(self.config_path());
             eprintln!("no local cluster named {:?}; nothing to do", self.name);
             return Ok(());
         }
@@ -212,6 +210,7 @@ impl LocalCluster {
                 .with_context(|| format!("failed to remove {}", dir.display()))?;
         }
         let _ = std::fs::remove_file(self.stages_path());
+        let _ = std::fs::remove_file(self.config_path());
         deleted?;
         step.done();
         Ok(())

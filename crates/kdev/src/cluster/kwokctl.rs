@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::Binaries;
+use super::{Binaries, ports};
 
 /// kwok's resources that tests create per pod: logs from a local file, exec of
 /// a local command, port-forward to a local port (and attach). `Stage` is left
@@ -30,11 +30,12 @@ pub const KWOK_CRDS: &[&str] = &[
     "ClusterAttach",
 ];
 
-/// The `KwokctlConfiguration` for a cluster made of the given binaries.
+/// The `KwokctlConfiguration` for a cluster made of the given binaries,
+/// listening on the given ports (one per [`ports::OPTIONS`]).
 /// JSON is valid YAML, which is what kwokctl reads.
-pub fn config(binaries: &Binaries) -> serde_json::Value {
+pub fn config(binaries: &Binaries, ports: &[u16]) -> serde_json::Value {
     let path = |p: &Path| p.display().to_string();
-    json!({
+    let mut config = json!({
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": {
@@ -48,7 +49,11 @@ pub fn config(binaries: &Binaries) -> serde_json::Value {
             "kwokControllerBinary": path(&binaries.kwok),
             "enableCRDs": KWOK_CRDS,
         }
-    })
+    });
+    for (option, port) in ports::OPTIONS.iter().zip(ports) {
+        config["options"][*option] = json!(port);
+    }
+    config
 }
 
 /// A pod Stage kwok runs besides its defaults (given to kwok-controller as

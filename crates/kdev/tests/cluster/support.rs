@@ -334,6 +334,22 @@ impl Drop for OwnCluster {
 /// Kills one process of a local cluster (SIGKILL: a crash), waits `down_for`,
 /// and starts it again with the same command line and folder.
 pub async fn restart_component(dir: &std::path::Path, binary: &str, down_for: Duration) {
+    let stopped = kill_component(dir, binary).await;
+    tokio::time::sleep(down_for).await;
+    stopped.start();
+}
+
+/// A component of a local cluster that [`kill_component`] stopped.
+pub struct Stopped {
+    dir: PathBuf,
+    binary: String,
+    argv: Vec<String>,
+    cwd: PathBuf,
+}
+
+/// Kills one process of a local cluster (SIGKILL: a crash) and waits until
+/// it is gone; [`Stopped::start`] runs it again.
+pub async fn kill_component(dir: &std::path::Path, binary: &str) -> Stopped {
     use nix::sys::signal::Signal;
     let pid = kdev::cluster::processes::pids_under(dir)
         .into_iter()
@@ -370,17 +386,37 @@ pub async fn restart_component(dir: &std::path::Path, binary: &str, down_for: Du
         },
     )
     .await;
-    tokio::time::sleep(down_for).await;
-    let mut restarted = Command::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("start {binary} again: {err}"));
-    // `kdev cluster down` stops it; this thread collects it then.
-    std::thread::spawn(move || {
-        let _ = restarted.wait();
-    });
+    Stopped {
+        dir: dir.to_owned(),
+        binary: binary.to_owned(),
+        argv,
+        cwd,
+    }
+}
+
+impl Stopped {
+    pub fn start(self) {
+        let Stopped {
+            dir,
+            binary,
+            argv,
+            cwd,
+        } = self;
+        // Its output goes beside the cluster's own logs, for a failure to show.
+        let log = dir.join("logs").join(format!("{binary}.restarted.log"));
+        let log = std::fs::File::create(&log)
+            .unwrap_or_else(|err| panic!("create {}: {err}", log.display()));
+        let mut restarted = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {binary} again: {err}"));
+        // `kdev cluster down` stops it; this thread collects it then.
+        std::thread::spawn(move || {
+            let _ = restarted.wait();
+        });
+    }
 }
