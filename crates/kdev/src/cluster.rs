@@ -179,7 +179,7 @@ impl LocalCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let ports = ports::pick(ports::OPTIONS.len(), &ports::reserved(&self.workdir))?;
+        let ports = ports::pick(&ports::reserved(&self.workdir))?;
         let config = self.config_path();
         std::fs::write(&config, kwokctl::config(binaries, &ports).to_string())
             .with_context(|| format!("failed to write {}", config.display()))

@@ -31,9 +31,9 @@ pub const KWOK_CRDS: &[&str] = &[
 ];
 
 /// The `KwokctlConfiguration` for a cluster made of the given binaries,
-/// listening on the given ports (one per [`ports::OPTIONS`]).
+/// listening on the given ports (see [`ports::OPTIONS`]).
 /// JSON is valid YAML, which is what kwokctl reads.
-pub fn config(binaries: &Binaries, ports: &[u16]) -> serde_json::Value {
+pub fn config(binaries: &Binaries, ports: &[u16; ports::OPTIONS.len()]) -> serde_json::Value {
     let path = |p: &Path| p.display().to_string();
     let mut config = json!({
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",

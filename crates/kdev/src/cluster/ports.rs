@@ -47,7 +47,7 @@ pub fn reserved(workdir: &Path) -> BTreeSet<u16> {
 }
 
 /// The ports one configuration records.
-pub fn recorded(config: &serde_json::Value) -> Vec<u16> {
+fn recorded(config: &serde_json::Value) -> Vec<u16> {
     OPTIONS
         .iter()
         .filter_map(|option| config["options"][option].as_u64())
@@ -55,10 +55,14 @@ pub fn recorded(config: &serde_json::Value) -> Vec<u16> {
         .collect()
 }
 
-/// `count` ports, counting down from 32767, that are neither reserved nor
-/// bound on this machine (on loopback or on every address) right now.
-pub fn pick(count: usize, reserved: &BTreeSet<u16>) -> anyhow::Result<Vec<u16>> {
-    pick_where(count, reserved, bindable)
+/// One port per [`OPTIONS`], counting down from 32767, that is neither
+/// reserved nor bound on this machine (on loopback or on every address)
+/// right now.
+pub fn pick(reserved: &BTreeSet<u16>) -> anyhow::Result<[u16; OPTIONS.len()]> {
+    let picked = pick_where(OPTIONS.len(), reserved, bindable)?;
+    Ok(picked
+        .try_into()
+        .expect("pick_where returns as many as asked"))
 }
 
 fn pick_where(
