@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hash;
 pub mod keys;
 pub mod lease;
 pub mod session;

@@ -61,12 +61,14 @@ fn truncate_with_hash(name: &str, max: usize) -> String {
     if name.len() <= max {
         return name.to_owned();
     }
-    // FNV-1a: stable across versions and platforms, which std's hasher is not.
-    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    });
-    let suffix = format!("-{:08x}", hash as u32);
-    let head = name[..max - suffix.len()].trim_end_matches(['-', '.']);
+    let suffix = format!("-{:08x}", crate::hash::fnv1a(name.as_bytes()) as u32);
+    // Cut on a character boundary: a name read from an annotation may hold
+    // any text, and slicing inside a character panics.
+    let mut cut = max.saturating_sub(suffix.len()).min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = name[..cut].trim_end_matches(['-', '.']);
     format!("{head}{suffix}")
 }
 
@@ -239,6 +241,32 @@ mod tests {
             original_replicas: 4,
         };
         assert_eq!(DeploymentMarks::read(&m.annotations()), Ok(Some(m)));
+    }
+
+    /// Regression: a long non-ASCII name (from an annotation) was sliced
+    /// inside a character and panicked.
+    #[test]
+    fn a_long_non_ascii_name_is_cut_on_a_character_boundary() {
+        let name = "é".repeat(200);
+        let lease = lease_name(&name);
+        assert!(lease.len() <= 253, "{lease}");
+        let pod = proxy_pod_name(&name, "0123456789abcdef");
+        assert!(pod.len() <= 63, "{pod}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn annotations_and_names_never_panic(
+            session in proptest::prelude::any::<String>(),
+            replicas in proptest::prelude::any::<String>(),
+            current in proptest::option::of(proptest::prelude::any::<i32>()),
+            name in proptest::prelude::any::<String>(),
+        ) {
+            let _ = restore_plan(&session, current, &marks(&session, &replicas));
+            let _ = DeploymentMarks::read(&marks(&session, &replicas));
+            proptest::prop_assert!(lease_name(&name).len() <= 253);
+            proptest::prop_assert!(proxy_pod_name(&name, &session).len() <= 63);
+        }
     }
 
     #[test]

@@ -237,4 +237,20 @@ mod tests {
             assert_eq!(ConnectReply::decode(&bytes), Ok((reply, bytes.len())));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = Header::decode(&bytes);
+            let _ = ConnectReply::decode(&bytes);
+        }
+
+        #[test]
+        fn any_header_round_trips(host in "[a-z0-9.-]{1,200}", port in proptest::prelude::any::<u16>()) {
+            for header in [Header::Inbound { port }, Header::Connect { host: host.clone(), port }, Header::Ping] {
+                let bytes = header.encode();
+                proptest::prop_assert_eq!(Header::decode(&bytes), Ok((header, bytes.len())));
+            }
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! It listens on the swapped container's ports and on the tunnel port
 //! ([`AGENT_PORT`]). The CLI reaches the tunnel port through one
-//! port-forward and runs a yamux session over it ([`crate::tunnel`]). Then:
+//! port-forward and runs a yamux session over it ([`tunnel`], whose client
+//! end `kdev swap` uses too). Then:
 //!
 //! - a connection to a container port becomes an `Inbound` stream to the CLI;
 //! - a `Connect` stream from the CLI becomes a connection the agent dials in
@@ -18,33 +19,30 @@
 //!
 //! [`AGENT_PORT`]: kdev_contract::session::AGENT_PORT
 
+pub mod tunnel;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
 use kdev_contract::tunnel::{ConnectReply, Header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use self::tunnel::{Mux, Role};
 use crate::error::usage;
-use crate::tunnel::{self, Mux, Role};
 
-#[derive(Debug, Args)]
-#[command(after_help = "Example (what a proxy Pod runs):\n  kdev agent --port 8080 --port 9090")]
-pub struct AgentArgs {
+/// What the agent serves, resolved from its flags.
+#[derive(Debug)]
+pub struct Config {
     /// Where the CLI's tunnel connects.
-    #[arg(long, default_value = "0.0.0.0:7355")]
     pub tunnel: SocketAddr,
-    /// A container port to serve, as PORT (bound on 0.0.0.0) or PORT=ADDR:BIND (bound there).
-    #[arg(long = "port", value_name = "PORT[=ADDR:BIND]")]
-    pub ports: Vec<String>,
-    /// Resolve NAME to IP instead of asking DNS (repeatable), for clusters without cluster DNS.
-    #[arg(long = "resolve", value_name = "NAME=IP")]
-    pub resolve: Vec<String>,
+    pub ports: Vec<PortBinding>,
+    /// Names resolved without DNS.
+    pub resolve: BTreeMap<String, IpAddr>,
 }
 
 /// One container port and where the agent listens for it.
@@ -72,7 +70,7 @@ pub fn parse_port(text: &str) -> anyhow::Result<PortBinding> {
     Ok(PortBinding { port, bind })
 }
 
-fn parse_resolve(entries: &[String]) -> anyhow::Result<BTreeMap<String, IpAddr>> {
+pub fn parse_resolve(entries: &[String]) -> anyhow::Result<BTreeMap<String, IpAddr>> {
     entries
         .iter()
         .map(|entry| {
@@ -89,16 +87,15 @@ fn parse_resolve(entries: &[String]) -> anyhow::Result<BTreeMap<String, IpAddr>>
         .collect()
 }
 
-pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let ports: Vec<PortBinding> = args
-        .ports
-        .iter()
-        .map(|p| parse_port(p))
-        .collect::<Result<_, _>>()?;
-    let resolve = parse_resolve(&args.resolve)?;
-    let tunnel = TcpListener::bind(args.tunnel)
+pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let Config {
+        tunnel: tunnel_addr,
+        ports,
+        resolve,
+    } = config;
+    let tunnel = TcpListener::bind(tunnel_addr)
         .await
-        .with_context(|| format!("failed to listen on {} for the tunnel", args.tunnel))?;
+        .with_context(|| format!("failed to listen on {tunnel_addr} for the tunnel"))?;
     let (current_tx, current_rx) = watch::channel::<Option<Mux>>(None);
     for binding in ports {
         let listener = TcpListener::bind(binding.bind).await.with_context(|| {
@@ -109,7 +106,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         })?;
         tokio::spawn(serve_port(listener, binding.port, current_rx.clone()));
     }
-    tracing::info!(tunnel = %args.tunnel, "agent ready");
+    tracing::info!(tunnel = %tunnel_addr, "agent ready");
     let resolve = std::sync::Arc::new(resolve);
     loop {
         let (socket, peer) = tunnel

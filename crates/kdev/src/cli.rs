@@ -1,9 +1,29 @@
-//! Command-line arguments, kubectl-style.
+//! Command-line arguments, kubectl-style: clap types only.
+//!
+//! Each command's flags resolve here into the configuration value of its
+//! capability; no capability imports this module. `lib.rs` dispatches.
+
+mod agent;
+mod cleanup;
+mod cluster;
+mod controller;
+mod duration;
+mod logs;
+mod swap;
 
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
+
+pub use self::agent::AgentArgs;
+pub use self::cleanup::{SessionsArgs, SweepArgs};
+pub use self::cluster::{ClusterArgs, ClusterCommand};
+pub use self::controller::ControllerArgs;
+pub use self::duration::parse_duration;
+pub use self::logs::LogsArgs;
+pub use self::swap::SwapArgs;
+use crate::k8s;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,23 +57,37 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
+impl GlobalArgs {
+    /// The client layer's own view of these flags.
+    pub fn kube(&self) -> k8s::Flags {
+        k8s::Flags {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespaces: self.namespace.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replace a Deployment's container with a local process; the cluster restores itself if kdev dies.
-    Swap(crate::swap::SwapArgs),
+    Swap(SwapArgs),
     /// Follow the logs of many pods and containers, and files inside them, in one stream.
-    Logs(crate::logs::LogsArgs),
+    Logs(LogsArgs),
     /// List swap sessions: holder, target, age, state.
-    Sessions(crate::swap::sweep::SessionsArgs),
+    Sessions(SessionsArgs),
     /// Restore expired or orphaned swap sessions now (the reaper's job, for clusters without the controller).
-    Sweep(crate::swap::sweep::SweepArgs),
+    Sweep(SweepArgs),
     /// Run a local, container-free Kubernetes cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok).
     Cluster(ClusterArgs),
     /// Run kdev's in-cluster controller (deployed from deploy/).
     Controller(ControllerArgs),
     /// Run the agent of a swap's proxy Pod (started by `kdev swap`, not by hand).
     #[command(hide = true)]
-    Agent(crate::agent::AgentArgs),
+    Agent(AgentArgs),
+    /// Start a program that dies with its parent (how `kdev swap` starts the local command).
+    #[command(hide = true, name = "__exec-child")]
+    ExecChild(ExecChildArgs),
     /// Print kdev's version and, unless --client, the API server's.
     Version(VersionArgs),
     /// Print a shell completion script.
@@ -62,66 +96,13 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct ClusterArgs {
-    #[command(subcommand)]
-    pub command: ClusterCommand,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct ClusterName {
-    /// The cluster's name; several clusters can run side by side.
-    #[arg(long, default_value = "kdev", env = "KDEV_CLUSTER")]
-    pub name: String,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ClusterCommand {
-    /// Start a local cluster and wait until a node is Ready (returns at once if it already runs).
-    #[command(after_help = "Example:\n  kdev cluster up --name demo")]
-    Up {
-        #[command(flatten)]
-        name: ClusterName,
-        /// How long to wait for the cluster to be ready.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
-        timeout: std::time::Duration,
-    },
-    /// Stop a local cluster and remove its files; no process is left behind.
-    #[command(after_help = "Example:\n  kdev cluster down --name demo")]
-    Down {
-        #[command(flatten)]
-        name: ClusterName,
-    },
-    /// Print the path of a local cluster's kubeconfig.
-    #[command(
-        after_help = "Example:\n  kubectl --kubeconfig \"$(kdev cluster kubeconfig)\" get nodes"
-    )]
-    Kubeconfig {
-        #[command(flatten)]
-        name: ClusterName,
-    },
-}
-
-#[derive(Debug, Args)]
-#[command(after_help = "Example:\n  kdev controller --listen 0.0.0.0:8080")]
-pub struct ControllerArgs {
-    /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
-    /// Namespace of the leader-election Lease (default: the pod's namespace, else the -n namespace).
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub lease_namespace: Option<String>,
-    /// This replica's identity in the leader election (default: the pod's name, else the host name).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
-    /// Reap swap sessions in this namespace only (default: every namespace; needs only namespaced RBAC).
-    #[arg(long, value_name = "NAME")]
-    pub watch_namespace: Option<String>,
-    /// Also clean up after dead telepresence 1 proxies, every 30s (needs deploy/telepresence's RBAC).
+pub struct ExecChildArgs {
+    /// The process id this program must die with.
     #[arg(long)]
-    pub telepresence: bool,
-    /// With --telepresence: leave proxies younger than this alone.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    pub telepresence_min_age: std::time::Duration,
+    pub parent: i32,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -144,56 +125,13 @@ pub fn completion(shell: Shell) {
     clap_complete::generate(shell, &mut command, "kdev", &mut std::io::stdout());
 }
 
-/// Parses "90s", "2m", "1h30m", "500ms" (Go's duration syntax, as kubectl's flags take).
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad =
-        || format!("invalid duration {text:?}: use a number with a unit, like 30s, 2m or 1h30m");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = std::time::Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => return Err(bad()),
-        };
-        total += std::time::Duration::from_secs_f64(seconds);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "10", "s", "10x", "ten seconds"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
-        }
     }
 
     #[test]

@@ -24,16 +24,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::cli::{ClusterArgs, ClusterCommand};
-use crate::kubeclient::validate_dns_label;
+use crate::k8s::validate_dns_label;
 use crate::progress::Step;
 
 pub use binaries::Binaries;
 
-pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        ClusterCommand::Up { name, timeout } => {
-            let cluster = LocalCluster::new(&name.name)?;
+/// What `kdev cluster` was asked to do, to which cluster.
+#[derive(Debug)]
+pub enum Action {
+    Up { name: String, timeout: Duration },
+    Down { name: String },
+    Kubeconfig { name: String },
+}
+
+pub async fn run(action: Action) -> anyhow::Result<ExitCode> {
+    match action {
+        Action::Up { name, timeout } => {
+            let cluster = LocalCluster::new(&name)?;
             let started = Instant::now();
             cluster.up(timeout).await?;
             eprintln!(
@@ -43,12 +50,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 cluster.kubeconfig_path().display()
             );
         }
-        ClusterCommand::Down { name } => {
-            let cluster = LocalCluster::new(&name.name)?;
+        Action::Down { name } => {
+            let cluster = LocalCluster::new(&name)?;
             cluster.down().await?;
         }
-        ClusterCommand::Kubeconfig { name } => {
-            let cluster = LocalCluster::new(&name.name)?;
+        Action::Kubeconfig { name } => {
+            let cluster = LocalCluster::new(&name)?;
             if !cluster.exists() {
                 anyhow::bail!(
                     "no local cluster named {:?}; start it with `kdev cluster up --name {}`",
@@ -62,14 +69,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The root of kdev's local state.
-pub fn kdev_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("KDEV_HOME") {
-        return PathBuf::from(home);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache").join("kdev")
-}
+pub use crate::host::kdev_home;
 
 /// One named local cluster.
 pub struct LocalCluster {

@@ -11,6 +11,7 @@ pub mod leader;
 mod reaper;
 mod serve;
 
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,33 +22,52 @@ use kube::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 
-use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::kubeclient;
+use crate::k8s;
 use kdev_contract::keys;
 
-pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let kube = kubeclient::connect(global).await?;
+/// The controller's configuration, resolved from its flags.
+#[derive(Debug)]
+pub struct Config {
+    /// Address for /healthz, /readyz and /metrics.
+    pub listen: std::net::SocketAddr,
+    /// Namespace of the leader-election Lease (default: the client's namespace).
+    pub lease_namespace: Option<String>,
+    /// This replica's identity (default: host name and process id).
+    pub identity: Option<String>,
+    /// Reap in this namespace only (default: every namespace).
+    pub watch_namespace: Option<String>,
+    /// Clean up after telepresence 1 proxies older than this (off when `None`).
+    pub telepresence_min_age: Option<Duration>,
+}
+
+pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
+    let kube = k8s::connect(flags).await?;
     let namespace = args
         .lease_namespace
         .unwrap_or_else(|| kube.namespace.clone());
     let identity = args.identity.unwrap_or_else(default_identity);
-    kubeclient::validate_dns_label("lease namespace", &namespace)?;
 
     let metrics = Arc::new(serve::Metrics::default());
-    let (ready_tx, ready_rx) = watch::channel(false);
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let (synced_tx, synced_rx) = watch::channel(false);
     let (leading_tx, leading_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
     tracing::info!(listen = %args.listen, %identity, %namespace, "controller starting");
-    let server = tokio::spawn(serve::serve(
-        listener,
-        serve::State {
-            ready: ready_rx,
-            leading: leading_rx.clone(),
-            metrics: metrics.clone(),
-        },
-    ));
+    let mut tasks = Tasks::default();
+    tasks.spawn(
+        "health and metrics server",
+        serve::serve(
+            listener,
+            serve::State {
+                connected: connected_rx,
+                synced: synced_rx,
+                leading: leading_rx.clone(),
+                metrics: metrics.clone(),
+            },
+        ),
+    );
 
     let version = kube
         .client
@@ -55,37 +75,42 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
         .await
         .map_err(|err| kube.explain(err, "reach the API server"))?;
     tracing::info!(server = %version.git_version, "connected");
-    let _ = ready_tx.send(true);
+    connected_tx.send_replace(true);
 
     let reporter = Reporter {
         controller: "kdev-controller".into(),
         instance: Some(identity.clone()),
     };
     let recorder = Recorder::new(kube.client.clone(), reporter);
-    if let Some(ns) = &args.watch_namespace {
-        kubeclient::validate_dns_label("--watch-namespace", ns)?;
-    }
-    let reaper = tokio::spawn(reaper::run(
-        kube.clone(),
-        args.watch_namespace.clone(),
-        leading_rx.clone(),
-        recorder,
-        metrics.clone(),
-    ));
-
-    let janitor = args.telepresence.then(|| {
-        let options = crate::telepresence::Options {
-            min_age: args.telepresence_min_age,
+    tasks.spawn(
+        "reaper",
+        reaper::run(
+            kube.clone(),
+            args.watch_namespace.clone(),
+            leading_rx.clone(),
+            synced_tx,
+            recorder.clone(),
+            metrics.clone(),
+        ),
+    );
+    if let Some(min_age) = args.telepresence_min_age {
+        let options = crate::cleanup::telepresence::Options {
+            min_age,
             dry_run: false,
             tries: 3,
         };
-        tokio::spawn(telepresence_janitor(
-            kube.clone(),
-            args.watch_namespace.clone(),
-            options,
-            leading_rx.clone(),
-        ))
-    });
+        tasks.spawn(
+            "telepresence cleaner",
+            telepresence_janitor(
+                kube.clone(),
+                args.watch_namespace.clone(),
+                options,
+                leading_rx.clone(),
+                recorder,
+                metrics.clone(),
+            ),
+        );
+    }
 
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &namespace);
     let elector = leader::Elector::new(
@@ -94,35 +119,136 @@ pub async fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Ex
         identity,
         leader::Timing::default(),
     );
-    let outcome = elector.run(leading_tx, metrics, shutdown_signal()).await;
-    server.abort();
-    reaper.abort();
-    if let Some(janitor) = janitor {
-        janitor.abort();
+    // The election runs until SIGTERM or until any other task ends; either
+    // way the Lease is released on the way out.
+    let ended = std::sync::Mutex::new(None);
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            end = tasks.first_end() => {
+                if let Ok(mut slot) = ended.lock() {
+                    *slot = Some(end);
+                }
+            }
+        }
+    };
+    let outcome = elector.run(leading_tx, metrics, stop).await;
+    tasks.abort_all();
+    outcome?;
+    match ended.into_inner().ok().flatten() {
+        None => Ok(ExitCode::SUCCESS),
+        Some((name, why)) => Err(anyhow::anyhow!(
+            "the controller's {name} task ended ({why}); exiting so that the Deployment restarts it"
+        )),
     }
-    outcome.map(|()| ExitCode::SUCCESS)
 }
 
-/// While leading, sweeps telepresence 1 proxies every 30 s.
+/// The controller's long-running tasks, each named. Any of them ending ends
+/// the controller: a reaper that silently stopped would leave sessions
+/// unrestored while `/readyz` says ok.
+#[derive(Default)]
+struct Tasks {
+    running: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Tasks {
+    fn spawn<F, T>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: TaskResult,
+    {
+        self.running
+            .push((name, tokio::spawn(async move { task.await.into_result() })));
+    }
+
+    /// Waits for the first task to end; its name and why.
+    async fn first_end(&mut self) -> (&'static str, String) {
+        if self.running.is_empty() {
+            return std::future::pending().await;
+        }
+        let handles = self.running.iter_mut().map(|(name, handle)| {
+            Box::pin(async move {
+                let why = match handle.await {
+                    Ok(Ok(())) => "it returned".to_owned(),
+                    Ok(Err(err)) => format!("{err:#}"),
+                    Err(err) => format!("it panicked or was cancelled: {err}"),
+                };
+                (*name, why)
+            })
+        });
+        futures::future::select_all(handles).await.0
+    }
+
+    fn abort_all(&self) {
+        for (_, handle) in &self.running {
+            handle.abort();
+        }
+    }
+}
+
+/// What a task may return: nothing (it should run forever) or a result.
+trait TaskResult: Send + 'static {
+    fn into_result(self) -> anyhow::Result<()>;
+}
+
+impl TaskResult for () {
+    fn into_result(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl TaskResult for anyhow::Result<()> {
+    fn into_result(self) -> anyhow::Result<()> {
+        self
+    }
+}
+
+/// While leading, sweeps telepresence 1 proxies every 30 s. Every action is
+/// logged, counted in `/metrics`, and a restore is recorded as an Event on
+/// the Deployment it restored.
 async fn telepresence_janitor(
-    kube: kubeclient::Kube,
+    kube: k8s::Kube,
     namespace: Option<String>,
-    options: crate::telepresence::Options,
+    options: crate::cleanup::telepresence::Options,
     mut leading: watch::Receiver<bool>,
+    recorder: Recorder,
+    metrics: Arc<serve::Metrics>,
 ) {
+    use crate::cleanup::telepresence::Verdict;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
-        match crate::telepresence::sweep(&kube, namespace.as_deref(), options).await {
-            Ok(reports) => {
-                for report in reports.iter().filter(|r| r.restored) {
+        let reports =
+            match crate::cleanup::telepresence::sweep(&kube, namespace.as_deref(), options).await {
+                Ok(reports) => reports,
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "telepresence sweep failed");
+                    continue;
+                }
+            };
+        for report in reports {
+            match report.verdict {
+                Verdict::TooYoung | Verdict::Alive => {
+                    tracing::debug!(namespace = %report.namespace, pod = %report.pod, "telepresence proxy: {}", report.line);
+                    continue;
+                }
+                Verdict::Restored | Verdict::WouldRestore => {
                     tracing::info!(namespace = %report.namespace, pod = %report.pod, "telepresence proxy: {}", report.line);
                 }
+                Verdict::LeftForHuman => {
+                    tracing::warn!(namespace = %report.namespace, pod = %report.pod, "telepresence proxy: {}", report.line);
+                }
             }
-            Err(err) => tracing::warn!(error = %format!("{err:#}"), "telepresence sweep failed"),
+            metrics.telepresence(report.verdict);
+            if report.verdict == Verdict::Restored
+                && let Some(original) = &report.original
+            {
+                crate::cleanup::telepresence::record_restore(&kube, &recorder, &report, original)
+                    .await;
+            }
         }
     }
 }
@@ -130,10 +256,7 @@ async fn telepresence_janitor(
 /// The pod's name is the natural identity; outside a pod, the host name plus
 /// the process id keeps two local runs apart.
 fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", crate::host::hostname(), std::process::id())
 }
 
 /// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.

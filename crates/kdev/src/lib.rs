@@ -1,23 +1,25 @@
 //! kdev: develop against Kubernetes.
 //!
-//! `main.rs` only calls [`main`]; every capability lives in its own module:
-//! [`cluster`] (the local control plane), [`controller`] (the in-cluster
-//! part), with [`cli`] parsing arguments and [`kubeclient`] turning kubectl's
-//! flags into a client.
+//! `main.rs` only calls [`main`]. Data flows one way: [`cli`] parses flags
+//! and resolves them into a capability's configuration; the capabilities
+//! ([`swap`], [`logs`], [`cleanup`], [`cluster`], [`controller`], [`agent`])
+//! use [`k8s`] for everything they share about the API; [`kdev_contract`]
+//! holds what separate kdev processes agree on. `scripts/check-imports`
+//! keeps the arrows pointing down.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cleanup;
 pub mod cli;
 pub mod cluster;
 pub mod controller;
 pub mod error;
-pub mod kubeclient;
+pub mod host;
+pub mod k8s;
 pub mod logs;
 pub mod progress;
 pub mod swap;
-pub mod telepresence;
-pub mod tunnel;
 mod version;
 
 use std::process::ExitCode;
@@ -51,15 +53,31 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let flags = cli.global.kube();
+    if matches!(
+        cli.command,
+        Command::Swap(_)
+            | Command::Logs(_)
+            | Command::Sessions(_)
+            | Command::Version(_)
+            | Command::Cluster(_)
+    ) {
+        // Files of swap sessions whose kdev was killed (kill -9, a crash)
+        // go at the next start; `kdev sweep` also reports them.
+        for folder in swap::local::sweep_orphans() {
+            tracing::info!(folder = %folder.display(), "removed the files of a swap session whose kdev is gone");
+        }
+    }
     match cli.command {
-        Command::Cluster(args) => cluster::run(args).await,
-        Command::Controller(args) => controller::run(&cli.global, args).await,
-        Command::Version(args) => version::run(&cli.global, args).await,
-        Command::Agent(args) => agent::run(args).await,
-        Command::Swap(args) => swap::run(&cli.global, args).await,
-        Command::Logs(args) => logs::run(&cli.global, args).await,
-        Command::Sweep(args) => swap::sweep::sweep(&cli.global, args).await,
-        Command::Sessions(args) => swap::sweep::sessions(&cli.global, args).await,
+        Command::Cluster(args) => cluster::run(args.resolve()).await,
+        Command::Controller(args) => controller::run(&flags, args.resolve()?).await,
+        Command::Version(args) => version::run(&flags, args.client).await,
+        Command::Agent(args) => agent::run(args.resolve()?).await,
+        Command::ExecChild(args) => swap::child::exec(args.parent, &args.command),
+        Command::Swap(args) => swap::run(&flags, args.resolve()?).await,
+        Command::Logs(args) => logs::run(&flags, args.resolve(&cli.global.namespace)?).await,
+        Command::Sweep(args) => cleanup::sweep(&flags, args.resolve()).await,
+        Command::Sessions(args) => cleanup::sessions(&flags, args.all_namespaces).await,
         Command::Completion(args) => {
             cli::completion(args.shell);
             Ok(ExitCode::SUCCESS)

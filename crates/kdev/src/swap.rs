@@ -5,14 +5,18 @@
 //! - [`restore`]: restoring a session from cluster state (CLI, sweep, reaper).
 //! - [`proxy`]: the proxy Pod. [`link`]: the tunnel to its agent.
 //! - [`env`]: the container's environment and files for the local process.
-//! - [`sweep`]: `kdev sweep` and `kdev sessions`.
+//! - [`sessions`]: finding sessions and judging them alive, expired or orphaned.
+//! - [`child`]: the local command, which dies with kdev.
+//! - [`local`]: the session's folder on this machine.
 
+pub mod child;
 pub mod env;
 pub mod link;
+pub mod local;
 pub mod proxy;
 pub mod restore;
 pub mod session;
-pub mod sweep;
+pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,76 +25,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
 use kube::api::ListParams;
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use self::link::Forward;
+use self::local::MountRoot;
 use self::session::{CrashAfter, Session, Step};
-use crate::cli::{GlobalArgs, parse_duration};
 use crate::error::usage;
-use crate::kubeclient::{self, Kube, is_not_found};
+use crate::k8s::{self, Kube, is_not_found};
 
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev"
-)]
-pub struct SwapArgs {
-    /// The Deployment to swap, as deploy/NAME.
-    pub target: String,
-    /// The container to replace (default: the only one, or the pod's default-container).
-    #[arg(short = 'c', long)]
+/// `kdev swap`'s configuration, checked before any request.
+#[derive(Debug)]
+pub struct Config {
+    /// The Deployment's name.
+    pub deployment: String,
+    /// The container to replace (default: the only one, or the default-container).
     pub container: Option<String>,
-    /// A container port (number or name) and the local port serving it; repeatable (default: every TCP port, same number).
-    #[arg(long = "port", value_name = "REMOTE[:LOCAL]")]
+    /// `--port REMOTE[:LOCAL]` values, resolved against the container.
     pub ports: Vec<String>,
-    /// Reach svc/NAME:PORT (or HOST:PORT) from the cluster's side at 127.0.0.1:LOCAL; sets NAME_SERVICE_HOST/PORT.
-    #[arg(long = "forward", value_name = "svc/NAME:PORT[:LOCAL]")]
+    /// `--forward` values.
     pub forwards: Vec<String>,
-    /// Also write the container's environment to this file (KEY=VALUE lines, mode 0600).
-    #[arg(long)]
     pub env_file: Option<PathBuf>,
-    /// Where to write the container's ConfigMap and Secret volumes (default: a private temp dir, removed at the end).
-    #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
-    /// How long the cluster waits for a silent CLI before restoring the Deployment.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub ttl: Duration,
-    /// How long to wait for the proxy pod to run and the tunnel to come up.
-    #[arg(long, default_value = "90s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// The agent image for the proxy pod.
-    #[arg(long, env = "KDEV_AGENT_IMAGE")]
     pub agent_image: Option<String>,
-    /// The command to run locally in place of the container.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-}
-
-/// Parses `deploy/NAME` (also `deployment/`, `deployments/`, `deployment.apps/`).
-pub fn parse_target(text: &str) -> anyhow::Result<String> {
-    let name = match text.split_once('/') {
-        Some((
-            "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps",
-            name,
-        )) => name,
-        Some((kind, _)) => {
-            return Err(usage(format!(
-                "cannot swap a {kind}: kdev swap takes a Deployment, like deploy/web"
-            )));
-        }
-        None => {
-            return Err(usage(format!(
-                "{text:?} names no kind: write deploy/{text}"
-            )));
-        }
-    };
-    kubeclient::validate_dns_label("deployment name", name)?;
-    Ok(name.to_owned())
 }
 
 /// Resolves `--port` values against the container: container port → local port.
@@ -150,15 +115,41 @@ pub fn resolve_ports(
 enum End {
     Exited(std::process::ExitStatus),
     Lost(String),
+    /// A signal arrived before the command started.
+    Interrupted(Signal),
 }
 
-pub async fn run(global: &GlobalArgs, args: SwapArgs) -> anyhow::Result<ExitCode> {
-    let name = parse_target(&args.target)?;
-    if args.ttl < Duration::from_secs(3) || args.ttl > Duration::from_secs(3600) {
-        return Err(usage("--ttl must be between 3s and 1h"));
+/// SIGINT, SIGTERM and SIGHUP, watched from before the claim to the end, so
+/// that a signal at any point after step 1 restores at once.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("failed to watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("failed to watch SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("failed to watch SIGHUP")?,
+        })
     }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = self.hangup.recv() => Signal::SIGHUP,
+        }
+    }
+}
+
+pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
+    let name = args.deployment.clone();
     let crash = CrashAfter::from_env()?;
-    let kube = kubeclient::connect(global).await?;
+    let mut signals = Signals::install()?;
+    let kube = k8s::connect(flags).await?;
     let forwards: Vec<Forward> = args
         .forwards
         .iter()
@@ -180,7 +171,7 @@ pub async fn run(global: &GlobalArgs, args: SwapArgs) -> anyhow::Result<ExitCode
     let container = session::choose_container(&deployment, args.container.as_deref())?;
     let routes = resolve_ports(&container, &args.ports)?;
 
-    sweep::settle_target(&kube, &name).await?;
+    sessions::settle_target(&kube, &name).await?;
     let started = Instant::now();
     let session = match Session::claim(&kube, &name, &container.name, args.ttl, crash).await? {
         Ok(session) => Arc::new(session),
@@ -203,6 +194,7 @@ pub async fn run(global: &GlobalArgs, args: SwapArgs) -> anyhow::Result<ExitCode
         &args,
         started,
         &mut lost,
+        &mut signals,
     )
     .await
     {
@@ -233,10 +225,13 @@ pub async fn run(global: &GlobalArgs, args: SwapArgs) -> anyhow::Result<ExitCode
             eprintln!("kdev: the session ended because {reason}");
             Ok(ExitCode::from(1))
         }
+        End::Interrupted(signal) => Ok(ExitCode::from(128 + signal as u8)),
     }
 }
 
-/// Steps 2 to 7, up to the command's exit (or the session's loss).
+/// Steps 2 to 7, up to the command's exit (or the session's loss). A signal
+/// before the command starts ends here with [`End::Interrupted`]; the caller
+/// then restores, as at any end.
 #[allow(clippy::too_many_arguments)]
 async fn swap_and_run(
     kube: &Kube,
@@ -245,10 +240,87 @@ async fn swap_and_run(
     container: &Container,
     routes: BTreeMap<u16, u16>,
     forwards: Vec<Forward>,
-    args: &SwapArgs,
+    args: &Config,
     started: Instant,
     lost: &mut mpsc::Receiver<String>,
+    signals: &mut Signals,
 ) -> anyhow::Result<End> {
+    let prepared = tokio::select! {
+        prepared = prepare(kube, &session, deployment, container, &routes, forwards, args) => prepared?,
+        signal = signals.recv() => {
+            eprintln!("kdev: {signal} during start-up: undoing the swap");
+            return Ok(End::Interrupted(signal));
+        }
+        reason = lost.recv() => {
+            let reason = reason.unwrap_or_else(|| "its renewal stopped".into());
+            return Ok(End::Lost(reason));
+        }
+    };
+    let Prepared {
+        environment,
+        root,
+        original_replicas,
+        forward_lines,
+        _link,
+        _forwards,
+    } = prepared;
+
+    let name = &session.deployment;
+    eprintln!(
+        "kdev: swapped deployment/{name} (container {}, {original_replicas} replicas → 0) in {:.1}s; session {}",
+        container.name,
+        started.elapsed().as_secs_f64(),
+        session.id
+    );
+    for (remote, local) in &routes {
+        eprintln!("kdev:   port {remote} → 127.0.0.1:{local}");
+    }
+    for line in &forward_lines {
+        eprintln!("kdev:   forward {line}");
+    }
+    eprintln!("kdev:   files under {} ($KDEV_ROOT)", root.path.display());
+
+    let mut child = child::command(&args.command)?
+        .envs(&environment)
+        .spawn()
+        .with_context(|| format!("failed to start {:?}", args.command[0]))?;
+    session.crash().reached(Step::CommandStarted);
+
+    let end = tokio::select! {
+        status = child.wait() => End::Exited(status.context("failed to wait for the command")?),
+        signal = signals.recv() => End::Exited(stop_child(&mut child, signal).await?),
+        reason = lost.recv() => {
+            let reason = reason.unwrap_or_else(|| "its renewal stopped".into());
+            eprintln!("kdev: session lost: {reason}; stopping the command");
+            stop_child(&mut child, Signal::SIGTERM).await?;
+            End::Lost(reason)
+        }
+    };
+    drop(root);
+    Ok(end)
+}
+
+/// What start-up made: the command's environment and files, and the tasks
+/// that keep the tunnel and the forwards up while they are held.
+struct Prepared {
+    environment: BTreeMap<String, String>,
+    root: MountRoot,
+    original_replicas: i32,
+    forward_lines: Vec<String>,
+    _link: AbortOnDrop,
+    _forwards: Vec<AbortOnDrop>,
+}
+
+/// Steps 2 to 5 and the command's environment.
+async fn prepare(
+    kube: &Kube,
+    session: &Session,
+    deployment: &Deployment,
+    container: &Container,
+    routes: &BTreeMap<u16, u16>,
+    forwards: Vec<Forward>,
+    args: &Config,
+) -> anyhow::Result<Prepared> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &kube.namespace);
     let original_pod = running_pod_of(&pods, deployment).await;
     let (patched, original_replicas) = session.record().await?;
@@ -264,13 +336,13 @@ async fn swap_and_run(
     let proxy = session.wait_proxy_running(args.timeout).await?;
     // The tunnel's own client: TCP_NODELAY towards the API server.
     let tunnel_pods: Api<Pod> = Api::namespaced(kube.streaming_client()?, &kube.namespace);
-    let (mut current, link_task) = link::maintain(
+    let (mut current, last_error, link_task) = link::maintain(
         tunnel_pods,
         session.proxy_name.clone(),
         Arc::new(routes.clone()),
     );
-    let _link_guard = AbortOnDrop(link_task);
-    link::wait_up(&mut current, args.timeout).await?;
+    let link_guard = AbortOnDrop(link_task);
+    link::wait_up(&mut current, &last_error, args.timeout).await?;
     step.done();
     session.crash().reached(Step::TunnelUp);
 
@@ -307,57 +379,24 @@ async fn swap_and_run(
     if let Some(path) = &args.env_file {
         write_env_file(path, &environment.vars)?;
     }
-
-    let name = &session.deployment;
-    eprintln!(
-        "kdev: swapped deployment/{name} (container {}, {original_replicas} replicas → 0) in {:.1}s; session {}",
-        container.name,
-        started.elapsed().as_secs_f64(),
-        session.id
-    );
-    for (remote, local) in &routes {
-        eprintln!("kdev:   port {remote} → 127.0.0.1:{local}");
-    }
-    for line in &forward_lines {
-        eprintln!("kdev:   forward {line}");
-    }
-    eprintln!("kdev:   files under {} ($KDEV_ROOT)", root.path.display());
-
-    let mut child = tokio::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .envs(&environment.vars)
-        .spawn()
-        .with_context(|| format!("failed to start {:?}", args.command[0]))?;
-    session.crash().reached(Step::CommandStarted);
-
-    let mut interrupt = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
-    let end = tokio::select! {
-        status = child.wait() => End::Exited(status.context("failed to wait for the command")?),
-        _ = interrupt.recv() => End::Exited(stop_child(&mut child, nix::sys::signal::Signal::SIGINT, "SIGINT").await?),
-        _ = terminate.recv() => End::Exited(stop_child(&mut child, nix::sys::signal::Signal::SIGTERM, "SIGTERM").await?),
-        _ = hangup.recv() => End::Exited(stop_child(&mut child, nix::sys::signal::Signal::SIGHUP, "SIGHUP").await?),
-        reason = lost.recv() => {
-            let reason = reason.unwrap_or_else(|| "its renewal stopped".into());
-            eprintln!("kdev: session lost: {reason}; stopping the command");
-            stop_child(&mut child, nix::sys::signal::Signal::SIGTERM, "the lost session").await?;
-            End::Lost(reason)
-        }
-    };
-    drop(root);
-    Ok(end)
+    Ok(Prepared {
+        environment: environment.vars,
+        root,
+        original_replicas,
+        forward_lines,
+        _link: link_guard,
+        _forwards: forward_tasks,
+    })
 }
 
 /// Passes the signal on, waits up to 10 s, then kills the command. A terminal's
 /// Ctrl-C reaches the command by itself; the command gets 2 s to act on it first.
 async fn stop_child(
     child: &mut tokio::process::Child,
-    signal: nix::sys::signal::Signal,
-    why: &str,
+    signal: Signal,
 ) -> anyhow::Result<std::process::ExitStatus> {
-    eprintln!("kdev: {why}: ending the session");
-    if signal == nix::sys::signal::Signal::SIGINT
+    eprintln!("kdev: {signal}: ending the session");
+    if signal == Signal::SIGINT
         && let Ok(status) = tokio::time::timeout(Duration::from_secs(2), child.wait()).await
     {
         return status.context("failed to wait for the command");
@@ -408,12 +447,7 @@ fn spawn_renewal(session: Arc<Session>) -> (tokio::task::JoinHandle<()>, mpsc::R
 
 /// A Running pod of the Deployment, for the downward API's fields.
 async fn running_pod_of(pods: &Api<Pod>, deployment: &Deployment) -> Option<Pod> {
-    let selector = deployment.spec.as_ref()?.selector.match_labels.as_ref()?;
-    let selector = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = k8s::objects::selector_query(&deployment.spec.as_ref()?.selector)?;
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
@@ -461,37 +495,6 @@ fn quote_env(value: &str) -> String {
     }
 }
 
-/// The folder volumes are written to; removed on drop if kdev made it.
-struct MountRoot {
-    path: PathBuf,
-    owned: bool,
-}
-
-impl MountRoot {
-    fn create(chosen: Option<PathBuf>, session: &str) -> anyhow::Result<Self> {
-        match chosen {
-            Some(path) => {
-                let owned = !path.exists();
-                env::make_private_dir(&path)?;
-                Ok(Self { path, owned })
-            }
-            None => {
-                let path = std::env::temp_dir().join(format!("kdev-swap-{session}"));
-                env::make_private_dir(&path)?;
-                Ok(Self { path, owned: true })
-            }
-        }
-    }
-}
-
-impl Drop for MountRoot {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -504,25 +507,6 @@ impl Drop for AbortOnDrop {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn targets() {
-        assert_eq!(parse_target("deploy/web").expect("valid"), "web");
-        assert_eq!(parse_target("deployment.apps/web").expect("valid"), "web");
-        assert!(
-            parse_target("sts/web")
-                .unwrap_err()
-                .to_string()
-                .contains("takes a Deployment")
-        );
-        assert!(
-            parse_target("web")
-                .unwrap_err()
-                .to_string()
-                .contains("deploy/web")
-        );
-        assert!(parse_target("deploy/Web").is_err());
-    }
 
     #[test]
     fn ports_resolve_by_number_and_name() {

@@ -2,15 +2,14 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{GlobalArgs, VersionArgs};
-use crate::kubeclient;
+use crate::k8s;
 
-pub async fn run(global: &GlobalArgs, args: VersionArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(flags: &k8s::Flags, client_only: bool) -> anyhow::Result<ExitCode> {
     println!("kdev {}", env!("CARGO_PKG_VERSION"));
-    if args.client {
+    if client_only {
         return Ok(ExitCode::SUCCESS);
     }
-    let kube = kubeclient::connect(global).await?;
+    let kube = k8s::connect(flags).await?;
     let info = kube
         .client
         .apiserver_version()

@@ -34,7 +34,8 @@ use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::watch;
 
 use super::serve::Metrics;
-use crate::kubeclient::is_conflict;
+use crate::k8s::is_conflict;
+use crate::k8s::objects::lease_record as record_of;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -64,6 +65,60 @@ pub enum State {
     Following { seen: Option<Observation> },
     /// Leading since the last successful renewal at `renewed`.
     Leading { renewed: Instant },
+}
+
+/// What one read of the Lease calls for.
+#[derive(Debug)]
+pub enum Action {
+    /// No Lease exists: create it, holding it.
+    Create,
+    /// This replica holds it: renew it (the state to fall back on if that fails).
+    Renew(State),
+    /// Another replica holds it and renews it: keep watching.
+    Follow(Observation),
+    /// Another replica held it but let it go unchanged for its duration.
+    TakeOver(Observation),
+}
+
+/// Decides what to do with the Lease as read at `now` (`None`: it does not
+/// exist), given where this replica stood. Pure.
+pub fn decide(state: State, current: Option<LeaseRecord>, identity: &str, now: Instant) -> Action {
+    let Some(record) = current else {
+        return Action::Create;
+    };
+    if record.holder.as_deref() == Some(identity) {
+        return Action::Renew(state);
+    }
+    let seen = match state {
+        State::Following {
+            seen: Some(mut seen),
+        } => {
+            seen.observe(record, now);
+            seen
+        }
+        _ => Observation::new(record, now),
+    };
+    if seen.expired(now) {
+        Action::TakeOver(seen)
+    } else {
+        Action::Follow(seen)
+    }
+}
+
+/// Where a replica stands after a read or renewal failed: a leader keeps
+/// leading until `renew_deadline` has passed since its last renewal, then
+/// steps down. Pure.
+pub fn after_failure(state: State, now: Instant, renew_deadline: Duration) -> State {
+    match state {
+        State::Leading { renewed } if now.saturating_duration_since(renewed) < renew_deadline => {
+            State::Leading { renewed }
+        }
+        State::Leading { .. } => {
+            tracing::warn!("could not renew the leader Lease in time; stepping down");
+            State::Following { seen: None }
+        }
+        following => following,
+    }
 }
 
 pub struct Elector {
@@ -124,8 +179,9 @@ impl Elector {
                 return self.after_failed_renewal(state, now);
             }
         };
-        let Some(lease) = current else {
-            return match self
+        let record = current.as_ref().map(record_of);
+        match decide(state, record, &self.identity, now) {
+            Action::Create => match self
                 .api
                 .create(&PostParams::default(), &self.fresh_lease())
                 .await
@@ -137,54 +193,40 @@ impl Elector {
                     }
                     State::Following { seen: None }
                 }
-            };
-        };
-        let record = record_of(&lease);
-        if record.holder.as_deref() == Some(self.identity.as_str()) {
-            return match self.write(lease, false).await {
-                Ok(()) => State::Leading { renewed: now },
-                Err(err) => {
-                    tracing::warn!(error = %err, "failed to renew the leader Lease");
-                    self.after_failed_renewal(state, now)
+            },
+            Action::Renew(previous) => {
+                // `decide` returns Renew only for an existing Lease.
+                let Some(lease) = current else {
+                    return previous;
+                };
+                match self.write(lease, false).await {
+                    Ok(()) => State::Leading { renewed: now },
+                    Err(err) => {
+                        tracing::warn!(error = %err, "failed to renew the leader Lease");
+                        self.after_failed_renewal(previous, now)
+                    }
                 }
-            };
-        }
-        let seen = match state {
-            State::Following {
-                seen: Some(mut seen),
-            } => {
-                seen.observe(record, now);
-                seen
             }
-            _ => Observation::new(record, now),
-        };
-        if !seen.expired(now) {
-            return State::Following { seen: Some(seen) };
-        }
-        match self.write(lease, true).await {
-            Ok(()) => State::Leading { renewed: now },
-            Err(err) => {
-                if !matches!(&err, WriteError::Kube(e) if is_conflict(e)) {
-                    tracing::warn!(error = %err, "failed to take over the leader Lease");
+            Action::Follow(seen) => State::Following { seen: Some(seen) },
+            Action::TakeOver(seen) => {
+                let Some(lease) = current else {
+                    return State::Following { seen: Some(seen) };
+                };
+                match self.write(lease, true).await {
+                    Ok(()) => State::Leading { renewed: now },
+                    Err(err) => {
+                        if !matches!(&err, WriteError::Kube(e) if is_conflict(e)) {
+                            tracing::warn!(error = %err, "failed to take over the leader Lease");
+                        }
+                        State::Following { seen: Some(seen) }
+                    }
                 }
-                State::Following { seen: Some(seen) }
             }
         }
     }
 
     fn after_failed_renewal(&self, state: State, now: Instant) -> State {
-        match state {
-            State::Leading { renewed }
-                if now.saturating_duration_since(renewed) < self.timing.renew_deadline =>
-            {
-                State::Leading { renewed }
-            }
-            State::Leading { .. } => {
-                tracing::warn!("could not renew the leader Lease in time; stepping down");
-                State::Following { seen: None }
-            }
-            following => following,
-        }
+        after_failure(state, now, self.timing.renew_deadline)
     }
 
     fn fresh_lease(&self) -> Lease {
@@ -261,13 +303,113 @@ enum WriteError {
     Kube(#[source] kube::Error),
 }
 
-/// The liveness fields of a Lease, as the contract crate judges them.
-pub fn record_of(lease: &Lease) -> LeaseRecord {
-    let spec = lease.spec.clone().unwrap_or_default();
-    LeaseRecord {
-        holder: spec.holder_identity,
-        renew_time: spec.renew_time.map(|t| t.0.to_string()),
-        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
-        transitions: spec.lease_transitions.unwrap_or(0),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held_by(holder: &str, renew: &str) -> Option<LeaseRecord> {
+        Some(LeaseRecord {
+            holder: Some(holder.into()),
+            renew_time: Some(renew.into()),
+            duration: Duration::from_secs(15),
+            transitions: 0,
+        })
+    }
+
+    fn following() -> State {
+        State::Following { seen: None }
+    }
+
+    #[test]
+    fn a_missing_lease_is_created() {
+        assert!(matches!(
+            decide(following(), None, "me", Instant::now()),
+            Action::Create
+        ));
+    }
+
+    #[test]
+    fn the_holder_renews() {
+        let action = decide(following(), held_by("me", "t1"), "me", Instant::now());
+        assert!(matches!(action, Action::Renew(_)), "{action:?}");
+    }
+
+    #[test]
+    fn a_follower_takes_over_only_after_a_whole_duration_without_change() {
+        let t0 = Instant::now();
+        let Action::Follow(seen) = decide(following(), held_by("other", "t1"), "me", t0) else {
+            panic!("a fresh Lease is followed");
+        };
+        let state = State::Following { seen: Some(seen) };
+        let Action::Follow(seen) = decide(
+            state,
+            held_by("other", "t1"),
+            "me",
+            t0 + Duration::from_secs(14),
+        ) else {
+            panic!("14 s unchanged is not yet expired");
+        };
+        let state = State::Following { seen: Some(seen) };
+        assert!(matches!(
+            decide(
+                state,
+                held_by("other", "t1"),
+                "me",
+                t0 + Duration::from_secs(15)
+            ),
+            Action::TakeOver(_)
+        ));
+    }
+
+    #[test]
+    fn a_renewed_lease_is_not_taken_over() {
+        let t0 = Instant::now();
+        let Action::Follow(seen) = decide(following(), held_by("other", "t1"), "me", t0) else {
+            panic!("followed");
+        };
+        let state = State::Following { seen: Some(seen) };
+        let Action::Follow(seen) = decide(
+            state,
+            held_by("other", "t2"),
+            "me",
+            t0 + Duration::from_secs(10),
+        ) else {
+            panic!("renewed");
+        };
+        let state = State::Following { seen: Some(seen) };
+        assert!(matches!(
+            decide(
+                state,
+                held_by("other", "t2"),
+                "me",
+                t0 + Duration::from_secs(20)
+            ),
+            Action::Follow(_)
+        ));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_over_at_once() {
+        let free = Some(LeaseRecord {
+            holder: None,
+            renew_time: None,
+            duration: Duration::from_secs(15),
+            transitions: 1,
+        });
+        assert!(matches!(
+            decide(following(), free, "me", Instant::now()),
+            Action::TakeOver(_)
+        ));
+    }
+
+    #[test]
+    fn a_leader_that_cannot_renew_steps_down_after_the_deadline() {
+        let t0 = Instant::now();
+        let deadline = Duration::from_secs(10);
+        let leading = State::Leading { renewed: t0 };
+        let still = after_failure(leading, t0 + Duration::from_secs(9), deadline);
+        assert!(matches!(still, State::Leading { .. }));
+        let stepped = after_failure(still, t0 + Duration::from_secs(10), deadline);
+        assert!(matches!(stepped, State::Following { seen: None }));
     }
 }

@@ -3,18 +3,24 @@
 //!
 //! # Expected flow
 //! Two kube-runtime reflectors keep session Leases and swapped Deployments
-//! in memory. Every 500 ms the reaper observes each Lease on its own clock
-//! ([`kdev_contract::lease::Observation`]); one unchanged for its whole
-//! duration is expired. Before restoring it reads the Lease again (a watch
-//! may lag) and restores only if the record is still the one it judged. A
-//! Deployment with marks and no Lease is confirmed by reading the Deployment,
-//! then the Lease, in that order ([`crate::swap::sweep`]).
+//! in memory. Each pass ([`plan`], pure) observes every Lease on this
+//! replica's own clock ([`kdev_contract::lease::Observation`]) and lists the
+//! expired ones and the orphaned Deployments. Before restoring, the reaper
+//! reads the Lease again (a watch may lag) and restores only if the record is
+//! still the one it judged. A Deployment with marks and no Lease is confirmed
+//! by reading the Deployment, then the Lease, in that order
+//! ([`crate::swap::sessions`]). Then it sleeps until the next watch event or
+//! the moment the next Lease can expire, whichever comes first: each session
+//! is requeued for its own moment, not polled.
 //!
 //! # Guarantees
-//! - A session is restored within its duration plus about a second of its
-//!   last renewal, as this replica saw it; never before its duration.
+//! - A session is restored within its duration of its last renewal as this
+//!   replica saw it (plus the time a watch event takes); never before.
 //! - Restores follow [`crate::swap::restore`]: idempotent, guarded, Lease last;
 //!   a reaper killed mid-restore leaves the session for its successor.
+//! - A restore that fails is retried on the shared back-off policy.
+//! - The reaper's future ends only if a watch stream ends, which the
+//!   controller treats as fatal.
 //!
 //! # Assumptions
 //! - One leader at a time (the Lease election); a second restorer (a user's
@@ -27,7 +33,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use kdev_contract::lease::Observation;
+use kdev_contract::lease::{LeaseRecord, Observation};
 use kdev_contract::session::{
     self, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_LABEL, SWAPPED_LABEL,
     TARGET_ANNOTATION,
@@ -35,21 +41,94 @@ use kdev_contract::session::{
 use kube::Api;
 use kube::runtime::events::Recorder;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-use super::leader::record_of;
 use super::serve::Metrics;
-use crate::kubeclient::Kube;
+use crate::k8s::objects::lease_record;
+use crate::k8s::{Kube, backoff};
 use crate::swap::restore::{self, Target};
 
-/// Runs until the process ends; acts only while `leading` is true.
+/// With this set, the reaper returns once its caches have synced (tests only).
+pub const END_AFTER_SYNC: &str = "KDEV_FAULT_END_REAPER_AFTER_SYNC";
+
+/// How long the reaper sleeps when no Lease can expire and nothing changes.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Sessions whose Lease went unchanged for its duration, with the record
+    /// that was judged.
+    pub expired: Vec<(Target, String, LeaseRecord)>,
+    /// Deployments with kdev's marks and no Lease in the cache.
+    pub orphaned: Vec<Target>,
+    /// When the next Lease can expire if nothing changes.
+    pub next: Option<Duration>,
+}
+
+/// Updates `seen` with the cached Leases at `now` and decides what is due.
+pub fn plan(
+    seen: &mut HashMap<String, Observation>,
+    leases: &[Arc<Lease>],
+    deployments: &[Arc<Deployment>],
+    now: Instant,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut live_keys = Vec::new();
+    for lease in leases {
+        let key = lease.metadata.uid.clone().unwrap_or_default();
+        live_keys.push(key.clone());
+        let record = lease_record(lease);
+        let observation = seen
+            .entry(key)
+            .and_modify(|o| o.observe(record.clone(), now))
+            .or_insert_with(|| Observation::new(record, now));
+        if observation.expired(now) {
+            if let Some(target) = target_of(lease) {
+                let name = lease.metadata.name.clone().unwrap_or_default();
+                plan.expired
+                    .push((target, name, observation.record().clone()));
+            }
+        } else {
+            let remaining = observation.remaining(now);
+            plan.next = Some(plan.next.map_or(remaining, |n| n.min(remaining)));
+        }
+    }
+    seen.retain(|key, _| live_keys.contains(key));
+
+    for deployment in deployments {
+        let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
+        let Ok(Some(marks)) = DeploymentMarks::read(&annotations) else {
+            continue;
+        };
+        let lease_name = session::lease_name(&name);
+        let has_lease = leases.iter().any(|l| {
+            l.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && l.metadata.name.as_deref() == Some(lease_name.as_str())
+        });
+        if !has_lease {
+            plan.orphaned.push(Target {
+                namespace,
+                deployment: name,
+                session: marks.session,
+            });
+        }
+    }
+    plan
+}
+
+/// Runs until a watch stream ends (which it never should); acts only while
+/// `leading` is true. Sets `synced` once both caches hold a full list.
 pub async fn run(
     kube: Kube,
     namespace: Option<String>,
     mut leading: watch::Receiver<bool>,
+    synced: watch::Sender<bool>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-) {
+) -> anyhow::Result<()> {
     let (lease_api, deployment_api): (Api<Lease>, Api<Deployment>) = match &namespace {
         Some(ns) => (
             Api::namespaced(kube.client.clone(), ns),
@@ -57,132 +136,141 @@ pub async fn run(
         ),
         None => (Api::all(kube.client.clone()), Api::all(kube.client.clone())),
     };
+    let changed = Arc::new(Notify::new());
     let (leases, lease_writer) = reflector::store::<Lease>();
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
+    let notify = changed.clone();
     let lease_stream = watcher(
         lease_api,
         watcher::Config::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}")),
     )
-    .default_backoff()
+    .backoff(backoff::watcher())
     .reflect(lease_writer)
-    .for_each(|event| report_watch_error(event, "session leases"));
+    .for_each(move |event| report(event, "session leases", &notify));
+    let notify = changed.clone();
     let deployment_stream = watcher(
         deployment_api,
         watcher::Config::default().labels(SWAPPED_LABEL),
     )
-    .default_backoff()
+    .backoff(backoff::watcher())
     .reflect(deployment_writer)
-    .for_each(|event| report_watch_error(event, "swapped deployments"));
-    tokio::spawn(lease_stream);
-    tokio::spawn(deployment_stream);
+    .for_each(move |event| report(event, "swapped deployments", &notify));
 
-    let mut seen: HashMap<String, Observation> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        if !*leading.borrow() {
-            // A new leader starts watching from scratch: what another replica
-            // saw is not this clock's to trust.
-            seen.clear();
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            continue;
+    let work = async {
+        leases.wait_until_ready().await?;
+        deployments.wait_until_ready().await?;
+        synced.send_replace(true);
+        tracing::info!("reaper caches synced");
+        if std::env::var_os(END_AFTER_SYNC).is_some() {
+            // Fault injection: how the tests prove that a reaper that stops
+            // ends the controller.
+            return Ok(());
         }
-        if leases.wait_until_ready().await.is_err() || deployments.wait_until_ready().await.is_err()
-        {
-            return;
-        }
-        let now = Instant::now();
-        let mut live_keys = Vec::new();
-        let mut due = Vec::new();
-        for lease in leases.state() {
-            let key = lease.metadata.uid.clone().unwrap_or_default();
-            live_keys.push(key.clone());
-            let record = record_of(&lease);
-            let observation = seen
-                .entry(key)
-                .and_modify(|o| o.observe(record.clone(), now))
-                .or_insert_with(|| Observation::new(record, now));
-            if observation.expired(now) {
-                due.push((lease.clone(), observation.record().clone()));
-            }
-        }
-        seen.retain(|key, _| live_keys.contains(key));
-
-        for (lease, judged) in due {
-            let Some(target) = target_of(&lease) else {
+        let mut seen: HashMap<String, Observation> = HashMap::new();
+        let mut retry = backoff::delays();
+        loop {
+            if !*leading.borrow() {
+                // A new leader starts watching from scratch: what another
+                // replica saw is not this clock's to trust.
+                seen.clear();
+                if leading.wait_for(|l| *l).await.is_err() {
+                    return Ok::<(), anyhow::Error>(());
+                }
                 continue;
-            };
-            // Confirm against the API server: the watch may be behind.
-            let api: Api<Lease> = Api::namespaced(kube.client.clone(), &target.namespace);
-            let name = lease.metadata.name.clone().unwrap_or_default();
-            match api.get_opt(&name).await {
-                Ok(Some(fresh)) if record_of(&fresh) == judged => {}
-                Ok(_) => continue,
-                Err(err) => {
-                    tracing::warn!(error = %err, lease = %name, "failed to confirm an expired lease");
-                    continue;
+            }
+            let plan = plan(
+                &mut seen,
+                &leases.state(),
+                &deployments.state(),
+                Instant::now(),
+            );
+            let mut failed = false;
+            for (target, name, judged) in plan.expired {
+                failed |=
+                    !restore_expired(&kube, &recorder, &metrics, &target, &name, &judged).await;
+            }
+            for target in plan.orphaned {
+                if confirm_orphan(&kube, &target).await {
+                    failed |=
+                        !restore_one(&kube, &recorder, &metrics, &target, "it had no Lease left")
+                            .await;
                 }
             }
-            let why = format!(
-                "its Lease was not renewed for {}s",
-                judged.duration.as_secs()
-            );
-            restore_one(&kube, &recorder, &metrics, &target, &why).await;
-        }
-
-        for deployment in deployments.state() {
-            let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
-            let name = deployment.metadata.name.clone().unwrap_or_default();
-            let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
-            let Ok(Some(marks)) = DeploymentMarks::read(&annotations) else {
-                continue;
-            };
-            let has_lease = leases.state().iter().any(|l| {
-                l.metadata.namespace.as_deref() == Some(namespace.as_str())
-                    && l.metadata.name.as_deref() == Some(session::lease_name(&name).as_str())
-            });
-            if has_lease {
-                continue;
+            let mut wake = plan.next.unwrap_or(IDLE);
+            if failed {
+                wake = wake.min(retry.next().unwrap_or(backoff::MAX));
+            } else {
+                retry = backoff::delays();
             }
-            if confirm_orphan(&kube, &namespace, &name, &marks.session).await {
-                let target = Target {
-                    namespace,
-                    deployment: name,
-                    session: marks.session,
-                };
-                restore_one(&kube, &recorder, &metrics, &target, "it had no Lease left").await;
+            tokio::select! {
+                () = changed.notified() => {}
+                () = tokio::time::sleep(wake) => {}
+                _ = leading.changed() => {}
             }
         }
+    };
+    tokio::select! {
+        () = lease_stream => anyhow::bail!("the watch of session leases ended"),
+        () = deployment_stream => anyhow::bail!("the watch of swapped deployments ended"),
+        result = work => result.map_err(|err| anyhow::anyhow!("the reaper stopped: {err}")),
     }
 }
 
+/// Confirms the Lease against the API server (the watch may be behind) and
+/// restores it if it is still the record that was judged expired. False if a
+/// restore failed.
+async fn restore_expired(
+    kube: &Kube,
+    recorder: &Recorder,
+    metrics: &Metrics,
+    target: &Target,
+    name: &str,
+    judged: &LeaseRecord,
+) -> bool {
+    let api: Api<Lease> = Api::namespaced(kube.client.clone(), &target.namespace);
+    match api.get_opt(name).await {
+        Ok(Some(fresh)) if lease_record(&fresh) == *judged => {}
+        Ok(_) => return true,
+        Err(err) => {
+            tracing::warn!(error = %err, lease = %name, "failed to confirm an expired lease");
+            return false;
+        }
+    }
+    let why = format!(
+        "its Lease was not renewed for {}s",
+        judged.duration.as_secs()
+    );
+    restore_one(kube, recorder, metrics, target, &why).await
+}
+
 /// Reads the Deployment, then the Lease: marks still present and no Lease
-/// means the session is orphaned (see [`crate::swap::sweep`]).
-async fn confirm_orphan(kube: &Kube, namespace: &str, deployment: &str, session: &str) -> bool {
-    let deployments: Api<Deployment> = Api::namespaced(kube.client.clone(), namespace);
-    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), namespace);
-    let Ok(Some(current)) = deployments.get_opt(deployment).await else {
+/// means the session is orphaned (see [`crate::swap::sessions`]).
+async fn confirm_orphan(kube: &Kube, target: &Target) -> bool {
+    let deployments: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let Ok(Some(current)) = deployments.get_opt(&target.deployment).await else {
         return false;
     };
     let annotations = current.metadata.annotations.unwrap_or_default();
     let still_marked =
-        matches!(DeploymentMarks::read(&annotations), Ok(Some(m)) if m.session == session);
+        matches!(DeploymentMarks::read(&annotations), Ok(Some(m)) if m.session == target.session);
     still_marked
         && matches!(
-            leases.get_opt(&session::lease_name(deployment)).await,
+            leases
+                .get_opt(&session::lease_name(&target.deployment))
+                .await,
             Ok(None)
         )
 }
 
+/// False if the restore failed (it is then retried).
 async fn restore_one(
     kube: &Kube,
     recorder: &Recorder,
     metrics: &Metrics,
     target: &Target,
     why: &str,
-) {
+) -> bool {
     match restore::restore(kube, target, why, Some(recorder)).await {
         Ok(outcome) => {
             metrics.restored();
@@ -192,13 +280,17 @@ async fn restore_one(
                 "{} ({why})",
                 outcome.describe(&target.deployment)
             );
+            true
         }
-        Err(err) => tracing::warn!(
-            namespace = %target.namespace,
-            deployment = %target.deployment,
-            error = %format!("{err:#}"),
-            "failed to restore a swap session"
-        ),
+        Err(err) => {
+            tracing::warn!(
+                namespace = %target.namespace,
+                deployment = %target.deployment,
+                error = %format!("{err:#}"),
+                "failed to restore a swap session"
+            );
+            false
+        }
     }
 }
 
@@ -218,10 +310,110 @@ fn target_of(lease: &Lease) -> Option<Target> {
 }
 
 /// A watch that fails (a missing permission, an API hiccup) is retried with
-/// backoff by kube-runtime; it must not fail silently.
-fn report_watch_error<T>(event: Result<T, watcher::Error>, what: &str) -> std::future::Ready<()> {
-    if let Err(err) = event {
-        tracing::warn!(error = %err, "failed to watch {what}; retrying");
+/// back-off by kube-runtime; it must not fail silently. Every event wakes
+/// the reaper.
+fn report<T>(
+    event: Result<T, watcher::Error>,
+    what: &str,
+    changed: &Notify,
+) -> std::future::Ready<()> {
+    match event {
+        Ok(_) => changed.notify_one(),
+        Err(err) => tracing::warn!(error = %err, "failed to watch {what}; retrying"),
     }
     std::future::ready(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lease(name: &str, uid: &str, renew: &str, seconds: i32) -> Arc<Lease> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("kdev-swap-{name}"), "namespace": "team", "uid": uid,
+                    "labels": { SESSION_LABEL: format!("s-{name}") },
+                    "annotations": { TARGET_ANNOTATION: format!("deployment/{name}") }
+                },
+                "spec": { "holderIdentity": "me@laptop", "renewTime": renew, "leaseDurationSeconds": seconds }
+            }))
+            .expect("valid lease"),
+        )
+    }
+
+    fn marked(name: &str) -> Arc<Deployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": name, "namespace": "team",
+                    "annotations": { "kdev.dev/session": format!("s-{name}"), "kdev.dev/original-replicas": "2" }
+                }
+            }))
+            .expect("valid deployment"),
+        )
+    }
+
+    #[test]
+    fn a_lease_is_due_only_after_its_duration_unchanged_and_the_next_wake_is_its_expiry() {
+        let t0 = Instant::now();
+        let mut seen = HashMap::new();
+        let leases = [lease("web", "u1", "2026-01-01T00:00:00.000000Z", 10)];
+        let first = plan(&mut seen, &leases, &[marked("web")], t0);
+        assert!(first.expired.is_empty());
+        assert!(first.orphaned.is_empty(), "it has a Lease");
+        assert_eq!(first.next, Some(Duration::from_secs(10)));
+
+        let later = plan(&mut seen, &leases, &[], t0 + Duration::from_secs(4));
+        assert_eq!(later.next, Some(Duration::from_secs(6)));
+
+        let due = plan(&mut seen, &leases, &[], t0 + Duration::from_secs(10));
+        assert_eq!(due.expired.len(), 1);
+        assert_eq!(due.expired[0].0.deployment, "web");
+        assert_eq!(due.next, None);
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_clock() {
+        let t0 = Instant::now();
+        let mut seen = HashMap::new();
+        plan(
+            &mut seen,
+            &[lease("web", "u1", "2026-01-01T00:00:01.000000Z", 10)],
+            &[],
+            t0,
+        );
+        let renewed = plan(
+            &mut seen,
+            &[lease("web", "u1", "2026-01-01T00:00:02.000000Z", 10)],
+            &[],
+            t0 + Duration::from_secs(9),
+        );
+        assert_eq!(renewed.next, Some(Duration::from_secs(10)));
+        let still = plan(
+            &mut seen,
+            &[lease("web", "u1", "2026-01-01T00:00:02.000000Z", 10)],
+            &[],
+            t0 + Duration::from_secs(12),
+        );
+        assert!(still.expired.is_empty());
+    }
+
+    #[test]
+    fn marks_without_a_lease_are_orphaned_and_forgotten_leases_are_dropped() {
+        let t0 = Instant::now();
+        let mut seen = HashMap::new();
+        plan(
+            &mut seen,
+            &[lease("web", "u1", "2026-01-01T00:00:01.000000Z", 10)],
+            &[],
+            t0,
+        );
+        let orphan = plan(&mut seen, &[], &[marked("api")], t0);
+        assert_eq!(orphan.orphaned.len(), 1);
+        assert_eq!(orphan.orphaned[0].session, "s-api");
+        assert!(seen.is_empty(), "a deleted Lease is forgotten");
+        assert_eq!(orphan.next, None);
+    }
 }

@@ -8,8 +8,10 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -20,6 +22,12 @@ pub struct Metrics {
     registry: Registry,
     leading: Gauge,
     restores: Counter,
+    telepresence: Family<VerdictLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: String,
 }
 
 impl Default for Metrics {
@@ -44,10 +52,17 @@ impl Default for Metrics {
             "Swap sessions this replica restored",
             restores.clone(),
         );
+        let telepresence = Family::<VerdictLabel, Counter>::default();
+        registry.register(
+            "telepresence_proxies",
+            "Dead telepresence 1 proxies handled, by verdict (restored, left-for-human)",
+            telepresence.clone(),
+        );
         Self {
             registry,
             leading,
             restores,
+            telepresence,
         }
     }
 }
@@ -61,6 +76,16 @@ impl Metrics {
         self.restores.inc();
     }
 
+    pub fn telepresence(&self, verdict: crate::cleanup::telepresence::Verdict) {
+        let verdict = serde_json::to_value(verdict)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.telepresence
+            .get_or_create(&VerdictLabel { verdict })
+            .inc();
+    }
+
     fn render(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
@@ -71,36 +96,47 @@ impl Metrics {
 
 #[derive(Clone)]
 pub struct State {
-    pub ready: watch::Receiver<bool>,
+    /// The API server answered.
+    pub connected: watch::Receiver<bool>,
+    /// The reaper's watches hold a full list.
+    pub synced: watch::Receiver<bool>,
     pub leading: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
 }
 
-pub async fn serve(listener: TcpListener, state: State) {
+/// Serves until the listener fails; the controller ends when this returns.
+pub async fn serve(listener: TcpListener, state: State) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    if let Err(err) = axum::serve(listener, app).await {
-        tracing::error!(error = %err, "health and metrics server stopped");
-    }
+    axum::serve(listener, app)
+        .await
+        .map_err(|err| anyhow::anyhow!("the health and metrics server stopped: {err}"))
 }
 
+/// Ready once the API server answered and the watches have synced: a replica
+/// that cannot list what it must watch (missing RBAC, say) never turns ready.
 async fn readyz(Extract(state): Extract<State>) -> impl IntoResponse {
-    if *state.ready.borrow() {
-        let role = if *state.leading.borrow() {
-            "leader"
-        } else {
-            "follower"
-        };
-        (StatusCode::OK, format!("ok ({role})"))
-    } else {
-        (
+    if !*state.connected.borrow() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not connected to the API server yet".to_owned(),
-        )
+        );
     }
+    if !*state.synced.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watches of session leases and swapped deployments have not synced yet".to_owned(),
+        );
+    }
+    let role = if *state.leading.borrow() {
+        "leader"
+    } else {
+        "follower"
+    };
+    (StatusCode::OK, format!("ok ({role})"))
 }
 
 async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {

@@ -189,9 +189,9 @@ impl FileTail {
                         &self.target,
                         Some(&what),
                         format!(
-                            "file tail ended while the container runs ({}); restarting it in {}s from the files' ends, lines written in between may be missing",
+                            "file tail ended while the container runs ({}); restarting it in {:.1}s from the files' ends, lines written in between may be missing",
                             why.as_deref().unwrap_or("end of stream"),
-                            wait.as_secs()
+                            wait.as_secs_f64()
                         ),
                     );
                     lines = Some(0);

@@ -54,11 +54,9 @@ const CONTAINER_COLORS: [&str; 6] = ["91", "92", "93", "94", "95", "96"];
 const HIGHLIGHT: &[u8] = b"\x1b[1;31m";
 const RESET: &[u8] = b"\x1b[0m";
 
-/// FNV-1a: a colour that stays the same for a name across runs and machines.
+/// A colour that stays the same for a name across runs and machines.
 fn palette<'a>(colors: &[&'a str], name: &str) -> &'a str {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = kdev_contract::hash::fnv1a(name.as_bytes());
     colors[(hash % colors.len() as u64) as usize]
 }
 

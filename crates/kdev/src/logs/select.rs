@@ -6,11 +6,9 @@
 //! container names; `--container-state` keeps containers whose current state
 //! is listed; init and ephemeral containers are included unless turned off.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use regex::Regex;
 
 /// The QUERY argument.
@@ -100,33 +98,6 @@ pub fn parse_query(text: Option<&str>) -> Result<Query, String> {
 /// Compiles a user's regex, naming the flag it came from when it is invalid.
 pub fn compile(flag: &str, pattern: &str) -> Result<Regex, String> {
     Regex::new(pattern).map_err(|err| format!("invalid regex {pattern:?} in {flag}: {err}"))
-}
-
-/// Renders a LabelSelector as the `labelSelector` query parameter. None when
-/// it selects nothing: an empty selector on a workload would match every pod,
-/// which is never what the object means.
-pub fn selector_string(selector: &LabelSelector) -> Option<String> {
-    let mut parts = Vec::new();
-    for (key, value) in selector.match_labels.iter().flatten() {
-        parts.push(format!("{key}={value}"));
-    }
-    for expr in selector.match_expressions.iter().flatten() {
-        let values = expr.values.clone().unwrap_or_default().join(",");
-        parts.push(match expr.operator.as_str() {
-            "In" => format!("{} in ({values})", expr.key),
-            "NotIn" => format!("{} notin ({values})", expr.key),
-            "Exists" => expr.key.clone(),
-            "DoesNotExist" => format!("!{}", expr.key),
-            _ => return None,
-        });
-    }
-    (!parts.is_empty()).then(|| parts.join(","))
-}
-
-/// A Service's selector map as a label selector.
-pub fn map_selector(labels: &BTreeMap<String, String>) -> Option<String> {
-    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    (!parts.is_empty()).then(|| parts.join(","))
 }
 
 /// A container state, as `--container-state` names them.
@@ -334,7 +305,6 @@ mod tests {
         Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, PodSpec,
         PodStatus,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn filter() -> Filter {
         Filter {
@@ -421,31 +391,6 @@ mod tests {
         assert!(parse_query(Some("deploy/")).is_err());
         let err = parse_query(Some("web-(")).unwrap_err();
         assert!(err.contains("invalid regex \"web-(\" in QUERY"), "{err}");
-    }
-
-    #[test]
-    fn label_selectors_render_as_the_api_reads_them() {
-        let selector = LabelSelector {
-            match_labels: Some([("app".to_string(), "web".to_string())].into()),
-            match_expressions: Some(vec![
-                LabelSelectorRequirement {
-                    key: "tier".into(),
-                    operator: "In".into(),
-                    values: Some(vec!["a".into(), "b".into()]),
-                },
-                LabelSelectorRequirement {
-                    key: "canary".into(),
-                    operator: "DoesNotExist".into(),
-                    values: None,
-                },
-            ]),
-        };
-        assert_eq!(
-            selector_string(&selector).as_deref(),
-            Some("app=web,tier in (a,b),!canary")
-        );
-        assert_eq!(selector_string(&LabelSelector::default()), None);
-        assert_eq!(map_selector(&BTreeMap::new()), None);
     }
 
     #[test]

@@ -551,7 +551,7 @@ impl Stream {
                 notice(
                     &self.target,
                     None,
-                    format!("{why}; retrying in {}s", pause.as_secs()),
+                    format!("{why}; retrying in {:.1}s", pause.as_secs_f64()),
                 );
                 State::Backoff(pause)
             }
@@ -691,8 +691,12 @@ impl Stream {
 }
 
 /// 1, 2, 4, 8, then 10 s between attempts.
+/// The pause before retry number `attempt` (1-based), on the shared jittered
+/// policy, so streams broken together do not retry in lockstep.
 pub fn pause(attempt: u32) -> Duration {
-    Duration::from_secs(1 << attempt.clamp(1, 4).saturating_sub(1)).min(Duration::from_secs(10))
+    crate::k8s::backoff::delays()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(crate::k8s::backoff::MAX)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::ListParams;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch as channel;
@@ -19,7 +20,8 @@ use super::file::FileTail;
 use super::select::{self, Filter, Kind, Query, Target};
 use super::stream::{Shared, Status, Stream};
 use super::{Namespaces, Options};
-use crate::kubeclient::{Kube, is_not_found};
+use crate::k8s::objects::{labels_query, selector_query};
+use crate::k8s::{Kube, is_not_found};
 
 /// One list/watch of pods: a namespace (None: all) and server-side selectors.
 #[derive(Clone, Debug)]
@@ -129,21 +131,21 @@ async fn object_selector(
     Ok(match kind {
         Kind::Deployment => get::<Deployment>(client, namespace, name)
             .await?
-            .and_then(|d| labels(d.spec.and_then(|s| select::selector_string(&s.selector)))),
+            .and_then(|d| labels(d.spec.and_then(|s| selector_query(&s.selector)))),
         Kind::StatefulSet => get::<StatefulSet>(client, namespace, name)
             .await?
-            .and_then(|d| labels(d.spec.and_then(|s| select::selector_string(&s.selector)))),
+            .and_then(|d| labels(d.spec.and_then(|s| selector_query(&s.selector)))),
         Kind::DaemonSet => get::<DaemonSet>(client, namespace, name)
             .await?
-            .and_then(|d| labels(d.spec.and_then(|s| select::selector_string(&s.selector)))),
+            .and_then(|d| labels(d.spec.and_then(|s| selector_query(&s.selector)))),
         Kind::ReplicaSet => get::<ReplicaSet>(client, namespace, name)
             .await?
-            .and_then(|d| labels(d.spec.and_then(|s| select::selector_string(&s.selector)))),
+            .and_then(|d| labels(d.spec.and_then(|s| selector_query(&s.selector)))),
         Kind::Job => get::<Job>(client, namespace, name).await?.and_then(|j| {
             labels(
                 j.spec
                     .and_then(|s| s.selector)
-                    .and_then(|s| select::selector_string(&s)),
+                    .and_then(|s| selector_query(&s)),
             )
         }),
         Kind::Service => get::<Service>(client, namespace, name)
@@ -152,7 +154,7 @@ async fn object_selector(
                 labels(
                     s.spec
                         .and_then(|s| s.selector)
-                        .and_then(|s| select::map_selector(&s)),
+                        .and_then(|s| labels_query(&s)),
                 )
             }),
         Kind::Pod => get::<Pod>(client, namespace, name)
@@ -255,7 +257,10 @@ impl Supervisor {
                 if let Some(fields) = &scope.fields {
                     config = config.fields(fields);
                 }
+                // Without a back-off a failing watch relists in a tight loop
+                // while the API server is down.
                 watcher::watcher(self.pods(scope.namespace.as_deref()), config)
+                    .backoff(crate::k8s::backoff::watcher())
                     .map(move |event| (i, event))
                     .boxed()
             }));

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::Api;
 
-use crate::kubeclient::Kube;
+use crate::k8s::Kube;
 
 /// What the local process gets.
 #[derive(Default)]

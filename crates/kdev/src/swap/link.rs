@@ -3,8 +3,11 @@
 //! A state machine per connection attempt: `Connecting` (port-forward, yamux,
 //! first ping) → `Up` (inbound streams delivered, keepalive pings every 3 s)
 //! → `Down` (two missed pings or the connection closed) → back to
-//! `Connecting` after a backoff of 0.25 s doubling to 5 s. The session goes
-//! on through all of it; only the Lease decides whether it is alive.
+//! `Connecting` after a pause on the shared back-off policy
+//! ([`crate::k8s::backoff`]). The session goes on through all of it; only the
+//! Lease decides whether it is alive. The last failed attempt's error is kept,
+//! so a start-up that times out says why (a missing `pods/portforward`
+//! permission, say) instead of only that it timed out.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,8 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::agent::tunnel::{self, Mux, Role};
 use crate::error::usage;
-use crate::tunnel::{self, Mux, Role};
+use crate::k8s::backoff;
 
 /// Container port → local port the local process listens on.
 pub type Routes = Arc<BTreeMap<u16, u16>>;
@@ -28,20 +32,25 @@ pub type Routes = Arc<BTreeMap<u16, u16>>;
 /// The current tunnel, `None` while reconnecting.
 pub type Current = watch::Receiver<Option<Mux>>;
 
+/// The last failed connection attempt's error, if any.
+pub type LastError = watch::Receiver<Option<String>>;
+
 /// Keeps a tunnel to `pod` up until dropped (abort the returned task).
 pub fn maintain(
     pods: Api<Pod>,
     pod: String,
     routes: Routes,
-) -> (Current, tokio::task::JoinHandle<()>) {
+) -> (Current, LastError, tokio::task::JoinHandle<()>) {
     let (state_tx, state_rx) = watch::channel(None);
+    let (error_tx, error_rx) = watch::channel(None);
     let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(250);
+        let mut delays = backoff::delays();
         let mut was_up = false;
         loop {
             match connect(&pods, &pod).await {
                 Ok((forwarder, mux, inbound, driver)) => {
-                    backoff = Duration::from_millis(250);
+                    delays = backoff::delays();
+                    error_tx.send_replace(None);
                     if was_up {
                         eprintln!("kdev: tunnel to {pod} is back");
                     }
@@ -57,13 +66,15 @@ pub fn maintain(
                     state_tx.send_replace(None);
                     eprintln!("kdev: tunnel to {pod} dropped; reconnecting");
                 }
-                Err(err) => tracing::debug!(error = %err, "tunnel connection attempt failed"),
+                Err(err) => {
+                    tracing::debug!(error = %format!("{err:#}"), "tunnel connection attempt failed");
+                    error_tx.send_replace(Some(format!("{err:#}")));
+                }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(delays.next().unwrap_or(backoff::MAX)).await;
         }
     });
-    (state_rx, task)
+    (state_rx, error_rx, task)
 }
 
 type Connected = (
@@ -87,14 +98,26 @@ async fn connect(pods: &Api<Pod>, pod: &str) -> anyhow::Result<Connected> {
     Ok((forwarder, mux, inbound, driver))
 }
 
-/// Waits until the tunnel is up, or fails after `timeout`.
-pub async fn wait_up(current: &mut Current, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until the tunnel is up, or fails after `timeout` with the last
+/// connection error.
+pub async fn wait_up(
+    current: &mut Current,
+    last_error: &LastError,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     match tokio::time::timeout(timeout, current.wait_for(Option::is_some)).await {
         Ok(Ok(_)) => Ok(()),
-        _ => anyhow::bail!(
-            "could not open a tunnel to the proxy pod's agent (port {AGENT_PORT}) within {}s",
-            timeout.as_secs()
-        ),
+        _ => {
+            let why = last_error
+                .borrow()
+                .clone()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "could not open a tunnel to the proxy pod's agent (port {AGENT_PORT}) within {}s{why}",
+                timeout.as_secs()
+            )
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use kdev_contract::session::{
 };
 use kube::api::ObjectMeta;
 
-use super::session::template_labels;
+use crate::k8s::objects::template_labels;
 
 /// The agent image matching this kdev release.
 pub fn default_agent_image() -> String {

@@ -24,17 +24,18 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kdev_contract::session::{
     self, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, ROLE_PROXY, Restore, SESSION_ANNOTATION,
     SESSION_LABEL, SWAPPED_LABEL, restore_plan,
 };
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource as _};
 use serde_json::json;
 
-use crate::kubeclient::{Kube, is_conflict, is_not_found};
+use crate::k8s::guarded::{self, Decision};
+use crate::k8s::{Kube, is_conflict, is_not_found};
 
 /// What restoring did to the Deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,11 +80,9 @@ pub struct Target {
 pub async fn restore_deployment(kube: &Kube, target: &Target) -> anyhow::Result<Outcome> {
     let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
     let what = format!("deployment {}/{}", target.namespace, target.deployment);
-    for _ in 0..5 {
-        let deployment = match api.get(&target.deployment).await {
-            Ok(d) => d,
-            Err(err) if is_not_found(&err) => return Ok(Outcome::DeploymentGone),
-            Err(err) => return Err(kube.explain(err, format!("read {what}"))),
+    let updated = guarded::update(kube, &api, &target.deployment, &what, |deployment| {
+        let Some(deployment) = deployment else {
+            return Ok(Decision::Keep(Outcome::DeploymentGone));
         };
         let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
         let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
@@ -93,36 +92,23 @@ pub async fn restore_deployment(kube: &Kube, target: &Target) -> anyhow::Result<
             )
         })?;
         let (replicas, outcome) = match plan {
-            Restore::Nothing => return Ok(Outcome::NothingToRestore),
-            Restore::ScaleBack { to } => (json!(to), Outcome::ScaledBack { to }),
+            Restore::Nothing => return Ok(Decision::Keep(Outcome::NothingToRestore)),
+            Restore::ScaleBack { to } => (to, Outcome::ScaledBack { to }),
             Restore::KeepChanged { current, original } => {
-                (json!(current), Outcome::KeptChanged { current, original })
+                (current, Outcome::KeptChanged { current, original })
             }
         };
         let patch = json!({
             "metadata": {
-                "resourceVersion": deployment.metadata.resource_version,
                 "labels": { SWAPPED_LABEL: null },
                 "annotations": { SESSION_ANNOTATION: null, ORIGINAL_REPLICAS_ANNOTATION: null },
             },
             "spec": { "replicas": replicas },
         });
-        match api
-            .patch(
-                &target.deployment,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => return Ok(outcome),
-            Err(err) if is_conflict(&err) => continue,
-            Err(err) => return Err(kube.explain(err, format!("restore {what}"))),
-        }
-    }
-    anyhow::bail!(
-        "failed to restore {what}: it kept changing under kdev (5 conflicts); run `kdev sweep` again"
-    )
+        Ok(Decision::Write(patch, outcome))
+    })
+    .await?;
+    Ok(updated.value)
 }
 
 /// Steps 2 and 3: the proxy Pods and the Lease.
@@ -221,6 +207,18 @@ async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Ou
     let Ok(deployment) = api.get(&target.deployment).await else {
         return;
     };
+    // The session's Lease as the related object: kube's recorder folds
+    // Events with the same regarding/related/reason into one series, which
+    // made a second restore of the same Deployment repeat the first one's
+    // note. Each session has its own Lease reference, hence its own Event.
+    let lease = ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".into()),
+        kind: Some("Lease".into()),
+        namespace: Some(target.namespace.clone()),
+        name: Some(session::lease_name(&target.deployment)),
+        field_path: Some(format!("session={}", target.session)),
+        ..ObjectReference::default()
+    };
     let event = Event {
         type_: EventType::Normal,
         reason: "SwapRestored".into(),
@@ -230,7 +228,7 @@ async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Ou
             target.session
         )),
         action: "Restore".into(),
-        secondary: None,
+        secondary: Some(lease),
     };
     if let Err(err) = recorder.publish(&event, &deployment.object_ref(&())).await {
         tracing::warn!(error = %err, "failed to record the restore as an Event");

@@ -33,27 +33,28 @@
 //!   `kdev sweep` (which `kdev swap` runs on its target before claiming).
 //! - Nobody else writes kdev's annotations.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use kdev_contract::session::{
     self, CONTAINER_ANNOTATION, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_ANNOTATION,
     SESSION_LABEL, SWAPPED_LABEL, TARGET_ANNOTATION,
 };
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Resource as _};
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
 use serde_json::json;
 
 use super::proxy;
 use super::restore::{self, Outcome, Target};
-use crate::kubeclient::{Kube, is_conflict, is_not_found};
+use crate::k8s::guarded::{self, Decision};
+use crate::k8s::wait::{self, Check};
+use crate::k8s::{Kube, is_conflict, is_not_found};
 
 /// The steps after which a crash can be injected (`KDEV_SWAP_CRASH_AFTER=N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -151,7 +152,7 @@ impl Session {
         crash: CrashAfter,
     ) -> anyhow::Result<Result<Session, Held>> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let holder = holder_identity();
+        let holder = crate::host::user_at_host();
         let now = MicroTime(Timestamp::now());
         let lease = Lease {
             metadata: ObjectMeta {
@@ -249,11 +250,8 @@ impl Session {
     pub async fn record(&self) -> anyhow::Result<(Deployment, i32)> {
         let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let what = format!("deployment {}/{}", self.kube.namespace, self.deployment);
-        for _ in 0..5 {
-            let current = api
-                .get(&self.deployment)
-                .await
-                .map_err(|err| self.kube.explain(err, format!("read {what}")))?;
+        let updated = guarded::update(&self.kube, &api, &self.deployment, &what, |current| {
+            let current = current.with_context(|| format!("{what} was deleted"))?;
             let original = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let marks = DeploymentMarks {
                 session: self.id.clone(),
@@ -261,29 +259,19 @@ impl Session {
             };
             let patch = json!({
                 "metadata": {
-                    "resourceVersion": current.metadata.resource_version,
                     "labels": { SWAPPED_LABEL: self.id },
                     "annotations": marks.annotations(),
                 },
                 "spec": { "replicas": 0 },
             });
-            match api
-                .patch(
-                    &self.deployment,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(patched) => {
-                    self.crash.reached(Step::Recorded);
-                    return Ok((patched, original));
-                }
-                Err(err) if is_conflict(&err) => continue,
-                Err(err) => return Err(self.kube.explain(err, format!("scale {what} to 0"))),
-            }
-        }
-        anyhow::bail!("failed to scale {what} to 0: it kept changing (5 conflicts); try again")
+            Ok(Decision::Write(patch, original))
+        })
+        .await?;
+        let patched = updated
+            .object
+            .with_context(|| format!("{what} was deleted"))?;
+        self.crash.reached(Step::Recorded);
+        Ok((patched, updated.value))
     }
 
     /// Step 3: the proxy Pod, owned by the Lease.
@@ -299,14 +287,7 @@ impl Session {
             .get(&session::lease_name(&self.deployment))
             .await
             .map_err(|err| self.kube.explain(err, "read the session lease"))?;
-        let owner = OwnerReference {
-            api_version: Lease::api_version(&()).into_owned(),
-            kind: Lease::kind(&()).into_owned(),
-            name: lease.metadata.name.clone().unwrap_or_default(),
-            uid: lease.metadata.uid.clone().unwrap_or_default(),
-            controller: None,
-            block_owner_deletion: None,
-        };
+        let owner = crate::k8s::objects::owner_reference(&lease);
         let pod = proxy::pod(&proxy::ProxySpec {
             name: &self.proxy_name,
             session: &self.id,
@@ -332,96 +313,64 @@ impl Session {
         Ok(())
     }
 
-    /// Step 4: waits until the proxy Pod runs.
+    /// Step 4: waits until the proxy Pod runs (a watch, not a poll).
     pub async fn wait_proxy_running(&self, timeout: Duration) -> anyhow::Result<Pod> {
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match pods.get_opt(&self.proxy_name).await {
-                Ok(Some(pod))
-                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") =>
-                {
-                    self.crash.reached(Step::ProxyRunning);
-                    return Ok(pod);
-                }
-                Ok(Some(pod)) => {
-                    if let Some(reason) = waiting_reason(&pod)
-                        && (reason.contains("ImagePull") || reason.contains("ErrImage"))
-                    {
-                        anyhow::bail!(
-                            "proxy pod {}/{} cannot pull its image ({reason}); pass --agent-image with an image the cluster can pull",
-                            self.kube.namespace,
-                            self.proxy_name
-                        );
-                    }
-                }
-                Ok(None) => anyhow::bail!(
-                    "proxy pod {}/{} disappeared",
-                    self.kube.namespace,
-                    self.proxy_name
-                ),
-                Err(err) => tracing::debug!(error = %err, "reading the proxy pod failed; retrying"),
+        let what = format!("proxy pod {}/{}", self.kube.namespace, self.proxy_name);
+        let hint = format!(
+            "see `kubectl -n {} describe pod {}`",
+            self.kube.namespace, self.proxy_name
+        );
+        let pod = wait::until(pods, &self.proxy_name, timeout, &format!("{what} did not start ({hint})"), |pod| {
+            let Some(pod) = pod else {
+                return Check::Fail(anyhow::anyhow!("{what} disappeared"));
+            };
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Running") {
+                return Check::Done(pod.clone());
             }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "proxy pod {}/{} did not start within {}s; see `kubectl -n {} describe pod {}`",
-                    self.kube.namespace,
-                    self.proxy_name,
-                    timeout.as_secs(),
-                    self.kube.namespace,
-                    self.proxy_name
-                );
+            match waiting_reason(pod) {
+                Some(reason) if reason.contains("ImagePull") || reason.contains("ErrImage") => {
+                    Check::Fail(anyhow::anyhow!(
+                        "{what} cannot pull its image ({reason}); pass --agent-image with an image the cluster can pull"
+                    ))
+                }
+                Some(reason) => Check::Wait(format!("container waiting: {reason}")),
+                None => Check::Wait(format!("phase {}", phase.unwrap_or("unknown"))),
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await?;
+        self.crash.reached(Step::ProxyRunning);
+        Ok(pod)
     }
 
     /// Renews the Lease once. `Ok(Err(reason))` when the session is lost.
     pub async fn renew(&self) -> anyhow::Result<Result<(), String>> {
         let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let name = session::lease_name(&self.deployment);
-        let deleted = || format!("its Lease {}/{name} was deleted", self.kube.namespace);
-        for _ in 0..3 {
-            let lease = match leases.get_opt(&name).await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => return Ok(Err(deleted())),
-                Err(err) => {
-                    return Err(self
-                        .kube
-                        .explain(err, format!("read lease {}/{name}", self.kube.namespace)));
-                }
+        let what = format!("lease {}/{name}", self.kube.namespace);
+        let updated = guarded::update(&self.kube, &leases, &name, &what, |lease| {
+            let Some(lease) = lease else {
+                return Ok(Decision::Keep(Err(format!("its Lease {what} was deleted"))));
             };
-            if lease
+            let owner = lease
                 .metadata
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(SESSION_LABEL))
-                != Some(&self.id)
-            {
-                return Ok(Err(format!(
-                    "its Lease {}/{name} now belongs to another session",
-                    self.kube.namespace
-                )));
+                .and_then(|l| l.get(SESSION_LABEL));
+            if owner != Some(&self.id) {
+                return Ok(Decision::Keep(Err(format!(
+                    "its Lease {what} now belongs to another session"
+                ))));
             }
-            let mut lease = lease;
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.renew_time = Some(MicroTime(Timestamp::now()));
-            }
-            match leases.replace(&name, &PostParams::default(), &lease).await {
-                Ok(_) => return Ok(Ok(())),
-                Err(err) if is_conflict(&err) => continue,
-                Err(err) if is_not_found(&err) => return Ok(Err(deleted())),
-                Err(err) => {
-                    return Err(self
-                        .kube
-                        .explain(err, format!("renew lease {}/{name}", self.kube.namespace)));
-                }
-            }
-        }
-        Err(anyhow::anyhow!(
-            "failed to renew lease {}/{name}: it kept changing",
-            self.kube.namespace
-        ))
+            let now = MicroTime(Timestamp::now());
+            Ok(Decision::Write(
+                json!({ "spec": { "renewTime": now } }),
+                Ok(()),
+            ))
+        })
+        .await?;
+        Ok(updated.value)
     }
 
     /// Steps 8 to 10: restore, delete the proxy, release the Lease.
@@ -463,35 +412,6 @@ fn waiting_reason(pod: &Pod) -> Option<String> {
         .as_ref()?
         .iter()
         .find_map(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
-}
-
-/// `user@host`, as telepresence and kubectl's audit logs name people.
-pub fn holder_identity() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{user}@{host}")
-}
-
-/// Labels of a Deployment's pod template, as a map.
-pub fn template_labels(deployment: &Deployment) -> BTreeMap<String, String> {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default()
 }
 
 /// Finds the container to swap: the named one, else the Deployment's only

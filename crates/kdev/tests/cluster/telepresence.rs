@@ -130,8 +130,14 @@ async fn answers(ns: &TestNamespace, pod: &str) -> Option<()> {
 }
 
 /// Runs the CLI without blocking this test's runtime, which serves the
-/// proxies' port 9055.
+/// proxies' port 9055; expects exit 0.
 async fn sweep(ns: &TestNamespace, extra: &[&str]) -> String {
+    sweep_exits(ns, extra, 0).await
+}
+
+/// `kdev sweep --telepresence` expecting exit code `code` (3: something was
+/// left for a person).
+async fn sweep_exits(ns: &TestNamespace, extra: &[&str], code: i32) -> String {
     let out = tokio::process::Command::from(kdev())
         .arg("--kubeconfig")
         .arg(&ns.kubeconfig)
@@ -140,12 +146,24 @@ async fn sweep(ns: &TestNamespace, extra: &[&str]) -> String {
         .output()
         .await
         .expect("run kdev sweep");
-    assert!(
-        out.status.success(),
-        "{}",
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `-o json` objects of kind `telepresence-proxy`.
+fn proxy_reports(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).expect("one JSON object per line")
+        })
+        .filter(|v| v["kind"] == "telepresence-proxy")
+        .collect()
 }
 
 async fn replicas(ns: &TestNamespace, name: &str) -> Option<i32> {
@@ -171,15 +189,31 @@ async fn a_dead_bare_proxy_is_replaced_by_its_original_at_its_last_applied_repli
 
         let dry = sweep(&ns, &["--min-age", "0s", "--dry-run"]).await;
         assert!(
-            dry.contains("would scale deployment/orders-api to 3"),
+            dry.contains("matched deployment/orders-api by name prefix \"orders-api\" (17-character rule) and equal pod-template labels: would scale it to 3"),
             "{dry}"
         );
         assert_eq!(replicas(&ns, "orders-api").await, Some(0));
 
+        // Scripts get the same evidence as fields.
+        let json = sweep(&ns, &["--min-age", "0s", "--dry-run", "-o", "json"]).await;
+        let reports = proxy_reports(&json);
+        assert_eq!(reports.len(), 1, "{json}");
+        assert_eq!(reports[0]["verdict"], "would-restore", "{json}");
+        assert_eq!(reports[0]["original"], "orders-api", "{json}");
+        assert_eq!(reports[0]["replicas"], 3, "{json}");
+        assert!(
+            reports[0]["matched_by"].as_str().is_some_and(|m| m.contains("name prefix")),
+            "{json}"
+        );
+        assert!(
+            reports[0]["count_from"].as_str().is_some_and(|m| m.contains("last-applied-configuration")),
+            "{json}"
+        );
+
         let out = sweep(&ns, &["--min-age", "0s"]).await;
         assert!(out.contains("dead (0.106+ bare proxy Pod)"), "{out}");
         assert!(
-            out.contains("scaled deployment/orders-api to 3, from its last-applied-configuration"),
+            out.contains("scaled it to 3, from spec.replicas in its last-applied-configuration"),
             "{out}"
         );
         assert_eq!(replicas(&ns, "orders-api").await, Some(3));
@@ -285,9 +319,13 @@ async fn a_dead_0105_proxy_deployment_points_back_to_its_original() {
         let out = sweep(&ns, &["--min-age", "0s"]).await;
         assert!(out.contains("dead (0.105 proxy Deployment)"), "{out}");
         assert!(
-            out.contains("scaled deployment/billing to 1, the default"),
+            out.contains(&format!(
+                "matched deployment/billing by selfLink /apis/apps/v1/namespaces/{}/deployments/billing",
+                ns.name
+            )),
             "{out}"
         );
+        assert!(out.contains("scaled it to 1, the default"), "{out}");
         assert_eq!(replicas(&ns, "billing").await, Some(1));
         eventually(
             Duration::from_secs(20),
@@ -358,7 +396,7 @@ async fn an_ambiguous_match_is_reported_and_left_alone() {
         let proxy = format!("payments-service--{ID}");
         proxy_liveness(&ns, false).await;
         bare_proxy(&ns, &proxy, json!({ "app": "pay" })).await;
-        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        let out = sweep_exits(&ns, &["--min-age", "0s"], 3).await;
         assert!(
             out.contains(
                 "2 Deployments match (payments-service-a, payments-service-b): left alone"
@@ -373,6 +411,122 @@ async fn an_ambiguous_match_is_reported_and_left_alone() {
                 .await
                 .expect("read")
                 .is_some()
+        );
+    })
+    .await;
+}
+
+/// Regression: an unreadable last-applied-configuration was reported as
+/// "nothing in the cluster recorded the original count" and restored to 1.
+#[tokio::test]
+async fn an_unreadable_count_is_named_and_left_for_a_person() {
+    with_namespace("tp-unreadable", |ns| async move {
+        applied_original(&ns, "orders-api", 3, json!({ "app": "orders-api" })).await;
+        ns.api::<Deployment>()
+            .patch(
+                "orders-api",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{not json"
+                } } })),
+            )
+            .await
+            .expect("break the annotation");
+        let proxy = format!("orders-api-{ID}");
+        proxy_liveness(&ns, false).await;
+        bare_proxy(&ns, &proxy, json!({ "app": "orders-api" })).await;
+
+        let out = sweep_exits(&ns, &["--min-age", "0s", "-o", "json"], 3).await;
+        let reports = proxy_reports(&out);
+        assert_eq!(reports.len(), 1, "{out}");
+        assert_eq!(reports[0]["verdict"], "left-for-human", "{out}");
+        assert_eq!(reports[0]["original"], "orders-api", "{out}");
+        assert!(reports[0]["replicas"].is_null(), "{out}");
+        assert!(
+            reports[0]["count_from"]
+                .as_str()
+                .is_some_and(|c| c.contains("is there but is not valid JSON")),
+            "{out}"
+        );
+        assert_eq!(replicas(&ns, "orders-api").await, Some(0));
+        assert!(
+            ns.api::<Pod>()
+                .get_opt(&proxy)
+                .await
+                .expect("read")
+                .is_some()
+        );
+    })
+    .await;
+}
+
+/// Regression: proxies were probed one after another (about 2 s per dead
+/// proxy). Four live proxies whose port 9055 answers only after a pause
+/// must see their probes in flight at the same time.
+#[tokio::test]
+async fn proxies_are_probed_concurrently() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    with_namespace("tp-concurrent", |ns| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (seen_two_tx, seen_two) = tokio::sync::watch::channel(false);
+        {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let (in_flight, most, seen_two_tx) =
+                        (in_flight.clone(), most.clone(), seen_two_tx.clone());
+                    let mut seen_two = seen_two.clone();
+                    tokio::spawn(async move {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        if now >= 2 {
+                            seen_two_tx.send_replace(true);
+                        }
+                        let mut buf = [0u8; 256];
+                        let _ = socket.read(&mut buf).await;
+                        // Answer once a second probe is in flight too, or
+                        // after 2.5 s (within the probe's 3 s limit).
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(2500),
+                            seen_two.wait_for(|seen| *seen),
+                        )
+                        .await;
+                        let _ = socket
+                            .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        }
+        create_kwok_cluster(
+            &ns.client,
+            "ClusterPortForward",
+            &format!("tp-{}", ns.name),
+            json!({
+                "selector": { "matchNamespaces": [ns.name] },
+                "forwards": [{ "ports": [9055], "target": { "port": port, "address": "127.0.0.1" } }]
+            }),
+        )
+        .await;
+        for app in ["a-app", "b-app", "c-app", "d-app"] {
+            applied_original(&ns, app, 1, json!({ "app": app })).await;
+            bare_proxy(&ns, &format!("{app}-{ID}"), json!({ "app": app })).await;
+        }
+        let out = sweep(&ns, &["--min-age", "0s"]).await;
+        assert_eq!(
+            out.matches("alive (port 9055 answers), left alone").count(),
+            4,
+            "{out}"
+        );
+        assert!(
+            most.load(Ordering::SeqCst) >= 2,
+            "probes never overlapped: at most {} in flight",
+            most.load(Ordering::SeqCst)
         );
     })
     .await;

@@ -12,8 +12,20 @@ use anyhow::Context as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::cli::GlobalArgs;
+use super::names::validate_dns_label;
 use crate::error::usage;
+
+/// kubectl's global flags, as every command takes them. The CLI fills this
+/// in; no command module owns it.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// Every `-n` given, in order (only `kdev logs` reads more than the last).
+    pub namespaces: Vec<String>,
+}
 
 /// A client with the namespace and server it was resolved for.
 #[derive(Clone)]
@@ -48,12 +60,12 @@ impl fmt::Display for Source {
 
 /// Resolves the global flags into a client. Fails with a usage error (exit 2)
 /// for a bad flag, such as an unknown context, and never contacts the server.
-pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Kube> {
+pub async fn connect(global: &Flags) -> anyhow::Result<Kube> {
     let config = load_config(global).await?;
     // A repeated -n means the last one, as kubectl reads repeated flags
     // (only `kdev logs` reads them all).
     let namespace = global
-        .namespace
+        .namespaces
         .last()
         .cloned()
         .unwrap_or_else(|| config.default_namespace.clone());
@@ -69,7 +81,7 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Kube> {
     })
 }
 
-async fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
+async fn load_config(global: &Flags) -> anyhow::Result<Config> {
     let Some((kubeconfig, source)) = read_kubeconfig(global.kubeconfig.as_deref())? else {
         if let Some(context) = &global.context {
             return Err(usage(format!(
@@ -180,25 +192,6 @@ fn context_names(kubeconfig: &Kubeconfig) -> String {
     names.join(", ")
 }
 
-/// Checks a namespace or object name the way the API server would, so a typo
-/// is a usage error before any request.
-pub fn validate_dns_label(what: &str, name: &str) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(usage(format!(
-            "invalid {what} {name:?}: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
-        )))
-    }
-}
-
 impl Kube {
     /// A client for long-lived byte streams (the swap tunnel's port-forward)
     /// whose connections to the API server set `TCP_NODELAY`. kube's own
@@ -288,19 +281,4 @@ pub fn is_not_found(err: &kube::Error) -> bool {
 /// True when the error is the API server's 409 (conflict or already exists).
 pub fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_labels() {
-        for ok in ["default", "team-a", "a1", "x"] {
-            assert!(validate_dns_label("namespace", ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Team", "-a", "a-", "a_b", &"a".repeat(64)] {
-            assert!(validate_dns_label("namespace", bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -24,9 +24,33 @@ pub struct Candidate {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match {
-    One(String),
+    /// Exactly one original, and what tied the proxy to it.
+    One(String, Link),
     None,
     Ambiguous(Vec<String>),
+}
+
+/// What tied a proxy to its original.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// The proxy Deployment's last-applied `metadata.selfLink` (≤ 0.105).
+    SelfLink(String),
+    /// The original's name cut to 17 characters starts the proxy's name, and
+    /// the template labels are equal.
+    PrefixAndLabels { prefix: String },
+}
+
+impl Link {
+    pub fn describe(&self) -> String {
+        match self {
+            Link::SelfLink(link) => {
+                format!("selfLink {link} in the proxy Deployment's last-applied-configuration")
+            }
+            Link::PrefixAndLabels { prefix } => format!(
+                "name prefix {prefix:?} ({NAME_PREFIX_LEN}-character rule) and equal pod-template labels"
+            ),
+        }
+    }
 }
 
 /// The name prefix telepresence derives from an original's name.
@@ -53,14 +77,23 @@ pub fn match_bare_pod(
     };
     let mut wanted = pod_labels.clone();
     wanted.remove(LABEL);
-    let found: Vec<String> = candidates
+    let mut found: Vec<String> = candidates
         .iter()
         .filter(|c| c.replicas == Some(0))
         .filter(|c| c.template_labels == wanted)
         .filter(|c| name_prefix(&c.name) == head)
         .map(|c| c.name.clone())
         .collect();
-    one_of(found)
+    match found.len() {
+        0 => Match::None,
+        1 => Match::One(
+            found.remove(0),
+            Link::PrefixAndLabels {
+                prefix: head.to_owned(),
+            },
+        ),
+        _ => Match::Ambiguous(found),
+    }
 }
 
 /// ≤ 0.105 (a proxy Deployment): its `last-applied-configuration` is the
@@ -68,18 +101,18 @@ pub fn match_bare_pod(
 /// original. Without one, the bare-pod rule on the proxy Deployment's own
 /// name and template labels.
 pub fn match_proxy_deployment(proxy: &Candidate, candidates: &[Candidate]) -> Match {
-    if let Some(name) = proxy
+    if let Some(link) = proxy
         .last_applied
         .as_deref()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
         .and_then(|v| v["metadata"]["selfLink"].as_str().map(str::to_owned))
-        .and_then(|link| link.rsplit('/').next().map(str::to_owned))
     {
+        let name = link.rsplit('/').next().unwrap_or_default().to_owned();
         return if candidates
             .iter()
             .any(|c| c.name == name && c.replicas == Some(0))
         {
-            Match::One(name)
+            Match::One(name, Link::SelfLink(link))
         } else {
             Match::None
         };
@@ -92,14 +125,6 @@ pub fn match_proxy_deployment(proxy: &Candidate, candidates: &[Candidate]) -> Ma
     match_bare_pod(&proxy.name, &proxy.template_labels, &others)
 }
 
-fn one_of(mut found: Vec<String>) -> Match {
-    match found.len() {
-        0 => Match::None,
-        1 => Match::One(found.remove(0)),
-        _ => Match::Ambiguous(found),
-    }
-}
-
 /// Where the replica count to restore comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Evidence {
@@ -107,36 +132,58 @@ pub enum Evidence {
     LastApplied(i32),
     /// Nothing recorded it: 1, as telepolice did.
     Default,
+    /// Something recorded it but cannot be read: kdev does not guess, and
+    /// leaves the Deployment for a person (what was found is said).
+    Unreadable(String),
 }
 
 impl Evidence {
-    pub fn replicas(&self) -> i32 {
+    /// The count to restore; `None` when it cannot be known.
+    pub fn replicas(&self) -> Option<i32> {
         match self {
-            Evidence::LastApplied(n) => *n,
-            Evidence::Default => 1,
+            Evidence::LastApplied(n) => Some(*n),
+            Evidence::Default => Some(1),
+            Evidence::Unreadable(_) => None,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
-            Evidence::LastApplied(n) => format!("{n}, from its last-applied-configuration"),
+            Evidence::LastApplied(n) => {
+                format!("{n}, from spec.replicas in its last-applied-configuration")
+            }
             Evidence::Default => {
                 "1, the default: nothing in the cluster recorded the original count".into()
             }
+            Evidence::Unreadable(why) => format!("unknown: {why}"),
         }
     }
 }
 
 pub fn evidence(original: &Candidate) -> Evidence {
-    original
-        .last_applied
-        .as_deref()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-        .and_then(|v| v["spec"]["replicas"].as_i64())
-        .and_then(|n| i32::try_from(n).ok())
-        .filter(|n| *n > 0)
-        .map(Evidence::LastApplied)
-        .unwrap_or(Evidence::Default)
+    const KEY: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let Some(text) = original.last_applied.as_deref() else {
+        return Evidence::Default;
+    };
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            return Evidence::Unreadable(format!(
+                "its annotation {KEY} is there but is not valid JSON ({err})"
+            ));
+        }
+    };
+    match &value["spec"]["replicas"] {
+        serde_json::Value::Null => Evidence::Default,
+        replicas => match replicas.as_i64().and_then(|n| i32::try_from(n).ok()) {
+            Some(n) if n > 0 => Evidence::LastApplied(n),
+            // Applied at 0 (or a proxy's own copy): nothing says what it ran with.
+            Some(0) => Evidence::Default,
+            _ => Evidence::Unreadable(format!(
+                "spec.replicas in its annotation {KEY} is {replicas}, not a replica count"
+            )),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -179,7 +226,12 @@ mod tests {
         ];
         assert_eq!(
             match_bare_pod(&pod, &pod_labels, &candidates),
-            Match::One("payments-service-api".into())
+            Match::One(
+                "payments-service-api".into(),
+                Link::PrefixAndLabels {
+                    prefix: "payments-service-".into()
+                }
+            )
         );
     }
 
@@ -223,7 +275,10 @@ mod tests {
         let candidates = [candidate("billing", 0, "other-labels"), proxy.clone()];
         assert_eq!(
             match_proxy_deployment(&proxy, &candidates),
-            Match::One("billing".into())
+            Match::One(
+                "billing".into(),
+                Link::SelfLink("/apis/apps/v1/namespaces/team/deployments/billing".into())
+            )
         );
     }
 
@@ -238,7 +293,12 @@ mod tests {
         let candidates = [candidate("billing", 0, "billing"), proxy.clone()];
         assert_eq!(
             match_proxy_deployment(&proxy, &candidates),
-            Match::One("billing".into())
+            Match::One(
+                "billing".into(),
+                Link::PrefixAndLabels {
+                    prefix: "billing".into()
+                }
+            )
         );
     }
 
@@ -248,10 +308,49 @@ mod tests {
         assert_eq!(evidence(&original), Evidence::Default);
         original.last_applied = Some(r#"{"spec":{"replicas":4}}"#.into());
         assert_eq!(evidence(&original), Evidence::LastApplied(4));
-        assert_eq!(evidence(&original).replicas(), 4);
+        assert_eq!(evidence(&original).replicas(), Some(4));
         original.last_applied = Some(r#"{"spec":{"replicas":0}}"#.into());
         assert_eq!(evidence(&original), Evidence::Default);
+    }
+
+    /// Regression: an unreadable last-applied-configuration was reported as
+    /// "nothing in the cluster recorded the original count" and restored to 1.
+    #[test]
+    fn unreadable_evidence_is_named_and_gives_no_count() {
+        let mut original = candidate("web", 0, "web");
         original.last_applied = Some("not json".into());
-        assert_eq!(evidence(&original), Evidence::Default);
+        let found = evidence(&original);
+        assert_eq!(found.replicas(), None);
+        assert!(
+            found.describe().contains("not valid JSON"),
+            "{}",
+            found.describe()
+        );
+        original.last_applied = Some(r#"{"spec":{"replicas":"three"}}"#.into());
+        assert!(evidence(&original).describe().contains(r#""three""#));
+        assert_eq!(evidence(&original).replicas(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matching_and_evidence_never_panic(
+            name in proptest::prelude::any::<String>(),
+            pod in proptest::prelude::any::<String>(),
+            session in proptest::prelude::any::<String>(),
+            applied in proptest::option::of(proptest::prelude::any::<String>()),
+        ) {
+            let _ = name_prefix(&name);
+            let original = Candidate {
+                name: name.clone(),
+                replicas: Some(0),
+                template_labels: BTreeMap::new(),
+                last_applied: applied.clone(),
+            };
+            let _ = evidence(&original);
+            let pod_labels = labels(&[(LABEL, session.as_str())]);
+            let _ = match_bare_pod(&pod, &pod_labels, std::slice::from_ref(&original));
+            let proxy = Candidate { name: pod.clone(), last_applied: applied, ..original.clone() };
+            let _ = match_proxy_deployment(&proxy, &[original]);
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! `kdev sweep` (the reaper's work, once, from the CLI) and `kdev sessions`.
+//! Finding swap sessions in the cluster and judging them alive, expired or
+//! orphaned: shared by `kdev swap` (before it claims), `kdev sweep`,
+//! `kdev sessions` and the reaper.
 //!
 //! A session is found from either of its records: its Lease, or the marks on
 //! its Deployment. It is
@@ -13,13 +15,10 @@
 //! has its Lease before its marks, so it can never look orphaned.
 
 use std::collections::BTreeMap;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::jiff::Timestamp;
 use kdev_contract::lease::Observation;
 use kdev_contract::session::{
     self, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_LABEL, SWAPPED_LABEL,
@@ -29,34 +28,8 @@ use kube::Api;
 use kube::api::ListParams;
 
 use super::restore::{self, Target};
-use crate::cli::GlobalArgs;
-use crate::controller::leader::record_of;
-use crate::kubeclient::{self, Kube};
-
-#[derive(Debug, Args)]
-#[command(after_help = "Example:\n  kdev sweep -A --dry-run")]
-pub struct SweepArgs {
-    /// Sweep every namespace.
-    #[arg(short = 'A', long)]
-    pub all_namespaces: bool,
-    /// Say what would be restored; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Also restore Deployments left at 0 by dead telepresence 1 proxies, and delete the proxies.
-    #[arg(long)]
-    pub telepresence: bool,
-    /// With --telepresence: leave proxies younger than this alone.
-    #[arg(long, default_value = "2m", value_parser = crate::cli::parse_duration)]
-    pub min_age: Duration,
-}
-
-#[derive(Debug, Args)]
-#[command(after_help = "Example:\n  kdev sessions -A")]
-pub struct SessionsArgs {
-    /// List sessions in every namespace.
-    #[arg(short = 'A', long)]
-    pub all_namespaces: bool,
-}
+use crate::k8s::Kube;
+use crate::k8s::objects::lease_record as record_of;
 
 /// One session as the cluster records it.
 #[derive(Clone, Debug)]
@@ -69,7 +42,7 @@ pub struct Found {
 }
 
 impl Found {
-    fn target(&self) -> Target {
+    pub fn target(&self) -> Target {
         Target {
             namespace: self.namespace.clone(),
             deployment: self.deployment.clone(),
@@ -258,143 +231,10 @@ pub async fn settle_target(kube: &Kube, deployment: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn reason(state: State) -> &'static str {
+pub fn reason(state: State) -> &'static str {
     match state {
         State::Alive => "alive",
         State::Expired => "its Lease expired",
         State::Orphaned => "it had no Lease left",
-    }
-}
-
-pub async fn sweep(global: &GlobalArgs, args: SweepArgs) -> anyhow::Result<ExitCode> {
-    let kube = kubeclient::connect(global).await?;
-    let namespace = (!args.all_namespaces).then_some(kube.namespace.as_str());
-    let mut failed = false;
-    if args.telepresence {
-        let options = crate::telepresence::Options {
-            min_age: args.min_age,
-            dry_run: args.dry_run,
-            tries: 3,
-        };
-        let reports = crate::telepresence::sweep(&kube, namespace, options).await?;
-        if reports.is_empty() {
-            eprintln!("no telepresence proxies found");
-        }
-        for report in reports {
-            println!("{}/pod/{}: {}", report.namespace, report.pod, report.line);
-        }
-    }
-    let found = find(&kube, namespace).await?;
-    if found.is_empty() {
-        eprintln!("no swap sessions found");
-        return Ok(ExitCode::SUCCESS);
-    }
-    for (session, state) in judge(&kube, found).await? {
-        let name = format!("{}/deployment/{}", session.namespace, session.deployment);
-        match state {
-            State::Alive => println!("{name}: alive (session {}), left alone", session.session),
-            _ if args.dry_run => println!("{name}: would restore ({})", reason(state)),
-            _ => match restore::restore(&kube, &session.target(), reason(state), None).await {
-                Ok(outcome) => println!(
-                    "{name}: {} ({})",
-                    outcome.describe(&session.deployment),
-                    reason(state)
-                ),
-                Err(err) => {
-                    failed = true;
-                    eprintln!("error: {name}: {err:#}");
-                }
-            },
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-pub async fn sessions(global: &GlobalArgs, args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let kube = kubeclient::connect(global).await?;
-    let namespace = (!args.all_namespaces).then_some(kube.namespace.as_str());
-    let found = find(&kube, namespace).await?;
-    if found.is_empty() {
-        eprintln!("no swap sessions found");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let now = Timestamp::now();
-    let mut rows = vec![
-        [
-            "NAMESPACE",
-            "TARGET",
-            "HOLDER",
-            "SESSION",
-            "AGE",
-            "RENEWED",
-            "STATE",
-        ]
-        .map(String::from),
-    ];
-    for session in found {
-        let spec = session
-            .lease
-            .as_ref()
-            .and_then(|l| l.spec.clone())
-            .unwrap_or_default();
-        let ago = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>| {
-            t.map(|t| human(now.duration_since(t.0).as_secs()))
-        };
-        let renewed_secs = spec
-            .renew_time
-            .as_ref()
-            .map(|t| now.duration_since(t.0).as_secs());
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-        // A listing cannot wait a whole duration: this state compares the
-        // holder's clock with this one, and is a hint. Sweep and the reaper
-        // never judge this way.
-        let state = match (&session.lease, renewed_secs) {
-            (None, _) => "orphaned",
-            (Some(_), Some(secs)) if secs <= duration => "alive",
-            _ => "expired",
-        };
-        rows.push([
-            session.namespace.clone(),
-            format!("deployment/{}", session.deployment),
-            spec.holder_identity.clone().unwrap_or_else(|| "-".into()),
-            session.session.chars().take(8).collect(),
-            ago(spec.acquire_time.as_ref()).unwrap_or_else(|| "-".into()),
-            ago(spec.renew_time.as_ref())
-                .map(|a| format!("{a} ago"))
-                .unwrap_or_else(|| "-".into()),
-            state.into(),
-        ]);
-    }
-    print_table(&rows);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn human(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
-    }
-}
-
-fn print_table(rows: &[[String; 7]]) {
-    let mut widths = [0usize; 7];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
     }
 }

@@ -1,0 +1,130 @@
+//! `kdev swap` flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::parse_duration;
+use crate::error::usage;
+use crate::swap::Config;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev"
+)]
+pub struct SwapArgs {
+    /// The Deployment to swap, as deploy/NAME.
+    pub target: String,
+    /// The container to replace (default: the only one, or the pod's default-container).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// A container port (number or name) and the local port serving it; repeatable (default: every TCP port, same number).
+    #[arg(long = "port", value_name = "REMOTE[:LOCAL]")]
+    pub ports: Vec<String>,
+    /// Reach svc/NAME:PORT (or HOST:PORT) from the cluster's side at 127.0.0.1:LOCAL; sets NAME_SERVICE_HOST/PORT.
+    #[arg(long = "forward", value_name = "svc/NAME:PORT[:LOCAL]")]
+    pub forwards: Vec<String>,
+    /// Also write the container's environment to this file (KEY=VALUE lines, mode 0600).
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Where to write the container's ConfigMap and Secret volumes (default: a private temp dir, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+    /// How long the cluster waits for a silent CLI before restoring the Deployment.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// How long to wait for the proxy pod to run and the tunnel to come up.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The agent image for the proxy pod.
+    #[arg(long, env = "KDEV_AGENT_IMAGE")]
+    pub agent_image: Option<String>,
+    /// The command to run locally in place of the container.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl SwapArgs {
+    /// Checks what can be checked before any request.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let deployment = parse_target(&self.target)?;
+        if self.ttl < Duration::from_secs(3) || self.ttl > Duration::from_secs(3600) {
+            return Err(usage("--ttl must be between 3s and 1h"));
+        }
+        Ok(Config {
+            deployment,
+            container: self.container,
+            ports: self.ports,
+            forwards: self.forwards,
+            env_file: self.env_file,
+            mount: self.mount,
+            ttl: self.ttl,
+            timeout: self.timeout,
+            agent_image: self.agent_image,
+            command: self.command,
+        })
+    }
+}
+
+/// Parses `deploy/NAME` (also `deployment/`, `deployments/`, `deployment.apps/`).
+pub fn parse_target(text: &str) -> anyhow::Result<String> {
+    let name = match text.split_once('/') {
+        Some((
+            "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps",
+            name,
+        )) => name,
+        Some((kind, _)) => {
+            return Err(usage(format!(
+                "cannot swap a {kind}: kdev swap takes a Deployment, like deploy/web"
+            )));
+        }
+        None => {
+            return Err(usage(format!(
+                "{text:?} names no kind: write deploy/{text}"
+            )));
+        }
+    };
+    crate::k8s::validate_subdomain("deployment name", name)?;
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("deploy/web").expect("valid"), "web");
+        assert_eq!(parse_target("deployment.apps/web").expect("valid"), "web");
+        assert!(
+            parse_target("sts/web")
+                .unwrap_err()
+                .to_string()
+                .contains("takes a Deployment")
+        );
+        assert!(
+            parse_target("web")
+                .unwrap_err()
+                .to_string()
+                .contains("deploy/web")
+        );
+        assert!(parse_target("deploy/Web").is_err());
+    }
+
+    /// Regression: names with dots are valid Deployment names (DNS-1123
+    /// subdomains) and were rejected.
+    #[test]
+    fn deployment_names_with_dots_are_accepted() {
+        assert_eq!(parse_target("deploy/web.v2").expect("valid"), "web.v2");
+        assert!(parse_target("deploy/web..v2").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn targets_never_panic(text in any::<String>()) {
+            let _ = parse_target(&text);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Small helpers over Kubernetes objects that several capabilities share.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kdev_contract::lease::LeaseRecord;
+use kube::Resource;
+use kube::core::Selector;
+
+/// Labels of a Deployment's pod template.
+pub fn template_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// A label selector (`matchLabels` and `matchExpressions`) in the query form
+/// the API server takes. `None` for an empty selector (which selects
+/// everything) or one with an operator Kubernetes does not define.
+pub fn selector_query(selector: &LabelSelector) -> Option<String> {
+    let rendered = Selector::try_from(selector.clone()).ok()?.to_string();
+    (!rendered.is_empty()).then_some(rendered)
+}
+
+/// A map of labels (a Service's selector) in query form; `None` when empty.
+pub fn labels_query(labels: &BTreeMap<String, String>) -> Option<String> {
+    let rendered = labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<Selector>()
+        .to_string();
+    (!rendered.is_empty()).then_some(rendered)
+}
+
+/// An owner reference to `owner`, without `controller`, so that only garbage
+/// collection follows it.
+pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
+/// What a Lease records, as the expiry rule compares it.
+pub fn lease_record(lease: &Lease) -> LeaseRecord {
+    let spec = lease.spec.clone().unwrap_or_default();
+    LeaseRecord {
+        holder: spec.holder_identity,
+        renew_time: spec.renew_time.map(|t| t.0.to_string()),
+        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+        transitions: spec.lease_transitions.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn label_selectors_render_as_the_api_reads_them() {
+        let selector: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": { "app": "web" },
+            "matchExpressions": [
+                { "key": "tier", "operator": "In", "values": ["a", "b"] },
+                { "key": "canary", "operator": "DoesNotExist" }
+            ]
+        }))
+        .expect("valid selector");
+        assert_eq!(
+            selector_query(&selector).as_deref(),
+            Some("app=web,tier in (a,b),!canary")
+        );
+        assert_eq!(selector_query(&LabelSelector::default()), None);
+        assert_eq!(labels_query(&BTreeMap::new()), None);
+        assert_eq!(
+            labels_query(&[("app".to_owned(), "web".to_owned())].into()),
+            Some("app=web".into())
+        );
+    }
+}
