@@ -43,7 +43,7 @@ def main():
     row = {"name": name, "wall": wall, "cpu": cpu, "rss_mib": rss, "lines": expected}
     with open(os.environ["RESULTS"], "a") as results:
         results.write(json.dumps(row) + "\n")
-    print(f"{os.environ.get('LABEL', '')}{name:>5}: {expected / wall:>10,.0f} lines/s  "
+    print(f"{os.environ.get('LABEL', '')}{name:>7}: {expected / wall:>10,.0f} lines/s  "
           f"{wall:6.2f} s  CPU {cpu:5.2f} s  max RSS {rss:6.1f} MiB")
 
 

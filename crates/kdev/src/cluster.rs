@@ -138,7 +138,7 @@ impl LocalCluster {
             if let Err(err) = created {
                 // Leave nothing half-started behind.
                 let _ = kwokctl.delete().await;
-                processes::kill_under(&self.dir());
+                processes::kill_under(&self.dir()).await;
                 let _ = std::fs::remove_file(&stages);
                 let _ = std::fs::remove_file(self.config_path());
                 return Err(err);
@@ -201,7 +201,7 @@ impl LocalCluster {
         let deleted = kwokctl.delete().await;
         // kwokctl stops what it recorded; anything else still running from the
         // cluster's folder (a component restarted behind its back) goes too.
-        let stragglers = processes::kill_under(&dir);
+        let stragglers = processes::kill_under(&dir).await;
         if stragglers > 0 {
             tracing::warn!(stragglers, "stopped processes kwokctl left running");
         }

@@ -53,23 +53,29 @@ impl ProcessId {
         })
     }
 
-    /// True while that very process runs.
+    /// True while that very process runs (a zombie, killed but not yet
+    /// reaped by its parent, does not).
     pub fn is_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        parse_stat(&stat).is_some_and(|(state, start)| state != "Z" && start == self.start)
     }
 }
 
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
+    parse_stat(&stat).map(|(_, start)| start)
 }
 
-/// Field 22 of a `/proc/PID/stat` line. The command name (field 2) is in
-/// parentheses and may itself hold spaces and parentheses, so fields are
-/// counted from the last ')'.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+/// The state (field 3) and start time (field 22) of a `/proc/PID/stat`
+/// line. The command name (field 2) is in parentheses and may itself hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 #[cfg(test)]
@@ -90,14 +96,14 @@ mod tests {
     #[test]
     fn start_time_is_read_after_a_name_with_parentheses() {
         let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 777 1000 10";
-        assert_eq!(parse_start_time(stat), Some(777));
-        assert_eq!(parse_start_time("garbage"), None);
+        assert_eq!(parse_stat(stat), Some(("S", 777)));
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     proptest::proptest! {
         #[test]
         fn stat_lines_never_panic(line in proptest::prelude::any::<String>()) {
-            let _ = parse_start_time(&line);
+            let _ = parse_stat(&line);
         }
     }
 }

@@ -230,3 +230,38 @@ fn logs_bad_input_is_a_usage_error_naming_the_flag_before_any_request() {
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Regression: `--since 99999999999999999999h` panicked (exit 101) in the
+/// duration parser instead of being a usage error.
+#[test]
+fn an_enormous_duration_is_a_usage_error_not_a_panic() {
+    let out = kdev(&["logs", "--since", "99999999999999999999h"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid duration"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+/// The local command is started through `kdev __exec-child`, which dies with
+/// the process it names; one that cannot start says so and exits 127.
+#[test]
+fn exec_child_names_a_command_that_cannot_start() {
+    let me = std::process::id().to_string();
+    let out = kdev(&[
+        "__exec-child",
+        "--parent",
+        &me,
+        "--",
+        "/nonexistent/kdev-test-command",
+    ]);
+    // Its parent is this test process only if it was started by it: it was.
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed to start \"/nonexistent/kdev-test-command\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -3,6 +3,9 @@
 //! Every component kwokctl starts names a file in the cluster's folder on its
 //! command line (data dir, certificates, kubeconfig), so "processes whose
 //! command line mentions the folder" is exactly the cluster's processes.
+//!
+//! Kept as a dozen lines over `/proc` rather than a process crate (sysinfo,
+//! procfs): the one question asked is "whose cmdline mentions this path".
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,15 +33,16 @@ pub fn pids_under(dir: &Path) -> Vec<i32> {
 }
 
 /// Stops every process under `dir`: SIGTERM, then SIGKILL after 5 s.
-/// Returns how many there were.
-pub fn kill_under(dir: &Path) -> usize {
+/// Returns how many there were. (Processes that are not this one's children
+/// give no event to wait on, so their exit is checked every 100 ms.)
+pub async fn kill_under(dir: &Path) -> usize {
     let pids = pids_under(dir);
     for &pid in &pids {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !pids_under(dir).is_empty() {
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for pid in pids_under(dir) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

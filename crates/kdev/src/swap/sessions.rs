@@ -14,9 +14,10 @@
 //! Deployments are read before Leases: a session being started concurrently
 //! has its Lease before its marks, so it can never look orphaned.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kdev_contract::lease::Observation;
@@ -26,6 +27,7 @@ use kdev_contract::session::{
 };
 use kube::Api;
 use kube::api::ListParams;
+use kube::runtime::watcher::{self, Event, watcher};
 
 use super::restore::{self, Target};
 use crate::k8s::Kube;
@@ -156,38 +158,78 @@ pub async fn judge(kube: &Kube, found: Vec<Found>) -> anyhow::Result<Vec<(Found,
         watching.len(),
         longest.as_secs() + 1
     ));
+    // One watch of session Leases (in the one namespace, or everywhere),
+    // woken by changes or by the next moment a Lease can expire.
+    let namespaces: BTreeSet<&str> = watching.iter().map(|(f, _)| f.namespace.as_str()).collect();
+    let api: Api<Lease> = match namespaces.iter().next() {
+        Some(ns) if namespaces.len() == 1 => Api::namespaced(kube.client.clone(), ns),
+        _ => Api::all(kube.client.clone()),
+    };
+    let mut pending: BTreeMap<(String, String), (Found, Observation)> = watching
+        .into_iter()
+        .map(|(f, o)| {
+            (
+                (f.namespace.clone(), session::lease_name(&f.deployment)),
+                (f, o),
+            )
+        })
+        .collect();
+    let mut events = watcher(
+        api,
+        watcher::Config::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}")),
+    )
+    .boxed();
+    let mut listed: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         let now = Instant::now();
-        let mut still = Vec::new();
-        for (session, mut seen) in watching {
-            let api: Api<Lease> = Api::namespaced(kube.client.clone(), &session.namespace);
-            let name = session::lease_name(&session.deployment);
-            match api.get_opt(&name).await {
-                Ok(Some(lease)) => {
-                    let before = seen.record().clone();
-                    seen.observe(record_of(&lease), now);
-                    if *seen.record() != before {
-                        judged.push((session, State::Alive));
-                    } else if seen.expired(now) {
-                        judged.push((session, State::Expired));
-                    } else {
-                        still.push((session, seen));
-                    }
-                }
-                // Ended meanwhile: restored by its holder or another restorer.
-                Ok(None) => {}
-                Err(err) => {
-                    return Err(
-                        kube.explain(err, format!("read lease {}/{name}", session.namespace))
-                    );
-                }
+        let expired: Vec<_> = pending
+            .iter()
+            .filter(|(_, (_, seen))| seen.expired(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            if let Some((session, _)) = pending.remove(&key) {
+                judged.push((session, State::Expired));
             }
         }
-        watching = still;
-        if watching.is_empty() {
+        let Some(wake) = pending.values().map(|(_, seen)| seen.remaining(now)).min() else {
             break;
+        };
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = tokio::time::sleep(wake) => continue,
+        };
+        let key_of = |lease: &Lease| {
+            (
+                lease.metadata.namespace.clone().unwrap_or_default(),
+                lease.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            Some(Ok(Event::Apply(lease) | Event::InitApply(lease))) => {
+                let key = key_of(&lease);
+                listed.insert(key.clone());
+                if let Some((_, seen)) = pending.get_mut(&key) {
+                    let before = seen.record().clone();
+                    seen.observe(record_of(&lease), Instant::now());
+                    if *seen.record() != before
+                        && let Some((session, _)) = pending.remove(&key)
+                    {
+                        judged.push((session, State::Alive));
+                    }
+                }
+            }
+            // Ended meanwhile: restored by its holder or another restorer.
+            Some(Ok(Event::Delete(lease))) => {
+                pending.remove(&key_of(&lease));
+            }
+            Some(Ok(Event::Init)) => listed.clear(),
+            Some(Ok(Event::InitDone)) => pending.retain(|key, _| listed.contains(key)),
+            Some(Err(err)) => anyhow::bail!(
+                "failed to watch swap session leases: {err}; check that you may list and watch Leases"
+            ),
+            None => anyhow::bail!("the watch of swap session leases ended"),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     step.done();
     Ok(judged)

@@ -354,8 +354,13 @@ async fn a_restarted_container_is_followed_into_its_new_run() {
         )
         .await
         .expect("point kwok at the new run");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Wait until kwok (the kubelet here) serves the new run's file.
         let pods = ns.api::<Pod>();
+        eventually(Duration::from_secs(20), "kwok to serve the new run's log", || async {
+            let log = pods.logs("app", &Default::default()).await.ok()?;
+            log.contains("second run starts").then_some(())
+        })
+        .await;
         let pod = pods.get("app").await.expect("get pod");
         let mut status = pod.status.expect("a status");
         let container = &mut status.container_statuses.as_mut().expect("statuses")[0];
@@ -525,12 +530,26 @@ async fn streams_beyond_max_log_requests_wait_their_turn() {
         assert_eq!(lines, ["q1 says hi", "q2 says hi", "q3 says hi"]);
         assert!(err.contains("wait for a free slot"), "{err}");
 
-        // Followed streams beyond the limit wait as long as the first run.
+        // Followed streams beyond the limit wait as long as the first run:
+        // new lines in every log reach kdev only through the two open
+        // streams, and the third pod stays unprinted meanwhile.
         let run = Following::start(&ns, &["-l", "app=q", "--max-log-requests", "2"]);
         run.wait_for(&["says hi"]).await;
         run.wait_stderr("wait for a free slot").await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(run.stdout().lines().count(), 2, "{}", run.stdout());
+        for pod in ["q1", "q2", "q3"] {
+            append(
+                &dir.path().join(format!("{pod}.log")),
+                &cri(t, 10, &format!("{pod} ticks")),
+            );
+        }
+        eventually(
+            Duration::from_secs(30),
+            "two open streams to print their new line",
+            || async { (run.stdout().matches(" ticks").count() == 2).then_some(()) },
+        )
+        .await;
+        let out = run.stdout();
+        assert_eq!(out.matches("says hi").count(), 2, "{out}");
         run.stop().await;
     })
     .await;

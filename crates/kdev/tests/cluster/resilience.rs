@@ -138,7 +138,23 @@ async fn the_session_survives_an_api_server_restart() {
         .await;
 
         // Past at least one renewal: the session is the same, traffic flows.
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        let leases = ns.api::<Lease>();
+        let renewed_at = || async {
+            leases
+                .get("kdev-swap-web")
+                .await
+                .ok()?
+                .spec?
+                .renew_time
+                .map(|t| t.0)
+        };
+        let before = eventually(Duration::from_secs(20), "the session lease", renewed_at).await;
+        eventually(
+            Duration::from_secs(30),
+            "a renewal after the restart",
+            || async { renewed_at().await.filter(|t| *t != before) },
+        )
+        .await;
         eventually(
             Duration::from_secs(20),
             "a request after the restart",

@@ -13,14 +13,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::kwok_emulation::create_kwok_cluster;
-use crate::support::{TestNamespace, eventually, free_port, kdev, kubectl_apply, with_namespace};
+use crate::support::{TestNamespace, eventually, kdev, kubectl_apply, with_namespace};
 use crate::swap_support::deploy;
 
 const ID: &str = "5f1e3c0a9b7d4e2f8a6c1b3d5e7f9a0b";
 
 /// Forwards port 9055 of every pod in the namespace to a local port that
-/// answers HTTP when `alive`, and refuses connections when not.
-async fn proxy_liveness(ns: &TestNamespace, alive: bool) {
+/// answers HTTP when `alive`, and refuses connections when not: a socket
+/// bound but never listening, held by the returned guard, so no other
+/// process can take the port meanwhile.
+async fn proxy_liveness(ns: &TestNamespace, alive: bool) -> Option<tokio::net::TcpSocket> {
+    let mut guard = None;
     let port = if alive {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -35,7 +38,13 @@ async fn proxy_liveness(ns: &TestNamespace, alive: bool) {
         });
         port
     } else {
-        free_port()
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        guard = Some(socket);
+        port
     };
     create_kwok_cluster(
         &ns.client,
@@ -47,6 +56,7 @@ async fn proxy_liveness(ns: &TestNamespace, alive: bool) {
         }),
     )
     .await;
+    guard
 }
 
 /// An original the way a team deploys it (`kubectl apply`, so its
@@ -180,7 +190,7 @@ async fn a_dead_bare_proxy_is_replaced_by_its_original_at_its_last_applied_repli
     with_namespace("tp106-dead", |ns| async move {
         applied_original(&ns, "orders-api", 3, json!({ "app": "orders-api" })).await;
         let proxy = format!("orders-api-{ID}");
-        proxy_liveness(&ns, false).await;
+        let _dead_port = proxy_liveness(&ns, false).await;
         bare_proxy(&ns, &proxy, json!({ "app": "orders-api" })).await;
 
         // A proxy younger than the minimum age is left alone.
@@ -235,7 +245,7 @@ async fn a_live_bare_proxy_is_left_alone() {
     with_namespace("tp106-alive", |ns| async move {
         applied_original(&ns, "orders-api", 3, json!({ "app": "orders-api" })).await;
         let proxy = format!("orders-api-{ID}");
-        proxy_liveness(&ns, true).await;
+        let _alive = proxy_liveness(&ns, true).await;
         bare_proxy(&ns, &proxy, json!({ "app": "orders-api" })).await;
         eventually(Duration::from_secs(20), "kwok to forward port 9055", || {
             answers(&ns, &proxy)
@@ -313,7 +323,7 @@ async fn a_dead_0105_proxy_deployment_points_back_to_its_original() {
             crate::swap_support::simple_deployment("billing", 0, &[8080]),
         )
         .await;
-        proxy_liveness(&ns, false).await;
+        let _dead_port = proxy_liveness(&ns, false).await;
         let proxy = proxy_deployment(&ns, "billing").await;
 
         let out = sweep(&ns, &["--min-age", "0s"]).await;
@@ -352,7 +362,7 @@ async fn a_live_0105_proxy_deployment_is_left_alone() {
             crate::swap_support::simple_deployment("billing", 0, &[8080]),
         )
         .await;
-        proxy_liveness(&ns, true).await;
+        let _alive = proxy_liveness(&ns, true).await;
         let proxy = proxy_deployment(&ns, "billing").await;
         let pods = ns
             .api::<Pod>()
@@ -394,7 +404,7 @@ async fn an_ambiguous_match_is_reported_and_left_alone() {
         applied_original(&ns, "payments-service-a", 2, json!({ "app": "pay" })).await;
         applied_original(&ns, "payments-service-b", 2, json!({ "app": "pay" })).await;
         let proxy = format!("payments-service--{ID}");
-        proxy_liveness(&ns, false).await;
+        let _dead_port = proxy_liveness(&ns, false).await;
         bare_proxy(&ns, &proxy, json!({ "app": "pay" })).await;
         let out = sweep_exits(&ns, &["--min-age", "0s"], 3).await;
         assert!(
@@ -433,7 +443,7 @@ async fn an_unreadable_count_is_named_and_left_for_a_person() {
             .await
             .expect("break the annotation");
         let proxy = format!("orders-api-{ID}");
-        proxy_liveness(&ns, false).await;
+        let _dead_port = proxy_liveness(&ns, false).await;
         bare_proxy(&ns, &proxy, json!({ "app": "orders-api" })).await;
 
         let out = sweep_exits(&ns, &["--min-age", "0s", "-o", "json"], 3).await;
