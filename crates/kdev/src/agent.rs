@@ -244,4 +244,15 @@ mod tests {
         assert!(parse_resolve(&["db".into()]).is_err());
         assert!(parse_resolve(&["db=nowhere".into()]).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn agent_flags_never_panic(
+            port in proptest::prelude::any::<String>(),
+            resolve in proptest::prelude::any::<String>(),
+        ) {
+            let _ = parse_port(&port);
+            let _ = parse_resolve(&[resolve]);
+        }
+    }
 }

@@ -34,7 +34,10 @@ use crate::error::Failure;
 /// flags).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.verbose);
+    // A controller's actions are its log: info by default. The CLI reports
+    // failures itself, once.
+    let service = matches!(cli.command, Command::Controller(_) | Command::Agent(_));
+    init_tracing(cli.global.verbose, service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,9 +102,10 @@ fn report(err: &anyhow::Error, verbose: u8) -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, service: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
+        0 if service => "off,kdev=info",
         // kdev reports failures itself, once; libraries' own error logs would repeat them.
         0 => "off,kdev=warn",
         1 => "info,kdev=debug",

@@ -538,4 +538,16 @@ mod tests {
         assert_eq!(quote_env("two words"), "'two words'");
         assert_eq!(quote_env("it's"), "'it'\\''s'");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn port_flags_never_panic(specs in proptest::collection::vec(proptest::prelude::any::<String>(), 0..4)) {
+            let container: Container = serde_json::from_value(json!({
+                "name": "app",
+                "ports": [{ "name": "http", "containerPort": 8080 }]
+            }))
+            .expect("valid");
+            let _ = resolve_ports(&container, &specs);
+        }
+    }
 }

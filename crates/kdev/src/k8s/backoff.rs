@@ -2,24 +2,27 @@
 //! streams, the swap tunnel, the reaper's and the log watcher's watches,
 //! guarded writes that lost a race.
 //!
-//! Exponential from [`MIN`] doubling to [`MAX`], with jitter, so that 50 log
-//! streams broken by one API server restart do not come back in lockstep.
+//! Exponential from [`MIN`] doubling to [`CAP`], each delay plus up to as
+//! much again at random (so never more than [`MAX`]), so that 50 log streams
+//! broken by one API server restart do not come back in lockstep.
 //! `backon` is what kube-runtime's own watcher back-off is built on.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 
-/// The first delay.
+/// The first delay, before jitter.
 pub const MIN: Duration = Duration::from_millis(500);
-/// The longest delay.
+/// The longest delay before jitter.
+pub const CAP: Duration = Duration::from_secs(5);
+/// The longest delay with jitter.
 pub const MAX: Duration = Duration::from_secs(10);
 
 /// The policy as a builder, for `backon`'s retry helpers.
 pub fn policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(MIN)
-        .with_max_delay(MAX)
+        .with_max_delay(CAP)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
@@ -55,8 +58,8 @@ mod tests {
     fn delays_grow_to_the_cap_with_jitter() {
         let delays: Vec<Duration> = delays().take(12).collect();
         assert!(delays[0] >= MIN && delays[0] <= MIN * 2, "{delays:?}");
-        assert!(delays.iter().all(|d| *d <= MAX * 2), "{delays:?}");
-        assert!(delays[11] >= MAX, "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= MAX), "{delays:?}");
+        assert!(delays[11] >= CAP, "{delays:?}");
     }
 
     #[test]

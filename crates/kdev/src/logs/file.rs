@@ -413,4 +413,19 @@ mod tests {
             assert_eq!((f.as_str(), l.as_str()), (wf, wl));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn patterns_and_tail_output_never_panic(
+            pattern in proptest::prelude::any::<String>(),
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0..20),
+        ) {
+            let _ = validate_pattern(&pattern);
+            let mut parser = TailParser::new("/first");
+            let mut out = Vec::new();
+            for line in &lines {
+                parser.feed(line, &mut out);
+            }
+        }
+    }
 }

@@ -452,4 +452,16 @@ mod tests {
         assert!(before.restarted_as(&after));
         assert!(!after.restarted_as(&after.clone()));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn queries_and_states_never_panic(
+            query in proptest::prelude::any::<String>(),
+            states in proptest::collection::vec(proptest::prelude::any::<String>(), 0..4),
+        ) {
+            let _ = parse_query(Some(&query));
+            let _ = compile("-c", &query);
+            let _ = States::parse(&states);
+        }
+    }
 }

@@ -868,4 +868,32 @@ mod tests {
             "2026-01-01T00:00:01Z"
         );
     }
+
+    proptest::proptest! {
+        /// API log bodies (CRI-derived `TIMESTAMP MESSAGE` lines), cut into
+        /// arbitrary chunks, with a resume cursor in place.
+        #[test]
+        fn any_log_body_in_any_chunks_never_panics(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+            merge in proptest::prelude::any::<bool>(),
+        ) {
+            let f = formatter();
+            let mut r = Renderer::new(Prefix::default(), true, merge);
+            let mut cuts = cuts;
+            cuts.push(body.len());
+            cuts.sort_unstable();
+            let mut at = 0;
+            for cut in cuts {
+                let cut = cut.min(body.len());
+                if cut > at {
+                    let _ = r.feed(&f, &body[at..cut]);
+                    at = cut;
+                }
+            }
+            let _ = r.finish(&f);
+            let _ = r.cursor.resume();
+            let _ = parse_ts(&body);
+        }
+    }
 }

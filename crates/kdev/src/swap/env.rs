@@ -738,4 +738,21 @@ mod tests {
         );
         assert!(under_root(root, "/etc/../../x").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn expansion_and_quantities_never_panic(
+            value in proptest::prelude::any::<String>(),
+            quantity in proptest::prelude::any::<String>(),
+        ) {
+            let vars: BTreeMap<String, String> = [("A".to_owned(), "x".to_owned())].into();
+            let _ = expand(&value, &vars);
+            let _ = parse_quantity(&quantity);
+        }
+
+        #[test]
+        fn quantity_shaped_text_never_panics(quantity in "[0-9.eE+-]{0,12}(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?") {
+            let _ = parse_quantity(&quantity);
+        }
+    }
 }

@@ -371,4 +371,11 @@ mod tests {
             ]
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn forwards_never_panic(text in proptest::prelude::any::<String>()) {
+            let _ = Forward::parse(&text, "team");
+        }
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use kdev_contract::lease::Observation;
+use kdev_contract::lease::{LeaseRecord, Observation};
 use kdev_contract::session::{
     self, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_LABEL, SWAPPED_LABEL,
     TARGET_ANNOTATION,
@@ -183,9 +183,10 @@ pub async fn judge(kube: &Kube, found: Vec<Found>) -> anyhow::Result<Vec<(Found,
     loop {
         let now = Instant::now();
         let expired: Vec<_> = pending
-            .iter()
-            .filter(|(_, (_, seen))| seen.expired(now))
-            .map(|(key, _)| key.clone())
+            .iter_mut()
+            .filter_map(|(key, (_, seen))| {
+                (verdict(seen, None, now) == Some(State::Expired)).then(|| key.clone())
+            })
             .collect();
         for key in expired {
             if let Some((session, _)) = pending.remove(&key) {
@@ -209,14 +210,11 @@ pub async fn judge(kube: &Kube, found: Vec<Found>) -> anyhow::Result<Vec<(Found,
             Some(Ok(Event::Apply(lease) | Event::InitApply(lease))) => {
                 let key = key_of(&lease);
                 listed.insert(key.clone());
-                if let Some((_, seen)) = pending.get_mut(&key) {
-                    let before = seen.record().clone();
-                    seen.observe(record_of(&lease), Instant::now());
-                    if *seen.record() != before
-                        && let Some((session, _)) = pending.remove(&key)
-                    {
-                        judged.push((session, State::Alive));
-                    }
+                if let Some((_, seen)) = pending.get_mut(&key)
+                    && let Some(state) = verdict(seen, Some(record_of(&lease)), Instant::now())
+                    && let Some((session, _)) = pending.remove(&key)
+                {
+                    judged.push((session, state));
                 }
             }
             // Ended meanwhile: restored by its holder or another restorer.
@@ -233,6 +231,21 @@ pub async fn judge(kube: &Kube, found: Vec<Found>) -> anyhow::Result<Vec<(Found,
     }
     step.done();
     Ok(judged)
+}
+
+/// Judges one watched Lease at `now`, given what was just read of it
+/// (`None`: nothing new). A record that changed since it was first seen
+/// means a live holder; one unchanged for its whole duration has expired;
+/// otherwise it is too early to say. Pure.
+pub fn verdict(seen: &mut Observation, read: Option<LeaseRecord>, now: Instant) -> Option<State> {
+    if let Some(record) = read {
+        let before = seen.record().clone();
+        seen.observe(record, now);
+        if *seen.record() != before {
+            return Some(State::Alive);
+        }
+    }
+    seen.expired(now).then_some(State::Expired)
 }
 
 /// What `kdev swap` does before claiming: restore an expired or orphaned
@@ -278,5 +291,46 @@ pub fn reason(state: State) -> &'static str {
         State::Alive => "alive",
         State::Expired => "its Lease expired",
         State::Orphaned => "it had no Lease left",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record(renew: &str) -> LeaseRecord {
+        LeaseRecord {
+            holder: Some("me@laptop".into()),
+            renew_time: Some(renew.into()),
+            duration: Duration::from_secs(15),
+            transitions: 0,
+        }
+    }
+
+    #[test]
+    fn a_renewal_while_watched_means_alive() {
+        let t0 = Instant::now();
+        let mut seen = Observation::new(record("t1"), t0);
+        assert_eq!(
+            verdict(&mut seen, Some(record("t1")), t0 + Duration::from_secs(3)),
+            None
+        );
+        assert_eq!(
+            verdict(&mut seen, Some(record("t2")), t0 + Duration::from_secs(5)),
+            Some(State::Alive)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_lease_expires_after_its_duration_on_this_clock() {
+        let t0 = Instant::now();
+        let mut seen = Observation::new(record("2000-01-01T00:00:00Z"), t0);
+        assert_eq!(verdict(&mut seen, None, t0 + Duration::from_secs(14)), None);
+        assert_eq!(
+            verdict(&mut seen, None, t0 + Duration::from_secs(15)),
+            Some(State::Expired)
+        );
     }
 }

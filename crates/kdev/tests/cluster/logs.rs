@@ -138,12 +138,17 @@ struct Following {
 
 impl Following {
     fn start(ns: &TestNamespace, args: &[&str]) -> Self {
+        Self::start_with(&ns.kubeconfig, ns, args)
+    }
+
+    /// Like [`Following::start`], through another kubeconfig.
+    fn start_with(kubeconfig: &Path, ns: &TestNamespace, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
         let child = kdev()
             .arg("--kubeconfig")
-            .arg(&ns.kubeconfig)
+            .arg(kubeconfig)
             .args(["-n", &ns.name, "logs"])
             .args(args)
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
@@ -589,6 +594,117 @@ async fn a_closed_stdout_ends_kdev_quietly() {
             .expect("stderr");
         assert!(status.success(), "exit {status}: {err}");
         assert!(!err.contains("error"), "{err}");
+    })
+    .await;
+}
+
+/// A TCP relay in front of the API server that the test can take "down":
+/// while down it accepts each connection and closes it at once, counting
+/// them, and it cuts the connections it was relaying.
+struct Relay {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let (is_down, count) = (down.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                let mut cuts = cuts.clone();
+                // Only cuts from now on end this connection.
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            down,
+            refused,
+            cut,
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Regression: the pod watcher of `kdev logs` had no back-off, so while the
+/// API server was unreachable it relisted in a tight loop. Over a 4 s outage
+/// the watch and the one log stream together may try a handful of times,
+/// not hundreds.
+#[tokio::test]
+async fn an_unreachable_api_server_is_retried_with_back_off() {
+    with_namespace("logs-backoff", |ns| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("app.log");
+        let t = base();
+        append(&log, &cri(t, 0, "before the outage"));
+        pod_with_log(&ns, "app", json!({ "app": "app" }), &["app"], &log).await;
+
+        let mut config = kube::config::Kubeconfig::read_from(&ns.kubeconfig).expect("kubeconfig");
+        let cluster = config.clusters[0].cluster.as_mut().expect("a cluster");
+        let server = cluster.server.clone().expect("a server");
+        let port: u16 = server
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the local cluster's server has a port");
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let relay = Relay::start(upstream).await;
+        cluster.server = Some(format!("https://127.0.0.1:{}", relay.port));
+        let relayed = dir.path().join("kubeconfig.json");
+        std::fs::write(&relayed, serde_json::to_vec(&config).expect("json")).expect("write");
+
+        let run = Following::start_with(&relayed, &ns, &["app"]);
+        run.wait_for(&["app app before the outage"]).await;
+        relay.set_down(true);
+        // The outage lasts a fixed time on purpose: what is measured is how
+        // often kdev knocks during it.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let tries = relay.refused();
+        relay.set_down(false);
+        assert!(
+            tries <= 20,
+            "kdev tried {tries} connections during a 4 s outage; stderr:\n{}",
+            run.stderr()
+        );
+        // And it comes back on its own.
+        append(&log, &cri(t, 100, "after the outage"));
+        run.wait_for(&["app app after the outage"]).await;
+        run.stop().await;
     })
     .await;
 }

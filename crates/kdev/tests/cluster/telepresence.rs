@@ -541,3 +541,84 @@ async fn proxies_are_probed_concurrently() {
     })
     .await;
 }
+
+/// Regression: `kdev controller --telepresence` restored silently. Each
+/// action is now logged, counted in /metrics and recorded as an Event on the
+/// Deployment it restored.
+#[tokio::test]
+async fn the_controller_logs_counts_and_records_each_telepresence_restore() {
+    with_namespace("tp-controller", |ns| async move {
+        applied_original(&ns, "orders-api", 3, json!({ "app": "orders-api" })).await;
+        let _dead_port = proxy_liveness(&ns, false).await;
+        bare_proxy(
+            &ns,
+            &format!("orders-api-{ID}"),
+            json!({ "app": "orders-api" }),
+        )
+        .await;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("stderr");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let child = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args([
+                "controller",
+                "--lease-namespace",
+                &ns.name,
+                "--watch-namespace",
+                &ns.name,
+            ])
+            .args(["--telepresence", "--telepresence-min-age", "0s"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start kdev controller");
+        let _controller = crate::swap_support::Controller(child);
+
+        eventually(
+            Duration::from_secs(60),
+            "the controller to restore orders-api",
+            || async { (replicas(&ns, "orders-api").await == Some(3)).then_some(()) },
+        )
+        .await;
+        let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+            kube::Api::namespaced(ns.client.clone(), &ns.name);
+        let event = eventually(
+            Duration::from_secs(10),
+            "a TelepresenceRestored event",
+            || async {
+                events
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some("TelepresenceRestored"))
+            },
+        )
+        .await;
+        let note = event.note.unwrap_or_default();
+        assert!(note.contains("scaled it to 3"), "{note}");
+        assert_eq!(
+            event.regarding.and_then(|r| r.name).as_deref(),
+            Some("orders-api")
+        );
+        let metrics = eventually(Duration::from_secs(10), "the restore counted", || async {
+            let (_, body) = crate::support::http_get(port, "/metrics").await?;
+            body.contains(r#"kdev_controller_telepresence_proxies_total{verdict="restored"} 1"#)
+                .then_some(body)
+        })
+        .await;
+        assert!(metrics.contains("telepresence"), "{metrics}");
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            logged.contains("telepresence proxy") && logged.contains("scaled it to 3"),
+            "{logged}"
+        );
+    })
+    .await;
+}
