@@ -99,7 +99,12 @@ async fn a_reaper_killed_mid_restore_leaves_the_rest_to_its_successor() {
         dead.wait_exit(Duration::from_secs(30)).await;
 
         let mut first = Controller::start(&ns, &[("KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT", "1")]);
-        let status = wait_child(&mut first.0, Duration::from_secs(30), "the first reaper").await;
+        let status = wait_child(
+            &mut first.child,
+            Duration::from_secs(30),
+            "the first reaper",
+        )
+        .await;
         assert_eq!(status.signal(), Some(9));
         // It restored the Deployment but never reached the Lease.
         let d = ns.api::<Deployment>().get("web").await.expect("deployment");

@@ -2,18 +2,15 @@
 //! 38a052f and names what it pins.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
-use kube::Api;
 use kube::api::ListParams;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::support::{
-    eventually, free_port, http_get, kdev, kubeconfig_as, wait_child, with_namespace,
+    event_notes, eventually, http_get, kdev, kubeconfig_as, wait_child, with_namespace,
 };
 use crate::swap_support::{
     Controller, LocalAgent, Swap, assert_restored, deploy, simple_deployment,
@@ -193,41 +190,24 @@ async fn a_deployment_named_with_dots_and_selected_by_expressions_is_swapped() {
     .await;
 }
 
-/// A controller replica, killed when dropped.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Regression: the controller's tasks were not watched; a reaper whose loop
 /// returned left a process that said it was ready and reaped nothing.
 #[tokio::test]
 async fn a_reaper_that_stops_ends_the_controller() {
     with_namespace("ctrl-end", |ns| async move {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("stderr");
-        let child = kdev()
-            .arg("--kubeconfig")
-            .arg(&ns.kubeconfig)
-            .args([
-                "controller",
-                "--lease-namespace",
-                &ns.name,
-                "--watch-namespace",
-                &ns.name,
-            ])
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .env("KDEV_FAULT_END_REAPER_AFTER_SYNC", "1")
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start kdev controller");
-        let mut controller = Process(child);
-        let status = wait_child(&mut controller.0, Duration::from_secs(30), "the controller").await;
-        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut controller = Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[],
+            &[("KDEV_FAULT_END_REAPER_AFTER_SYNC", "1")],
+        );
+        let status = wait_child(
+            &mut controller.child,
+            Duration::from_secs(30),
+            "the controller",
+        )
+        .await;
+        let err = controller.log();
         assert_eq!(status.code(), Some(1), "{err}");
         assert!(err.contains("the controller's reaper task ended"), "{err}");
     })
@@ -245,22 +225,8 @@ async fn readyz_waits_until_the_watches_have_synced() {
             &format!("system:serviceaccount:{}:nobody", ns.name),
             dir.path(),
         );
-        let port = free_port();
-        let child = kdev()
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "controller",
-                "--lease-namespace",
-                &ns.name,
-                "--watch-namespace",
-                &ns.name,
-            ])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kdev controller");
-        let _controller = Process(child);
+        let controller = Controller::launch(&ns, &kubeconfig, &[], &[]);
+        let port = controller.port;
         // Live, connected (the version endpoint is public), but not ready.
         eventually(
             Duration::from_secs(20),
@@ -293,7 +259,6 @@ async fn each_restored_session_has_its_own_event() {
     with_namespace("ctrl-events", |ns| async move {
         deploy(&ns, simple_deployment("web", 2, &[8080])).await;
         let _controller = Controller::start(&ns, &[]);
-        let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
         for round in 1..=2usize {
             let mut dead = Swap::start(
                 &ns,
@@ -306,25 +271,14 @@ async fn each_restored_session_has_its_own_event() {
             eventually(
                 Duration::from_secs(10),
                 "one SwapRestored event per session",
-                || async {
-                    let list = events.list(&Default::default()).await.ok()?;
-                    let notes: Vec<String> = list
-                        .items
-                        .into_iter()
-                        .filter(|e| e.reason.as_deref() == Some("SwapRestored"))
-                        .filter_map(|e| e.note)
-                        .collect();
-                    (notes.len() == round).then_some(())
-                },
+                || async { (event_notes(&ns, "SwapRestored").await.len() == round).then_some(()) },
             )
             .await;
         }
-        let list = events.list(&Default::default()).await.expect("events");
-        let mut sessions: Vec<String> = list
-            .items
+        let mut sessions: Vec<String> = event_notes(&ns, "SwapRestored")
+            .await
             .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("SwapRestored"))
-            .filter_map(|e| e.note?.rsplit_once("session ").map(|(_, s)| s.to_owned()))
+            .filter_map(|note| note.rsplit_once("session ").map(|(_, s)| s.to_owned()))
             .collect();
         sessions.dedup();
         assert_eq!(sessions.len(), 2, "{sessions:?}");

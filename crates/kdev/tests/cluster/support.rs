@@ -420,3 +420,17 @@ impl Stopped {
         });
     }
 }
+
+/// The notes of the namespace's Events with `reason`, oldest first.
+pub async fn event_notes(ns: &TestNamespace, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    let Ok(list) = events.list(&Default::default()).await else {
+        return Vec::new();
+    };
+    list.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect()
+}

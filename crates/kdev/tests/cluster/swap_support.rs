@@ -298,36 +298,60 @@ pub async fn assert_restored(
     .await;
 }
 
-/// `kdev controller` reaping one namespace of the test cluster (admin
-/// credentials; deploy/'s RBAC is tested in controller.rs), killed when dropped.
-pub struct Controller(pub Child);
+/// `kdev controller` for one namespace of the test cluster (its Lease and
+/// the sessions it reaps), killed when dropped. Its stderr goes to a file.
+pub struct Controller {
+    pub child: Child,
+    /// Where /healthz, /readyz and /metrics answer.
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Controller {
+    /// With admin credentials (deploy/'s RBAC is tested in controller.rs).
     pub fn start(ns: &TestNamespace, env: &[(&str, &str)]) -> Self {
-        let lease_namespace = ns.name.as_str();
+        Self::launch(ns, &ns.kubeconfig, &[], env)
+    }
+
+    /// With another kubeconfig, extra flags and environment.
+    pub fn launch(
+        ns: &TestNamespace,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("stderr");
+        let port = free_port();
         let mut cmd = kdev();
         cmd.arg("--kubeconfig")
-            .arg(&ns.kubeconfig)
-            .args([
-                "controller",
-                "--lease-namespace",
-                lease_namespace,
-                "--identity",
-                "test-reaper",
-            ])
-            .args(["--watch-namespace", lease_namespace])
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .stderr(Stdio::null());
+            .arg(kubeconfig)
+            .args(["controller", "--identity", "test-reaper"])
+            .args(["--lease-namespace", &ns.name, "--watch-namespace", &ns.name])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stderr(std::fs::File::create(&log).expect("log file"));
         for (key, value) in env {
             cmd.env(key, value);
         }
-        Self(cmd.spawn().expect("start kdev controller"))
+        Self {
+            child: cmd.spawn().expect("start kdev controller"),
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What the controller logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

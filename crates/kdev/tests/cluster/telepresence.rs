@@ -557,28 +557,13 @@ async fn the_controller_logs_counts_and_records_each_telepresence_restore() {
         )
         .await;
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("stderr");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let child = kdev()
-            .arg("--kubeconfig")
-            .arg(&ns.kubeconfig)
-            .args([
-                "controller",
-                "--lease-namespace",
-                &ns.name,
-                "--watch-namespace",
-                &ns.name,
-            ])
-            .args(["--telepresence", "--telepresence-min-age", "0s"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start kdev controller");
-        let _controller = crate::swap_support::Controller(child);
-
+        let controller = crate::swap_support::Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &["--telepresence", "--telepresence-min-age", "0s"],
+            &[],
+        );
+        let port = controller.port;
         eventually(
             Duration::from_secs(60),
             "the controller to restore orders-api",
@@ -614,7 +599,7 @@ async fn the_controller_logs_counts_and_records_each_telepresence_restore() {
         })
         .await;
         assert!(metrics.contains("telepresence"), "{metrics}");
-        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let logged = controller.log();
         assert!(
             logged.contains("telepresence proxy") && logged.contains("scaled it to 3"),
             "{logged}"
