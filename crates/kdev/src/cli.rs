@@ -8,6 +8,7 @@ mod cleanup;
 mod cluster;
 mod controller;
 mod duration;
+mod image;
 mod logs;
 mod swap;
 
@@ -21,6 +22,7 @@ pub use self::cleanup::{SessionsArgs, SweepArgs};
 pub use self::cluster::{ClusterArgs, ClusterCommand};
 pub use self::controller::ControllerArgs;
 pub use self::duration::parse_duration;
+pub use self::image::{ImageArgs, ImageCommand};
 pub use self::logs::LogsArgs;
 pub use self::swap::SwapArgs;
 use crate::k8s;
@@ -78,21 +80,53 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Restore expired or orphaned swap sessions now (the reaper's job, for clusters without the controller).
     Sweep(SweepArgs),
-    /// Run a local, container-free Kubernetes cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok).
+    /// Run a local Kubernetes cluster: etcd, kube-apiserver, controller-manager, scheduler, a real node and/or kwok.
     Cluster(ClusterArgs),
     /// Run kdev's in-cluster controller (deployed from deploy/).
     Controller(ControllerArgs),
+    /// Build OCI images without Docker and load them into a local cluster.
+    Image(ImageArgs),
     /// Run the agent of a swap's proxy Pod (started by `kdev swap`, not by hand).
     #[command(hide = true)]
     Agent(AgentArgs),
     /// Start a program that dies with its parent (how `kdev swap` starts the local command).
     #[command(hide = true, name = "__exec-child")]
     ExecChild(ExecChildArgs),
+    /// Join a real node's network namespace to the host's API server (started by `kdev cluster up`).
+    #[command(hide = true, name = "__node-proxy")]
+    NodeProxy(NodeProxyArgs),
     /// Print kdev's version and, unless --client, the API server's.
     Version(VersionArgs),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  kdev completion bash > /etc/bash_completion.d/kdev")]
     Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeProxyArgs {
+    /// The node's network namespace.
+    #[arg(long)]
+    pub netns: String,
+    /// The API server's address inside the namespace.
+    #[arg(long)]
+    pub api_listen: std::net::SocketAddr,
+    /// The API server on the host.
+    #[arg(long)]
+    pub api_upstream: std::net::SocketAddr,
+    /// The unix socket for the API server's egress (HTTP CONNECT).
+    #[arg(long)]
+    pub connect_socket: PathBuf,
+}
+
+impl NodeProxyArgs {
+    pub fn resolve(self) -> crate::cluster::netns::Config {
+        crate::cluster::netns::Config {
+            netns: self.netns,
+            api_listen: self.api_listen,
+            api_upstream: self.api_upstream,
+            connect_socket: self.connect_socket,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,8 @@
 
 mod binaries;
 mod kwokctl;
+pub mod netns;
+pub mod node;
 mod ports;
 pub mod processes;
 mod ready;
@@ -29,20 +31,77 @@ use crate::progress::Step;
 
 pub use binaries::Binaries;
 
+/// `kdev image load`: imports an image into the cluster's real node.
+pub async fn load_image(name: &str, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cluster = LocalCluster::new(name)?;
+    let socket = cluster.dir().join("node/containerd/containerd.sock");
+    if !socket.exists() {
+        return Err(crate::error::usage(format!(
+            "cluster {name:?} has no real node to load images into; start one with `kdev cluster up --name {name}` (--node real or both)"
+        )));
+    }
+    if !file.is_file() {
+        return Err(crate::error::usage(format!(
+            "{} is not a file; build one with `kdev image build`",
+            file.display()
+        )));
+    }
+    let binaries = binaries::locate_node()
+        .context("the node's ctr binary is missing; run scripts/install-control-plane")?;
+    node::import(&binaries.ctr, &socket, file).await?;
+    eprintln!("kdev: loaded {} into cluster {name:?}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which nodes a cluster gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nodes {
+    /// A real node (kubelet, containerd, runc) in a network namespace.
+    Real,
+    /// kwok's fake node only: no containers run.
+    Kwok,
+    /// Both; the real node is tainted so that only workloads that ask for
+    /// it (tolerate `kdev.dev/node=real`) land there.
+    Both,
+}
+
 /// What `kdev cluster` was asked to do, to which cluster.
 #[derive(Debug)]
 pub enum Action {
-    Up { name: String, timeout: Duration },
-    Down { name: String },
-    Kubeconfig { name: String },
+    Up {
+        name: String,
+        timeout: Duration,
+        /// `None`: a real node where the machine can run one, else kwok.
+        nodes: Option<Nodes>,
+    },
+    Down {
+        name: String,
+    },
+    Kubeconfig {
+        name: String,
+    },
 }
 
 pub async fn run(action: Action) -> anyhow::Result<ExitCode> {
     match action {
-        Action::Up { name, timeout } => {
+        Action::Up {
+            name,
+            timeout,
+            nodes,
+        } => {
             let cluster = LocalCluster::new(&name)?;
             let started = Instant::now();
-            cluster.up(timeout).await?;
+            let nodes = match nodes {
+                Some(nodes) => nodes,
+                None => match node::unsupported(&binaries::locate_node()) {
+                    None => Nodes::Real,
+                    Some(why) => {
+                        eprintln!("kdev: using kwok's fake node: {why}");
+                        Nodes::Kwok
+                    }
+                },
+            };
+            cluster.up(timeout, nodes).await?;
             eprintln!(
                 "cluster {:?} is up ({:.1}s). Use it with:\n  export KUBECONFIG={}",
                 cluster.name,
@@ -113,9 +172,20 @@ impl LocalCluster {
 
     /// Starts the cluster and waits until it can run pods. Returns at once if
     /// it already runs; restarts its processes if it exists but is stopped.
-    pub async fn up(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn up(&self, timeout: Duration, nodes: Nodes) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let binaries = Binaries::locate()?;
+        let node_binaries = if nodes == Nodes::Kwok {
+            None
+        } else {
+            let found = binaries::locate_node();
+            if let Some(why) = node::unsupported(&found) {
+                return Err(crate::error::usage(format!(
+                    "cannot start a real node: {why}; or use --node kwok"
+                )));
+            }
+            found
+        };
         let kwokctl = kwokctl::Kwokctl::new(&binaries, &self.workdir, &self.name);
         if self.exists() {
             if ready::served(&self.kubeconfig_path()).await {
@@ -134,18 +204,74 @@ impl LocalCluster {
             let stages = self.stages_path();
             std::fs::write(&stages, kwokctl::CONTAINER_ID_STAGE)
                 .with_context(|| format!("failed to write {}", stages.display()))?;
-            let created = kwokctl.create(&self.config_path(), &stages, timeout).await;
+            let mut extra = Vec::new();
+            if node_binaries.is_some() {
+                let egress = self.egress_path();
+                std::fs::write(&egress, node::Node::egress_config(&self.dir()))
+                    .with_context(|| format!("failed to write {}", egress.display()))?;
+                extra = kwokctl::real_node_args(&self.dir(), &egress);
+            }
+            let created = kwokctl
+                .create(&self.config_path(), &stages, &extra, timeout)
+                .await;
             if let Err(err) = created {
                 // Leave nothing half-started behind.
                 let _ = kwokctl.delete().await;
                 processes::kill_under(&self.dir()).await;
                 let _ = std::fs::remove_file(&stages);
                 let _ = std::fs::remove_file(self.config_path());
+                let _ = std::fs::remove_file(self.egress_path());
                 return Err(err);
             }
             step.done();
         }
-        ready::wait(&self.kubeconfig_path(), &kwokctl, deadline).await
+        if let Some(node_binaries) = &node_binaries {
+            let step = Step::start(format!(
+                "starting a real node (containerd, kubelet, kube-proxy, CoreDNS) for cluster {:?}",
+                self.name
+            ));
+            let node = node::Node {
+                cluster_dir: &self.dir(),
+                cluster: &self.name,
+                binaries: node_binaries,
+                kdev: std::env::current_exe().context("failed to find kdev's own executable")?,
+                api_port: self.api_port()?,
+                tainted: nodes == Nodes::Both,
+            };
+            if let Err(err) = node.up().await {
+                return Err(err.context(format!(
+                    "the real node did not start; its logs are in {}; `kdev cluster down --name {}` removes it",
+                    self.dir().join("node/logs").display(),
+                    self.name
+                )));
+            }
+            step.done();
+        }
+        ready::wait(&self.kubeconfig_path(), &kwokctl, nodes, deadline).await
+    }
+
+    /// The API server's egress selector configuration (real nodes only).
+    fn egress_path(&self) -> PathBuf {
+        self.workdir.join(format!("{}.egress.yaml", self.name))
+    }
+
+    /// The API server's port, from the kubeconfig kwokctl wrote.
+    fn api_port(&self) -> anyhow::Result<u16> {
+        let config = kube::config::Kubeconfig::read_from(self.kubeconfig_path())
+            .context("failed to read the cluster's kubeconfig")?;
+        config
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref()?.server.clone())
+            .and_then(|server| {
+                server
+                    .trim_end_matches('/')
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .context("the cluster's kubeconfig names no API server port")
     }
 
     /// Writes the cluster's configuration with ports of its own (see
@@ -198,12 +324,17 @@ impl LocalCluster {
         let binaries = Binaries::locate()?;
         let kwokctl = kwokctl::Kwokctl::new(&binaries, &self.workdir, &self.name);
         let step = Step::start(format!("stopping cluster {:?}", self.name));
+        // The node first: kwokctl removes the folder its mounts live in.
+        node::down(&dir, &self.name).await?;
         let deleted = kwokctl.delete().await;
         // kwokctl stops what it recorded; anything else still running from the
         // cluster's folder (a component restarted behind its back) goes too.
         let stragglers = processes::kill_under(&dir).await;
         if stragglers > 0 {
-            tracing::warn!(stragglers, "stopped processes kwokctl left running");
+            tracing::debug!(
+                stragglers,
+                "stopped processes kwokctl did not record (the node's, or restarted ones)"
+            );
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
@@ -211,6 +342,7 @@ impl LocalCluster {
         }
         let _ = std::fs::remove_file(self.stages_path());
         let _ = std::fs::remove_file(self.config_path());
+        let _ = std::fs::remove_file(self.egress_path());
         deleted?;
         step.done();
         Ok(())

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod controller;
 pub mod error;
 pub mod host;
+pub mod image;
 pub mod k8s;
 pub mod logs;
 pub mod progress;
@@ -36,7 +37,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A controller's actions are its log: info by default. The CLI reports
     // failures itself, once.
-    let service = matches!(cli.command, Command::Controller(_) | Command::Agent(_));
+    let service = matches!(
+        cli.command,
+        Command::Controller(_) | Command::Agent(_) | Command::NodeProxy(_)
+    );
     init_tracing(cli.global.verbose, service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,9 +78,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Cluster(args) => cluster::run(args.resolve()).await,
         Command::Controller(args) => controller::run(&flags, args.resolve()?).await,
+        Command::Image(args) => match args.command {
+            cli::ImageCommand::Build(build) => {
+                let (spec, output) = build.resolve()?;
+                image::build_to(&spec, &output)
+            }
+            cli::ImageCommand::Load { file, name } => cluster::load_image(&name, &file).await,
+        },
         Command::Version(args) => version::run(&flags, args.client).await,
         Command::Agent(args) => agent::run(args.resolve()?).await,
         Command::ExecChild(args) => swap::child::exec(args.parent, &args.command),
+        Command::NodeProxy(args) => cluster::netns::run(args.resolve()).await,
         Command::Swap(args) => swap::run(&flags, args.resolve()?).await,
         Command::Logs(args) => logs::run(&flags, args.resolve(&cli.global.namespace)?).await,
         Command::Sweep(args) => cleanup::sweep(&flags, args.resolve()).await,

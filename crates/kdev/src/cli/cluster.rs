@@ -1,6 +1,6 @@
 //! `kdev cluster` flags.
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::parse_duration;
 
@@ -27,6 +27,9 @@ pub enum ClusterCommand {
         /// How long to wait for the cluster to be ready.
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// Which nodes: real (kubelet, containerd, runc; the default where the machine can run containers), kwok (fake, no containers), or both (the real one tainted kdev.dev/node=real:NoSchedule).
+        #[arg(long, value_enum)]
+        node: Option<NodeArg>,
     },
     /// Stop a local cluster and remove its files; no process is left behind.
     #[command(after_help = "Example:\n  kdev cluster down --name demo")]
@@ -44,14 +47,30 @@ pub enum ClusterCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NodeArg {
+    Real,
+    Kwok,
+    Both,
+}
+
 impl ClusterArgs {
     /// The capability's view: what to do, to which cluster.
     pub fn resolve(self) -> crate::cluster::Action {
         use crate::cluster::Action;
         match self.command {
-            ClusterCommand::Up { name, timeout } => Action::Up {
+            ClusterCommand::Up {
+                name,
+                timeout,
+                node,
+            } => Action::Up {
                 name: name.name,
                 timeout,
+                nodes: node.map(|n| match n {
+                    NodeArg::Real => crate::cluster::Nodes::Real,
+                    NodeArg::Kwok => crate::cluster::Nodes::Kwok,
+                    NodeArg::Both => crate::cluster::Nodes::Both,
+                }),
             },
             ClusterCommand::Down { name } => Action::Down { name: name.name },
             ClusterCommand::Kubeconfig { name } => Action::Kubeconfig { name: name.name },

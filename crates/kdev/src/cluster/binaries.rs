@@ -66,6 +66,30 @@ impl Binaries {
     }
 }
 
+/// The real node's binaries, if every one is there (`None` otherwise: the
+/// caller says why a real node cannot run).
+pub fn locate_node() -> Option<super::node::NodeBinaries> {
+    let dir = bin_dir();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let search: Vec<PathBuf> = std::iter::once(dir)
+        .chain(std::env::split_paths(&path))
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/bin".into()])
+        .collect();
+    let find = |name: &str| find_in(&search, name);
+    Some(super::node::NodeBinaries {
+        kubelet: find("kubelet")?,
+        kube_proxy: find("kube-proxy")?,
+        containerd: find("containerd")?,
+        containerd_shim: find("containerd-shim-runc-v2")?,
+        ctr: find("ctr")?,
+        coredns: find("coredns")?,
+        pause: find("pause")?,
+        runc: find("runc")?,
+        cni_dir: PathBuf::from("/usr/lib/cni"),
+        busybox: find("busybox")?,
+    })
+}
+
 fn find_in(search: &[PathBuf], name: &str) -> Option<PathBuf> {
     search
         .iter()

@@ -96,6 +96,31 @@ spec:
       {{ end }}
 "#;
 
+/// Extra component flags for a cluster with a real node: the API server
+/// reaches nodes and Services through the node proxy (its egress), prefers
+/// InternalIPs, and authenticates to the kubelet with the admin certificate;
+/// kwok fakes only the nodes `kwokctl scale node` made.
+pub fn real_node_args(cluster_dir: &Path, egress: &Path) -> Vec<String> {
+    let pki = cluster_dir.join("pki");
+    vec![
+        format!(
+            "kube-apiserver=egress-selector-config-file={}",
+            egress.display()
+        ),
+        "kube-apiserver=kubelet-preferred-address-types=InternalIP,Hostname".into(),
+        format!(
+            "kube-apiserver=kubelet-client-certificate={}",
+            pki.join("admin.crt").display()
+        ),
+        format!(
+            "kube-apiserver=kubelet-client-key={}",
+            pki.join("admin.key").display()
+        ),
+        "kwok-controller=manage-all-nodes=false".into(),
+        "kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+    ]
+}
+
 pub struct Kwokctl<'a> {
     binaries: &'a Binaries,
     workdir: &'a Path,
@@ -117,12 +142,13 @@ impl<'a> Kwokctl<'a> {
         &self,
         config: &Path,
         stages: &Path,
+        extra: &[String],
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let timeout = format!("{}s", timeout.as_secs().max(1));
         let config = config.display().to_string();
         let stages = format!("kwok-controller=config={}", stages.display());
-        self.run(&[
+        let mut args = vec![
             "create",
             "cluster",
             "--runtime",
@@ -135,8 +161,11 @@ impl<'a> Kwokctl<'a> {
             "",
             "--timeout",
             &timeout,
-        ])
-        .await
+        ];
+        for arg in extra {
+            args.extend(["--extra-args", arg]);
+        }
+        self.run(&args).await
     }
 
     pub async fn start(&self) -> anyhow::Result<()> {

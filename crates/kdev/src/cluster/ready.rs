@@ -40,28 +40,56 @@ pub async fn served(kubeconfig: &Path) -> bool {
 pub async fn wait(
     kubeconfig: &Path,
     kwokctl: &Kwokctl<'_>,
+    wanted: super::Nodes,
     deadline: Instant,
 ) -> anyhow::Result<()> {
+    use super::Nodes;
     let client = client(kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client.clone());
 
-    let step = Step::start("waiting for a Ready node");
-    let has_node = poll(deadline, "a node to exist", || async {
-        nodes
-            .list(&ListParams::default())
+    let step = Step::start("waiting for Ready nodes");
+    if wanted != Nodes::Real {
+        let fake = nodes
+            .list(&ListParams::default().labels("type=kwok"))
             .await
-            .map(|list| Some(!list.items.is_empty()))
-    })
-    .await?;
-    if !has_node {
-        kwokctl.scale_nodes(1).await?;
+            .map(|list| !list.items.is_empty())?;
+        if !fake {
+            kwokctl.scale_nodes(1).await?;
+        }
     }
-    poll(deadline, "a Ready node", || async {
+    poll(deadline, "the cluster's nodes to be Ready", || async {
         let list = nodes.list(&ListParams::default()).await?;
-        Ok(list.items.iter().any(is_ready).then_some(()))
+        let real = list
+            .items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(super::node::NODE_NAME) && is_ready(n));
+        let fake = list
+            .items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() != Some(super::node::NODE_NAME) && is_ready(n));
+        let done = match wanted {
+            Nodes::Real => real,
+            Nodes::Kwok => fake,
+            Nodes::Both => real && fake,
+        };
+        Ok(done.then_some(()))
     })
     .await?;
     step.done();
+    if wanted != Nodes::Kwok {
+        let step = Step::start("waiting for cluster DNS (CoreDNS)");
+        super::node::dns_service(&client).await?;
+        poll(deadline, "CoreDNS to be ready", || async {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(client.clone(), "kube-system");
+            let list = pods
+                .list(&ListParams::default().labels("k8s-app=kube-dns"))
+                .await?;
+            Ok(list.items.iter().any(pod_ready).then_some(()))
+        })
+        .await?;
+        step.done();
+    }
 
     let step = Step::start("waiting for the default ServiceAccount and kwok's APIs");
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
@@ -95,6 +123,13 @@ pub async fn wait(
     .await?;
     step.done();
     Ok(())
+}
+
+fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 pub fn is_ready(node: &Node) -> bool {

@@ -9,7 +9,7 @@ fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
     let name = unique_name("life");
     let started = Instant::now();
     let up = kdev()
-        .args(["cluster", "up", "--name", &name])
+        .args(["cluster", "up", "--node", "kwok", "--name", &name])
         .output()
         .expect("run kdev");
     assert!(
@@ -52,7 +52,7 @@ fn cluster_up_serves_a_ready_node_and_down_leaves_no_process() {
 
     // A second `up` finds it running and returns at once.
     let again = kdev()
-        .args(["cluster", "up", "--name", &name])
+        .args(["cluster", "up", "--node", "kwok", "--name", &name])
         .output()
         .expect("run kdev");
     assert!(again.status.success());

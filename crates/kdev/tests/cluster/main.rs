@@ -12,6 +12,7 @@ mod hardening;
 mod kwok_emulation;
 mod lifecycle;
 mod logs;
+mod real_node;
 mod resilience;
 mod support;
 mod swap;

@@ -300,7 +300,7 @@ impl OwnCluster {
     pub fn up(prefix: &str) -> (Self, PathBuf) {
         let name = unique_name(prefix);
         let up = kdev()
-            .args(["cluster", "up", "--name", &name])
+            .args(["cluster", "up", "--node", "kwok", "--name", &name])
             .output()
             .expect("run kdev");
         let guard = OwnCluster(name.clone());

@@ -1,0 +1,460 @@
+//! `kdev image`: OCI images built without Docker.
+//!
+//! An image here is one reproducible layer ([`layer`]) plus its config,
+//! manifest and index, written as an OCI image layout in a tar file, which
+//! containerd imports (`kdev image load`) and registries take
+//! (`kdev image push`, later). The same inputs always give the same digest.
+//! The formats are `oci-spec`'s types.
+
+pub mod layer;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
+};
+
+pub use self::layer::Content;
+
+/// The annotation containerd names an imported image by.
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// The OCI annotation for a tag within a layout.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What to build.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    /// The full reference, like `kdev.local/busybox:1.35`.
+    pub reference: String,
+    pub contents: Vec<Content>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `NAME=VALUE` pairs.
+    pub env: Vec<String>,
+    /// `UID[:GID]` or a name.
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+}
+
+/// A built image: the OCI layout as a tar, and its manifest digest.
+pub struct Built {
+    pub layout: Vec<u8>,
+    pub digest: String,
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Checks an image reference enough to catch typos: `[HOST/]PATH[:TAG]`,
+/// lowercase path, a tag of letters, digits, `_`, `.` and `-`.
+pub fn validate_reference(reference: &str) -> anyhow::Result<()> {
+    let bad = |why: &str| {
+        crate::error::usage(format!(
+            "invalid image reference {reference:?}: {why}; write it like kdev.local/app:1.0"
+        ))
+    };
+    let (name, tag) = match reference.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+        _ => (reference, None),
+    };
+    if name.is_empty() || name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        return Err(bad("the name is empty or has an empty part"));
+    }
+    let path_ok = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    let mut parts = name.split('/');
+    let first = parts.next().unwrap_or_default();
+    // The first part may be a registry host (with a port or upper case).
+    let host_like = first.contains('.') || first.contains(':') || first == "localhost";
+    if !host_like && !path_ok(first) {
+        return Err(bad(
+            "the name must be lowercase letters, digits, '.', '_' and '-'",
+        ));
+    }
+    if !parts.all(path_ok) {
+        return Err(bad(
+            "the name must be lowercase letters, digits, '.', '_' and '-'",
+        ));
+    }
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            return Err(bad(
+                "the tag must be 1 to 128 letters, digits, '_', '.' and '-'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The architecture of this machine in OCI's words.
+fn arch() -> Arch {
+    match std::env::consts::ARCH {
+        "x86_64" => Arch::Amd64,
+        "aarch64" => Arch::ARM64,
+        other => Arch::Other(other.to_owned()),
+    }
+}
+
+/// Builds the image described by `spec`.
+pub fn build(spec: &Spec) -> anyhow::Result<Built> {
+    validate_reference(&spec.reference)?;
+    let layer = layer::build(&spec.contents)?;
+    let layer_digest = sha256(&layer.gzip);
+
+    let mut config = ConfigBuilder::default();
+    if !spec.entrypoint.is_empty() {
+        config = config.entrypoint(spec.entrypoint.clone());
+    }
+    if !spec.cmd.is_empty() {
+        config = config.cmd(spec.cmd.clone());
+    }
+    if !spec.env.is_empty() {
+        config = config.env(spec.env.clone());
+    }
+    if let Some(user) = &spec.user {
+        config = config.user(user.clone());
+    }
+    if let Some(workdir) = &spec.workdir {
+        config = config.working_dir(workdir.clone());
+    }
+    let config = ImageConfigurationBuilder::default()
+        .architecture(arch())
+        .os(Os::Linux)
+        .config(config.build().context("failed to build the image config")?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![layer.diff_id.clone()])
+                .build()
+                .context("failed to build the image's rootfs")?,
+        )
+        .build()
+        .context("failed to build the image configuration")?;
+    let config_bytes = canonical_json(&config).context("failed to encode the image config")?;
+    let config_digest = sha256(&config_bytes);
+
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(
+            MediaType::ImageConfig,
+            &config_bytes,
+            &config_digest,
+        )?)
+        .layers(vec![descriptor(
+            MediaType::ImageLayerGzip,
+            &layer.gzip,
+            &layer_digest,
+        )?])
+        .build()
+        .context("failed to build the image manifest")?;
+    let manifest_bytes =
+        canonical_json(&manifest).context("failed to encode the image manifest")?;
+    let manifest_digest = sha256(&manifest_bytes);
+
+    let tag = spec
+        .reference
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or("latest", |(_, tag)| tag);
+    let mut named = descriptor(MediaType::ImageManifest, &manifest_bytes, &manifest_digest)?;
+    named.set_annotations(Some(HashMap::from([
+        (CONTAINERD_NAME.to_owned(), spec.reference.clone()),
+        (REF_NAME.to_owned(), tag.to_owned()),
+    ])));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![named])
+        .build()
+        .context("failed to build the image index")?;
+    let index_bytes = canonical_json(&index).context("failed to encode the image index")?;
+
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        (
+            "oci-layout".to_owned(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        ("index.json".to_owned(), index_bytes),
+    ];
+    for (digest, bytes) in [
+        (&layer_digest, layer.gzip),
+        (&config_digest, config_bytes),
+        (&manifest_digest, manifest_bytes),
+    ] {
+        files.push((blob_path(digest), bytes));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    for dir in ["blobs/", "blobs/sha256/"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_mtime(0);
+        header.set_size(0);
+        tar.append_data(&mut header, dir, std::io::empty())
+            .context("failed to write the image layout")?;
+    }
+    for (path, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_size(bytes.len() as u64);
+        tar.append_data(&mut header, &path, bytes.as_slice())
+            .with_context(|| format!("failed to write {path} into the image layout"))?;
+    }
+    Ok(Built {
+        layout: tar
+            .into_inner()
+            .context("failed to finish the image layout")?,
+        digest: manifest_digest,
+    })
+}
+
+/// JSON with object keys sorted: oci-spec keeps annotations in a HashMap,
+/// whose order changes from run to run, and the bytes must not.
+fn canonical_json(value: &impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::to_value(value)?)
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("blobs/{}", digest.replacen(':', "/", 1))
+}
+
+fn descriptor(media_type: MediaType, bytes: &[u8], digest: &str) -> anyhow::Result<Descriptor> {
+    DescriptorBuilder::default()
+        .media_type(media_type)
+        .size(bytes.len() as u64)
+        .digest(
+            digest
+                .parse::<oci_spec::image::Digest>()
+                .context("failed to encode a digest")?,
+        )
+        .build()
+        .context("failed to build a descriptor")
+}
+
+/// Builds `spec` and writes the layout tar to `out`; prints the digest.
+pub fn build_to(spec: &Spec, out: &Path) -> anyhow::Result<ExitCode> {
+    let built = build(spec)?;
+    let mut file = std::fs::File::create(out)
+        .with_context(|| format!("failed to create {}", out.display()))?;
+    file.write_all(&built.layout)
+        .with_context(|| format!("failed to write {}", out.display()))?;
+    println!("{} {}", spec.reference, built.digest);
+    eprintln!(
+        "kdev: wrote {} ({} bytes); load it with `kdev image load {}`",
+        out.display(),
+        built.layout.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The images every real node gets, named as its pods ask for them.
+pub mod builtin {
+    use super::*;
+
+    /// The sandbox image containerd pins, from the pause binary the install
+    /// script built from Kubernetes' own `pause.c`.
+    pub fn pause(binary: &Path, reference: &str) -> Spec {
+        Spec {
+            reference: reference.to_owned(),
+            contents: vec![Content::File {
+                from: binary.to_owned(),
+                to: "/pause".into(),
+                mode: Some(0o755),
+            }],
+            entrypoint: vec!["/pause".into()],
+            user: Some("65535:65535".into()),
+            ..Spec::default()
+        }
+    }
+
+    /// Debian's static busybox with the applets tests and demos use.
+    pub fn busybox(binary: &Path, reference: &str) -> Spec {
+        let mut contents = vec![Content::File {
+            from: binary.to_owned(),
+            to: "/bin/busybox".into(),
+            mode: Some(0o755),
+        }];
+        for applet in BUSYBOX_APPLETS {
+            contents.push(Content::Link {
+                path: format!("/bin/{applet}"),
+                target: "/bin/busybox".into(),
+            });
+        }
+        contents.push(Content::EmptyDir {
+            path: "/tmp".into(),
+            mode: 0o1777,
+        });
+        Spec {
+            reference: reference.to_owned(),
+            contents,
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            ..Spec::default()
+        }
+    }
+
+    /// The applets linked in the busybox image (its `wget` is left out: the
+    /// Debian 1.35 static build crashes).
+    pub const BUSYBOX_APPLETS: &[&str] = &[
+        "sh", "cat", "echo", "env", "ls", "mkdir", "rm", "mv", "cp", "sleep", "tail", "head",
+        "httpd", "nc", "nslookup", "hostname", "id", "ps", "kill", "date", "seq", "wc", "grep",
+        "sed", "true", "false", "test", "printf", "touch", "ln", "tee", "yes", "dd", "uname",
+    ];
+
+    /// CoreDNS, for the node's cluster DNS.
+    pub fn coredns(binary: &Path, reference: &str) -> Spec {
+        Spec {
+            reference: reference.to_owned(),
+            contents: vec![Content::File {
+                from: binary.to_owned(),
+                to: "/coredns".into(),
+                mode: Some(0o755),
+            }],
+            entrypoint: vec!["/coredns".into()],
+            user: Some("65532:65532".into()),
+            ..Spec::default()
+        }
+    }
+
+    /// kdev itself (a statically linked build), as the swap agent's image.
+    pub fn agent(binary: &Path, reference: &str) -> Spec {
+        Spec {
+            reference: reference.to_owned(),
+            contents: vec![Content::File {
+                from: binary.to_owned(),
+                to: "/kdev".into(),
+                mode: Some(0o755),
+            }],
+            entrypoint: vec!["/kdev".into()],
+            user: Some("65532:65532".into()),
+            ..Spec::default()
+        }
+    }
+}
+
+/// Where `kdev image build -o` writes by default: `<name>-<tag>.tar`.
+pub fn default_output(reference: &str) -> PathBuf {
+    let file: String = reference
+        .rsplit('/')
+        .next()
+        .unwrap_or(reference)
+        .chars()
+        .map(|c| if c == ':' { '-' } else { c })
+        .collect();
+    PathBuf::from(format!("{file}.tar"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path) -> Spec {
+        let file = dir.join("app");
+        std::fs::write(&file, b"binary").expect("write");
+        Spec {
+            reference: "kdev.local/app:1.0".into(),
+            contents: vec![Content::File {
+                from: file,
+                to: "/app".into(),
+                mode: Some(0o755),
+            }],
+            entrypoint: vec!["/app".into()],
+            env: vec!["MODE=test".into()],
+            user: Some("65532".into()),
+            ..Spec::default()
+        }
+    }
+
+    #[test]
+    fn digests_are_reproducible_and_depend_on_every_input() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = build(&spec(dir.path())).expect("image");
+        let b = build(&spec(dir.path())).expect("image");
+        assert_eq!(a.digest, b.digest);
+        assert!(a.layout == b.layout, "the layout tars differ");
+        let mut other = spec(dir.path());
+        other.env = vec!["MODE=prod".into()];
+        assert_ne!(build(&other).expect("image").digest, a.digest);
+    }
+
+    #[test]
+    fn the_layout_names_the_image_and_holds_every_blob() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let built = build(&spec(dir.path())).expect("image");
+        let mut archive = tar::Archive::new(built.layout.as_slice());
+        let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let path = entry.path().expect("path").display().to_string();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).expect("read");
+            files.insert(path, bytes);
+        }
+        let index: oci_spec::image::ImageIndex =
+            serde_json::from_slice(&files["index.json"]).expect("index");
+        let named = &index.manifests()[0];
+        let annotations = named.annotations().clone().expect("annotations");
+        assert_eq!(annotations[CONTAINERD_NAME], "kdev.local/app:1.0");
+        assert_eq!(annotations[REF_NAME], "1.0");
+        assert_eq!(named.digest().to_string(), built.digest);
+        let manifest: oci_spec::image::ImageManifest =
+            serde_json::from_slice(&files[&blob_path(&built.digest)]).expect("manifest");
+        let config_bytes = &files[&blob_path(manifest.config().digest().as_ref())];
+        assert_eq!(sha256(config_bytes), manifest.config().digest().to_string());
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(config_bytes).expect("config");
+        let runtime = config.config().clone().expect("runtime config");
+        assert_eq!(runtime.entrypoint().clone(), Some(vec!["/app".to_owned()]));
+        assert_eq!(runtime.user().clone(), Some("65532".to_owned()));
+        let layer = &files[&blob_path(manifest.layers()[0].digest().as_ref())];
+        assert_eq!(sha256(layer), manifest.layers()[0].digest().to_string());
+    }
+
+    #[test]
+    fn references_are_checked() {
+        for ok in [
+            "busybox",
+            "kdev.local/busybox:1.35",
+            "localhost:5000/team/app:v1",
+            "ghcr.io/a/b",
+        ] {
+            assert!(validate_reference(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Busybox", "a//b", "app:", "app:bad tag", "/app"] {
+            assert!(validate_reference(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            default_output("kdev.local/busybox:1.35"),
+            PathBuf::from("busybox-1.35.tar")
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn references_never_panic(reference in proptest::prelude::any::<String>()) {
+            let _ = validate_reference(&reference);
+            let _ = default_output(&reference);
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The real node: upstream kubelet, containerd, runc, CNI, kube-proxy and
+//! CoreDNS in a network namespace. `scripts/test` starts the shared test
+//! cluster with `--node both`; a test here fails (never skips) when the real
+//! node is missing.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{AttachParams, LogParams, PostParams};
+use serde_json::json;
+use tokio::io::AsyncReadExt as _;
+
+use crate::support::{OwnCluster, TestNamespace, eventually, kdev, unique_name, with_namespace};
+use crate::swap_support::deploy;
+
+/// The image every cluster with a real node has.
+pub const BUSYBOX: &str = "kdev.local/busybox:1.35";
+
+/// Fails the test unless the cluster has its real node.
+pub async fn require_real_node(ns: &TestNamespace) {
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    let found = nodes.get_opt("kdev-node").await.expect("read nodes");
+    assert!(
+        found.is_some(),
+        "the test cluster has no real node (kdev-node): start it with `kdev cluster up --node both` \
+         (scripts/test does); these tests need a kubelet that runs containers"
+    );
+}
+
+/// Pod-spec fields that put a workload on the real node (which carries a
+/// taint when kwok's fake node is there too).
+pub fn on_real_node() -> serde_json::Value {
+    json!({
+        "nodeSelector": { "kdev.dev/node": "real" },
+        "tolerations": [{ "key": "kdev.dev/node", "operator": "Exists", "effect": "NoSchedule" }]
+    })
+}
+
+/// A busybox pod on the real node running `script`, created and waited for
+/// until it has finished (or runs, when `wait_done` is false).
+async fn busybox_pod(ns: &TestNamespace, name: &str, script: &str) -> Pod {
+    let mut spec = on_real_node();
+    spec["restartPolicy"] = json!("Never");
+    spec["containers"] = json!([{
+        "name": "main",
+        "image": BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", script]
+    }]);
+    let pod: Pod = serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))
+        .expect("a valid pod");
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod")
+}
+
+async fn phase(ns: &TestNamespace, name: &str) -> Option<String> {
+    ns.api::<Pod>().get(name).await.ok()?.status?.phase
+}
+
+#[tokio::test]
+async fn a_pod_on_the_real_node_reaches_a_service_by_its_dns_name() {
+    with_namespace("real-svc", |ns| async move {
+        require_real_node(&ns).await;
+        let mut web = crate::swap_support::simple_deployment("web", 1, &[8080]);
+        let template = &mut web["spec"]["template"]["spec"];
+        template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
+        template["tolerations"] = on_real_node()["tolerations"].clone();
+        template["containers"][0]["image"] = json!(BUSYBOX);
+        template["containers"][0]["imagePullPolicy"] = json!("Never");
+        template["containers"][0]["command"] = json!([
+            "sh", "-c",
+            "mkdir -p /tmp/www && echo served-by-a-real-container > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+        ]);
+        template["securityContext"]["runAsUser"] = json!(65534);
+        deploy(&ns, web).await;
+        let service = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+        }))
+        .expect("a valid service");
+        ns.api::<k8s_openapi::api::core::v1::Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create service");
+
+        let fqdn = format!("web.{}.svc.cluster.local", ns.name);
+        busybox_pod(
+            &ns,
+            "client",
+            &format!(
+                "nslookup {fqdn} && printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | nc -w 5 web 80"
+            ),
+        )
+        .await;
+        eventually(Duration::from_secs(60), "the client pod to finish", || async {
+            matches!(phase(&ns, "client").await.as_deref(), Some("Succeeded" | "Failed")).then_some(())
+        })
+        .await;
+        let log = ns
+            .api::<Pod>()
+            .logs("client", &LogParams::default())
+            .await
+            .expect("the client's log, read from the real kubelet");
+        assert_eq!(phase(&ns, "client").await.as_deref(), Some("Succeeded"), "{log}");
+        assert!(log.contains(&fqdn), "{log}");
+        assert!(log.contains("served-by-a-real-container"), "{log}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exec_into_a_real_container_runs_there() {
+    with_namespace("real-exec", |ns| async move {
+        require_real_node(&ns).await;
+        busybox_pod(&ns, "sleeper", "echo $HOSTNAME > /tmp/me; exec sleep 600").await;
+        eventually(Duration::from_secs(60), "the pod to run", || async {
+            (phase(&ns, "sleeper").await.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+        let mut exec = ns
+            .api::<Pod>()
+            .exec(
+                "sleeper",
+                ["cat", "/tmp/me"],
+                &AttachParams::default().stdout(true).stderr(false),
+            )
+            .await
+            .expect("exec through the API server and the node proxy");
+        let mut out = String::new();
+        exec.stdout()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .await
+            .expect("read");
+        assert_eq!(out.trim(), "sleeper");
+    })
+    .await;
+}
+
+/// `kdev cluster up --node real` then `down`: nothing of the node is left on
+/// the host (process, network namespace, cgroup, mount, kubelet path,
+/// changed sysctl).
+#[test]
+fn a_real_node_cluster_leaves_nothing_behind() {
+    let name = unique_name("realnode");
+    let sysctls = [
+        "/proc/sys/kernel/panic",
+        "/proc/sys/kernel/panic_on_oops",
+        "/proc/sys/vm/overcommit_memory",
+    ];
+    let before: Vec<String> = sysctls
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read sysctl"))
+        .collect();
+    let up = kdev()
+        .args(["cluster", "up", "--node", "real", "--name", &name])
+        .output()
+        .expect("run kdev");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let guard = OwnCluster(name.clone());
+    let kubeconfig = kdev()
+        .args(["cluster", "kubeconfig", "--name", &name])
+        .output()
+        .expect("run kdev");
+    let kubeconfig = String::from_utf8(kubeconfig.stdout).expect("utf-8");
+    let dir = std::path::Path::new(kubeconfig.trim())
+        .parent()
+        .expect("a folder")
+        .to_owned();
+    // A container runs, so there are mounts, cgroups and shims to clean.
+    let run = crate::support::kubectl_for(std::path::Path::new(kubeconfig.trim()))
+        .args([
+            "run",
+            "sleeper",
+            "--image",
+            BUSYBOX,
+            "--image-pull-policy=Never",
+            "--",
+            "sleep",
+            "3607",
+        ])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let wait = crate::support::kubectl_for(std::path::Path::new(kubeconfig.trim()))
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            "pod/sleeper",
+            "--timeout=60s",
+        ])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let netns = std::path::Path::new("/run/netns").join(format!("kdev-{name}"));
+    assert!(netns.exists());
+
+    drop(guard);
+    assert!(!netns.exists(), "the network namespace is left");
+    assert!(!dir.exists(), "the cluster folder is left");
+    assert!(
+        kdev::cluster::processes::pids_under(&dir).is_empty(),
+        "processes are left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(
+        !mounts.contains(&dir.display().to_string()),
+        "mounts are left:\n{mounts}"
+    );
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroups")
+        .flatten()
+        .map(|e| e.path().join(format!("kdev-{name}")))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups are left: {cgroups:?}");
+    let sleepers = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c.starts_with(b"sleep\x003607"))
+        .count();
+    assert_eq!(sleepers, 0, "the container's process is left");
+    let after: Vec<String> = sysctls
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read sysctl"))
+        .collect();
+    assert_eq!(before, after, "the kubelet's sysctls were not put back");
+}
+
+/// `kdev image build` twice gives the same bytes; `kdev image load` puts it
+/// on the real node; a pod runs it and serves the folder baked into it.
+#[tokio::test]
+async fn an_image_built_by_kdev_runs_on_the_real_node() {
+    with_namespace("real-image", |ns| async move {
+        require_real_node(&ns).await;
+        let work = tempfile::tempdir().expect("temp dir");
+        let www = work.path().join("www");
+        std::fs::create_dir(&www).expect("mkdir");
+        std::fs::write(www.join("index.html"), "baked into the image\n").expect("write");
+        let reference = format!("kdev.local/{}:1", ns.name);
+        let build = |out: &str| {
+            let out = work.path().join(out);
+            let status = kdev()
+                .args(["image", "build", "-t", &reference])
+                .arg("--dir")
+                .arg(format!("{}:/www", www.display()))
+                .args([
+                    "--file",
+                    "/bin/busybox:/bin/busybox:755",
+                    "--link",
+                    "/bin/sh:/bin/busybox",
+                ])
+                .args(["--link", "/bin/cat:/bin/busybox", "--entrypoint", "/bin/sh"])
+                .args([
+                    "--cmd",
+                    "-c",
+                    "--cmd",
+                    "cat /www/index.html && exec sleep 600",
+                ])
+                .arg("-o")
+                .arg(&out)
+                .output()
+                .expect("run kdev image build");
+            assert!(
+                status.status.success(),
+                "{}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+            std::fs::read(&out).expect("the image")
+        };
+        assert!(
+            build("a.tar") == build("b.tar"),
+            "two builds of the same inputs differ"
+        );
+        let cluster = ns
+            .kubeconfig
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .expect("the test cluster's name")
+            .to_owned();
+        let load = kdev()
+            .args(["image", "load"])
+            .arg(work.path().join("a.tar"))
+            .args(["--name", &cluster])
+            .output()
+            .expect("run kdev image load");
+        assert!(
+            load.status.success(),
+            "{}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+
+        let mut spec = on_real_node();
+        spec["containers"] =
+            json!([{ "name": "site", "image": reference, "imagePullPolicy": "Never" }]);
+        let pod: Pod =
+            serde_json::from_value(json!({ "metadata": { "name": "site" }, "spec": spec }))
+                .expect("a valid pod");
+        ns.api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
+        let log = eventually(
+            Duration::from_secs(60),
+            "the pod to print its file",
+            || async {
+                let log = ns
+                    .api::<Pod>()
+                    .logs("site", &LogParams::default())
+                    .await
+                    .ok()?;
+                log.contains("baked into the image").then_some(log)
+            },
+        )
+        .await;
+        assert_eq!(log.trim(), "baked into the image");
+    })
+    .await;
+}
