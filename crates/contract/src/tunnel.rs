@@ -1,8 +1,11 @@
 //! The tunnel between the CLI and the agent in the proxy Pod.
 //!
-//! The CLI holds one port-forward to the agent's [`AGENT_PORT`] and runs a
-//! yamux session over it (the CLI is the yamux client). Every yamux stream
-//! starts with one [`Header`] written by the side that opened it:
+//! The CLI holds one port-forward to the agent's [`AGENT_PORT`] (which the
+//! agent binds on the pod's loopback only), proves it holds the session's
+//! token with an [`auth`] preamble, and then runs a yamux session over it
+//! (the CLI is the yamux client). A connection whose preamble is wrong is
+//! closed without a word and changes nothing. Every yamux stream starts with
+//! one [`Header`] written by the side that opened it:
 //!
 //! - [`Header::Inbound`] (agent → CLI): a connection arrived on the proxy
 //!   Pod's `port`; the CLI connects it to the local process.
@@ -22,6 +25,47 @@
 use std::fmt;
 
 pub const VERSION: u8 = 1;
+
+/// The first bytes of a tunnel connection: who may become the tunnel.
+///
+/// Wire format: the 8 bytes `KDEVAUTH`, a version byte (1), then the
+/// session's [`TOKEN_LEN`]-byte token. The token is made by the CLI, kept in
+/// a Secret owned by the session's Lease and mounted into the agent; it never
+/// appears in a Pod spec, an argument or a log.
+pub mod auth {
+    /// Bytes of a session token.
+    pub const TOKEN_LEN: usize = 32;
+    const MAGIC: &[u8; 8] = b"KDEVAUTH";
+    const VERSION: u8 = 1;
+    /// The preamble's length.
+    pub const LEN: usize = MAGIC.len() + 1 + TOKEN_LEN;
+
+    /// The preamble proving `token`.
+    pub fn preamble(token: &[u8; TOKEN_LEN]) -> [u8; LEN] {
+        let mut out = [0u8; LEN];
+        out[..MAGIC.len()].copy_from_slice(MAGIC);
+        out[MAGIC.len()] = VERSION;
+        out[MAGIC.len() + 1..].copy_from_slice(token);
+        out
+    }
+
+    /// True when `received` is the preamble for `token`. Compares every byte
+    /// whatever the first difference, so timing tells nothing of the token.
+    pub fn verify(received: &[u8], token: &[u8; TOKEN_LEN]) -> bool {
+        let expected = preamble(token);
+        received.len() == LEN
+            && received
+                .iter()
+                .zip(expected.iter())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
+    /// A token from its file form (the raw bytes, as the Secret holds them).
+    pub fn token_from(bytes: &[u8]) -> Option<[u8; TOKEN_LEN]> {
+        bytes.try_into().ok()
+    }
+}
 
 const KIND_INBOUND: u8 = 1;
 const KIND_CONNECT: u8 = 2;
@@ -251,6 +295,28 @@ mod tests {
                 let bytes = header.encode();
                 proptest::prop_assert_eq!(Header::decode(&bytes), Ok((header, bytes.len())));
             }
+        }
+    }
+
+    #[test]
+    fn only_the_right_token_passes() {
+        let token = [7u8; auth::TOKEN_LEN];
+        let preamble = auth::preamble(&token);
+        assert!(auth::verify(&preamble, &token));
+        let mut other = token;
+        other[31] = 8;
+        assert!(!auth::verify(&preamble, &other));
+        assert!(!auth::verify(&preamble[..auth::LEN - 1], &token));
+        assert!(!auth::verify(b"GET / HTTP/1.1\r\n\r\n", &token));
+        assert_eq!(auth::token_from(&[1u8; 32]), Some([1u8; 32]));
+        assert_eq!(auth::token_from(&[1u8; 31]), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn verifying_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+            let _ = auth::verify(&bytes, &[0u8; auth::TOKEN_LEN]);
+            let _ = auth::token_from(&bytes);
         }
     }
 }

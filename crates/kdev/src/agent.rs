@@ -10,9 +10,15 @@
 //!   the cluster (so the local process reaches cluster Services);
 //! - a `Ping` stream is echoed (the CLI's keepalive).
 //!
-//! A new tunnel connection replaces the previous one: that is how the CLI
-//! reconnects after a port-forward drops. Connections arriving while no CLI is
-//! connected wait a few seconds for one, then are closed.
+//! The tunnel port listens on the pod's loopback only (a port-forward
+//! reaches it; other pods cannot), and a connection becomes the tunnel only
+//! after it proves the session's token ([`kdev_contract::tunnel::auth`]).
+//! Anything else is closed without a word and changes nothing. A new
+//! authenticated connection replaces the previous one: that is how the CLI
+//! reconnects after a port-forward drops. Connections arriving while no CLI
+//! is connected wait a few seconds for one, then are closed. Readiness is a
+//! separate loopback port, checked by `kdev __agent-ready` as an exec probe,
+//! so a probe never touches the tunnel.
 //!
 //! The agent knows nothing of sessions or Leases: if the CLI is gone, the
 //! session's Lease expires and the reaper deletes this Pod.
@@ -27,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kdev_contract::tunnel::{ConnectReply, Header};
+use kdev_contract::tunnel::{ConnectReply, Header, auth};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -36,10 +42,13 @@ use self::tunnel::{Mux, Role};
 use crate::error::usage;
 
 /// What the agent serves, resolved from its flags.
-#[derive(Debug)]
 pub struct Config {
-    /// Where the CLI's tunnel connects.
+    /// Where the CLI's tunnel connects (the pod's loopback).
     pub tunnel: SocketAddr,
+    /// The session's token; only a connection proving it becomes the tunnel.
+    pub token: [u8; auth::TOKEN_LEN],
+    /// Where readiness is answered (the pod's loopback).
+    pub health: SocketAddr,
     pub ports: Vec<PortBinding>,
     /// Names resolved without DNS.
     pub resolve: BTreeMap<String, IpAddr>,
@@ -90,9 +99,14 @@ pub fn parse_resolve(entries: &[String]) -> anyhow::Result<BTreeMap<String, IpAd
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let Config {
         tunnel: tunnel_addr,
+        token,
+        health,
         ports,
         resolve,
     } = config;
+    let health = TcpListener::bind(health)
+        .await
+        .with_context(|| format!("failed to listen on {health} for readiness"))?;
     let tunnel = TcpListener::bind(tunnel_addr)
         .await
         .with_context(|| format!("failed to listen on {tunnel_addr} for the tunnel"))?;
@@ -108,22 +122,55 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(tunnel = %tunnel_addr, "agent ready");
     let resolve = std::sync::Arc::new(resolve);
+    let current_tx = std::sync::Arc::new(current_tx);
+    tokio::spawn(async move {
+        // Readiness: accepting is the answer.
+        while let Ok((socket, _)) = health.accept().await {
+            drop(socket);
+        }
+    });
     loop {
         let (socket, peer) = tunnel
             .accept()
             .await
             .context("failed to accept a tunnel connection")?;
-        let _ = socket.set_nodelay(true);
-        tracing::info!(%peer, "tunnel connected");
-        let (mux, mut inbound, _driver) = Mux::start(socket, Role::Server);
-        current_tx.send_replace(Some(mux));
         let resolve = resolve.clone();
+        let current_tx = current_tx.clone();
         tokio::spawn(async move {
+            let Some(socket) = authenticate(socket, &token).await else {
+                tracing::warn!(%peer, "a connection to the tunnel port did not prove the session's token; closed");
+                return;
+            };
+            tracing::info!(%peer, "tunnel connected");
+            let (mux, mut inbound, _driver) = Mux::start(socket, Role::Server);
+            current_tx.send_replace(Some(mux));
             while let Some(stream) = inbound.recv().await {
                 tokio::spawn(serve_stream(stream, resolve.clone()));
             }
             tracing::info!(%peer, "tunnel closed");
         });
+    }
+}
+
+/// Reads the auth preamble (within 5 s); the socket if it proves `token`.
+async fn authenticate(mut socket: TcpStream, token: &[u8; auth::TOKEN_LEN]) -> Option<TcpStream> {
+    let mut preamble = [0u8; auth::LEN];
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut preamble)).await;
+    if !matches!(read, Ok(Ok(_))) || !auth::verify(&preamble, token) {
+        return None;
+    }
+    let _ = socket.set_nodelay(true);
+    Some(socket)
+}
+
+/// `kdev __agent-ready`: exit 0 when the agent answers on its readiness port.
+pub async fn ready(health: SocketAddr) -> anyhow::Result<ExitCode> {
+    match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(health)).await {
+        Ok(Ok(_)) => Ok(ExitCode::SUCCESS),
+        _ => {
+            eprintln!("kdev agent is not answering on {health}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

@@ -92,6 +92,12 @@ pub enum Command {
     /// Start a program that dies with its parent (how `kdev swap` starts the local command).
     #[command(hide = true, name = "__exec-child")]
     ExecChild(ExecChildArgs),
+    /// Exit 0 when the agent answers on its readiness port (the proxy Pod's exec probe).
+    #[command(hide = true, name = "__agent-ready")]
+    AgentReady {
+        #[arg(long, default_value = "127.0.0.1:7356")]
+        health: std::net::SocketAddr,
+    },
     /// Join a real node's network namespace to the host's API server (started by `kdev cluster up`).
     #[command(hide = true, name = "__node-proxy")]
     NodeProxy(NodeProxyArgs),

@@ -87,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Version(args) => version::run(&flags, args.client).await,
         Command::Agent(args) => agent::run(args.resolve()?).await,
+        Command::AgentReady { health } => agent::ready(health).await,
         Command::ExecChild(args) => swap::child::exec(args.parent, &args.command),
         Command::NodeProxy(args) => cluster::netns::run(args.resolve()).await,
         Command::Swap(args) => swap::run(&flags, args.resolve()?).await,

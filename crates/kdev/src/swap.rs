@@ -339,6 +339,7 @@ async fn prepare(
     let (mut current, last_error, link_task) = link::maintain(
         tunnel_pods,
         session.proxy_name.clone(),
+        session.token,
         Arc::new(routes.clone()),
     );
     let link_guard = AbortOnDrop(link_task);

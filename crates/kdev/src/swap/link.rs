@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kdev_contract::session::AGENT_PORT;
-use kdev_contract::tunnel::{ConnectReply, Header};
+use kdev_contract::tunnel::{ConnectReply, Header, auth};
 use kube::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,6 +39,7 @@ pub type LastError = watch::Receiver<Option<String>>;
 pub fn maintain(
     pods: Api<Pod>,
     pod: String,
+    token: [u8; auth::TOKEN_LEN],
     routes: Routes,
 ) -> (Current, LastError, tokio::task::JoinHandle<()>) {
     let (state_tx, state_rx) = watch::channel(None);
@@ -47,7 +48,7 @@ pub fn maintain(
         let mut delays = backoff::delays();
         let mut was_up = false;
         loop {
-            match connect(&pods, &pod).await {
+            match connect(&pods, &pod, &token).await {
                 Ok((forwarder, mux, inbound, driver)) => {
                     delays = backoff::delays();
                     error_tx.send_replace(None);
@@ -84,11 +85,17 @@ type Connected = (
     tokio::task::JoinHandle<()>,
 );
 
-async fn connect(pods: &Api<Pod>, pod: &str) -> anyhow::Result<Connected> {
+async fn connect(
+    pods: &Api<Pod>,
+    pod: &str,
+    token: &[u8; auth::TOKEN_LEN],
+) -> anyhow::Result<Connected> {
     let mut forwarder = pods.portforward(pod, &[AGENT_PORT]).await?;
-    let stream = forwarder
+    let mut stream = forwarder
         .take_stream(AGENT_PORT)
         .ok_or_else(|| anyhow::anyhow!("the port-forward has no stream for port {AGENT_PORT}"))?;
+    // Prove the session's token before anything else (see the contract).
+    stream.write_all(&auth::preamble(token)).await?;
     let (mux, inbound, driver) = Mux::start(stream, Role::Client);
     if let Err(err) = ping(&mux).await {
         driver.abort();

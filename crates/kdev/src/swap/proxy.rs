@@ -8,12 +8,12 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, TCPSocketAction,
+    Capabilities, Container, ContainerPort, ExecAction, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Sysctl, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use kdev_contract::session::{
     AGENT_CONTAINER, AGENT_PORT, CONTAINER_ANNOTATION, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL,
@@ -36,6 +36,36 @@ pub struct ProxySpec<'a> {
     pub original_replicas: i32,
     pub agent_image: &'a str,
     pub owner: OwnerReference,
+}
+
+/// Where the agent finds the session's token.
+const TOKEN_DIR: &str = "/var/run/kdev";
+
+/// The session's token Secret (named like the proxy Pod, owned by the Lease).
+pub fn token_secret(
+    name: &str,
+    session: &str,
+    token: &[u8; kdev_contract::tunnel::auth::TOKEN_LEN],
+    owner: OwnerReference,
+) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(
+                [
+                    (ROLE_LABEL.to_owned(), "swap-token".to_owned()),
+                    (SESSION_LABEL.to_owned(), session.to_owned()),
+                    (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), k8s_openapi::ByteString(token.to_vec()))].into()),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
 }
 
 pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
@@ -68,18 +98,18 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
             spec.container.name
         );
     }
-    let mut args = vec!["agent".to_owned()];
+    // The tunnel listens on the pod's loopback (the agent's default): a
+    // port-forward reaches it, other pods do not, so it is not declared.
+    let mut args = vec![
+        "agent".to_owned(),
+        "--token-file".into(),
+        format!("{TOKEN_DIR}/token"),
+    ];
     for port in &container_ports {
         args.push("--port".into());
         args.push(port.container_port.to_string());
     }
-    let mut ports = container_ports.clone();
-    ports.push(ContainerPort {
-        name: Some("kdev-tunnel".into()),
-        container_port: i32::from(AGENT_PORT),
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    });
+    let ports = container_ports.clone();
 
     let template = spec
         .deployment
@@ -138,19 +168,35 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
                 sysctls,
                 ..PodSecurityContext::default()
             }),
+            volumes: Some(vec![Volume {
+                name: "kdev-token".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(spec.name.to_owned()),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
             containers: vec![Container {
                 name: AGENT_CONTAINER.into(),
                 image: Some(spec.agent_image.to_owned()),
                 args: Some(args),
                 ports: Some(ports),
+                // Readiness is the agent's own loopback port, asked by an
+                // exec probe: a probe must never touch the tunnel.
                 readiness_probe: Some(Probe {
-                    tcp_socket: Some(TCPSocketAction {
-                        port: IntOrString::Int(i32::from(AGENT_PORT)),
-                        host: None,
+                    exec: Some(ExecAction {
+                        command: Some(vec!["/kdev".into(), "__agent-ready".into()]),
                     }),
                     period_seconds: Some(2),
                     ..Probe::default()
                 }),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "kdev-token".into(),
+                    mount_path: TOKEN_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                }]),
                 resources: Some(ResourceRequirements {
                     requests: Some(
                         [
@@ -255,17 +301,26 @@ mod tests {
             .into_iter()
             .map(|p| (p.name, p.container_port))
             .collect();
-        assert_eq!(
-            ports,
-            vec![
-                (Some("http".into()), 80),
-                (None, 9090),
-                (Some("kdev-tunnel".into()), 7355)
-            ]
-        );
+        // The tunnel is not declared: it listens on the pod's loopback.
+        assert_eq!(ports, vec![(Some("http".into()), 80), (None, 9090)]);
         assert_eq!(
             agent.args.clone().unwrap(),
-            ["agent", "--port", "80", "--port", "9090"]
+            [
+                "agent",
+                "--token-file",
+                "/var/run/kdev/token",
+                "--port",
+                "80",
+                "--port",
+                "9090"
+            ]
+        );
+        // Readiness never touches the tunnel.
+        let probe = agent.readiness_probe.clone().unwrap();
+        assert!(probe.tcp_socket.is_none());
+        assert_eq!(
+            probe.exec.unwrap().command.unwrap(),
+            ["/kdev", "__agent-ready"]
         );
         // Port 80 without a capability: the unprivileged-port sysctl.
         let sysctls = spec.security_context.unwrap().sysctls.unwrap();

@@ -55,6 +55,7 @@ use super::restore::{self, Outcome, Target};
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::wait::{self, Check};
 use crate::k8s::{Kube, is_conflict, is_not_found};
+use kdev_contract::tunnel::auth;
 
 /// The steps after which a crash can be injected (`KDEV_SWAP_CRASH_AFTER=N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,7 +140,28 @@ pub struct Session {
     pub holder: String,
     pub ttl: Duration,
     pub proxy_name: String,
+    /// The session's tunnel token (in memory and in the session's Secret only).
+    pub token: [u8; auth::TOKEN_LEN],
     crash: CrashAfter,
+}
+
+/// The tunnel token: random, unless `KDEV_SWAP_TOKEN` (64 hex digits) fixes
+/// it, which is how tests give a stand-in agent the token in advance.
+fn new_token() -> anyhow::Result<[u8; auth::TOKEN_LEN]> {
+    if let Ok(hex) = std::env::var("KDEV_SWAP_TOKEN") {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        return bytes
+            .as_deref()
+            .and_then(auth::token_from)
+            .ok_or_else(|| crate::error::usage("KDEV_SWAP_TOKEN must be 64 hex digits"));
+    }
+    let mut token = [0u8; auth::TOKEN_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token)
+        .map_err(|_| anyhow::anyhow!("failed to make a session token: no randomness"))?;
+    Ok(token)
 }
 
 impl Session {
@@ -224,6 +246,7 @@ impl Session {
         Ok(Ok(Session {
             kube: kube.clone(),
             proxy_name: session::proxy_pod_name(deployment, &id),
+            token: new_token()?,
             id,
             deployment: deployment.to_owned(),
             container: container.to_owned(),
@@ -288,6 +311,23 @@ impl Session {
             .await
             .map_err(|err| self.kube.explain(err, "read the session lease"))?;
         let owner = crate::k8s::objects::owner_reference(&lease);
+        // The token first, owned by the Lease like the pod (garbage
+        // collection removes both with it).
+        let secret = proxy::token_secret(&self.proxy_name, &self.id, &self.token, owner.clone());
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|err| {
+                self.kube.explain(
+                    err,
+                    format!(
+                        "create the session's token Secret {}/{}",
+                        self.kube.namespace, self.proxy_name
+                    ),
+                )
+            })?;
         let pod = proxy::pod(&proxy::ProxySpec {
             name: &self.proxy_name,
             session: &self.id,

@@ -286,3 +286,70 @@ async fn each_restored_session_has_its_own_event() {
     })
     .await;
 }
+
+/// Regression (issue 8): any connection to the agent's tunnel port became
+/// the tunnel, so a readiness probe (or any pod) took over the session's
+/// inbound traffic. Now a connection that does not prove the session's
+/// token is closed and the CLI's tunnel keeps serving.
+#[tokio::test]
+async fn a_connection_without_the_token_cannot_take_over_the_tunnel() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    with_namespace("tunnel-auth", |ns| async move {
+        deploy(&ns, simple_deployment("web", 1, &[8080])).await;
+        let agent = LocalAgent::start(&ns, &[8080], &[]).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = socket.write_all(b"from the laptop\n").await;
+            }
+        });
+        let swap = Swap::start(
+            &ns,
+            &["deploy/web", "--port", &format!("8080:{local}")],
+            &["sleep", "300"],
+            &[],
+        );
+        swap.wait_swapped().await;
+        let (host, port) = agent.address(8080);
+        let request = || async move {
+            let mut socket = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer))
+                .await
+                .ok()?
+                .ok()?;
+            answer.contains("from the laptop").then_some(())
+        };
+        eventually(
+            Duration::from_secs(10),
+            "a request through the tunnel",
+            request,
+        )
+        .await;
+
+        for intruder in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &[0u8; 41][..],
+            &b""[..],
+        ] {
+            let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", agent.tunnel))
+                .await
+                .expect("connect to the agent's tunnel port");
+            socket.write_all(intruder).await.expect("write");
+            let mut rest = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(8), socket.read_to_end(&mut rest)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "the agent answered an unauthenticated connection: {rest:?}"
+            );
+        }
+        // The CLI's tunnel is still the one serving.
+        request().await.expect("a request after the intruders");
+        assert!(swap.stderr().contains("kdev: swapped"), "{}", swap.stderr());
+    })
+    .await;
+}

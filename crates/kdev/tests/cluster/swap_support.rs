@@ -14,10 +14,23 @@ use kube::api::{ListParams, PostParams};
 use crate::kwok_emulation::create_kwok_cluster;
 use crate::support::{TestNamespace, eventually, free_port, kdev, wait_child};
 
+/// The session token every test's `kdev swap` uses (`KDEV_SWAP_TOKEN`), so
+/// that a stand-in agent started in advance knows it; a real proxy pod reads
+/// the session's own random token from its Secret.
+pub const TEST_TOKEN: [u8; 32] = *b"kdev-test-session-token-32-bytes";
+
+/// `TEST_TOKEN` as `KDEV_SWAP_TOKEN` wants it.
+pub fn test_token_hex() -> String {
+    TEST_TOKEN.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A `kdev agent` on 127.0.0.1, reached by every proxy pod's tunnel port in
 /// the namespace through kwok's port-forward.
 pub struct LocalAgent {
     child: Child,
+    /// The agent's tunnel port (on 127.0.0.1).
+    pub tunnel: u16,
+    _token: tempfile::TempDir,
     /// Container port → the local port the agent listens on for it.
     pub ports: BTreeMap<u16, u16>,
     forward: String,
@@ -29,10 +42,17 @@ impl LocalAgent {
     pub async fn start(ns: &TestNamespace, container_ports: &[u16], resolve: &[String]) -> Self {
         let tunnel = free_port();
         let ports: BTreeMap<u16, u16> = container_ports.iter().map(|p| (*p, free_port())).collect();
+        let token = tempfile::tempdir().expect("temp dir");
+        let token_file = token.path().join("token");
+        std::fs::write(&token_file, TEST_TOKEN).expect("write the token");
         let mut args = vec![
             "agent".to_owned(),
             "--tunnel".to_owned(),
             format!("127.0.0.1:{tunnel}"),
+            "--health".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--token-file".to_owned(),
+            token_file.display().to_string(),
         ];
         for (port, local) in &ports {
             args.extend(["--port".to_owned(), format!("{port}=127.0.0.1:{local}")]);
@@ -61,6 +81,8 @@ impl LocalAgent {
         .await;
         Self {
             child,
+            tunnel,
+            _token: token,
             ports,
             forward,
             args,
@@ -78,11 +100,7 @@ impl LocalAgent {
     pub async fn restart(&mut self) {
         self.kill();
         self.child = spawn_agent(&self.args);
-        let tunnel: u16 = self.args[2]
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("tunnel port");
+        let tunnel = self.tunnel;
         eventually(
             Duration::from_secs(10),
             "the agent to listen again",
@@ -143,7 +161,8 @@ impl Swap {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("stderr");
         let mut cmd = kdev();
-        cmd.arg("--kubeconfig")
+        cmd.env("KDEV_SWAP_TOKEN", test_token_hex())
+            .arg("--kubeconfig")
             .arg(&ns.kubeconfig)
             .args(["-n", &ns.name, "swap"])
             .args(args)
