@@ -353,6 +353,54 @@ pub mod builtin {
     }
 }
 
+/// True when `elf` is an ELF executable with no program interpreter (a
+/// statically linked binary, which runs in an image with nothing else).
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let read_u16 = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let read_u32 = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let read_u64 = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    };
+    // 64-bit little-endian ELF only (what kdev builds for).
+    if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) =
+        (read_u64(0x20), read_u16(0x36), read_u16(0x38))
+    else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        let at = usize::try_from(phoff)
+            .ok()
+            .and_then(|off| off.checked_add(i * usize::from(phentsize)));
+        at.and_then(read_u32).is_some_and(|kind| kind != PT_INTERP)
+    })
+}
+
+/// `kdev image agent`: the swap agent's image from a statically linked kdev.
+pub fn agent_image(binary: &Path, reference: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(binary).with_context(|| format!("failed to read {}", binary.display()))?;
+    if !is_static_elf(&bytes) {
+        return Err(crate::error::usage(format!(
+            "{} is not a statically linked kdev, so it cannot run in the agent image; \
+             build one with scripts/build-agent (cargo build --release --target x86_64-unknown-linux-gnu \
+             with RUSTFLAGS=\"-C target-feature=+crt-static\") and pass it with --binary",
+            binary.display()
+        )));
+    }
+    build_to(&builtin::agent(binary, reference), out)
+}
+
 /// Where `kdev image build -o` writes by default: `<name>-<tag>.tar`.
 pub fn default_output(reference: &str) -> PathBuf {
     let file: String = reference
@@ -432,6 +480,16 @@ mod tests {
     }
 
     #[test]
+    fn only_static_executables_pass_as_the_agent() {
+        let me = std::fs::read(std::env::current_exe().expect("exe")).expect("read");
+        // Test binaries are dynamically linked unless built with crt-static.
+        let interp = me.windows(b"ld-linux".len()).any(|w| w == b"ld-linux");
+        assert_eq!(is_static_elf(&me), !interp);
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        assert!(!is_static_elf(&[]));
+    }
+
+    #[test]
     fn references_are_checked() {
         for ok in [
             "busybox",
@@ -451,6 +509,13 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn elf_headers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1];
+            elf.extend(bytes);
+            let _ = is_static_elf(&elf);
+        }
+
         #[test]
         fn references_never_panic(reference in proptest::prelude::any::<String>()) {
             let _ = validate_reference(&reference);

@@ -84,6 +84,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 image::build_to(&spec, &output)
             }
             cli::ImageCommand::Load { file, name } => cluster::load_image(&name, &file).await,
+            cli::ImageCommand::Agent {
+                binary,
+                reference,
+                output,
+            } => {
+                let reference = reference.unwrap_or_else(swap::proxy::default_agent_image);
+                image::validate_reference(&reference)?;
+                image::agent_image(&binary, &reference, &output)
+            }
         },
         Command::Version(args) => version::run(&flags, args.client).await,
         Command::Agent(args) => agent::run(args.resolve()?).await,

@@ -20,6 +20,21 @@ pub enum ImageCommand {
         after_help = "Example:\n  kdev image build -t kdev.local/app:dev --file target/release/app:/app --entrypoint /app -o app.tar"
     )]
     Build(BuildArgs),
+    /// Build the swap agent's image from a statically linked kdev (see scripts/build-agent).
+    #[command(
+        after_help = "Example:\n  scripts/build-agent && kdev image load target/kdev-agent.tar"
+    )]
+    Agent {
+        /// The statically linked kdev to put in the image.
+        #[arg(long, value_name = "PATH")]
+        binary: PathBuf,
+        /// The image's reference (default: the one kdev swap uses).
+        #[arg(short = 't', long = "tag", value_name = "REF")]
+        reference: Option<String>,
+        /// Where to write the OCI layout tar.
+        #[arg(short = 'o', long, default_value = "kdev-agent.tar")]
+        output: PathBuf,
+    },
     /// Import an image built by `kdev image build` into a local cluster's real node.
     #[command(after_help = "Example:\n  kdev image load app.tar --name kdev")]
     Load {

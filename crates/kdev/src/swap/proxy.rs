@@ -161,6 +161,9 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),
                 run_as_group: Some(65532),
+                // Secret volume files get this group: how the non-root agent
+                // reads its token.
+                fs_group: Some(65532),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..SeccompProfile::default()
@@ -172,7 +175,8 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
                 name: "kdev-token".into(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(spec.name.to_owned()),
-                    default_mode: Some(0o400),
+                    // Readable by the agent's group only (fsGroup below).
+                    default_mode: Some(0o440),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()

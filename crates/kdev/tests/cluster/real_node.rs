@@ -334,3 +334,136 @@ async fn an_image_built_by_kdev_runs_on_the_real_node() {
     })
     .await;
 }
+
+/// `kdev swap` on the real node with the real agent image (scripts/test
+/// loads it): a client pod calls the Service by name and gets the local
+/// process's answer; a pod that dials the proxy's tunnel port gets nothing;
+/// the agent's exec readiness probe keeps passing without touching the
+/// tunnel; the Deployment comes back at the end.
+#[tokio::test]
+async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
+    use crate::swap_support::{Swap, assert_restored};
+    use tokio::io::AsyncWriteExt as _;
+    with_namespace("real-swap", |ns| async move {
+        require_real_node(&ns).await;
+        let mut web = crate::swap_support::simple_deployment("web", 2, &[8080]);
+        let template = &mut web["spec"]["template"]["spec"];
+        template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
+        template["tolerations"] = on_real_node()["tolerations"].clone();
+        template["containers"][0]["image"] = json!(BUSYBOX);
+        template["containers"][0]["imagePullPolicy"] = json!("Never");
+        template["containers"][0]["command"] = json!([
+            "sh", "-c",
+            "mkdir -p /tmp/www && echo from-the-cluster > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+        ]);
+        template["securityContext"]["runAsUser"] = json!(65534);
+        deploy(&ns, web).await;
+        let service = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+        }))
+        .expect("a valid service");
+        ns.api::<k8s_openapi::api::core::v1::Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create service");
+
+        // The developer's process: a tiny HTTP server on this machine.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let local = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nfrom-the-laptop\n")
+                        .await;
+                });
+            }
+        });
+        let swap = Swap::start(
+            &ns,
+            &["deploy/web", "--port", &format!("8080:{local}"), "--ttl", "10s"],
+            &["sleep", "600"],
+            &[],
+        );
+        swap.wait_swapped().await;
+
+        let ask = |name: &'static str| {
+            let ns = &ns;
+            async move {
+                busybox_pod(
+                    ns,
+                    name,
+                    "for i in 1 2 3; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 80 && exit 0; sleep 1; done; exit 1",
+                )
+                .await;
+                eventually(Duration::from_secs(60), "the client pod to finish", || async {
+                    matches!(phase(ns, name).await.as_deref(), Some("Succeeded" | "Failed")).then_some(())
+                })
+                .await;
+                ns.api::<Pod>()
+                    .logs(name, &LogParams::default())
+                    .await
+                    .expect("the client's log")
+            }
+        };
+        let answer = ask("client").await;
+        assert!(answer.contains("from-the-laptop"), "{answer}\n{}", swap.stderr());
+
+        // Another pod dials the proxy pod's tunnel port: nothing listens there
+        // (the agent binds the pod's loopback), and the session goes on.
+        let proxy_ip = ns
+            .api::<Pod>()
+            .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
+            .await
+            .expect("list proxies")
+            .items
+            .into_iter()
+            .find_map(|p| p.status?.pod_ip)
+            .expect("the proxy pod's IP");
+        busybox_pod(
+            &ns,
+            "intruder",
+            &format!("printf 'KDEVAUTH' | nc -w 3 {proxy_ip} 7355 && echo CONNECTED; echo done"),
+        )
+        .await;
+        eventually(Duration::from_secs(60), "the intruder to finish", || async {
+            matches!(phase(&ns, "intruder").await.as_deref(), Some("Succeeded" | "Failed")).then_some(())
+        })
+        .await;
+        let intruder = ns
+            .api::<Pod>()
+            .logs("intruder", &LogParams::default())
+            .await
+            .expect("the intruder's log");
+        assert!(!intruder.contains("CONNECTED"), "{intruder}");
+
+        // The exec readiness probe has passed for a while (every 2 s) and
+        // never took the tunnel: the pod is Ready and a new request works.
+        eventually(Duration::from_secs(30), "the proxy pod to be Ready", || async {
+            let pod = ns
+                .api::<Pod>()
+                .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()?;
+            let ready = pod.status?.conditions?.into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(())
+        })
+        .await;
+        // A minute of probes, every 2 s; the time itself is what is tested.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let again = ask("client-again").await;
+        assert!(again.contains("from-the-laptop"), "{again}\n{}", swap.stderr());
+
+        swap.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut swap = swap;
+        swap.wait_exit(Duration::from_secs(30)).await;
+        assert_restored(&ns, "web", 2, Duration::from_secs(30)).await;
+    })
+    .await;
+}
