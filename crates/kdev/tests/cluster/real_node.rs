@@ -467,3 +467,252 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
     })
     .await;
 }
+
+/// A busybox httpd Deployment on the real node answering `body`, behind a
+/// Service of the same name.
+async fn busybox_web(ns: &TestNamespace, name: &str, replicas: i32, body: &str) {
+    let mut web = crate::swap_support::simple_deployment(name, replicas, &[8080]);
+    let template = &mut web["spec"]["template"]["spec"];
+    template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
+    template["tolerations"] = on_real_node()["tolerations"].clone();
+    template["containers"][0]["image"] = json!(BUSYBOX);
+    template["containers"][0]["imagePullPolicy"] = json!("Never");
+    template["containers"][0]["env"] = json!([{ "name": "FROM", "value": body }]);
+    template["containers"][0]["command"] = json!([
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo \"$FROM\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+    ]);
+    template["securityContext"]["runAsUser"] = json!(65534);
+    deploy(ns, web).await;
+    let service = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "selector": { "app": name }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+    }))
+    .expect("a valid service");
+    ns.api::<k8s_openapi::api::core::v1::Service>()
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+}
+
+/// On the real node with the real agent image: `--forward svc/db:80` reaches
+/// a real pod through the agent's own DNS lookup (kdev's static binary in a
+/// scratch image); 64 connections through the agent and the tunnel come
+/// back byte-exact; kill -9 of kdev is repaired by the reaper within the
+/// session's TTL plus 2 s.
+#[tokio::test]
+async fn a_real_node_swap_forwards_carries_many_connections_and_survives_kill_9() {
+    use crate::swap_support::{Controller, Swap, assert_restored};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    with_namespace("real-swap2", |ns| async move {
+        require_real_node(&ns).await;
+        busybox_web(&ns, "web", 2, "from-web").await;
+        busybox_web(&ns, "db", 1, "from-db").await;
+        let _reaper = Controller::start(&ns, &[]);
+
+        // The developer's process: an echo server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = socket.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        let forward_port = crate::support::free_port();
+        let mut swap = Swap::start(
+            &ns,
+            &[
+                "deploy/web",
+                "--port",
+                &format!("8080:{local}"),
+                "--forward",
+                &format!("svc/db:80:{forward_port}"),
+                "--ttl",
+                "6s",
+            ],
+            &["sleep", "600"],
+            &[],
+        );
+        swap.wait_swapped().await;
+
+        // Outbound: this machine → the agent → db.<ns>.svc (CoreDNS) → a real pod.
+        let mut db = tokio::net::TcpStream::connect(("127.0.0.1", forward_port))
+            .await
+            .expect("connect to the forward");
+        db.write_all(b"GET / HTTP/1.0\r\n\r\n").await.expect("send");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), db.read_to_string(&mut answer))
+            .await
+            .expect("db answers in time")
+            .expect("read");
+        assert!(answer.contains("from-db"), "{answer}\n{}", swap.stderr());
+
+        // Inbound: 64 connections into the proxy pod's port 8080 (through a
+        // port-forward to the real pod), via the agent and the tunnel.
+        let proxy = ns
+            .api::<Pod>()
+            .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
+            .await
+            .expect("list proxies")
+            .items
+            .into_iter()
+            .find_map(|p| p.metadata.name)
+            .expect("the proxy pod");
+        let mut clients = Vec::new();
+        for i in 0..64u32 {
+            let pods = ns.api::<Pod>();
+            let proxy = proxy.clone();
+            clients.push(tokio::spawn(async move {
+                let mut forwarder = pods
+                    .portforward(&proxy, &[8080])
+                    .await
+                    .expect("port-forward");
+                let stream = forwarder.take_stream(8080).expect("a stream");
+                let payload: Vec<u8> = (0..32_768u32)
+                    .map(|b| (b.wrapping_mul(31).wrapping_add(i) % 251) as u8)
+                    .collect();
+                let (mut read, mut write) = tokio::io::split(stream);
+                let sent = payload.clone();
+                // No half-close: a port-forward stream ends with its writer.
+                let writer = async move {
+                    write.write_all(&sent).await.expect("send");
+                    write
+                };
+                let mut echoed = Vec::new();
+                let reader = async {
+                    let mut buf = [0u8; 8192];
+                    while echoed.len() < payload.len() {
+                        let n = read.read(&mut buf).await.expect("receive");
+                        if n == 0 {
+                            break;
+                        }
+                        echoed.extend_from_slice(&buf[..n]);
+                    }
+                };
+                let (_write, ()) = tokio::join!(writer, reader);
+                assert!(
+                    echoed == payload,
+                    "connection {i}: {} of {} bytes, or corrupted",
+                    echoed.len(),
+                    payload.len()
+                );
+                forwarder.abort();
+            }));
+        }
+        for client in clients {
+            client.await.expect("a client");
+        }
+
+        // kill -9: the reaper restores within the TTL (6 s) plus 2 s.
+        swap.signal(nix::sys::signal::Signal::SIGKILL);
+        swap.wait_exit(Duration::from_secs(10)).await;
+        assert_restored(&ns, "web", 2, Duration::from_secs(8)).await;
+    })
+    .await;
+}
+
+/// Runs `kdev logs ARGS` in the namespace until it has printed `lines`
+/// lines containing `marker` (or 90 s), then stops it; returns stdout.
+async fn follow_until(ns: &TestNamespace, args: &[&str], marker: &str, lines: usize) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("stdout");
+    let mut child = kdev()
+        .arg("--kubeconfig")
+        .arg(&ns.kubeconfig)
+        .args(["-n", &ns.name, "logs"])
+        .args(args)
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start kdev logs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(marker)).count() >= lines
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&out).unwrap_or_default()
+}
+
+/// Every number 1..=n appears exactly once among lines containing `marker`.
+fn assert_each_once(out: &str, marker: &str, n: usize) {
+    let mut seen = vec![0u32; n + 1];
+    for line in out.lines().filter(|l| l.contains(marker)) {
+        let number = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("n="))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("a line without its number: {line}"));
+        assert!(number >= 1 && number <= n, "{line}");
+        seen[number] += 1;
+    }
+    let missing: Vec<usize> = (1..=n).filter(|i| seen[*i] == 0).collect();
+    let twice: Vec<usize> = (1..=n).filter(|i| seen[*i] > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "{} lines missing (first {:?}), {} printed twice (first {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// The kubelet rotates container logs at 1 MiB here; a container writes
+/// 4.5 MB in bursts while `kdev logs` follows: every line once.
+#[tokio::test]
+async fn logs_lose_no_line_across_the_kubelets_rotations() {
+    with_namespace("real-logrot", |ns| async move {
+        require_real_node(&ns).await;
+        const N: usize = 90_000;
+        // 6 bursts of 15,000 lines of ~50 bytes, 4 s apart: past 1 MiB
+        // several times, across the kubelet's 10 s rotation checks.
+        let script = "for b in 0 1 2 3 4 5; do seq $((b*15000+1)) $((b*15000+15000)) | sed 's/.*/rot n=& padding-padding-padding-padding/'; sleep 4; done; exec sleep 600";
+        busybox_pod(&ns, "writer", script).await;
+        let out = follow_until(&ns, &["writer", "-o", "raw"], "rot n=", N).await;
+        assert_each_once(&out, "rot n=", N);
+        // The kubelet did rotate: its rotated files sit beside 0.log.
+        let pods = ns.kubeconfig.parent().expect("cluster folder").join("node/pods");
+        let rotated: Vec<String> = std::fs::read_dir(&pods)
+            .expect("the node's pod log folder")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{}_writer_", ns.name)))
+            .flat_map(|e| std::fs::read_dir(e.path().join("main")).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("0.log."))
+            .collect();
+        assert!(!rotated.is_empty(), "the kubelet rotated nothing");
+    })
+    .await;
+}
+
+/// `kdev logs --file` tails a file through real exec `tail -F` while the
+/// container rotates it itself (rename, new file): every line once.
+#[tokio::test]
+async fn a_file_tail_follows_the_containers_own_rotation() {
+    with_namespace("real-filerot", |ns| async move {
+        require_real_node(&ns).await;
+        const N: usize = 3_000;
+        let script = "sleep 3; for b in 0 1 2; do seq $((b*1000+1)) $((b*1000+1000)) | sed 's/.*/file n=&/' >> /tmp/app.log; sleep 2; mv /tmp/app.log /tmp/app.log.$b; done; exec sleep 600";
+        busybox_pod(&ns, "rotator", script).await;
+        eventually(Duration::from_secs(60), "the pod to run", || async {
+            (phase(&ns, "rotator").await.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+        let out = follow_until(&ns, &["rotator", "--file", "/tmp/app.log", "-o", "raw"], "file n=", N).await;
+        assert_each_once(&out, "file n=", N);
+    })
+    .await;
+}
