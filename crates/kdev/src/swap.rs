@@ -363,8 +363,10 @@ async fn prepare(
         .as_ref()
         .and_then(|s| s.template.spec.clone())
         .unwrap_or_default();
+    let field_pod = original_pod.as_ref().unwrap_or(&proxy);
     let fields = env::FieldSource {
-        pod: original_pod.as_ref().unwrap_or(&proxy),
+        pod: field_pod,
+        node_allocatable: node_allocatable(kube, field_pod).await,
     };
     let mut environment = env::resolve(kube, &template, container, fields, &root.path).await?;
     environment.vars.extend(forward_env);
@@ -444,6 +446,17 @@ fn spawn_renewal(session: Arc<Session>) -> (tokio::task::JoinHandle<()>, mpsc::R
         }
     });
     (task, lost_rx)
+}
+
+/// The allocatable resources of `pod`'s node, if kdev may read the Node
+/// (many developers may not; the env notice then says so).
+async fn node_allocatable(
+    kube: &Kube,
+    pod: &Pod,
+) -> Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>> {
+    let node = pod.spec.as_ref()?.node_name.as_ref()?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(kube.client.clone());
+    nodes.get(node).await.ok()?.status?.allocatable
 }
 
 /// A Running pod of the Deployment, for the downward API's fields.

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod, PodSpec,
     ResourceFieldSelector, Secret, Volume,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 
 use crate::k8s::Kube;
@@ -35,9 +36,12 @@ pub struct Environment {
 }
 
 /// The pod whose fields `fieldRef`s read: an original pod of the Deployment
-/// when one ran, else the proxy pod that replaces it.
+/// when one ran, else the proxy pod that replaces it; and the allocatable
+/// resources of its node, which a `resourceFieldRef` to an unset limit
+/// reads (as the kubelet does), when kdev may read the Node.
 pub struct FieldSource<'a> {
     pub pod: &'a Pod,
+    pub node_allocatable: Option<BTreeMap<String, Quantity>>,
 }
 
 /// Reads ConfigMaps and Secrets once each.
@@ -203,11 +207,11 @@ pub async fn resolve(
                     }
                 }
             } else if let Some(resource) = &from.resource_field_ref {
-                match resource_field(container, resource) {
+                match resource_field(container, resource, fields.node_allocatable.as_ref()) {
                     Some(v) => Some(v),
                     None => {
                         env.notices.push(format!(
-                            "variable {}: {} is not set on the container (the kubelet would use the node's capacity)",
+                            "variable {}: {} is not set on the container and the node's allocatable amount cannot be read (no permission to read Nodes)",
                             var.name, resource.resource
                         ));
                         None
@@ -349,15 +353,26 @@ fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
 
 /// The downward API's `resourceFieldRef`: CPU rounded up to whole divisors,
 /// memory and storage in bytes over the divisor.
-pub fn resource_field(container: &Container, selector: &ResourceFieldSelector) -> Option<String> {
-    let resources = container.resources.as_ref()?;
+pub fn resource_field(
+    container: &Container,
+    selector: &ResourceFieldSelector,
+    allocatable: Option<&BTreeMap<String, Quantity>>,
+) -> Option<String> {
     let (kind, name) = selector.resource.split_once('.')?;
-    let map = match kind {
-        "limits" => resources.limits.as_ref()?,
-        "requests" => resources.requests.as_ref()?,
+    let resources = container.resources.as_ref();
+    let set = match kind {
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
         _ => return None,
+    }
+    .and_then(|map| map.get(name));
+    // An unset limit reads as the node's allocatable amount (the kubelet's rule).
+    let quantity = match (set, kind) {
+        (Some(q), _) => q,
+        (None, "limits") => allocatable?.get(name)?,
+        (None, _) => return None,
     };
-    let value = parse_quantity(&map.get(name)?.0)?;
+    let value = parse_quantity(&quantity.0)?;
     let divisor = selector
         .divisor
         .as_ref()
@@ -583,7 +598,7 @@ fn downward_files(
         let value = if let Some(field) = &item.field_ref {
             pod_field(fields.pod, field)
         } else if let Some(resource) = &item.resource_field_ref {
-            resource_field(container, resource)
+            resource_field(container, resource, fields.node_allocatable.as_ref())
         } else {
             None
         };
@@ -660,6 +675,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_limit_reads_the_nodes_allocatable_amount() {
+        let container: Container =
+            serde_json::from_value(serde_json::json!({ "name": "app" })).expect("valid");
+        let node: BTreeMap<String, Quantity> = [
+            ("cpu".to_owned(), Quantity("2".into())),
+            ("memory".to_owned(), Quantity("4Gi".into())),
+        ]
+        .into();
+        let field = |resource: &str| ResourceFieldSelector {
+            resource: resource.into(),
+            ..ResourceFieldSelector::default()
+        };
+        assert_eq!(
+            resource_field(&container, &field("limits.cpu"), Some(&node)).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            resource_field(&container, &field("limits.memory"), Some(&node)).as_deref(),
+            Some("4294967296")
+        );
+        assert_eq!(
+            resource_field(&container, &field("requests.cpu"), Some(&node)),
+            None
+        );
+        assert_eq!(resource_field(&container, &field("limits.cpu"), None), None);
+    }
+
+    #[test]
     fn resource_fields_round_cpu_up() {
         let container = Container {
             resources: Some(ResourceRequirements {
@@ -680,19 +723,19 @@ mod tests {
             container_name: None,
         };
         assert_eq!(
-            resource_field(&container, &field("limits.cpu", None)).as_deref(),
+            resource_field(&container, &field("limits.cpu", None), None).as_deref(),
             Some("2")
         );
         assert_eq!(
-            resource_field(&container, &field("limits.cpu", Some("1m"))).as_deref(),
+            resource_field(&container, &field("limits.cpu", Some("1m")), None).as_deref(),
             Some("1500")
         );
         assert_eq!(
-            resource_field(&container, &field("limits.memory", Some("1Mi"))).as_deref(),
+            resource_field(&container, &field("limits.memory", Some("1Mi")), None).as_deref(),
             Some("64")
         );
         assert_eq!(
-            resource_field(&container, &field("requests.cpu", None)),
+            resource_field(&container, &field("requests.cpu", None), None),
             None
         );
     }

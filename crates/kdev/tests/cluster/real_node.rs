@@ -716,3 +716,98 @@ async fn a_file_tail_follows_the_containers_own_rotation() {
     })
     .await;
 }
+
+/// The local process gets the environment a real container of the
+/// Deployment has: every variable `env` prints inside the original pod
+/// (Kubernetes' own service variables aside, which kdev does not copy), with
+/// the same value, and the ConfigMap volume's file.
+#[tokio::test]
+async fn the_local_environment_matches_a_real_containers() {
+    use crate::swap_support::Swap;
+    with_namespace("real-env", |ns| async move {
+        require_real_node(&ns).await;
+        let config: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": "settings" },
+            "data": { "MODE": "staging", "app.conf": "threads = 4\n" }
+        }))
+        .expect("a valid config map");
+        ns.api::<k8s_openapi::api::core::v1::ConfigMap>()
+            .create(&PostParams::default(), &config)
+            .await
+            .expect("create config map");
+        let mut web = crate::swap_support::simple_deployment("web", 1, &[8080]);
+        let template = &mut web["spec"]["template"]["spec"];
+        template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
+        template["tolerations"] = on_real_node()["tolerations"].clone();
+        template["volumes"] = json!([{ "name": "conf", "configMap": { "name": "settings" } }]);
+        let container = &mut template["containers"][0];
+        container["image"] = json!(BUSYBOX);
+        container["imagePullPolicy"] = json!("Never");
+        container["command"] = json!(["sleep", "600"]);
+        container["envFrom"] = json!([{ "configMapRef": { "name": "settings" } }]);
+        container["env"] = json!([
+            { "name": "GREETING", "value": "hello $(MODE)" },
+            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+            { "name": "CPU_LIMIT", "valueFrom": { "resourceFieldRef": { "resource": "limits.cpu" } } }
+        ]);
+        container["volumeMounts"] = json!([{ "name": "conf", "mountPath": "/etc/app" }]);
+        template["securityContext"]["runAsUser"] = json!(65534);
+        deploy(&ns, web).await;
+        let original = ns
+            .api::<Pod>()
+            .list(&kube::api::ListParams::default().labels("app=web"))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .find_map(|p| p.metadata.name)
+            .expect("the original pod");
+        let mut exec = ns
+            .api::<Pod>()
+            .exec(&original, ["env"], &AttachParams::default().stdout(true).stderr(false))
+            .await
+            .expect("exec env in the original");
+        let mut in_cluster = String::new();
+        exec.stdout()
+            .expect("stdout")
+            .read_to_string(&mut in_cluster)
+            .await
+            .expect("read");
+
+        let work = tempfile::tempdir().expect("temp dir");
+        let env_file = work.path().join("env");
+        let conf_copy = work.path().join("app.conf");
+        let script = format!("cat \"$KDEV_ROOT/etc/app/app.conf\" > {}", conf_copy.display());
+        let mut swap = Swap::start(
+            &ns,
+            &["deploy/web", "--env-file", env_file.to_str().expect("utf-8")],
+            &["sh", "-c", &script],
+            &[],
+        );
+        let status = swap.wait_exit(Duration::from_secs(90)).await;
+        assert!(status.success(), "{}", swap.stderr());
+        let local = std::fs::read_to_string(&env_file).expect("the env file");
+        let local: std::collections::BTreeMap<String, String> = local
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+            .collect();
+        let kubernetes_own = |key: &str| {
+            key.ends_with("_SERVICE_HOST")
+                || key.ends_with("_SERVICE_PORT")
+                || key.contains("_PORT_")
+                || key.ends_with("_PORT")
+                || ["HOSTNAME", "HOME", "PATH", "SHLVL", "PWD"].contains(&key)
+        };
+        for line in in_cluster.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            if kubernetes_own(key) {
+                continue;
+            }
+            assert_eq!(local.get(key).map(String::as_str), Some(value), "{key} differs; local env: {local:?}");
+        }
+        assert_eq!(local.get("GREETING").map(String::as_str), Some("hello staging"));
+        assert_eq!(std::fs::read_to_string(&conf_copy).expect("conf"), "threads = 4\n");
+    })
+    .await;
+}
