@@ -401,6 +401,118 @@ pub fn agent_image(binary: &Path, reference: &str, out: &Path) -> anyhow::Result
     build_to(&builtin::agent(binary, reference), out)
 }
 
+/// Credentials for a registry.
+pub enum Credentials {
+    Anonymous,
+    Basic { username: String, password: String },
+}
+
+/// `kdev image push`: uploads an image built by `kdev image build` (its
+/// layout tar) to `target` in any OCI registry, keeping its manifest digest.
+/// Registries on localhost or 127.x are spoken to over plain HTTP, as Docker
+/// does; any other over HTTPS unless `insecure`.
+pub async fn push(
+    file: &Path,
+    target: &str,
+    credentials: Credentials,
+    insecure: bool,
+) -> anyhow::Result<ExitCode> {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::manifest::OciImageManifest;
+    use oci_client::secrets::RegistryAuth;
+
+    validate_reference(target)?;
+    let reference: oci_client::Reference = target
+        .parse()
+        .map_err(|err| crate::error::usage(format!("invalid image reference {target:?}: {err}")))?;
+    let bytes =
+        std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let files = read_layout(&bytes).with_context(|| {
+        format!(
+            "{} is not an image built by `kdev image build`",
+            file.display()
+        )
+    })?;
+    let index: oci_spec::image::ImageIndex = serde_json::from_slice(
+        files
+            .get("index.json")
+            .context("the layout has no index.json")?,
+    )
+    .context("the layout's index.json cannot be read")?;
+    let named = index
+        .manifests()
+        .first()
+        .context("the layout's index names no image")?;
+    let local_digest = named.digest().to_string();
+    let blob = |digest: &str| {
+        files
+            .get(&blob_path(digest))
+            .with_context(|| format!("the layout lacks blob {digest}"))
+    };
+    let manifest_bytes = blob(&local_digest)?;
+    let manifest: OciImageManifest =
+        serde_json::from_slice(manifest_bytes).context("the image manifest cannot be read")?;
+    let config = Config::new(
+        blob(&manifest.config.digest)?.clone(),
+        manifest.config.media_type.clone(),
+        None,
+    );
+    let layers: Vec<ImageLayer> = manifest
+        .layers
+        .iter()
+        .map(|layer| {
+            Ok(ImageLayer::new(
+                blob(&layer.digest)?.clone(),
+                layer.media_type.clone(),
+                None,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // reqwest under oci-client takes the process's TLS provider; kdev uses
+    // ring everywhere (kube does). Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = reference.resolve_registry().to_owned();
+    let host = registry.split(':').next().unwrap_or_default();
+    let plain = insecure || host == "localhost" || host.starts_with("127.");
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: if plain {
+            ClientProtocol::HttpsExcept(vec![registry.clone()])
+        } else {
+            ClientProtocol::Https
+        },
+        ..ClientConfig::default()
+    });
+    let auth = match credentials {
+        Credentials::Anonymous => RegistryAuth::Anonymous,
+        Credentials::Basic { username, password } => RegistryAuth::Basic(username, password),
+    };
+    let step = crate::progress::Step::start(format!("pushing {} to {target}", file.display()));
+    client
+        .push(&reference, &layers, config, &auth, Some(manifest))
+        .await
+        .map_err(|err| anyhow::anyhow!("failed to push {} to {target}: {err}", file.display()))?;
+    step.done();
+    println!("{target} {local_digest}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The files of an OCI layout tar, by path.
+fn read_layout(bytes: &[u8]) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+    let mut files = HashMap::new();
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let path = entry.path()?.display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data)?;
+        files.insert(path, data);
+    }
+    Ok(files)
+}
+
 /// Where `kdev image build -o` writes by default: `<name>-<tag>.tar`.
 pub fn default_output(reference: &str) -> PathBuf {
     let file: String = reference

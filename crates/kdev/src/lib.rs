@@ -84,6 +84,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 image::build_to(&spec, &output)
             }
             cli::ImageCommand::Load { file, name } => cluster::load_image(&name, &file).await,
+            cli::ImageCommand::Push {
+                file,
+                reference,
+                username,
+                password_stdin,
+                insecure,
+            } => {
+                let credentials = match (username, password_stdin) {
+                    (Some(username), true) => {
+                        let mut password = String::new();
+                        std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+                            .map_err(|err| {
+                                error::usage(format!(
+                                    "failed to read the password from stdin: {err}"
+                                ))
+                            })?;
+                        image::Credentials::Basic {
+                            username,
+                            password: password.trim_end().to_owned(),
+                        }
+                    }
+                    (None, false) => image::Credentials::Anonymous,
+                    _ => return Err(error::usage("--username and --password-stdin go together")),
+                };
+                image::push(&file, &reference, credentials, insecure).await
+            }
             cli::ImageCommand::Agent {
                 binary,
                 reference,

@@ -35,6 +35,25 @@ pub enum ImageCommand {
         #[arg(short = 'o', long, default_value = "kdev-agent.tar")]
         output: PathBuf,
     },
+    /// Push an image built by `kdev image build` (or `kdev image agent`) to an OCI registry.
+    #[command(
+        after_help = "Example (publish the swap agent to a team's registry):\n  scripts/build-agent\n  echo \"$TOKEN\" | kdev image push target/kdev-agent.tar ghcr.io/acme/kdev-agent:0.1.0 -u acme-bot --password-stdin"
+    )]
+    Push {
+        /// The OCI layout tar to push.
+        file: PathBuf,
+        /// Where to, like registry.example.com/team/app:1.0.
+        reference: String,
+        /// The registry user (with --password-stdin).
+        #[arg(short = 'u', long)]
+        username: Option<String>,
+        /// Read the password or token from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Speak plain HTTP to a registry that is not on localhost.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Import an image built by `kdev image build` into a local cluster's real node.
     #[command(after_help = "Example:\n  kdev image load app.tar --name kdev")]
     Load {

@@ -811,3 +811,111 @@ async fn the_local_environment_matches_a_real_containers() {
     })
     .await;
 }
+
+/// `kdev image push` to a real registry (the CNCF distribution registry,
+/// built by scripts/install-control-plane, on 127.0.0.1): the registry
+/// reports the image's local digest; containerd pulls it from there (ctr,
+/// plain HTTP) and a pod runs it.
+#[tokio::test]
+async fn an_image_pushed_to_a_registry_is_pulled_and_runs() {
+    with_namespace("real-registry", |ns| async move {
+        require_real_node(&ns).await;
+        let bin = kdev::cluster::Binaries::locate().expect("binaries").bin_dir;
+        let work = tempfile::tempdir().expect("temp dir");
+        let port = crate::support::free_port();
+        let config = work.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                work.path().join("data").display()
+            ),
+        )
+        .expect("write the registry's config");
+        let _registry = Killed(std::process::Command::new(bin.join("registry"))
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the registry (scripts/install-control-plane builds it)"));
+        eventually(Duration::from_secs(20), "the registry to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+
+        let image = work.path().join("app.tar");
+        let built = kdev()
+            .args(["image", "build", "-t", "kdev.local/pushed:1"])
+            .args(["--file", "/bin/busybox:/bin/busybox:755", "--link", "/bin/sh:/bin/busybox"])
+            .args(["--entrypoint", "/bin/sh", "--cmd", "-c", "--cmd", "echo pulled-from-a-registry; exec sleep 600"])
+            .arg("-o")
+            .arg(&image)
+            .output()
+            .expect("run kdev image build");
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        let local_digest = String::from_utf8_lossy(&built.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("the digest")
+            .to_owned();
+        let target = format!("127.0.0.1:{port}/{}/app:1", ns.name);
+        let pushed = kdev().args(["image", "push"]).arg(&image).arg(&target).output().expect("run kdev image push");
+        assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+
+        // The registry's own word on the digest.
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        use tokio::io::AsyncWriteExt as _;
+        socket
+            .write_all(
+                format!(
+                    "HEAD /v2/{}/app/manifests/1 HTTP/1.0\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n",
+                    ns.name
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("ask the registry");
+        let mut reply = String::new();
+        socket.read_to_string(&mut reply).await.expect("read");
+        assert!(
+            reply.to_ascii_lowercase().contains(&format!("docker-content-digest: {local_digest}")),
+            "{reply}"
+        );
+
+        // containerd pulls it from the registry (ctr --local fetches on this
+        // host; containerd itself lives in the node's namespace).
+        let cluster_dir = ns.kubeconfig.parent().expect("cluster folder").to_owned();
+        let socket_path = cluster_dir.join("node/containerd/containerd.sock");
+        let pulled = std::process::Command::new(bin.join("ctr"))
+            .arg("--address")
+            .arg(&socket_path)
+            .args(["--namespace", "k8s.io", "images", "pull", "--local", "--plain-http", &target])
+            .output()
+            .expect("run ctr");
+        assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+
+        let mut spec = on_real_node();
+        spec["containers"] = json!([{ "name": "app", "image": target, "imagePullPolicy": "Never" }]);
+        let pod: Pod = serde_json::from_value(json!({ "metadata": { "name": "pulled" }, "spec": spec }))
+            .expect("a valid pod");
+        ns.api::<Pod>().create(&PostParams::default(), &pod).await.expect("create pod");
+        let log = eventually(Duration::from_secs(60), "the pulled image to run", || async {
+            let log = ns.api::<Pod>().logs("pulled", &LogParams::default()).await.ok()?;
+            log.contains("pulled-from-a-registry").then_some(log)
+        })
+        .await;
+        assert_eq!(log.trim(), "pulled-from-a-registry");
+    })
+    .await;
+}
+
+/// A process killed when dropped, also when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
