@@ -353,7 +353,7 @@ impl Session {
         Ok(())
     }
 
-    /// Step 4: waits until the proxy Pod runs (a watch, not a poll).
+    /// Step 4: waits until the proxy Pod runs and is Ready (a watch, not a poll).
     pub async fn wait_proxy_running(&self, timeout: Duration) -> anyhow::Result<Pod> {
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let what = format!("proxy pod {}/{}", self.kube.namespace, self.proxy_name);
@@ -366,8 +366,19 @@ impl Session {
                 return Check::Fail(anyhow::anyhow!("{what} disappeared"));
             };
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            if phase == Some("Running") {
+            // Ready, not only Running: until the proxy is a ready endpoint,
+            // kube-proxy keeps sending Service traffic to the terminating
+            // original pods (its fallback when no endpoint is ready).
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if phase == Some("Running") && ready {
                 return Check::Done(pod.clone());
+            }
+            if phase == Some("Running") {
+                return Check::Wait("running, not Ready yet".into());
             }
             match waiting_reason(pod) {
                 Some(reason) if reason.contains("ImagePull") || reason.contains("ErrImage") => {

@@ -42,11 +42,16 @@ pub fn on_real_node() -> serde_json::Value {
 async fn busybox_pod(ns: &TestNamespace, name: &str, script: &str) -> Pod {
     let mut spec = on_real_node();
     spec["restartPolicy"] = json!("Never");
+    // Passes the restricted Pod Security Standard, where a test enforces it.
+    spec["securityContext"] = json!({
+        "runAsNonRoot": true, "runAsUser": 65534, "seccompProfile": { "type": "RuntimeDefault" }
+    });
     spec["containers"] = json!([{
         "name": "main",
         "image": BUSYBOX,
         "imagePullPolicy": "Never",
-        "command": ["sh", "-c", script]
+        "command": ["sh", "-c", script],
+        "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
     }]);
     let pod: Pod = serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))
         .expect("a valid pod");
@@ -346,6 +351,19 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
     use tokio::io::AsyncWriteExt as _;
     with_namespace("real-swap", |ns| async move {
         require_real_node(&ns).await;
+        // The restricted Pod Security Standard, enforced: the proxy pod (and
+        // the app) must pass it to be created at all, and then really run.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+        namespaces
+            .patch(
+                &ns.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({ "metadata": { "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted"
+                } } })),
+            )
+            .await
+            .expect("label the namespace");
         let mut web = crate::swap_support::simple_deployment("web", 2, &[8080]);
         let template = &mut web["spec"]["template"]["spec"];
         template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
