@@ -1,12 +1,14 @@
-//! `kdev cluster up|down|kubeconfig`: a local Kubernetes control plane with no
-//! containers.
+//! `kdev cluster up|down|kubeconfig`: a local Kubernetes cluster.
 //!
 //! Real etcd, kube-apiserver, kube-controller-manager and kube-scheduler run
-//! as local processes (kwokctl's binary runtime), with kwok faking a node and
-//! its pods: a Deployment gets ReplicaSets, scheduled pods and Running
-//! statuses, and kwok's Logs/Exec/PortForward resources make a pod's logs come
-//! from a local file, its exec run a local command and a port-forward reach a
-//! local port. Everything listens on 127.0.0.1.
+//! as local processes (kwokctl's binary runtime). Pods run on a real node
+//! ([`node`]: kubelet, containerd, runc, CNI, kube-proxy, CoreDNS in a
+//! network namespace of its own, joined to the host by [`netns`]) and/or on
+//! a node kwok fakes: a Deployment gets ReplicaSets, scheduled pods and
+//! Running statuses, and kwok's Logs/Exec/PortForward resources make a pod's
+//! logs come from a local file, its exec run a local command and a
+//! port-forward reach a local port. On the host everything listens on
+//! 127.0.0.1.
 //!
 //! Binaries come from `scripts/install-control-plane` (see [`binaries`]);
 //! cluster state lives under `$KDEV_HOME/kwok/clusters/<name>`

@@ -69,27 +69,7 @@ async fn phase(ns: &TestNamespace, name: &str) -> Option<String> {
 async fn a_pod_on_the_real_node_reaches_a_service_by_its_dns_name() {
     with_namespace("real-svc", |ns| async move {
         require_real_node(&ns).await;
-        let mut web = crate::swap_support::simple_deployment("web", 1, &[8080]);
-        let template = &mut web["spec"]["template"]["spec"];
-        template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
-        template["tolerations"] = on_real_node()["tolerations"].clone();
-        template["containers"][0]["image"] = json!(BUSYBOX);
-        template["containers"][0]["imagePullPolicy"] = json!("Never");
-        template["containers"][0]["command"] = json!([
-            "sh", "-c",
-            "mkdir -p /tmp/www && echo served-by-a-real-container > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
-        ]);
-        template["securityContext"]["runAsUser"] = json!(65534);
-        deploy(&ns, web).await;
-        let service = serde_json::from_value(json!({
-            "metadata": { "name": "web" },
-            "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
-        }))
-        .expect("a valid service");
-        ns.api::<k8s_openapi::api::core::v1::Service>()
-            .create(&PostParams::default(), &service)
-            .await
-            .expect("create service");
+        busybox_web(&ns, "web", 1, "served-by-a-real-container").await;
 
         let fqdn = format!("web.{}.svc.cluster.local", ns.name);
         busybox_pod(
@@ -364,27 +344,7 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
             )
             .await
             .expect("label the namespace");
-        let mut web = crate::swap_support::simple_deployment("web", 2, &[8080]);
-        let template = &mut web["spec"]["template"]["spec"];
-        template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
-        template["tolerations"] = on_real_node()["tolerations"].clone();
-        template["containers"][0]["image"] = json!(BUSYBOX);
-        template["containers"][0]["imagePullPolicy"] = json!("Never");
-        template["containers"][0]["command"] = json!([
-            "sh", "-c",
-            "mkdir -p /tmp/www && echo from-the-cluster > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
-        ]);
-        template["securityContext"]["runAsUser"] = json!(65534);
-        deploy(&ns, web).await;
-        let service = serde_json::from_value(json!({
-            "metadata": { "name": "web" },
-            "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
-        }))
-        .expect("a valid service");
-        ns.api::<k8s_openapi::api::core::v1::Service>()
-            .create(&PostParams::default(), &service)
-            .await
-            .expect("create service");
+        busybox_web(&ns, "web", 2, "from-the-cluster").await;
 
         // The developer's process: a tiny HTTP server on this machine.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
