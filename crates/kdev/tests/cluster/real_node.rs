@@ -392,14 +392,9 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
 
         // Another pod dials the proxy pod's tunnel port: nothing listens there
         // (the agent binds the pod's loopback), and the session goes on.
-        let proxy_ip = ns
-            .api::<Pod>()
-            .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
+        let proxy_ip = crate::swap_support::proxy_pod(&ns)
             .await
-            .expect("list proxies")
-            .items
-            .into_iter()
-            .find_map(|p| p.status?.pod_ip)
+            .and_then(|p| p.status?.pod_ip)
             .expect("the proxy pod's IP");
         busybox_pod(
             &ns,
@@ -421,14 +416,7 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
         // The exec readiness probe has passed for a while (every 2 s) and
         // never took the tunnel: the pod is Ready and a new request works.
         eventually(Duration::from_secs(30), "the proxy pod to be Ready", || async {
-            let pod = ns
-                .api::<Pod>()
-                .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .next()?;
+            let pod = crate::swap_support::proxy_pod(&ns).await?;
             let ready = pod.status?.conditions?.into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
             ready.then_some(())
         })
@@ -533,14 +521,9 @@ async fn a_real_node_swap_forwards_carries_many_connections_and_survives_kill_9(
 
         // Inbound: 64 connections into the proxy pod's port 8080 (through a
         // port-forward to the real pod), via the agent and the tunnel.
-        let proxy = ns
-            .api::<Pod>()
-            .list(&kube::api::ListParams::default().labels("kdev.dev/role=swap-proxy"))
+        let proxy = crate::swap_support::proxy_pod(&ns)
             .await
-            .expect("list proxies")
-            .items
-            .into_iter()
-            .find_map(|p| p.metadata.name)
+            .and_then(|p| p.metadata.name)
             .expect("the proxy pod");
         let mut clients = Vec::new();
         for i in 0..64u32 {

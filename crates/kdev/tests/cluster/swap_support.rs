@@ -374,3 +374,14 @@ impl Drop for Controller {
         let _ = self.child.wait();
     }
 }
+
+/// The namespace's swap proxy pod, if one exists.
+pub async fn proxy_pod(ns: &TestNamespace) -> Option<Pod> {
+    ns.api::<Pod>()
+        .list(&ListParams::default().labels("kdev.dev/role=swap-proxy"))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .next()
+}
