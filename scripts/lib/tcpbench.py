@@ -2,8 +2,10 @@
 """Tiny TCP load tool for kdev's benchmarks (loopback only).
 
   serve PORT                 echo server on 127.0.0.1:PORT
-  first PORT SINCE           poll until an echo round trip succeeds; print seconds since SINCE (epoch)
-  measure PORT [MB] [N]      throughput (MB echoed through) and N round-trip latencies
+  first ADDR SINCE           poll until an echo round trip succeeds; print seconds since SINCE (epoch)
+  measure ADDR [MB] [N]      throughput (MB echoed through) and N round-trip latencies
+
+ADDR is PORT (on 127.0.0.1) or HOST:PORT.
 """
 import socket
 import statistics
@@ -32,17 +34,22 @@ def serve(port):
         threading.Thread(target=echo, args=(conn,), daemon=True).start()
 
 
-def round_trip(port, timeout=2.0):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+def address(text):
+    host, _, port = text.rpartition(":")
+    return (host or "127.0.0.1", int(port))
+
+
+def round_trip(addr, timeout=2.0):
+    with socket.create_connection(addr, timeout=timeout) as s:
         s.sendall(b"ping")
         return s.recv(4) == b"ping"
 
 
-def first(port, since):
+def first(addr, since):
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if round_trip(port):
+            if round_trip(addr):
                 print(f"{time.time() - since:.2f}")
                 return
         except OSError:
@@ -51,10 +58,10 @@ def first(port, since):
     sys.exit("no answer within 120s")
 
 
-def measure(port, megabytes=64, rounds=500):
+def measure(addr, megabytes=64, rounds=500):
     chunk = bytes(range(256)) * 256  # 64 KiB
     total = megabytes * 1024 * 1024
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with socket.create_connection(addr, timeout=30) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         received = 0
 
@@ -77,7 +84,7 @@ def measure(port, megabytes=64, rounds=500):
         elapsed = time.perf_counter() - start
     if received < total:
         sys.exit(f"lost bytes: {received} of {total}")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with socket.create_connection(addr, timeout=10) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         samples = []
         for _ in range(rounds):
@@ -97,8 +104,8 @@ if __name__ == "__main__":
     if cmd == "serve":
         serve(int(args[0]))
     elif cmd == "first":
-        first(int(args[0]), float(args[1]))
+        first(address(args[0]), float(args[1]))
     elif cmd == "measure":
-        measure(int(args[0]), *(int(a) for a in args[1:]))
+        measure(address(args[0]), *(int(a) for a in args[1:]))
     else:
         sys.exit(__doc__)

@@ -47,8 +47,10 @@ impl Mux {
             Role::Server => yamux::Mode::Server,
         };
         let mut config = yamux::Config::default();
-        // Window per stream × streams must stay under the connection's cap.
-        config.set_max_num_streams(1024);
+        // A stream's receive window grows (with the measured round trip) up
+        // to the connection's cap (1 GiB) divided by this: 4 MiB, enough to
+        // keep a stream moving through the API server's buffers.
+        config.set_max_num_streams(256);
         // Each yamux frame becomes one WebSocket message through the API
         // server; fewer, larger frames move more bytes per message.
         config.set_split_send_size(256 * 1024);

@@ -42,7 +42,9 @@ pub const POD_CIDR: &str = "10.244.0.0/16";
 /// The API server's advertised address (kwokctl's; its serving certificate
 /// names it), on the namespace's `lo`, relayed to the host's 127.0.0.1.
 pub const API_ADDRESS: &str = "192.0.2.2";
-/// The `kube-dns` Service's ClusterIP (in kwokctl's Service range 10.0.0.0/24).
+/// kwokctl's Service ClusterIP range.
+pub const SERVICE_CIDR: &str = "10.0.0.0/24";
+/// The `kube-dns` Service's ClusterIP (in [`SERVICE_CIDR`]).
 pub const DNS_IP: &str = "10.0.0.10";
 /// The taint the real node carries when kwok's fake node is there too, so
 /// that only workloads that ask for it land on the real node.
@@ -211,6 +213,19 @@ impl Node<'_> {
                 &format!("{API_ADDRESS}/32"),
                 "dev",
                 "lo",
+            ]),
+            // The node itself (and host-network pods) reach Services: any
+            // route for the range lets the packet reach kube-proxy's OUTPUT
+            // rules, whose DNAT then re-routes it to a pod on the bridge.
+            inside(&[
+                "ip",
+                "route",
+                "add",
+                SERVICE_CIDR,
+                "dev",
+                "lo",
+                "src",
+                NODE_IP,
             ]),
             inside(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
             inside(&["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"]),
@@ -703,6 +718,9 @@ fn kube_proxy_config(dir: &Path) -> String {
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
         "conntrack": { "maxPerCore": 0 },
+        // A new Service or endpoint is routed within 0.1 s instead of the
+        // default 1 s: a dev cluster has few Services and many fresh pods.
+        "iptables": { "minSyncPeriod": "100ms" },
     })
     .to_string()
 }

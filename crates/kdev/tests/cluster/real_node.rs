@@ -40,6 +40,11 @@ pub fn on_real_node() -> serde_json::Value {
 /// A busybox pod on the real node running `script`, created and waited for
 /// until it has finished (or runs, when `wait_done` is false).
 async fn busybox_pod(ns: &TestNamespace, name: &str, script: &str) -> Pod {
+    create_pod(ns, name, busybox_spec(script)).await
+}
+
+/// The spec of a busybox pod on the real node running `script` once.
+fn busybox_spec(script: &str) -> serde_json::Value {
     let mut spec = on_real_node();
     spec["restartPolicy"] = json!("Never");
     // Passes the restricted Pod Security Standard, where a test enforces it.
@@ -53,12 +58,25 @@ async fn busybox_pod(ns: &TestNamespace, name: &str, script: &str) -> Pod {
         "command": ["sh", "-c", script],
         "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
     }]);
+    spec
+}
+
+async fn create_pod(ns: &TestNamespace, name: &str, spec: serde_json::Value) -> Pod {
     let pod: Pod = serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))
         .expect("a valid pod");
     ns.api::<Pod>()
         .create(&PostParams::default(), &pod)
         .await
         .expect("create pod")
+}
+
+/// A shell loop that sends one HTTP request through `nc` and retries a few
+/// times, as a real client does: kube-proxy programs a new Service's rules a
+/// moment after its endpoints are Ready.
+fn retried(nc: &str) -> String {
+    format!(
+        "for i in 1 2 3 4 5; do printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | {nc} && exit 0; sleep 1; done; exit 1"
+    )
 }
 
 async fn phase(ns: &TestNamespace, name: &str) -> Option<String> {
@@ -75,23 +93,73 @@ async fn a_pod_on_the_real_node_reaches_a_service_by_its_dns_name() {
         busybox_pod(
             &ns,
             "client",
-            &format!(
-                "nslookup {fqdn} && printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | nc -w 5 web 80"
-            ),
+            &format!("nslookup {fqdn} && {}", retried("nc -w 5 web 80")),
         )
         .await;
-        eventually(Duration::from_secs(60), "the client pod to finish", || async {
-            matches!(phase(&ns, "client").await.as_deref(), Some("Succeeded" | "Failed")).then_some(())
-        })
+        eventually(
+            Duration::from_secs(60),
+            "the client pod to finish",
+            || async {
+                matches!(
+                    phase(&ns, "client").await.as_deref(),
+                    Some("Succeeded" | "Failed")
+                )
+                .then_some(())
+            },
+        )
         .await;
         let log = ns
             .api::<Pod>()
             .logs("client", &LogParams::default())
             .await
             .expect("the client's log, read from the real kubelet");
-        assert_eq!(phase(&ns, "client").await.as_deref(), Some("Succeeded"), "{log}");
+        assert_eq!(
+            phase(&ns, "client").await.as_deref(),
+            Some("Succeeded"),
+            "{log}"
+        );
         assert!(log.contains(&fqdn), "{log}");
         assert!(log.contains("served-by-a-real-container"), "{log}");
+    })
+    .await;
+}
+
+/// Host-network pods (and the node itself) reach Services too: the node's
+/// namespace routes the Service range so kube-proxy's rules apply.
+#[tokio::test]
+async fn a_host_network_pod_reaches_a_service_by_its_dns_name() {
+    with_namespace("real-hostnet", |ns| async move {
+        require_real_node(&ns).await;
+        busybox_web(&ns, "web", 1, "served-to-the-host-network").await;
+
+        let fqdn = format!("web.{}.svc.cluster.local", ns.name);
+        let mut spec = busybox_spec(&retried(&format!("nc -w 5 {fqdn} 80")));
+        spec["hostNetwork"] = json!(true);
+        spec["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+        create_pod(&ns, "client", spec).await;
+        eventually(
+            Duration::from_secs(60),
+            "the client pod to finish",
+            || async {
+                matches!(
+                    phase(&ns, "client").await.as_deref(),
+                    Some("Succeeded" | "Failed")
+                )
+                .then_some(())
+            },
+        )
+        .await;
+        let log = ns
+            .api::<Pod>()
+            .logs("client", &LogParams::default())
+            .await
+            .expect("the client's log");
+        assert_eq!(
+            phase(&ns, "client").await.as_deref(),
+            Some("Succeeded"),
+            "{log}"
+        );
+        assert!(log.contains("served-to-the-host-network"), "{log}");
     })
     .await;
 }
@@ -347,7 +415,9 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
         busybox_web(&ns, "web", 2, "from-the-cluster").await;
 
         // The developer's process: a tiny HTTP server on this machine.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let local = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
@@ -355,14 +425,22 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
                     let mut buf = [0u8; 1024];
                     let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
                     let _ = socket
-                        .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nfrom-the-laptop\n")
+                        .write_all(
+                            b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nfrom-the-laptop\n",
+                        )
                         .await;
                 });
             }
         });
         let swap = Swap::start(
             &ns,
-            &["deploy/web", "--port", &format!("8080:{local}"), "--ttl", "10s"],
+            &[
+                "deploy/web",
+                "--port",
+                &format!("8080:{local}"),
+                "--ttl",
+                "10s",
+            ],
             &["sleep", "600"],
             &[],
         );
@@ -371,15 +449,18 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
         let ask = |name: &'static str| {
             let ns = &ns;
             async move {
-                busybox_pod(
-                    ns,
-                    name,
-                    "for i in 1 2 3; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 80 && exit 0; sleep 1; done; exit 1",
+                busybox_pod(ns, name, &retried("nc -w 5 web 80")).await;
+                eventually(
+                    Duration::from_secs(60),
+                    "the client pod to finish",
+                    || async {
+                        matches!(
+                            phase(ns, name).await.as_deref(),
+                            Some("Succeeded" | "Failed")
+                        )
+                        .then_some(())
+                    },
                 )
-                .await;
-                eventually(Duration::from_secs(60), "the client pod to finish", || async {
-                    matches!(phase(ns, name).await.as_deref(), Some("Succeeded" | "Failed")).then_some(())
-                })
                 .await;
                 ns.api::<Pod>()
                     .logs(name, &LogParams::default())
@@ -388,7 +469,11 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
             }
         };
         let answer = ask("client").await;
-        assert!(answer.contains("from-the-laptop"), "{answer}\n{}", swap.stderr());
+        assert!(
+            answer.contains("from-the-laptop"),
+            "{answer}\n{}",
+            swap.stderr()
+        );
 
         // Another pod dials the proxy pod's tunnel port: nothing listens there
         // (the agent binds the pod's loopback), and the session goes on.
@@ -402,9 +487,17 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
             &format!("printf 'KDEVAUTH' | nc -w 3 {proxy_ip} 7355 && echo CONNECTED; echo done"),
         )
         .await;
-        eventually(Duration::from_secs(60), "the intruder to finish", || async {
-            matches!(phase(&ns, "intruder").await.as_deref(), Some("Succeeded" | "Failed")).then_some(())
-        })
+        eventually(
+            Duration::from_secs(60),
+            "the intruder to finish",
+            || async {
+                matches!(
+                    phase(&ns, "intruder").await.as_deref(),
+                    Some("Succeeded" | "Failed")
+                )
+                .then_some(())
+            },
+        )
         .await;
         let intruder = ns
             .api::<Pod>()
@@ -415,16 +508,28 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
 
         // The exec readiness probe has passed for a while (every 2 s) and
         // never took the tunnel: the pod is Ready and a new request works.
-        eventually(Duration::from_secs(30), "the proxy pod to be Ready", || async {
-            let pod = crate::swap_support::proxy_pod(&ns).await?;
-            let ready = pod.status?.conditions?.into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "the proxy pod to be Ready",
+            || async {
+                let pod = crate::swap_support::proxy_pod(&ns).await?;
+                let ready = pod
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            },
+        )
         .await;
         // A minute of probes, every 2 s; the time itself is what is tested.
         tokio::time::sleep(Duration::from_secs(60)).await;
         let again = ask("client-again").await;
-        assert!(again.contains("from-the-laptop"), "{again}\n{}", swap.stderr());
+        assert!(
+            again.contains("from-the-laptop"),
+            "{again}\n{}",
+            swap.stderr()
+        );
 
         swap.signal(nix::sys::signal::Signal::SIGTERM);
         let mut swap = swap;
