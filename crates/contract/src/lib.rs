@@ -15,8 +15,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod envs;
 pub mod hash;
 pub mod keys;
 pub mod lease;
+pub mod schedule;
 pub mod session;
 pub mod tunnel;

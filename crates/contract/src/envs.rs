@@ -1,0 +1,351 @@
+//! Environments that sleep and wake: the annotations the CLI, the controller
+//! and the dashboard share, and the pure decisions over them.
+//!
+//! A workload (Deployment, StatefulSet, CronJob) that kdev put to sleep
+//! carries one annotation, [`SLEEP_ANNOTATION`], written in the same guarded
+//! write that scales it down (or suspends it). It holds what the workload
+//! had before, so a wake restores exactly that; a workload without it is
+//! never scaled up by kdev. Keys read from kube-downscaler (`downscaler/…`)
+//! mean what they mean there; kdev's own key wins on the same object.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The record of a sleep, on the workload (JSON, see [`SleepRecord`]).
+pub const SLEEP_ANNOTATION: &str = "kdev.dev/sleep";
+/// Opt-out: any value but "false" keeps the object (or a whole namespace)
+/// awake. Read as an annotation or a label.
+pub const EXCLUDE_KEYS: [&str; 2] = ["kdev.dev/exclude", "downscaler/exclude"];
+/// Replicas while asleep (default 0), on a workload or its namespace.
+pub const DOWNTIME_REPLICAS_KEYS: [&str; 2] =
+    ["kdev.dev/downtime-replicas", "downscaler/downtime-replicas"];
+
+/// What a workload had before kdev put it to sleep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepRecord {
+    /// Replicas before the sleep (for a CronJob: 1 when it was running).
+    pub replicas: i32,
+    /// Replicas kdev set (for a CronJob: 0, suspended).
+    pub to: i32,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who or what: `user@host`, or the schedule and where it is written.
+    pub by: String,
+}
+
+/// A kdev annotation or label that cannot be read; nothing is changed
+/// because of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadValue {
+    pub key: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "annotation {}={:?} is not {}",
+            self.key, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for BadValue {}
+
+impl SleepRecord {
+    /// The annotation to write with the change that puts the workload to sleep.
+    pub fn annotation(&self) -> (String, String) {
+        (
+            SLEEP_ANNOTATION.to_owned(),
+            serde_json::to_string(self).expect("a record serializes"),
+        )
+    }
+
+    /// Reads the record back; `None` when the workload is not asleep.
+    pub fn read(annotations: &BTreeMap<String, String>) -> Result<Option<Self>, BadValue> {
+        let Some(raw) = annotations.get(SLEEP_ANNOTATION) else {
+            return Ok(None);
+        };
+        let bad = || BadValue {
+            key: SLEEP_ANNOTATION,
+            value: raw.chars().take(200).collect(),
+            expected: "a sleep record ({\"replicas\":N,\"to\":N,\"at\":…,\"by\":…})",
+        };
+        let record: SleepRecord = serde_json::from_str(raw).map_err(|_| bad())?;
+        if record.replicas < 0 || record.to < 0 {
+            return Err(bad());
+        }
+        Ok(Some(record))
+    }
+}
+
+/// Whether `key`'s value opts out: kube-downscaler's rule, anything but
+/// "false" (any case) excludes, to be on the safe side.
+fn opts_out(values: &BTreeMap<String, String>) -> Option<&'static str> {
+    EXCLUDE_KEYS.into_iter().find(|key| {
+        values
+            .get(*key)
+            .is_some_and(|value| !value.trim().eq_ignore_ascii_case("false"))
+    })
+}
+
+/// The opt-out that keeps an object awake, if any: the key and where
+/// (annotation or label).
+pub fn exclusion(
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> Option<String> {
+    opts_out(annotations)
+        .map(|key| format!("annotation {key}"))
+        .or_else(|| opts_out(labels).map(|key| format!("label {key}")))
+}
+
+/// Replicas while asleep: the first of kdev's key and kube-downscaler's on
+/// the workload, then on its namespace, else 0.
+pub fn downtime_replicas(
+    workload: &BTreeMap<String, String>,
+    namespace: &BTreeMap<String, String>,
+) -> Result<i32, BadValue> {
+    for annotations in [workload, namespace] {
+        for key in DOWNTIME_REPLICAS_KEYS {
+            if let Some(value) = annotations.get(key) {
+                return value
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or(BadValue {
+                        key,
+                        value: value.chars().take(200).collect(),
+                        expected: "a replica count (a whole number ≥ 0)",
+                    });
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// What putting one workload to sleep does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sleep {
+    /// Scale from `from` to `to` (suspend a CronJob) and write the record.
+    Scale { from: i32, to: i32 },
+    /// Already asleep (it carries a record); nothing to do.
+    AlreadyAsleep,
+    /// At or below the sleeping size already (a workload kept at 0 on
+    /// purpose): left alone, so a wake leaves it there too.
+    AlreadySmall { replicas: i32 },
+    /// Opted out.
+    Excluded { why: String },
+    /// A `kdev swap` session holds it; the swap's restore decides.
+    HeldBySwap { session: String },
+}
+
+/// Decides how to put a workload with `replicas` now to sleep at `to`
+/// replicas. `swap_session` is the session holding it, if any.
+pub fn sleep_plan(
+    replicas: i32,
+    to: i32,
+    annotations: &BTreeMap<String, String>,
+    exclusion: Option<String>,
+    swap_session: Option<&str>,
+) -> Result<Sleep, BadValue> {
+    if let Some(why) = exclusion {
+        return Ok(Sleep::Excluded { why });
+    }
+    if let Some(session) = swap_session {
+        return Ok(Sleep::HeldBySwap {
+            session: session.to_owned(),
+        });
+    }
+    if SleepRecord::read(annotations)?.is_some() {
+        return Ok(Sleep::AlreadyAsleep);
+    }
+    if replicas <= to {
+        return Ok(Sleep::AlreadySmall { replicas });
+    }
+    Ok(Sleep::Scale { from: replicas, to })
+}
+
+/// What waking one workload does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Still as the sleep left it: scale back to `to` and remove the record.
+    Scale { to: i32 },
+    /// Someone changed replicas while it slept: keep theirs, remove the
+    /// record, say so.
+    KeepChanged { current: i32, original: i32 },
+    /// Not asleep (no record): nothing to do.
+    NotAsleep,
+    /// A `kdev swap` session holds it: left to the swap; the record stays,
+    /// so the wake completes when the swap ends.
+    HeldBySwap { session: String },
+}
+
+/// Decides how to wake a workload with `replicas` now.
+pub fn wake_plan(
+    replicas: i32,
+    annotations: &BTreeMap<String, String>,
+    swap_session: Option<&str>,
+) -> Result<Wake, BadValue> {
+    let Some(record) = SleepRecord::read(annotations)? else {
+        return Ok(Wake::NotAsleep);
+    };
+    if let Some(session) = swap_session {
+        return Ok(Wake::HeldBySwap {
+            session: session.to_owned(),
+        });
+    }
+    if replicas == record.to {
+        Ok(Wake::Scale {
+            to: record.replicas,
+        })
+    } else {
+        Ok(Wake::KeepChanged {
+            current: replicas,
+            original: record.replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn asleep(replicas: i32, to: i32) -> BTreeMap<String, String> {
+        let record = SleepRecord {
+            replicas,
+            to,
+            at: "2026-12-02T19:00:00Z".into(),
+            by: "alice@laptop".into(),
+        };
+        [record.annotation()].into()
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let annotations = asleep(3, 0);
+        let record = SleepRecord::read(&annotations).unwrap().unwrap();
+        assert_eq!((record.replicas, record.to), (3, 0));
+        assert_eq!(SleepRecord::read(&map(&[])), Ok(None));
+    }
+
+    #[test]
+    fn sleeping_records_and_scales_and_leaves_small_workloads_alone() {
+        assert_eq!(
+            sleep_plan(3, 0, &map(&[]), None, None),
+            Ok(Sleep::Scale { from: 3, to: 0 })
+        );
+        assert_eq!(
+            sleep_plan(0, 0, &map(&[]), None, None),
+            Ok(Sleep::AlreadySmall { replicas: 0 })
+        );
+        assert_eq!(
+            sleep_plan(0, 0, &asleep(3, 0), None, None),
+            Ok(Sleep::AlreadyAsleep)
+        );
+        assert_eq!(
+            sleep_plan(3, 0, &map(&[]), None, Some("s1")),
+            Ok(Sleep::HeldBySwap {
+                session: "s1".into()
+            })
+        );
+        assert_eq!(
+            sleep_plan(
+                3,
+                0,
+                &map(&[]),
+                Some("label kdev.dev/exclude".into()),
+                Some("s1")
+            ),
+            Ok(Sleep::Excluded {
+                why: "label kdev.dev/exclude".into()
+            })
+        );
+    }
+
+    #[test]
+    fn waking_restores_exactly_and_keeps_a_change_made_while_asleep() {
+        assert_eq!(wake_plan(0, &asleep(3, 0), None), Ok(Wake::Scale { to: 3 }));
+        assert_eq!(wake_plan(1, &asleep(3, 1), None), Ok(Wake::Scale { to: 3 }));
+        assert_eq!(
+            wake_plan(2, &asleep(3, 0), None),
+            Ok(Wake::KeepChanged {
+                current: 2,
+                original: 3
+            })
+        );
+        assert_eq!(wake_plan(2, &map(&[]), None), Ok(Wake::NotAsleep));
+        assert_eq!(
+            wake_plan(0, &asleep(3, 0), Some("s1")),
+            Ok(Wake::HeldBySwap {
+                session: "s1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn opt_outs_read_as_kube_downscaler_reads_them() {
+        let none = map(&[]);
+        assert_eq!(
+            exclusion(&map(&[("downscaler/exclude", "false")]), &none),
+            None
+        );
+        assert_eq!(
+            exclusion(&map(&[("downscaler/exclude", "yes")]), &none).as_deref(),
+            Some("annotation downscaler/exclude")
+        );
+        assert_eq!(
+            exclusion(&none, &map(&[("kdev.dev/exclude", "true")])).as_deref(),
+            Some("label kdev.dev/exclude")
+        );
+    }
+
+    #[test]
+    fn downtime_replicas_prefer_the_workload_then_the_namespace() {
+        let ns = map(&[("downscaler/downtime-replicas", "1")]);
+        assert_eq!(downtime_replicas(&map(&[]), &ns), Ok(1));
+        assert_eq!(
+            downtime_replicas(&map(&[("kdev.dev/downtime-replicas", "2")]), &ns),
+            Ok(2)
+        );
+        assert_eq!(downtime_replicas(&map(&[]), &map(&[])), Ok(0));
+        let err = downtime_replicas(&map(&[("kdev.dev/downtime-replicas", "-1")]), &ns)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kdev.dev/downtime-replicas"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_annotation_text_is_an_error_or_a_plan_never_a_panic(raw in "\\PC{0,120}", replicas in -2i32..5) {
+            let annotations = map(&[(SLEEP_ANNOTATION, &raw), ("kdev.dev/downtime-replicas", &raw)]);
+            let _ = wake_plan(replicas, &annotations, None);
+            let _ = sleep_plan(replicas, 0, &annotations, None, None);
+            let _ = downtime_replicas(&annotations, &annotations);
+        }
+
+        #[test]
+        fn a_sleep_then_a_wake_restores_the_count(replicas in 0i32..1000, to in 0i32..3) {
+            match sleep_plan(replicas, to, &map(&[]), None, None).unwrap() {
+                Sleep::Scale { from, to } => {
+                    prop_assert_eq!(wake_plan(to, &asleep(from, to), None).unwrap(), Wake::Scale { to: replicas });
+                }
+                Sleep::AlreadySmall { .. } => prop_assert!(replicas <= to),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+}
