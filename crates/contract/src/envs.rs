@@ -22,6 +22,91 @@ pub const EXCLUDE_KEYS: [&str; 2] = ["kdev.dev/exclude", "downscaler/exclude"];
 pub const DOWNTIME_REPLICAS_KEYS: [&str; 2] =
     ["kdev.dev/downtime-replicas", "downscaler/downtime-replicas"];
 
+/// When an environment is up (kube-downscaler's uptime), on a namespace or a
+/// workload; kdev's key first.
+pub const UPTIME_KEYS: [&str; 2] = ["kdev.dev/uptime", "downscaler/uptime"];
+/// When an environment sleeps (kube-downscaler's downtime).
+pub const DOWNTIME_KEYS: [&str; 2] = ["kdev.dev/downtime", "downscaler/downtime"];
+
+/// An environment's schedule and where it is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub uptime: crate::schedule::Spec,
+    pub downtime: crate::schedule::Spec,
+    /// The keys it was read from, for "why".
+    pub from: Vec<&'static str>,
+}
+
+/// A schedule-related annotation that cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadSchedule {
+    pub key: &'static str,
+    pub error: crate::schedule::ScheduleError,
+}
+
+impl fmt::Display for BadSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "annotation {}: {}", self.key, self.error)
+    }
+}
+
+impl std::error::Error for BadSchedule {}
+
+impl Schedule {
+    /// Reads the schedule from `annotations`; `None` when there is none
+    /// (uptime "always", downtime "never": always awake).
+    pub fn read(annotations: &BTreeMap<String, String>) -> Result<Option<Self>, BadSchedule> {
+        let mut from = Vec::new();
+        let mut spec = |keys: [&'static str; 2], default| {
+            for key in keys {
+                if let Some(value) = annotations.get(key) {
+                    from.push(key);
+                    return crate::schedule::parse(value)
+                        .map_err(|error| BadSchedule { key, error });
+                }
+            }
+            Ok(default)
+        };
+        let uptime = spec(UPTIME_KEYS, crate::schedule::Spec::Always)?;
+        let downtime = spec(DOWNTIME_KEYS, crate::schedule::Spec::Never)?;
+        if from.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            uptime,
+            downtime,
+            from,
+        }))
+    }
+
+    /// Awake at `at`: within uptime and not within downtime (kube-downscaler's rule).
+    pub fn awake(&self, at: jiff::Timestamp) -> bool {
+        self.uptime.holds(at) && !self.downtime.holds(at)
+    }
+
+    /// The next instant the schedule moves the environment, and whether it
+    /// then wakes (`true`) or sleeps.
+    pub fn next_transition(&self, at: jiff::Timestamp) -> Option<(jiff::Timestamp, bool)> {
+        let now = self.awake(at);
+        let mut cursor = at;
+        // Each step passes one edge of either spec; a week holds few.
+        for _ in 0..64 {
+            let next = [
+                self.uptime.next_change(cursor),
+                self.downtime.next_change(cursor),
+            ]
+            .into_iter()
+            .flatten()
+            .min()?;
+            if self.awake(next) != now {
+                return Some((next, !now));
+            }
+            cursor = next;
+        }
+        None
+    }
+}
+
 /// What a workload had before kdev put it to sleep.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SleepRecord {
@@ -57,6 +142,11 @@ impl fmt::Display for BadValue {
 impl std::error::Error for BadValue {}
 
 impl SleepRecord {
+    /// Whether a workload of `size` is still as this sleep left it.
+    pub fn holds(&self, size: i32) -> bool {
+        size == self.to
+    }
+
     /// The annotation to write with the change that puts the workload to sleep.
     pub fn annotation(&self) -> (String, String) {
         (
@@ -179,6 +269,9 @@ pub enum Wake {
     /// Someone changed replicas while it slept: keep theirs, remove the
     /// record, say so.
     KeepChanged { current: i32, original: i32 },
+    /// Back at its size from before the sleep already (woken through the
+    /// scale subresource, by someone who may not remove the record): remove it.
+    Cleanup,
     /// Not asleep (no record): nothing to do.
     NotAsleep,
     /// A `kdev swap` session holds it: left to the swap; the record stays,
@@ -204,6 +297,8 @@ pub fn wake_plan(
         Ok(Wake::Scale {
             to: record.replicas,
         })
+    } else if replicas == record.replicas {
+        Ok(Wake::Cleanup)
     } else {
         Ok(Wake::KeepChanged {
             current: replicas,
@@ -287,6 +382,7 @@ mod tests {
                 original: 3
             })
         );
+        assert_eq!(wake_plan(3, &asleep(3, 0), None), Ok(Wake::Cleanup));
         assert_eq!(wake_plan(2, &map(&[]), None), Ok(Wake::NotAsleep));
         assert_eq!(
             wake_plan(0, &asleep(3, 0), Some("s1")),
@@ -326,6 +422,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kdev.dev/downtime-replicas"), "{err}");
+    }
+
+    #[test]
+    fn a_namespace_schedule_says_when_it_sleeps_next() {
+        let schedule = Schedule::read(&map(&[("downscaler/uptime", "Mon-Fri 09:00-19:00 UTC")]))
+            .unwrap()
+            .unwrap();
+        let wednesday_noon: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        assert!(schedule.awake(wednesday_noon));
+        assert_eq!(
+            schedule.next_transition(wednesday_noon),
+            Some(("2026-12-02T19:00:00Z".parse().unwrap(), false))
+        );
+        // kdev's key wins over kube-downscaler's; downtime inside uptime sleeps.
+        let schedule = Schedule::read(&map(&[
+            ("downscaler/uptime", "never"),
+            ("kdev.dev/uptime", "always"),
+            ("downscaler/downtime", "Wed 12:00-13:00 UTC"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(!schedule.awake(wednesday_noon));
+        assert_eq!(
+            schedule.next_transition(wednesday_noon),
+            Some(("2026-12-02T13:00:00Z".parse().unwrap(), true))
+        );
+        assert_eq!(Schedule::read(&map(&[])), Ok(None));
+        let err = Schedule::read(&map(&[("downscaler/downtime", "Mon-Fri 9-5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("downscaler/downtime"), "{err}");
     }
 
     proptest! {

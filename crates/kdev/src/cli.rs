@@ -8,6 +8,7 @@ mod cleanup;
 mod cluster;
 mod controller;
 mod duration;
+mod envs;
 mod image;
 mod logs;
 mod swap;
@@ -22,6 +23,7 @@ pub use self::cleanup::{SessionsArgs, SweepArgs};
 pub use self::cluster::{ClusterArgs, ClusterCommand};
 pub use self::controller::ControllerArgs;
 pub use self::duration::parse_duration;
+pub use self::envs::{ChangeArgs, EnvsArgs};
 pub use self::image::{ImageArgs, ImageCommand};
 pub use self::logs::LogsArgs;
 pub use self::swap::SwapArgs;
@@ -80,6 +82,12 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Restore expired or orphaned swap sessions now (the reaper's job, for clusters without the controller).
     Sweep(SweepArgs),
+    /// Put dev environments (namespaces) or single workloads to sleep: scale to 0, suspend CronJobs, remember the sizes.
+    Sleep(ChangeArgs),
+    /// Wake sleeping environments or workloads: restore exactly the sizes they had.
+    Wake(ChangeArgs),
+    /// List dev environments: awake, asleep, waking or partly; sizes now and before; next scheduled change.
+    Envs(EnvsArgs),
     /// Run a local Kubernetes cluster: etcd, kube-apiserver, controller-manager, scheduler, a real node and/or kwok.
     Cluster(ClusterArgs),
     /// Run kdev's in-cluster controller (deployed from deploy/).

@@ -13,5 +13,5 @@ pub mod names;
 pub mod objects;
 pub mod wait;
 
-pub use client::{Flags, Kube, connect, explain, is_conflict, is_not_found};
+pub use client::{Flags, Kube, connect, explain, is_conflict, is_not_found, refused_with};
 pub use names::{validate_dns_label, validate_subdomain};

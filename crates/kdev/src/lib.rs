@@ -2,7 +2,7 @@
 //!
 //! `main.rs` only calls [`main`]. Data flows one way: [`cli`] parses flags
 //! and resolves them into a capability's configuration; the capabilities
-//! ([`swap`], [`logs`], [`cleanup`], [`cluster`], [`controller`], [`agent`])
+//! ([`swap`], [`logs`], [`envs`], [`cleanup`], [`cluster`], [`controller`], [`agent`])
 //! use [`k8s`] for everything they share about the API; [`kdev_contract`]
 //! holds what separate kdev processes agree on. `scripts/check-imports`
 //! keeps the arrows pointing down.
@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod cluster;
 pub mod controller;
+pub mod envs;
 pub mod error;
 pub mod host;
 pub mod image;
@@ -129,6 +130,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => logs::run(&flags, args.resolve(&cli.global.namespace)?).await,
         Command::Sweep(args) => cleanup::sweep(&flags, args.resolve()).await,
         Command::Sessions(args) => cleanup::sessions(&flags, args.all_namespaces).await,
+        Command::Sleep(args) => {
+            envs::run(
+                &flags,
+                args.resolve(envs::Direction::Sleep, &cli.global.namespace)?,
+            )
+            .await
+        }
+        Command::Wake(args) => {
+            envs::run(
+                &flags,
+                args.resolve(envs::Direction::Wake, &cli.global.namespace)?,
+            )
+            .await
+        }
+        Command::Envs(args) => envs::list(&flags, args.resolve(&cli.global.namespace)).await,
         Command::Completion(args) => {
             cli::completion(args.shell);
             Ok(ExitCode::SUCCESS)

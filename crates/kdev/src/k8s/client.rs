@@ -252,7 +252,10 @@ pub fn explain(server: &str, err: kube::Error, action: impl fmt::Display) -> any
                 409 => "; someone else changed it at the same time: run the command again",
                 _ => "",
             };
-            anyhow::anyhow!("failed to {action}: {}{hint}", status.message)
+            anyhow::Error::new(Refused {
+                code: status.code,
+                text: format!("failed to {action}: {}{hint}", status.message),
+            })
         }
         kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow::anyhow!(
             "failed to {action}: cannot reach the API server at {server}: {}; is the cluster running? \
@@ -261,6 +264,29 @@ pub fn explain(server: &str, err: kube::Error, action: impl fmt::Display) -> any
         ),
         _ => anyhow::Error::new(err).context(format!("failed to {action}")),
     }
+}
+
+/// The API server refused a call; the text says what, why and what to do.
+#[derive(Debug)]
+pub struct Refused {
+    /// The HTTP status code (403 forbidden, 404 not found, ...).
+    pub code: u16,
+    text: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The status code of the API server's refusal somewhere in `err`'s chain.
+pub fn refused_with(err: &anyhow::Error) -> Option<u16> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<Refused>())
+        .map(|refused| refused.code)
 }
 
 /// The innermost error's message: for a refused connection that is

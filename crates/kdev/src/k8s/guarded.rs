@@ -45,6 +45,12 @@ where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
     let mut delays = backoff::conflict_delays();
+    // Recorded in managedFields under kdev's name, so GitOps tools can be
+    // told to ignore what kdev owns (replicas while asleep or swapped).
+    let params = PatchParams {
+        field_manager: Some(kdev_contract::keys::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
     for _ in 0..ATTEMPTS {
         let current = api
             .get_opt(name)
@@ -63,10 +69,7 @@ where
             anyhow::bail!("failed to update {what}: it does not exist");
         };
         patch["metadata"]["resourceVersion"] = current.meta().resource_version.clone().into();
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        match api.patch(name, &params, &Patch::Merge(&patch)).await {
             Ok(written) => {
                 return Ok(Updated {
                     value,

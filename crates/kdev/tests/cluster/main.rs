@@ -8,6 +8,7 @@
 mod controller;
 mod crash;
 mod deploy_manifests;
+mod envs;
 mod hardening;
 mod kwok_emulation;
 mod lifecycle;

@@ -1,0 +1,344 @@
+//! Dev environments that sleep and wake (`kdev sleep`, `kdev wake`,
+//! `kdev envs`).
+//!
+//! An environment is a namespace. Its workloads (Deployments, StatefulSets,
+//! CronJobs) sleep by a guarded write that sets their size and records what
+//! it was ([`kdev_contract::envs::SleepRecord`]) in the same PATCH, and wake
+//! by the reverse; a workload without a record is never scaled up. The
+//! decisions are pure, in the contract; this module reads the cluster,
+//! writes, and reports.
+
+pub mod act;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, ResourceExt as _};
+use serde::Serialize;
+
+pub use self::act::{Change, Config, Direction, Done, Selection};
+use self::workload::{Kind, Workload};
+use crate::k8s::{self, Kube};
+use kdev_contract::envs::{self as contract, Schedule, SleepRecord};
+
+/// Runs `kdev sleep` or `kdev wake`. Exit 1 when any workload failed.
+pub async fn run(flags: &k8s::Flags, config: Config) -> anyhow::Result<ExitCode> {
+    let kube = k8s::connect(flags).await?;
+    let changes = act::run(&kube, &config).await?;
+    for change in &changes {
+        if config.json {
+            println!("{}", serde_json::to_string(change)?);
+        } else {
+            println!("{}", change.line());
+        }
+    }
+    if changes.is_empty() && !config.json {
+        println!("no workloads (Deployments, StatefulSets, CronJobs) in the selected namespaces");
+    }
+    let failed = changes
+        .iter()
+        .any(|c| matches!(c.done, Done::Failed { .. }));
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `kdev envs`: which environments to list and how.
+#[derive(Clone, Debug)]
+pub struct ListConfig {
+    pub selection: Selection,
+    pub json: bool,
+}
+
+/// An environment's state, from its workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No workload asleep, every replica Ready.
+    Awake,
+    /// No workload asleep, some replicas not Ready yet.
+    Waking,
+    /// Every workload that can sleep is asleep.
+    Asleep,
+    /// Some asleep, some not (a swap holds one, one was excluded or woken
+    /// by hand).
+    Partly,
+    /// No workloads.
+    Empty,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRow {
+    pub kind: Kind,
+    pub name: String,
+    pub size: i32,
+    pub ready: i32,
+    /// The size before the sleep, when asleep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_session: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Next {
+    pub at: String,
+    pub to: &'static str,
+    pub why: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Env {
+    pub namespace: String,
+    pub state: State,
+    pub workloads: Vec<WorkloadRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<Next>,
+    /// A schedule that cannot be read, said instead of `next`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// The latest sleep among its workloads: when and by whom.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slept: Option<String>,
+}
+
+/// Namespaces that are the cluster's own, never an environment unless named.
+const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// Judges one environment from its namespace's annotations and workloads.
+pub fn judge(
+    namespace: &str,
+    annotations: &BTreeMap<String, String>,
+    workloads: &[Workload],
+    now: jiff::Timestamp,
+) -> Env {
+    let ns_excluded = contract::exclusion(annotations, &BTreeMap::new());
+    let mut rows = Vec::new();
+    let (mut asleep, mut sleepable, mut unready) = (0, 0, false);
+    let mut slept: Option<SleepRecord> = None;
+    for w in workloads {
+        // A record on a workload back at its size is a wake not cleaned up yet.
+        let record = SleepRecord::read(&w.annotations)
+            .ok()
+            .flatten()
+            .filter(|r| r.holds(w.size));
+        let excluded = ns_excluded
+            .clone()
+            .or_else(|| contract::exclusion(&w.annotations, &w.labels));
+        // At 0 without a record, nothing runs: it neither keeps the
+        // environment awake nor asleep. A swapped workload is in use (at 0,
+        // its traffic goes to someone's laptop): awake.
+        if excluded.is_none() && (record.is_some() || w.size > 0 || w.swap_session.is_some()) {
+            sleepable += 1;
+            asleep += usize::from(record.is_some());
+        }
+        unready |= w.ready < w.size;
+        if let Some(r) = &record
+            && slept.as_ref().is_none_or(|s| s.at < r.at)
+        {
+            slept = Some(r.clone());
+        }
+        rows.push(WorkloadRow {
+            kind: w.kind,
+            name: w.name.clone(),
+            size: w.size,
+            ready: w.ready,
+            original: record.map(|r| r.replicas),
+            excluded,
+            swap_session: w.swap_session.clone(),
+        });
+    }
+    let state = match (sleepable, asleep) {
+        (0, _) if workloads.is_empty() => State::Empty,
+        (0, _) => State::Awake,
+        (_, 0) if unready => State::Waking,
+        (_, 0) => State::Awake,
+        (s, a) if s == a => State::Asleep,
+        _ => State::Partly,
+    };
+    let (next, problem) = match Schedule::read(annotations) {
+        Ok(Some(schedule)) => (
+            schedule.next_transition(now).map(|(at, wakes)| Next {
+                at: at.to_string(),
+                to: if wakes { "awake" } else { "asleep" },
+                why: format!("{} on namespace {namespace}", schedule.from.join(", ")),
+            }),
+            None,
+        ),
+        Ok(None) => (None, None),
+        Err(err) => (None, Some(err.to_string())),
+    };
+    Env {
+        namespace: namespace.to_owned(),
+        state,
+        workloads: rows,
+        next,
+        problem,
+        slept: slept.map(|r| format!("{} by {}", r.at, r.by)),
+    }
+}
+
+/// Runs `kdev envs`.
+pub async fn list(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitCode> {
+    let kube = k8s::connect(flags).await?;
+    let named = !config.selection.namespaces.is_empty();
+    let mut selection = config.selection.clone();
+    // Without -n, every environment.
+    selection.all = !named && selection.selector.is_none();
+    let names = act::namespaces(&kube, &selection).await?;
+    let now = jiff::Timestamp::now();
+    let mut envs = Vec::new();
+    for name in names {
+        if !named && SYSTEM_NAMESPACES.contains(&name.as_str()) {
+            continue;
+        }
+        let annotations = namespace_annotations(&kube, &name).await?;
+        let workloads = workload::in_namespace(&kube, &name).await?;
+        if !named && workloads.is_empty() {
+            continue;
+        }
+        envs.push(judge(&name, &annotations, &workloads, now));
+    }
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&envs)?);
+    } else {
+        print_table(&envs);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn namespace_annotations(
+    kube: &Kube,
+    name: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let api: Api<Namespace> = Api::all(kube.client.clone());
+    let ns = api
+        .get(name)
+        .await
+        .map_err(|err| kube.explain(err, format!("read namespace {name}")))?;
+    Ok(ns.annotations().clone())
+}
+
+fn print_table(envs: &[Env]) {
+    if envs.is_empty() {
+        println!("no environments (namespaces with Deployments, StatefulSets or CronJobs)");
+        return;
+    }
+    println!(
+        "{:<24} {:<8} {:<12} {:<40} SLEPT",
+        "NAMESPACE", "STATE", "WORKLOADS", "NEXT"
+    );
+    for env in envs {
+        let now: i32 = env.workloads.iter().map(|w| w.size).sum();
+        let original: i32 = env
+            .workloads
+            .iter()
+            .map(|w| w.original.unwrap_or(w.size))
+            .sum();
+        let next = match (&env.next, &env.problem) {
+            (_, Some(problem)) => format!("schedule error: {problem}"),
+            (Some(next), None) => format!("{} at {} ({})", next.to, next.at, next.why),
+            (None, None) => "-".to_owned(),
+        };
+        println!(
+            "{:<24} {:<8} {:<12} {:<40} {}",
+            env.namespace,
+            serde_json::to_value(env.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            format!("{now}/{original}"),
+            next,
+            env.slept.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str, size: i32, ready: i32, annotations: &[(&str, &str)]) -> Workload {
+        Workload {
+            kind: Kind::Deployment,
+            namespace: "dev".into(),
+            name: name.into(),
+            size,
+            ready,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            labels: BTreeMap::new(),
+            swap_session: None,
+        }
+    }
+
+    fn asleep(original: i32) -> (&'static str, String) {
+        let record = SleepRecord {
+            replicas: original,
+            to: 0,
+            at: "2026-12-02T19:00:00Z".into(),
+            by: "alice@laptop".into(),
+        };
+        (contract::SLEEP_ANNOTATION, record.annotation().1)
+    }
+
+    #[test]
+    fn states_follow_the_workloads() {
+        let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let none = BTreeMap::new();
+        let (key, value) = asleep(3);
+        let slept = workload("a", 0, 0, &[(key, &value)]);
+        let up = workload("b", 2, 2, &[]);
+        let starting = workload("c", 2, 1, &[]);
+        let state = |ws: &[Workload]| judge("dev", &none, ws, now).state;
+        assert_eq!(state(std::slice::from_ref(&up)), State::Awake);
+        assert_eq!(state(&[starting]), State::Waking);
+        assert_eq!(state(std::slice::from_ref(&slept)), State::Asleep);
+        assert_eq!(state(&[slept.clone(), up]), State::Partly);
+        let at_zero = workload("d", 0, 0, &[]);
+        assert_eq!(state(&[slept.clone(), at_zero]), State::Asleep);
+        assert_eq!(state(&[]), State::Empty);
+        let env = judge("dev", &none, &[slept], now);
+        assert_eq!(env.workloads[0].original, Some(3));
+        assert_eq!(
+            env.slept.as_deref(),
+            Some("2026-12-02T19:00:00Z by alice@laptop")
+        );
+    }
+
+    #[test]
+    fn the_next_transition_and_a_bad_schedule_are_said() {
+        let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let ns: BTreeMap<String, String> = [(
+            "downscaler/uptime".to_owned(),
+            "Mon-Fri 09:00-19:00 UTC".to_owned(),
+        )]
+        .into();
+        let env = judge("dev", &ns, &[workload("a", 1, 1, &[])], now);
+        let next = env.next.expect("a next transition");
+        assert_eq!(
+            (next.at.as_str(), next.to),
+            ("2026-12-02T19:00:00Z", "asleep")
+        );
+        assert!(
+            next.why.contains("downscaler/uptime on namespace dev"),
+            "{}",
+            next.why
+        );
+        let bad: BTreeMap<String, String> =
+            [("downscaler/uptime".to_owned(), "weekdays".to_owned())].into();
+        let env = judge("dev", &bad, &[], now);
+        assert!(env.problem.unwrap().contains("downscaler/uptime"));
+    }
+}

@@ -1,0 +1,446 @@
+//! `kdev sleep` and `kdev wake`: one guarded write per workload that
+//! changes its size and its sleep record together, and an Event saying who
+//! did it and why.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::Namespace;
+use kdev_contract::keys::FIELD_MANAGER;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, ResourceExt as _};
+use serde::Serialize;
+
+use super::workload::{self, Kind, Ref, Scalable, Workload};
+use crate::k8s::Kube;
+use crate::k8s::guarded::{self, Decision};
+use kdev_contract::envs::{self, SleepRecord};
+
+/// Which way a command moves environments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Sleep,
+    Wake,
+}
+
+/// Which workloads a command acts on.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Whole environments (namespaces); with `workloads`, where they are.
+    pub namespaces: Vec<String>,
+    /// A label selector on namespaces.
+    pub selector: Option<String>,
+    /// Every namespace.
+    pub all: bool,
+    /// Single workloads, in the one namespace given.
+    pub workloads: Vec<Ref>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub direction: Direction,
+    pub selection: Selection,
+    pub dry_run: bool,
+    /// Said in the Event and the output.
+    pub reason: Option<String>,
+    pub json: bool,
+}
+
+/// What happened to one workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Done {
+    Slept {
+        from: i32,
+        to: i32,
+    },
+    Woke {
+        from: i32,
+        to: i32,
+    },
+    /// Changed by someone while asleep: kept, record removed.
+    KeptChanged {
+        current: i32,
+        original: i32,
+    },
+    /// Nothing to do, and why.
+    Unchanged {
+        why: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub namespace: String,
+    pub kind: Kind,
+    pub name: String,
+    #[serde(flatten)]
+    pub done: Done,
+    pub dry_run: bool,
+}
+
+impl Change {
+    pub fn line(&self) -> String {
+        let target = format!("{}/{} in {}", self.kind.short(), self.name, self.namespace);
+        let would = if self.dry_run { "would be " } else { "" };
+        let size = |n: i32| match self.kind {
+            Kind::CronJob if n == 0 => "suspended".to_owned(),
+            Kind::CronJob => "running".to_owned(),
+            _ => format!("{n} replicas"),
+        };
+        match &self.done {
+            Done::Slept { from, to } => {
+                format!("{target}: {would}asleep ({} → {})", size(*from), size(*to))
+            }
+            Done::Woke { from, to } => {
+                format!("{target}: {would}awake ({} → {})", size(*from), size(*to))
+            }
+            Done::KeptChanged { current, original } => format!(
+                "{target}: changed while asleep ({} now, {} before the sleep); {would}kept as it is",
+                size(*current),
+                size(*original)
+            ),
+            Done::Unchanged { why } => format!("{target}: unchanged, {why}"),
+            Done::Failed { error } => format!("{target}: failed: {error}"),
+        }
+    }
+}
+
+/// The namespaces a selection names.
+pub async fn namespaces(kube: &Kube, selection: &Selection) -> anyhow::Result<Vec<String>> {
+    if !selection.all && selection.selector.is_none() {
+        return Ok(if selection.namespaces.is_empty() {
+            vec![kube.namespace.clone()]
+        } else {
+            selection.namespaces.clone()
+        });
+    }
+    let api: Api<Namespace> = Api::all(kube.client.clone());
+    let mut params = ListParams::default();
+    if let Some(selector) = &selection.selector {
+        params = params.labels(selector);
+    }
+    let list = api
+        .list(&params)
+        .await
+        .map_err(|err| kube.explain(err, "list namespaces"))?;
+    Ok(list.items.iter().map(|ns| ns.name_any()).collect())
+}
+
+async fn namespace_annotations(kube: &Kube, namespace: &str) -> BTreeMap<String, String> {
+    // Read when allowed; a starter Role cannot read namespaces, and the
+    // namespace's keys then do not apply.
+    let api: Api<Namespace> = Api::all(kube.client.clone());
+    match api.get_opt(namespace).await {
+        Ok(Some(ns)) => ns.annotations().clone(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Runs a sleep or a wake over the selection; returns one change per workload.
+pub async fn run(kube: &Kube, config: &Config) -> anyhow::Result<Vec<Change>> {
+    let who = crate::host::user_at_host();
+    let by = match &config.reason {
+        Some(reason) => format!("{who}: {reason}"),
+        None => who.clone(),
+    };
+    let recorder = Recorder::new(
+        kube.client.clone(),
+        Reporter {
+            controller: "kdev".into(),
+            instance: Some(who),
+        },
+    );
+    let mut changes = Vec::new();
+    for namespace in namespaces(kube, &config.selection).await? {
+        let ns_annotations = namespace_annotations(kube, &namespace).await;
+        let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new());
+        let targets: Vec<Ref> = if config.selection.workloads.is_empty() {
+            workload::in_namespace(kube, &namespace)
+                .await?
+                .iter()
+                .map(Workload::reference)
+                .collect()
+        } else {
+            config.selection.workloads.clone()
+        };
+        for target in targets {
+            let step = Step {
+                kube,
+                namespace: &namespace,
+                ns_annotations: &ns_annotations,
+                excluded_ns: excluded_ns.as_deref(),
+                config,
+                by: &by,
+            };
+            let done = match target.kind {
+                Kind::Deployment => step.apply::<Deployment>(&target.name).await,
+                Kind::StatefulSet => step.apply::<StatefulSet>(&target.name).await,
+                Kind::CronJob => step.apply::<CronJob>(&target.name).await,
+            };
+            let done = done.unwrap_or_else(|err| Done::Failed {
+                error: format!("{err:#}"),
+            });
+            if !config.dry_run {
+                publish(kube, &recorder, &namespace, &target, &done, &by).await;
+            }
+            changes.push(Change {
+                namespace: namespace.clone(),
+                kind: target.kind,
+                name: target.name,
+                done,
+                dry_run: config.dry_run,
+            });
+        }
+    }
+    Ok(changes)
+}
+
+struct Step<'a> {
+    kube: &'a Kube,
+    namespace: &'a str,
+    ns_annotations: &'a BTreeMap<String, String>,
+    excluded_ns: Option<&'a str>,
+    config: &'a Config,
+    by: &'a str,
+}
+
+impl Step<'_> {
+    async fn apply<K: Scalable>(&self, name: &str) -> anyhow::Result<Done> {
+        let api: Api<K> = Api::namespaced(self.kube.client.clone(), self.namespace);
+        let what = format!("{} {}/{name}", K::KIND.short(), self.namespace);
+        let dry_run = self.config.dry_run;
+        let updated = guarded::update(self.kube, &api, name, &what, |current| {
+            let Some(object) = current else {
+                anyhow::bail!("{what} not found; check the name and the namespace (-n)");
+            };
+            let (patch, done) = self.decide(&workload::view(object))?;
+            Ok(match patch {
+                Some(patch) if !dry_run => Decision::Write(patch, done),
+                _ => Decision::Keep(done),
+            })
+        })
+        .await;
+        match updated {
+            Ok(updated) => Ok(updated.value),
+            Err(err) if forbidden(&err) && self.config.direction == Direction::Wake => {
+                self.wake_through_scale::<K>(&api, name, &what).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Wakes through the scale subresource alone: what a starter Role
+    /// (`kdev-env-starter`: read workloads, patch their scale) may do. The
+    /// same resourceVersion guards it; the sleep record stays until someone
+    /// who may write the workload (the controller, a full `kdev wake`)
+    /// finds it back at its size and removes it.
+    async fn wake_through_scale<K: Scalable>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+    ) -> anyhow::Result<Done> {
+        let mut delays = crate::k8s::backoff::conflict_delays();
+        loop {
+            let object = api
+                .get(name)
+                .await
+                .map_err(|err| self.kube.explain(err, format!("read {what}")))?;
+            let w = workload::view(&object);
+            let (_, done) = self.decide(&w)?;
+            let Done::Woke { to, .. } = done else {
+                return Ok(done);
+            };
+            if K::KIND == Kind::CronJob {
+                anyhow::bail!(
+                    "failed to wake {what}: a CronJob has no scale subresource, and this account may not patch it"
+                );
+            }
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": object.resource_version() },
+                "spec": { "replicas": to },
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            match api.patch_scale(name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => return Ok(done),
+                Err(err) if crate::k8s::is_conflict(&err) => match delays.next() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => anyhow::bail!(
+                        "failed to wake {what}: it kept changing; run the command again"
+                    ),
+                },
+                Err(err) => return Err(self.kube.explain(err, format!("scale {what}"))),
+            }
+        }
+    }
+
+    /// The patch (size and record together) and what it does.
+    fn decide(&self, w: &Workload) -> anyhow::Result<(Option<serde_json::Value>, Done)> {
+        match self.config.direction {
+            Direction::Sleep => {
+                let exclusion = self
+                    .excluded_ns
+                    .map(|why| format!("{why} on namespace {}", self.namespace))
+                    .or_else(|| envs::exclusion(&w.annotations, &w.labels));
+                let to = match w.kind {
+                    Kind::CronJob => 0,
+                    _ => envs::downtime_replicas(&w.annotations, self.ns_annotations)?,
+                };
+                let plan = envs::sleep_plan(
+                    w.size,
+                    to,
+                    &w.annotations,
+                    exclusion,
+                    w.swap_session.as_deref(),
+                )?;
+                Ok(match plan {
+                    envs::Sleep::Scale { from, to } => {
+                        let record = SleepRecord {
+                            replicas: from,
+                            to,
+                            at: jiff::Timestamp::now().to_string(),
+                            by: self.by.to_owned(),
+                        };
+                        let (key, value) = record.annotation();
+                        let mut patch = size_patch(w.kind, to);
+                        patch["metadata"]["annotations"][key] = value.into();
+                        (Some(patch), Done::Slept { from, to })
+                    }
+                    envs::Sleep::AlreadyAsleep => (None, unchanged("already asleep")),
+                    envs::Sleep::AlreadySmall { replicas } => (
+                        None,
+                        unchanged(&match w.kind {
+                            Kind::CronJob => "suspended before the sleep; left as it is".to_owned(),
+                            _ => format!("at {replicas} replicas already; left as it is"),
+                        }),
+                    ),
+                    envs::Sleep::Excluded { why } => {
+                        (None, unchanged(&format!("excluded by {why}")))
+                    }
+                    envs::Sleep::HeldBySwap { session } => (
+                        None,
+                        unchanged(&format!(
+                            "held by kdev swap session {session}; the swap decides"
+                        )),
+                    ),
+                })
+            }
+            Direction::Wake => {
+                let plan = envs::wake_plan(w.size, &w.annotations, w.swap_session.as_deref())?;
+                Ok(match plan {
+                    envs::Wake::Scale { to } => {
+                        let mut patch = size_patch(w.kind, to);
+                        patch["metadata"]["annotations"][envs::SLEEP_ANNOTATION] =
+                            serde_json::Value::Null;
+                        (Some(patch), Done::Woke { from: w.size, to })
+                    }
+                    envs::Wake::KeepChanged { current, original } => {
+                        let patch = serde_json::json!({
+                            "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } }
+                        });
+                        (Some(patch), Done::KeptChanged { current, original })
+                    }
+                    envs::Wake::Cleanup => {
+                        let patch = serde_json::json!({
+                            "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } }
+                        });
+                        (
+                            Some(patch),
+                            unchanged("awake already; its sleep record is removed"),
+                        )
+                    }
+                    envs::Wake::NotAsleep => (None, unchanged("not asleep")),
+                    envs::Wake::HeldBySwap { session } => (
+                        None,
+                        unchanged(&format!(
+                            "held by kdev swap session {session}; it wakes when the swap ends"
+                        )),
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// Whether the API server refused the write (403).
+fn forbidden(err: &anyhow::Error) -> bool {
+    crate::k8s::refused_with(err) == Some(403)
+}
+
+fn unchanged(why: &str) -> Done {
+    Done::Unchanged {
+        why: why.to_owned(),
+    }
+}
+
+fn size_patch(kind: Kind, size: i32) -> serde_json::Value {
+    match kind {
+        Kind::Deployment => Deployment::size_patch(size),
+        Kind::StatefulSet => StatefulSet::size_patch(size),
+        Kind::CronJob => CronJob::size_patch(size),
+    }
+}
+
+/// An Event on the workload for each change (what `kdev envs --history`
+/// and `kubectl events` show).
+async fn publish(
+    kube: &Kube,
+    recorder: &Recorder,
+    namespace: &str,
+    target: &Ref,
+    done: &Done,
+    by: &str,
+) {
+    let (reason, action, note) = match done {
+        Done::Slept { from, to } => ("Slept", "Sleep", format!("{from} → {to} by {by}")),
+        Done::Woke { from, to } => ("Woke", "Wake", format!("{from} → {to} by {by}")),
+        Done::KeptChanged { current, original } => (
+            "ChangedWhileAsleep",
+            "Wake",
+            format!(
+                "set to {current} while asleep (was {original} before the sleep); kept, woken by {by}"
+            ),
+        ),
+        Done::Unchanged { .. } | Done::Failed { .. } => return,
+    };
+    let reference = match target.kind {
+        Kind::Deployment => object_ref::<Deployment>(kube, namespace, &target.name).await,
+        Kind::StatefulSet => object_ref::<StatefulSet>(kube, namespace, &target.name).await,
+        Kind::CronJob => object_ref::<CronJob>(kube, namespace, &target.name).await,
+    };
+    let Some(reference) = reference else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %err, "failed to record the change as an Event");
+    }
+}
+
+async fn object_ref<K: Scalable>(
+    kube: &Kube,
+    namespace: &str,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let api: Api<K> = Api::namespaced(kube.client.clone(), namespace);
+    api.get(name)
+        .await
+        .ok()
+        .map(|object| object.object_ref(&()))
+}

@@ -1,0 +1,236 @@
+//! The workloads an environment is made of, read the same way whatever
+//! their kind: Deployments and StatefulSets (their replicas) and CronJobs
+//! (running is 1, suspended is 0).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use kube::api::ListParams;
+use kube::{Api, Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error;
+use crate::k8s::Kube;
+use kdev_contract::session::DeploymentMarks;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+    CronJob,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::StatefulSet, Kind::CronJob];
+
+    /// kubectl's short form, as `kdev` prints it.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Deployment => "deployment",
+            Kind::StatefulSet => "statefulset",
+            Kind::CronJob => "cronjob",
+        }
+    }
+}
+
+/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ref {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl fmt::Display for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.short(), self.name)
+    }
+}
+
+/// Reads `KIND/NAME` with kubectl's names for the three kinds.
+pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
+    let usage = || {
+        error::usage(format!(
+            "{text:?} is not a workload: use deploy/NAME, sts/NAME or cronjob/NAME"
+        ))
+    };
+    let (kind, name) = text.split_once('/').ok_or_else(usage)?;
+    let kind = match kind.to_ascii_lowercase().as_str() {
+        "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps" => {
+            Kind::Deployment
+        }
+        "sts" | "statefulset" | "statefulsets" | "statefulset.apps" | "statefulsets.apps" => {
+            Kind::StatefulSet
+        }
+        "cj" | "cronjob" | "cronjobs" | "cronjob.batch" | "cronjobs.batch" => Kind::CronJob,
+        _ => return Err(usage()),
+    };
+    crate::k8s::validate_subdomain(&format!("{} name", kind.short()), name)?;
+    Ok(Ref {
+        kind,
+        name: name.to_owned(),
+    })
+}
+
+/// One workload as envs sees it.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// Replicas (unset reads as 1); a CronJob: 1 running, 0 suspended.
+    pub size: i32,
+    /// Ready replicas; a CronJob counts as ready.
+    pub ready: i32,
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// The `kdev swap` session holding it, if any.
+    pub swap_session: Option<String>,
+}
+
+impl Workload {
+    pub fn reference(&self) -> Ref {
+        Ref {
+            kind: self.kind,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// What envs needs from each kind of workload.
+pub trait Scalable:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + fmt::Debug
+{
+    const KIND: Kind;
+    fn size(&self) -> i32;
+    fn ready(&self) -> i32;
+    /// The patch that sets the size (merged with the annotations by the caller).
+    fn size_patch(size: i32) -> serde_json::Value;
+}
+
+impl Scalable for Deployment {
+    const KIND: Kind = Kind::Deployment;
+    fn size(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn ready(&self) -> i32 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        serde_json::json!({ "spec": { "replicas": size } })
+    }
+}
+
+impl Scalable for StatefulSet {
+    const KIND: Kind = Kind::StatefulSet;
+    fn size(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn ready(&self) -> i32 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        serde_json::json!({ "spec": { "replicas": size } })
+    }
+}
+
+impl Scalable for CronJob {
+    const KIND: Kind = Kind::CronJob;
+    fn size(&self) -> i32 {
+        let suspended = self.spec.suspend.unwrap_or(false);
+        i32::from(!suspended)
+    }
+    fn ready(&self) -> i32 {
+        self.size()
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        serde_json::json!({ "spec": { "suspend": size == 0 } })
+    }
+}
+
+pub fn view<K: Scalable>(object: &K) -> Workload {
+    let annotations = object.annotations().clone();
+    let swap_session = match K::KIND {
+        Kind::Deployment => DeploymentMarks::read(&annotations)
+            .ok()
+            .flatten()
+            .map(|marks| marks.session),
+        _ => None,
+    };
+    Workload {
+        kind: K::KIND,
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+        size: object.size(),
+        ready: object.ready(),
+        labels: object.labels().clone(),
+        annotations,
+        swap_session,
+    }
+}
+
+async fn list_kind<K: Scalable>(kube: &Kube, namespace: &str) -> anyhow::Result<Vec<Workload>> {
+    let api: Api<K> = Api::namespaced(kube.client.clone(), namespace);
+    let list = api.list(&ListParams::default()).await.map_err(|err| {
+        kube.explain(
+            err,
+            format!("list {}s in namespace {namespace}", K::KIND.short()),
+        )
+    })?;
+    Ok(list.items.iter().map(view).collect())
+}
+
+/// Every Deployment, StatefulSet and CronJob in `namespace`, by kind and name.
+pub async fn in_namespace(kube: &Kube, namespace: &str) -> anyhow::Result<Vec<Workload>> {
+    let (deployments, statefulsets, cronjobs) = tokio::try_join!(
+        list_kind::<Deployment>(kube, namespace),
+        list_kind::<StatefulSet>(kube, namespace),
+        list_kind::<CronJob>(kube, namespace),
+    )?;
+    let mut all: Vec<Workload> = deployments
+        .into_iter()
+        .chain(statefulsets)
+        .chain(cronjobs)
+        .collect();
+    all.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn kubectl_names_for_the_three_kinds() {
+        assert_eq!(parse_ref("deploy/web").unwrap().kind, Kind::Deployment);
+        assert_eq!(
+            parse_ref("statefulsets.apps/db").unwrap().kind,
+            Kind::StatefulSet
+        );
+        assert_eq!(parse_ref("cj/nightly").unwrap().kind, Kind::CronJob);
+        let err = parse_ref("pod/web").unwrap_err().to_string();
+        assert!(err.contains("deploy/NAME"), "{err}");
+        assert!(parse_ref("deploy/Web_1").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_ref_or_an_error_never_a_panic(text in "\\PC{0,60}") {
+            let _ = parse_ref(&text);
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! `kdev sleep`, `kdev wake` and `kdev envs` against the real control plane
+//! (workloads on kwok's node: sizes and records are the API server's).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt as _};
+use serde_json::{Value, json};
+
+use crate::support::{
+    TestNamespace, event_notes, kdev, kubeconfig, kubeconfig_as, kubectl, with_namespace,
+};
+use crate::swap_support::simple_deployment;
+
+const SLEEP: &str = "kdev.dev/sleep";
+
+fn run(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
+    kdev()
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("run kdev")
+}
+
+fn ok(output: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "kdev failed: {text}");
+    text
+}
+
+async fn create_deployment(ns: &TestNamespace, name: &str, replicas: i32, annotations: Value) {
+    let mut manifest = simple_deployment(name, replicas, &[]);
+    manifest["metadata"]["annotations"] = annotations;
+    let deployment: Deployment = serde_json::from_value(manifest).expect("a deployment");
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+}
+
+async fn create_statefulset(ns: &TestNamespace, name: &str, replicas: i32) {
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "db", "image": "example.invalid/db:1" }] }
+            }
+        }
+    }))
+    .expect("a statefulset");
+    ns.api::<StatefulSet>()
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("create statefulset");
+}
+
+async fn create_cronjob(ns: &TestNamespace, name: &str) {
+    let cj: CronJob = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "jobTemplate": { "spec": { "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "job", "image": "example.invalid/job:1" }]
+            } } } }
+        }
+    }))
+    .expect("a cronjob");
+    ns.api::<CronJob>()
+        .create(&PostParams::default(), &cj)
+        .await
+        .expect("create cronjob");
+}
+
+async fn replicas(ns: &TestNamespace, name: &str) -> (i32, Option<String>) {
+    let d = ns
+        .api::<Deployment>()
+        .get(name)
+        .await
+        .expect("get deployment");
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    (replicas, d.annotations().get(SLEEP).cloned())
+}
+
+async fn envs_json(ns: &TestNamespace) -> Value {
+    let out = ok(run(&kubeconfig(), &ns.name, &["envs", "-o", "json"]));
+    let start = out.find('[').expect("a JSON list");
+    let list: Value = serde_json::from_str(&out[start..]).expect("kdev envs -o json");
+    list[0].clone()
+}
+
+#[tokio::test]
+async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
+    with_namespace("envs-cycle", |ns| async move {
+        create_deployment(&ns, "web", 3, json!({})).await;
+        create_deployment(&ns, "kept-at-zero", 0, json!({})).await;
+        create_deployment(&ns, "opted-out", 2, json!({ "downscaler/exclude": "true" })).await;
+        create_statefulset(&ns, "db", 2).await;
+        create_cronjob(&ns, "nightly").await;
+
+        let slept = ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["sleep", "--reason", "end of day"],
+        ));
+        assert!(slept.contains("deployment/web in"), "{slept}");
+        assert!(slept.contains("(3 replicas → 0 replicas)"), "{slept}");
+        assert!(
+            slept.contains("excluded by annotation downscaler/exclude"),
+            "{slept}"
+        );
+        assert_eq!(replicas(&ns, "web").await.0, 0);
+        assert!(
+            replicas(&ns, "web").await.1.is_some(),
+            "web carries its sleep record"
+        );
+        assert_eq!(replicas(&ns, "kept-at-zero").await, (0, None), "left alone");
+        assert_eq!(replicas(&ns, "opted-out").await, (2, None), "opted out");
+        let db = ns.api::<StatefulSet>().get("db").await.unwrap();
+        assert_eq!(db.spec.unwrap().replicas, Some(0));
+        let cj = ns.api::<CronJob>().get("nightly").await.unwrap();
+        assert_eq!(cj.spec.suspend, Some(true));
+
+        let env = envs_json(&ns).await;
+        assert_eq!(env["state"], "asleep", "{env}");
+        let web = env["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "web")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (web["size"].clone(), web["original"].clone()),
+            (json!(0), json!(3))
+        );
+        assert!(
+            env["slept"].as_str().unwrap().contains("end of day"),
+            "{env}"
+        );
+
+        // Sleeping again changes nothing; the record keeps the first count.
+        let again = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
+        assert!(again.contains("already asleep"), "{again}");
+
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert!(woke.contains("(0 replicas → 3 replicas)"), "{woke}");
+        assert_eq!(replicas(&ns, "web").await, (3, None));
+        assert_eq!(
+            replicas(&ns, "kept-at-zero").await,
+            (0, None),
+            "still 0 after the wake"
+        );
+        assert_eq!(replicas(&ns, "opted-out").await, (2, None));
+        let db = ns.api::<StatefulSet>().get("db").await.unwrap();
+        assert_eq!(db.spec.unwrap().replicas, Some(2));
+        let cj = ns.api::<CronJob>().get("nightly").await.unwrap();
+        assert_eq!(cj.spec.suspend, Some(false));
+        assert!(envs_json(&ns).await["state"] != "asleep");
+
+        let slept_notes = event_notes(&ns, "Slept").await;
+        assert!(
+            slept_notes
+                .iter()
+                .any(|n| n.contains("3 → 0") && n.contains("end of day")),
+            "{slept_notes:?}"
+        );
+        assert!(!event_notes(&ns, "Woke").await.is_empty());
+        // kdev's writes are kdev's in managedFields (for GitOps' ignoreDifferences).
+        let web = ns.api::<Deployment>().get("web").await.unwrap();
+        let managers: Vec<String> = web
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        assert!(managers.iter().any(|m| m == "kdev"), "{managers:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_scale_by_hand_while_asleep_is_kept_and_reported() {
+    with_namespace("envs-manual", |ns| async move {
+        create_deployment(&ns, "web", 3, json!({})).await;
+        ok(run(&kubeconfig(), &ns.name, &["sleep", "deploy/web"]));
+        ns.api::<Deployment>()
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "replicas": 5 } })),
+            )
+            .await
+            .expect("scale by hand");
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake", "deploy/web"]));
+        assert!(
+            woke.contains("changed while asleep (5 replicas now, 3 replicas before the sleep)"),
+            "{woke}"
+        );
+        assert_eq!(replicas(&ns, "web").await, (5, None), "never overwritten");
+        let notes = event_notes(&ns, "ChangedWhileAsleep").await;
+        assert!(notes.iter().any(|n| n.contains("set to 5")), "{notes:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dry_run_says_what_would_change_and_changes_nothing() {
+    with_namespace("envs-dry", |ns| async move {
+        create_deployment(&ns, "web", 2, json!({})).await;
+        let out = ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["sleep", "--dry-run", "-o", "json"],
+        ));
+        let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(line["result"], "slept");
+        assert_eq!(line["dryRun"], true);
+        assert_eq!(replicas(&ns, "web").await, (2, None));
+        assert!(event_notes(&ns, "Slept").await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_swapped_workload_is_left_to_its_swap() {
+    with_namespace("envs-swap", |ns| async move {
+        // The marks `kdev swap` writes when it holds a Deployment (the contract).
+        let marks: BTreeMap<String, String> = kdev_contract::session::DeploymentMarks {
+            session: "s-123".into(),
+            original_replicas: 2,
+        }
+        .annotations();
+        create_deployment(&ns, "web", 0, serde_json::to_value(&marks).unwrap()).await;
+        create_deployment(&ns, "api", 1, json!({})).await;
+        let out = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
+        assert!(out.contains("held by kdev swap session s-123"), "{out}");
+        assert_eq!(
+            replicas(&ns, "web").await,
+            (0, None),
+            "no sleep record on a swapped workload"
+        );
+        assert_eq!(envs_json(&ns).await["state"], "partly");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_is_a_usage_error_and_a_bad_annotation_changes_nothing() {
+    with_namespace("envs-bad", |ns| async move {
+        let out = run(&kubeconfig(), &ns.name, &["sleep", "pod/web"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("deploy/NAME"));
+        let out = run(&kubeconfig(), &ns.name, &["sleep", "deploy/web", "-A"]);
+        assert_eq!(out.status.code(), Some(2));
+
+        create_deployment(
+            &ns,
+            "web",
+            2,
+            json!({ "kdev.dev/downtime-replicas": "lots" }),
+        )
+        .await;
+        let out = run(&kubeconfig(), &ns.name, &["sleep"]);
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("kdev.dev/downtime-replicas") && text.contains("\"lots\""),
+            "{text}"
+        );
+        assert_eq!(replicas(&ns, "web").await, (2, None));
+
+        let out = run(&kubeconfig(), &ns.name, &["sleep", "deploy/missing"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("not found"));
+    })
+    .await;
+}
+
+/// Deletes a cluster-scoped test object when the test ends, also on failure.
+struct ClusterRoleGuard(String);
+
+impl Drop for ClusterRoleGuard {
+    fn drop(&mut self) {
+        let _ = kubectl()
+            .args(["delete", "clusterrole", &self.0, "--ignore-not-found"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn kdev_wake_works_with_nothing_but_the_starter_role() {
+    with_namespace("envs-starter", |ns| async move {
+        create_deployment(&ns, "web", 3, json!({})).await;
+        create_statefulset(&ns, "db", 1).await;
+
+        // deploy/env-starter.yaml as shipped, under a name of this test's own.
+        let role = format!("kdev-env-starter-{}", ns.name);
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/env-starter.yaml"),
+        )
+        .expect("read deploy/env-starter.yaml");
+        let manifest = shipped.replace("name: kdev-env-starter", &format!("name: {role}"));
+        let _guard = ClusterRoleGuard(role.clone());
+        let applied = crate::support::kubectl_apply(manifest.as_bytes(), &[]);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        let user = format!("starter@{}", ns.name);
+        let bound = kubectl()
+            .args(["-n", &ns.name, "create", "rolebinding", "starters"])
+            .arg(format!("--clusterrole={role}"))
+            .arg(format!("--user={user}"))
+            .output()
+            .expect("kubectl");
+        assert!(
+            bound.status.success(),
+            "{}",
+            String::from_utf8_lossy(&bound.stderr)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let as_starter = kubeconfig_as(&user, dir.path());
+        // The starter may not put anything to sleep (it cannot write the record).
+        let out = run(&as_starter, &ns.name, &["sleep"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(replicas(&ns, "web").await, (3, None), "nothing changed");
+        ok(run(&kubeconfig(), &ns.name, &["sleep"]));
+        // It wakes everything, through the scale subresource.
+        let woke = ok(run(&as_starter, &ns.name, &["wake"]));
+        assert!(
+            woke.contains("deployment/web") && woke.contains("→ 3 replicas"),
+            "{woke}"
+        );
+        assert_eq!(replicas(&ns, "web").await.0, 3);
+        let db = ns.api::<StatefulSet>().get("db").await.unwrap();
+        assert_eq!(db.spec.unwrap().replicas, Some(1));
+        let state = envs_json(&ns).await["state"].clone();
+        assert!(state == "awake" || state == "waking", "{state}");
+        // Someone with full rights clears the records the starter could not.
+        let cleaned = ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert!(cleaned.contains("sleep record is removed"), "{cleaned}");
+        assert_eq!(replicas(&ns, "web").await, (3, None));
+        // And the starter cannot read Secrets or change anything else.
+        let secrets = crate::support::kubectl_for(&as_starter)
+            .args(["-n", &ns.name, "get", "secrets"])
+            .output()
+            .unwrap();
+        assert!(!secrets.status.success());
+        let api: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+        assert!(api.get("web").await.is_ok());
+    })
+    .await;
+}
