@@ -28,6 +28,31 @@ pub const UPTIME_KEYS: [&str; 2] = ["kdev.dev/uptime", "downscaler/uptime"];
 /// When an environment sleeps (kube-downscaler's downtime).
 pub const DOWNTIME_KEYS: [&str; 2] = ["kdev.dev/downtime", "downscaler/downtime"];
 
+/// On a namespace: the state the controller last put the environment in by
+/// its schedule, and when (`asleep 2026-12-02T19:00:00Z`). The controller
+/// acts when the schedule's state differs from it, that is at each edge of
+/// the schedule, and leaves people alone in between: a `kdev wake` in the
+/// evening holds until the next sleep edge (or the inactivity rule).
+pub const SCHEDULE_APPLIED_ANNOTATION: &str = "kdev.dev/schedule-applied";
+
+/// What the schedule asks of an environment whose last applied state is
+/// `applied` (read from [`SCHEDULE_APPLIED_ANNOTATION`]): `Some(true)` wake,
+/// `Some(false)` sleep, `None` nothing.
+pub fn scheduled(schedule: &Schedule, applied: Option<&str>, now: jiff::Timestamp) -> Option<bool> {
+    let awake = schedule.awake(now);
+    let applied_awake = match applied.and_then(|a| a.split_whitespace().next()) {
+        Some("awake") => Some(true),
+        Some("asleep") => Some(false),
+        _ => None,
+    };
+    (applied_awake != Some(awake)).then_some(awake)
+}
+
+/// The value of [`SCHEDULE_APPLIED_ANNOTATION`] for a state applied at `at`.
+pub fn applied_value(awake: bool, at: jiff::Timestamp) -> String {
+    format!("{} {at}", if awake { "awake" } else { "asleep" })
+}
+
 /// An environment's schedule and where it is written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
@@ -453,6 +478,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("downscaler/downtime"), "{err}");
+    }
+
+    #[test]
+    fn the_schedule_acts_at_its_edges_only() {
+        let schedule = Schedule::read(&map(&[("downscaler/uptime", "Mon-Fri 09:00-19:00 UTC")]))
+            .unwrap()
+            .unwrap();
+        let evening: jiff::Timestamp = "2026-12-02T19:00:00Z".parse().unwrap();
+        let morning: jiff::Timestamp = "2026-12-03T09:00:00Z".parse().unwrap();
+        assert_eq!(
+            scheduled(&schedule, None, evening),
+            Some(false),
+            "first sight: apply"
+        );
+        let slept = applied_value(false, evening);
+        assert_eq!(scheduled(&schedule, Some(&slept), evening), None);
+        // Later that night, after someone woke it by hand: still nothing.
+        let night: jiff::Timestamp = "2026-12-02T23:00:00Z".parse().unwrap();
+        assert_eq!(scheduled(&schedule, Some(&slept), night), None);
+        assert_eq!(scheduled(&schedule, Some(&slept), morning), Some(true));
+        assert_eq!(scheduled(&schedule, Some("garbage"), morning), Some(true));
     }
 
     proptest! {

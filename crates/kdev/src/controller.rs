@@ -9,6 +9,7 @@
 
 pub mod leader;
 mod reaper;
+pub mod schedule;
 mod serve;
 
 use std::future::Future;
@@ -38,6 +39,8 @@ pub struct Config {
     pub watch_namespace: Option<String>,
     /// Clean up after telepresence 1 proxies older than this (off when `None`).
     pub telepresence_min_age: Option<Duration>,
+    /// Put environments to sleep and wake them by their schedules (off when `None`).
+    pub schedules: Option<schedule::Options>,
 }
 
 pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
@@ -93,6 +96,18 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
             metrics.clone(),
         ),
     );
+    if let Some(options) = args.schedules.clone() {
+        tasks.spawn(
+            "environment scheduler",
+            schedule::run(
+                kube.clone(),
+                options,
+                leading_rx.clone(),
+                recorder.clone(),
+                metrics.clone(),
+            ),
+        );
+    }
     if let Some(min_age) = args.telepresence_min_age {
         let options = crate::cleanup::telepresence::Options {
             min_age,

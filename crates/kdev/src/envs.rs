@@ -280,6 +280,7 @@ mod tests {
                 .collect(),
             labels: BTreeMap::new(),
             swap_session: None,
+            created: None,
         }
     }
 

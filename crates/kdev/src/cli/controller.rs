@@ -26,6 +26,15 @@ pub struct ControllerArgs {
     /// With --telepresence: leave proxies younger than this alone.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub telepresence_min_age: std::time::Duration,
+    /// Put environments (namespaces) to sleep and wake them by their schedule annotations (needs deploy/envs' RBAC).
+    #[arg(long)]
+    pub schedules: bool,
+    /// With --schedules: at a sleep edge, workloads created less than this ago stay awake.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub grace_period: std::time::Duration,
+    /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub clock_start: Option<String>,
 }
 
 impl ControllerArgs {
@@ -36,12 +45,30 @@ impl ControllerArgs {
         if let Some(ns) = &self.watch_namespace {
             crate::k8s::validate_dns_label("--watch-namespace", ns)?;
         }
+        let clock = match &self.clock_start {
+            Some(text) => {
+                let start: jiff::Timestamp = text.parse().map_err(|err| {
+                    crate::error::usage(format!(
+                        "--clock-start {text:?} is not an RFC 3339 time: {err}"
+                    ))
+                })?;
+                crate::controller::schedule::Clock::starting_at(start)
+            }
+            None => crate::controller::schedule::Clock::real(),
+        };
         Ok(Config {
             listen: self.listen,
             lease_namespace: self.lease_namespace,
             identity: self.identity,
-            watch_namespace: self.watch_namespace,
+            watch_namespace: self.watch_namespace.clone(),
             telepresence_min_age: self.telepresence.then_some(self.telepresence_min_age),
+            schedules: self
+                .schedules
+                .then(|| crate::controller::schedule::Options {
+                    grace: self.grace_period,
+                    clock,
+                    namespace: self.watch_namespace.clone(),
+                }),
         })
     }
 }

@@ -59,6 +59,8 @@ impl ChangeArgs {
             dry_run: self.dry_run,
             reason: self.reason,
             json: self.output == OutputArg::Json,
+            actor: None,
+            grace: None,
         })
     }
 }

@@ -23,6 +23,8 @@ pub struct Metrics {
     leading: Gauge,
     restores: Counter,
     telepresence: Family<VerdictLabel, Counter>,
+    env_checks: Counter,
+    env_changes: Family<VerdictLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,11 +60,25 @@ impl Default for Metrics {
             "Dead telepresence 1 proxies handled, by verdict (restored, left-for-human)",
             telepresence.clone(),
         );
+        let env_checks = Counter::default();
+        registry.register(
+            "env_checks",
+            "Environments the scheduler looked at (a namespace changed or a schedule edge came)",
+            env_checks.clone(),
+        );
+        let env_changes = Family::<VerdictLabel, Counter>::default();
+        registry.register(
+            "env_transitions",
+            "Environments the scheduler put to sleep or woke, by verdict (asleep, awake)",
+            env_changes.clone(),
+        );
         Self {
             registry,
             leading,
             restores,
             telepresence,
+            env_checks,
+            env_changes,
         }
     }
 }
@@ -82,6 +98,17 @@ impl Metrics {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         self.telepresence
+            .get_or_create(&VerdictLabel { verdict })
+            .inc();
+    }
+
+    pub fn env_checked(&self) {
+        self.env_checks.inc();
+    }
+
+    pub fn env_transition(&self, awake: bool) {
+        let verdict = if awake { "awake" } else { "asleep" }.to_owned();
+        self.env_changes
             .get_or_create(&VerdictLabel { verdict })
             .inc();
     }

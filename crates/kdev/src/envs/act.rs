@@ -46,6 +46,10 @@ pub struct Config {
     /// Said in the Event and the output.
     pub reason: Option<String>,
     pub json: bool,
+    /// Who acts, for records and Events (default: user@host).
+    pub actor: Option<String>,
+    /// When sleeping: leave workloads younger than this awake.
+    pub grace: Option<std::time::Duration>,
 }
 
 /// What happened to one workload.
@@ -145,7 +149,19 @@ async fn namespace_annotations(kube: &Kube, namespace: &str) -> BTreeMap<String,
 
 /// Runs a sleep or a wake over the selection; returns one change per workload.
 pub async fn run(kube: &Kube, config: &Config) -> anyhow::Result<Vec<Change>> {
-    let who = crate::host::user_at_host();
+    run_at(kube, config, jiff::Timestamp::now()).await
+}
+
+/// [`run`] at `now` (the controller's clock).
+pub async fn run_at(
+    kube: &Kube,
+    config: &Config,
+    now: jiff::Timestamp,
+) -> anyhow::Result<Vec<Change>> {
+    let who = config
+        .actor
+        .clone()
+        .unwrap_or_else(crate::host::user_at_host);
     let by = match &config.reason {
         Some(reason) => format!("{who}: {reason}"),
         None => who.clone(),
@@ -178,6 +194,7 @@ pub async fn run(kube: &Kube, config: &Config) -> anyhow::Result<Vec<Change>> {
                 excluded_ns: excluded_ns.as_deref(),
                 config,
                 by: &by,
+                now,
             };
             let done = match target.kind {
                 Kind::Deployment => step.apply::<Deployment>(&target.name).await,
@@ -209,6 +226,7 @@ struct Step<'a> {
     excluded_ns: Option<&'a str>,
     config: &'a Config,
     by: &'a str,
+    now: jiff::Timestamp,
 }
 
 impl Step<'_> {
@@ -288,10 +306,24 @@ impl Step<'_> {
     fn decide(&self, w: &Workload) -> anyhow::Result<(Option<serde_json::Value>, Done)> {
         match self.config.direction {
             Direction::Sleep => {
+                let young = self
+                    .config
+                    .grace
+                    .filter(|g| !g.is_zero())
+                    .and_then(|grace| {
+                        let age = self.now.duration_since(w.created?);
+                        (age < jiff::SignedDuration::try_from(grace).ok()?).then(|| {
+                            format!(
+                                "the grace period for new workloads (created less than {}s ago)",
+                                grace.as_secs()
+                            )
+                        })
+                    });
                 let exclusion = self
                     .excluded_ns
                     .map(|why| format!("{why} on namespace {}", self.namespace))
-                    .or_else(|| envs::exclusion(&w.annotations, &w.labels));
+                    .or_else(|| envs::exclusion(&w.annotations, &w.labels))
+                    .or(young);
                 let to = match w.kind {
                     Kind::CronJob => 0,
                     _ => envs::downtime_replicas(&w.annotations, self.ns_annotations)?,
@@ -308,7 +340,7 @@ impl Step<'_> {
                         let record = SleepRecord {
                             replicas: from,
                             to,
-                            at: jiff::Timestamp::now().to_string(),
+                            at: self.now.to_string(),
                             by: self.by.to_owned(),
                         };
                         let (key, value) = record.annotation();

@@ -89,6 +89,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// The `kdev swap` session holding it, if any.
     pub swap_session: Option<String>,
+    /// When it was created.
+    pub created: Option<jiff::Timestamp>,
 }
 
 impl Workload {
@@ -179,6 +181,11 @@ pub fn view<K: Scalable>(object: &K) -> Workload {
         labels: object.labels().clone(),
         annotations,
         swap_session,
+        created: object
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| jiff::Timestamp::from_second(t.0.as_second()).ok()),
     }
 }
 

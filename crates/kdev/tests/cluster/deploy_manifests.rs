@@ -7,7 +7,7 @@ use crate::support::{kubectl_apply, render_deploy, with_namespace};
 #[tokio::test]
 async fn deploy_manifests_pass_server_side_dry_run() {
     with_namespace("deploy", |ns| async move {
-        let manifests = render_deploy(&ns.name, &["telepresence"]);
+        let manifests = render_deploy(&ns.name, &["telepresence", "envs"]);
         let applied = kubectl_apply(&manifests, &["--dry-run=server", "-o", "json"]);
         assert!(
             applied.status.success(),
@@ -48,6 +48,15 @@ async fn deploy_manifests_pass_server_side_dry_run() {
             .filter_map(|a| a.as_str())
             .collect();
         assert!(args.contains(&"--telepresence"), "{args:?}");
+        assert!(args.contains(&"--schedules"), "{args:?}");
+        for role in ["kdev-controller-envs", "kdev-env-starter"] {
+            assert!(
+                items
+                    .iter()
+                    .any(|i| i["kind"] == "ClusterRole" && i["metadata"]["name"] == role),
+                "the {role} ClusterRole"
+            );
+        }
         assert!(
             items.iter().any(|i| i["kind"] == "ClusterRole"
                 && i["metadata"]["name"] == "kdev-controller-telepresence"),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
@@ -12,7 +13,8 @@ use kube::{Api, ResourceExt as _};
 use serde_json::{Value, json};
 
 use crate::support::{
-    TestNamespace, event_notes, kdev, kubeconfig, kubeconfig_as, kubectl, with_namespace,
+    TestNamespace, event_notes, eventually, kdev, kubeconfig, kubeconfig_as, kubectl,
+    with_namespace,
 };
 use crate::swap_support::simple_deployment;
 
@@ -292,14 +294,17 @@ async fn bad_input_is_a_usage_error_and_a_bad_annotation_changes_nothing() {
     .await;
 }
 
-/// Deletes a cluster-scoped test object when the test ends, also on failure.
-struct ClusterRoleGuard(String);
+/// Deletes cluster-scoped test objects (`kind/name`) when the test ends,
+/// also on failure.
+struct ClusterScoped(Vec<String>);
 
-impl Drop for ClusterRoleGuard {
+impl Drop for ClusterScoped {
     fn drop(&mut self) {
-        let _ = kubectl()
-            .args(["delete", "clusterrole", &self.0, "--ignore-not-found"])
-            .output();
+        for object in &self.0 {
+            let _ = kubectl()
+                .args(["delete", object, "--ignore-not-found"])
+                .output();
+        }
     }
 }
 
@@ -316,7 +321,7 @@ async fn kdev_wake_works_with_nothing_but_the_starter_role() {
         )
         .expect("read deploy/env-starter.yaml");
         let manifest = shipped.replace("name: kdev-env-starter", &format!("name: {role}"));
-        let _guard = ClusterRoleGuard(role.clone());
+        let _guard = ClusterScoped(vec![format!("clusterrole/{role}")]);
         let applied = crate::support::kubectl_apply(manifest.as_bytes(), &[]);
         assert!(
             applied.status.success(),
@@ -371,6 +376,246 @@ async fn kdev_wake_works_with_nothing_but_the_starter_role() {
         assert!(!secrets.status.success());
         let api: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
         assert!(api.get("web").await.is_ok());
+    })
+    .await;
+}
+
+async fn annotate_namespace(ns: &TestNamespace, annotations: Value, labels: Value) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+    api.patch(
+        &ns.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "annotations": annotations, "labels": labels } })),
+    )
+    .await
+    .expect("annotate the namespace");
+}
+
+async fn sleep_record(ns: &TestNamespace, name: &str) -> Option<Value> {
+    let raw = replicas(ns, name).await.1?;
+    serde_json::from_str(&raw).ok()
+}
+
+/// The scheduler's count of environment checks, from /metrics.
+async fn env_checks(port: u16) -> Option<u64> {
+    let (_, body) = crate::support::http_get(port, "/metrics").await?;
+    body.lines()
+        .find(|l| l.starts_with("kdev_controller_env_checks_total"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn the_controller_sleeps_and_wakes_an_environment_at_its_schedules_edges() {
+    with_namespace("envs-schedule", |ns| async move {
+        annotate_namespace(
+            &ns,
+            json!({ "downscaler/uptime": "Mon-Fri 09:00-19:00 UTC" }),
+            json!({}),
+        )
+        .await;
+        create_deployment(&ns, "web", 2, json!({})).await;
+        create_statefulset(&ns, "db", 1).await;
+
+        // Wednesday, three seconds before the evening edge.
+        let evening = crate::swap_support::Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[
+                "--schedules",
+                "--grace-period",
+                "0s",
+                "--clock-start",
+                "2026-12-02T18:59:57Z",
+            ],
+            &[],
+        );
+        let record = eventually(
+            Duration::from_secs(30),
+            "the evening edge to sleep web",
+            || async { sleep_record(&ns, "web").await },
+        )
+        .await;
+        assert_eq!(record["replicas"], 2);
+        let at: jiff::Timestamp = record["at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            at >= "2026-12-02T19:00:00Z".parse().unwrap(),
+            "slept at {at}: before the edge\n{}",
+            evening.log()
+        );
+        assert!(
+            record["by"]
+                .as_str()
+                .unwrap()
+                .contains("downscaler/uptime on namespace"),
+            "{record}"
+        );
+        assert_eq!(replicas(&ns, "web").await.0, 0);
+
+        // Woken by hand in the evening: the scheduler leaves it awake.
+        ok(run(&kubeconfig(), &ns.name, &["wake", "deploy/web"]));
+        let before = eventually(Duration::from_secs(10), "the metrics", || {
+            env_checks(evening.port)
+        })
+        .await;
+        annotate_namespace(&ns, json!({}), json!({ "touched": "yes" })).await;
+        eventually(
+            Duration::from_secs(30),
+            "the scheduler to look again",
+            || async { (env_checks(evening.port).await? > before).then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            replicas(&ns, "web").await,
+            (2, None),
+            "a wake by hand holds until the next edge"
+        );
+        evening.stop();
+
+        // Thursday, two seconds before the morning edge: db wakes.
+        let morning = crate::swap_support::Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[
+                "--schedules",
+                "--grace-period",
+                "0s",
+                "--clock-start",
+                "2026-12-03T08:59:58Z",
+            ],
+            &[],
+        );
+        eventually(
+            Duration::from_secs(30),
+            "the morning edge to wake db",
+            || async {
+                let db = ns.api::<StatefulSet>().get("db").await.ok()?;
+                let annotations = db.metadata.annotations.unwrap_or_default();
+                (db.spec?.replicas == Some(1) && !annotations.contains_key(SLEEP)).then_some(())
+            },
+        )
+        .await;
+        // The namespace records the edge once every workload is done.
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+        let applied = eventually(
+            Duration::from_secs(10),
+            "the wake to be recorded",
+            || async {
+                let applied = api
+                    .get(&ns.name)
+                    .await
+                    .ok()?
+                    .annotations()
+                    .get("kdev.dev/schedule-applied")?
+                    .clone();
+                applied.starts_with("awake").then_some(applied)
+            },
+        )
+        .await;
+        assert!(
+            applied.starts_with("awake 2026-12-03T09:00:0"),
+            "{applied}\n{}",
+            morning.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_schedule_is_a_warning_event_and_changes_nothing() {
+    with_namespace("envs-bad-schedule", |ns| async move {
+        annotate_namespace(
+            &ns,
+            json!({ "downscaler/downtime": "weekends 9-5" }),
+            json!({}),
+        )
+        .await;
+        create_deployment(&ns, "web", 2, json!({})).await;
+        let controller =
+            crate::swap_support::Controller::launch(&ns, &ns.kubeconfig, &["--schedules"], &[]);
+        let notes = eventually(Duration::from_secs(30), "a BadSchedule Event", || async {
+            let notes = event_notes(&ns, "BadSchedule").await;
+            (!notes.is_empty()).then_some(notes)
+        })
+        .await;
+        assert!(
+            notes[0].contains("downscaler/downtime") && notes[0].contains("weekends"),
+            "{notes:?}\n{}",
+            controller.log()
+        );
+        assert_eq!(replicas(&ns, "web").await, (2, None));
+        let env = envs_json(&ns).await;
+        assert!(
+            env["problem"]
+                .as_str()
+                .unwrap()
+                .contains("downscaler/downtime"),
+            "{env}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
+    with_namespace("envs-rbac", |ns| async move {
+        let _guard = ClusterScoped(
+            [
+                "clusterrole/kdev-controller-envs",
+                "clusterrolebinding/kdev-controller-envs",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let applied =
+            crate::support::kubectl_apply(&crate::support::render_deploy(&ns.name, &["envs"]), &[]);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        annotate_namespace(
+            &ns,
+            json!({ "kdev.dev/downtime": "Wed 19:00-07:00 UTC" }),
+            json!({}),
+        )
+        .await;
+        create_deployment(&ns, "web", 2, json!({})).await;
+        create_cronjob(&ns, "nightly").await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let account = format!("system:serviceaccount:{}:kdev-controller", ns.name);
+        let as_controller = kubeconfig_as(&account, dir.path());
+        let controller = crate::swap_support::Controller::launch(
+            &ns,
+            &as_controller,
+            &[
+                "--schedules",
+                "--grace-period",
+                "0s",
+                "--clock-start",
+                "2026-12-02T18:59:58Z",
+            ],
+            &[],
+        );
+        eventually(
+            Duration::from_secs(30),
+            "the downtime to suspend the CronJob",
+            || async {
+                let cj = ns.api::<CronJob>().get("nightly").await.ok()?;
+                (cj.spec.suspend == Some(true)).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(replicas(&ns, "web").await.0, 0, "{}", controller.log());
+        let notes = event_notes(&ns, "Slept").await;
+        assert!(
+            notes.iter().any(|n| n.contains("kdev.dev/downtime")),
+            "{notes:?}"
+        );
+        controller.stop();
     })
     .await;
 }

@@ -362,6 +362,14 @@ impl Controller {
         }
     }
 
+    /// Stops it as Kubernetes would (SIGTERM): it releases the leader Lease.
+    pub fn stop(mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+
     /// What the controller logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
