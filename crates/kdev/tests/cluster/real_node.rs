@@ -683,33 +683,84 @@ async fn a_real_node_swap_forwards_carries_many_connections_and_survives_kill_9(
     .await;
 }
 
-/// Runs `kdev logs ARGS` in the namespace until it has printed `lines`
-/// lines containing `marker` (or 90 s), then stops it; returns stdout.
-async fn follow_until(ns: &TestNamespace, args: &[&str], marker: &str, lines: usize) -> String {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("stdout");
-    let mut child = kdev()
-        .arg("--kubeconfig")
-        .arg(&ns.kubeconfig)
-        .args(["-n", &ns.name, "logs"])
-        .args(args)
-        .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start kdev logs");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if text.lines().filter(|l| l.contains(marker)).count() >= lines
-            || std::time::Instant::now() > deadline
-        {
-            break;
+/// `kdev logs ARGS` running in the namespace, its stdout in a file; killed
+/// when dropped.
+struct Follower {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Follower {
+    fn start(ns: &TestNamespace, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("stdout");
+        let child = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "logs"])
+            .args(args)
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start kdev logs");
+        Self {
+            child,
+            out,
+            _dir: dir,
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    std::fs::read_to_string(&out).unwrap_or_default()
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits until `lines` printed lines contain `marker` (or 90 s); returns stdout.
+    async fn wait_for(&self, marker: &str, lines: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let text = self.text();
+            if text.lines().filter(|l| l.contains(marker)).count() >= lines
+                || std::time::Instant::now() > deadline
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a writer pod's script starts with: it says it is ready, then waits
+/// for `go` (see [`go`]), so it writes only once `kdev logs` follows it.
+const WAIT_FOR_GO: &str = "echo 'writer ready'; until [ -f /tmp/go ]; do sleep 0.1; done; ";
+
+/// Once `kdev logs` printed the pod's first line, tells its script to go on.
+async fn go(ns: &TestNamespace, follower: &Follower, pod: &str) {
+    follower.wait_for("writer ready", 1).await;
+    assert!(
+        follower.text().contains("writer ready"),
+        "kdev logs never showed the writer"
+    );
+    let mut touch = ns
+        .api::<Pod>()
+        .exec(
+            pod,
+            ["touch", "/tmp/go"],
+            &AttachParams::default().stdout(false).stderr(true),
+        )
+        .await
+        .expect("exec touch /tmp/go");
+    if let Some(status) = touch.take_status() {
+        let _ = status.await;
+    }
+    let _ = touch.join().await;
 }
 
 /// Every number 1..=n appears exactly once among lines containing `marker`.
@@ -745,9 +796,16 @@ async fn logs_lose_no_line_across_the_kubelets_rotations() {
         const N: usize = 90_000;
         // 6 bursts of 15,000 lines of ~50 bytes, 4 s apart: past 1 MiB
         // several times, across the kubelet's 10 s rotation checks.
-        let script = "for b in 0 1 2 3 4 5; do seq $((b*15000+1)) $((b*15000+15000)) | sed 's/.*/rot n=& padding-padding-padding-padding/'; sleep 4; done; exec sleep 600";
-        busybox_pod(&ns, "writer", script).await;
-        let out = follow_until(&ns, &["writer", "-o", "raw"], "rot n=", N).await;
+        let script = format!(
+            "{WAIT_FOR_GO}for b in 0 1 2 3 4 5; do seq $((b*15000+1)) $((b*15000+15000)) | sed 's/.*/rot n=& padding-padding-padding-padding/'; sleep 4; done; exec sleep 600"
+        );
+        busybox_pod(&ns, "writer", &script).await;
+        // The kubelet serves the current log file only: a reader that
+        // arrived after a rotation could not see the lines before it. So
+        // the writer starts once kdev follows it.
+        let follower = Follower::start(&ns, &["writer", "-o", "raw"]);
+        go(&ns, &follower, "writer").await;
+        let out = follower.wait_for("rot n=", N).await;
         assert_each_once(&out, "rot n=", N);
         // The kubelet did rotate: its rotated files sit beside 0.log.
         let pods = ns.kubeconfig.parent().expect("cluster folder").join("node/pods");
@@ -771,13 +829,13 @@ async fn a_file_tail_follows_the_containers_own_rotation() {
     with_namespace("real-filerot", |ns| async move {
         require_real_node(&ns).await;
         const N: usize = 3_000;
-        let script = "sleep 3; for b in 0 1 2; do seq $((b*1000+1)) $((b*1000+1000)) | sed 's/.*/file n=&/' >> /tmp/app.log; sleep 2; mv /tmp/app.log /tmp/app.log.$b; done; exec sleep 600";
+        // "writer ready" goes into the file: once kdev prints it, its tail
+        // follows the file, and the pod may start rotating.
+        let script = "echo 'writer ready' > /tmp/app.log; until [ -f /tmp/go ]; do sleep 0.1; done; for b in 0 1 2; do seq $((b*1000+1)) $((b*1000+1000)) | sed 's/.*/file n=&/' >> /tmp/app.log; sleep 2; mv /tmp/app.log /tmp/app.log.$b; done; exec sleep 600";
         busybox_pod(&ns, "rotator", script).await;
-        eventually(Duration::from_secs(60), "the pod to run", || async {
-            (phase(&ns, "rotator").await.as_deref() == Some("Running")).then_some(())
-        })
-        .await;
-        let out = follow_until(&ns, &["rotator", "--file", "/tmp/app.log", "-o", "raw"], "file n=", N).await;
+        let follower = Follower::start(&ns, &["rotator", "--file", "/tmp/app.log", "-o", "raw"]);
+        go(&ns, &follower, "rotator").await;
+        let out = follower.wait_for("file n=", N).await;
         assert_each_once(&out, "file n=", N);
     })
     .await;
