@@ -58,20 +58,26 @@ pub fn applied_value(awake: bool, at: jiff::Timestamp) -> String {
 pub struct Schedule {
     pub uptime: crate::schedule::Spec,
     pub downtime: crate::schedule::Spec,
+    /// Awake, whatever the schedule says, until then (`kdev envs keep-awake`).
+    pub keep_awake_until: Option<jiff::Timestamp>,
     /// The keys it was read from, for "why".
     pub from: Vec<&'static str>,
 }
+
+/// On a namespace: keep the environment awake until this instant (RFC 3339),
+/// whatever its schedule says; written by `kdev envs keep-awake`.
+pub const KEEP_AWAKE_ANNOTATION: &str = "kdev.dev/keep-awake-until";
 
 /// A schedule-related annotation that cannot be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadSchedule {
     pub key: &'static str,
-    pub error: crate::schedule::ScheduleError,
+    pub problem: String,
 }
 
 impl fmt::Display for BadSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "annotation {}: {}", self.key, self.error)
+        write!(f, "annotation {}: {}", self.key, self.problem)
     }
 }
 
@@ -86,8 +92,10 @@ impl Schedule {
             for key in keys {
                 if let Some(value) = annotations.get(key) {
                     from.push(key);
-                    return crate::schedule::parse(value)
-                        .map_err(|error| BadSchedule { key, error });
+                    return crate::schedule::parse(value).map_err(|error| BadSchedule {
+                        key,
+                        problem: error.to_string(),
+                    });
                 }
             }
             Ok(default)
@@ -97,16 +105,36 @@ impl Schedule {
         if from.is_empty() {
             return Ok(None);
         }
+        let keep_awake_until = match annotations.get(KEEP_AWAKE_ANNOTATION) {
+            None => None,
+            Some(value) => {
+                Some(
+                    value
+                        .trim()
+                        .parse::<jiff::Timestamp>()
+                        .map_err(|err| BadSchedule {
+                            key: KEEP_AWAKE_ANNOTATION,
+                            problem: format!(
+                                "{:?} is not an RFC 3339 time: {err}",
+                                value.chars().take(60).collect::<String>()
+                            ),
+                        })?,
+                )
+            }
+        };
         Ok(Some(Self {
             uptime,
             downtime,
+            keep_awake_until,
             from,
         }))
     }
 
-    /// Awake at `at`: within uptime and not within downtime (kube-downscaler's rule).
+    /// Awake at `at`: kept awake until later, or within uptime and not
+    /// within downtime (kube-downscaler's rule).
     pub fn awake(&self, at: jiff::Timestamp) -> bool {
-        self.uptime.holds(at) && !self.downtime.holds(at)
+        self.keep_awake_until.is_some_and(|until| at < until)
+            || (self.uptime.holds(at) && !self.downtime.holds(at))
     }
 
     /// The next instant the schedule moves the environment, and whether it
@@ -119,6 +147,7 @@ impl Schedule {
             let next = [
                 self.uptime.next_change(cursor),
                 self.downtime.next_change(cursor),
+                self.keep_awake_until.filter(|until| *until > cursor),
             ]
             .into_iter()
             .flatten()
@@ -244,11 +273,25 @@ pub fn downtime_replicas(
     Ok(0)
 }
 
+/// A `kdev swap` session holding a Deployment: its id and the count its
+/// restore puts back (`kdev.dev/original-replicas`, see [`crate::session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Swapped<'a> {
+    pub session: &'a str,
+    pub original: i32,
+}
+
 /// What putting one workload to sleep does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sleep {
     /// Scale from `from` to `to` (suspend a CronJob) and write the record.
     Scale { from: i32, to: i32 },
+    /// A swap holds it (at 0, its traffic on a laptop): leave its replicas
+    /// to the swap, but set the count the swap's restore puts back to `to`
+    /// and write the record with `from`, in one write. A swap that ends
+    /// while the environment sleeps then leaves it asleep, and the wake
+    /// restores `from`.
+    UnderSwap { session: String, from: i32, to: i32 },
     /// Already asleep (it carries a record); nothing to do.
     AlreadyAsleep,
     /// At or below the sleeping size already (a workload kept at 0 on
@@ -256,34 +299,35 @@ pub enum Sleep {
     AlreadySmall { replicas: i32 },
     /// Opted out.
     Excluded { why: String },
-    /// A `kdev swap` session holds it; the swap's restore decides.
-    HeldBySwap { session: String },
 }
 
 /// Decides how to put a workload with `replicas` now to sleep at `to`
-/// replicas. `swap_session` is the session holding it, if any.
+/// replicas. `swap` is the session holding it, if any.
 pub fn sleep_plan(
     replicas: i32,
     to: i32,
     annotations: &BTreeMap<String, String>,
     exclusion: Option<String>,
-    swap_session: Option<&str>,
+    swap: Option<Swapped<'_>>,
 ) -> Result<Sleep, BadValue> {
     if let Some(why) = exclusion {
         return Ok(Sleep::Excluded { why });
     }
-    if let Some(session) = swap_session {
-        return Ok(Sleep::HeldBySwap {
-            session: session.to_owned(),
-        });
-    }
     if SleepRecord::read(annotations)?.is_some() {
         return Ok(Sleep::AlreadyAsleep);
     }
-    if replicas <= to {
-        return Ok(Sleep::AlreadySmall { replicas });
+    let size = swap.map_or(replicas, |s| s.original);
+    if size <= to {
+        return Ok(Sleep::AlreadySmall { replicas: size });
     }
-    Ok(Sleep::Scale { from: replicas, to })
+    Ok(match swap {
+        Some(swap) => Sleep::UnderSwap {
+            session: swap.session.to_owned(),
+            from: size,
+            to,
+        },
+        None => Sleep::Scale { from: size, to },
+    })
 }
 
 /// What waking one workload does.
@@ -291,6 +335,9 @@ pub fn sleep_plan(
 pub enum Wake {
     /// Still as the sleep left it: scale back to `to` and remove the record.
     Scale { to: i32 },
+    /// A swap holds it: set the count its restore puts back to `to` and
+    /// remove the record, in one write; the replicas stay the swap's.
+    UnderSwap { session: String, to: i32 },
     /// Someone changed replicas while it slept: keep theirs, remove the
     /// record, say so.
     KeepChanged { current: i32, original: i32 },
@@ -299,37 +346,37 @@ pub enum Wake {
     Cleanup,
     /// Not asleep (no record): nothing to do.
     NotAsleep,
-    /// A `kdev swap` session holds it: left to the swap; the record stays,
-    /// so the wake completes when the swap ends.
-    HeldBySwap { session: String },
 }
 
-/// Decides how to wake a workload with `replicas` now.
+/// Decides how to wake a workload with `replicas` now (for a swapped one,
+/// the count its swap's restore puts back).
 pub fn wake_plan(
     replicas: i32,
     annotations: &BTreeMap<String, String>,
-    swap_session: Option<&str>,
+    swap: Option<Swapped<'_>>,
 ) -> Result<Wake, BadValue> {
     let Some(record) = SleepRecord::read(annotations)? else {
         return Ok(Wake::NotAsleep);
     };
-    if let Some(session) = swap_session {
-        return Ok(Wake::HeldBySwap {
-            session: session.to_owned(),
-        });
-    }
-    if replicas == record.to {
-        Ok(Wake::Scale {
-            to: record.replicas,
-        })
-    } else if replicas == record.replicas {
-        Ok(Wake::Cleanup)
+    let size = swap.map_or(replicas, |s| s.original);
+    Ok(if size == record.to {
+        match swap {
+            Some(swap) => Wake::UnderSwap {
+                session: swap.session.to_owned(),
+                to: record.replicas,
+            },
+            None => Wake::Scale {
+                to: record.replicas,
+            },
+        }
+    } else if size == record.replicas {
+        Wake::Cleanup
     } else {
-        Ok(Wake::KeepChanged {
-            current: replicas,
+        Wake::KeepChanged {
+            current: size,
             original: record.replicas,
-        })
-    }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -376,20 +423,20 @@ mod tests {
             sleep_plan(0, 0, &asleep(3, 0), None, None),
             Ok(Sleep::AlreadyAsleep)
         );
+        let swap = Some(Swapped {
+            session: "s1",
+            original: 3,
+        });
         assert_eq!(
-            sleep_plan(3, 0, &map(&[]), None, Some("s1")),
-            Ok(Sleep::HeldBySwap {
-                session: "s1".into()
+            sleep_plan(0, 0, &map(&[]), None, swap),
+            Ok(Sleep::UnderSwap {
+                session: "s1".into(),
+                from: 3,
+                to: 0
             })
         );
         assert_eq!(
-            sleep_plan(
-                3,
-                0,
-                &map(&[]),
-                Some("label kdev.dev/exclude".into()),
-                Some("s1")
-            ),
+            sleep_plan(3, 0, &map(&[]), Some("label kdev.dev/exclude".into()), swap),
             Ok(Sleep::Excluded {
                 why: "label kdev.dev/exclude".into()
             })
@@ -409,10 +456,16 @@ mod tests {
         );
         assert_eq!(wake_plan(3, &asleep(3, 0), None), Ok(Wake::Cleanup));
         assert_eq!(wake_plan(2, &map(&[]), None), Ok(Wake::NotAsleep));
+        // Slept under a swap: the swap's restore count was set to 0.
+        let swap = Some(Swapped {
+            session: "s1",
+            original: 0,
+        });
         assert_eq!(
-            wake_plan(0, &asleep(3, 0), Some("s1")),
-            Ok(Wake::HeldBySwap {
-                session: "s1".into()
+            wake_plan(0, &asleep(3, 0), swap),
+            Ok(Wake::UnderSwap {
+                session: "s1".into(),
+                to: 3
             })
         );
     }
@@ -478,6 +531,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("downscaler/downtime"), "{err}");
+    }
+
+    #[test]
+    fn keep_awake_holds_until_its_time_then_the_schedule_rules() {
+        let schedule = Schedule::read(&map(&[
+            ("downscaler/uptime", "Mon-Fri 09:00-19:00 UTC"),
+            (KEEP_AWAKE_ANNOTATION, "2026-12-02T23:00:00Z"),
+        ]))
+        .unwrap()
+        .unwrap();
+        let evening: jiff::Timestamp = "2026-12-02T20:00:00Z".parse().unwrap();
+        assert!(schedule.awake(evening));
+        assert_eq!(
+            schedule.next_transition("2026-12-02T12:00:00Z".parse().unwrap()),
+            Some(("2026-12-02T23:00:00Z".parse().unwrap(), false)),
+            "the 19:00 edge passes while kept awake"
+        );
+        let err = Schedule::read(&map(&[
+            ("downscaler/uptime", "always"),
+            (KEEP_AWAKE_ANNOTATION, "tonight"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("kdev.dev/keep-awake-until") && err.contains("tonight"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -52,6 +52,156 @@ pub async fn run(flags: &k8s::Flags, config: Config) -> anyhow::Result<ExitCode>
 pub struct ListConfig {
     pub selection: Selection,
     pub json: bool,
+    /// The environments' Events instead of their state.
+    pub history: bool,
+}
+
+/// What `kdev envs` does.
+#[derive(Clone, Debug)]
+pub enum EnvsAction {
+    List(ListConfig),
+    /// Wake now and hold awake until then, whatever the schedule says.
+    KeepAwake {
+        config: Config,
+        until: jiff::Timestamp,
+    },
+    /// Sleep now and end any keep-awake.
+    SleepNow(Config),
+}
+
+/// Runs `kdev envs` and its subcommands.
+pub async fn envs(flags: &k8s::Flags, action: EnvsAction) -> anyhow::Result<ExitCode> {
+    match action {
+        EnvsAction::List(config) if config.history => history(flags, config).await,
+        EnvsAction::List(config) => list(flags, config).await,
+        EnvsAction::KeepAwake { config, until } => {
+            let code = run(flags, config.clone()).await?;
+            set_keep_awake(flags, &config, Some(until)).await?;
+            Ok(code)
+        }
+        EnvsAction::SleepNow(config) => {
+            set_keep_awake(flags, &config, None).await?;
+            run(flags, config).await
+        }
+    }
+}
+
+/// Writes (or removes) the namespace's keep-awake time.
+async fn set_keep_awake(
+    flags: &k8s::Flags,
+    config: &Config,
+    until: Option<jiff::Timestamp>,
+) -> anyhow::Result<()> {
+    let kube = k8s::connect(flags).await?;
+    let api: Api<Namespace> = Api::all(kube.client.clone());
+    for name in &config.selection.namespaces {
+        let what = format!("namespace {name}");
+        let wanted = until.map(|t| t.to_string());
+        let dry_run = config.dry_run;
+        let updated = k8s::guarded::update(&kube, &api, name, &what, |current| {
+            let Some(ns) = current else {
+                anyhow::bail!("{what} not found");
+            };
+            let now = ns
+                .annotations()
+                .get(contract::KEEP_AWAKE_ANNOTATION)
+                .cloned();
+            if now == wanted || dry_run {
+                return Ok(k8s::guarded::Decision::Keep(now != wanted));
+            }
+            let patch = serde_json::json!({
+                "metadata": { "annotations": { contract::KEEP_AWAKE_ANNOTATION: wanted } }
+            });
+            Ok(k8s::guarded::Decision::Write(patch, true))
+        })
+        .await?;
+        if updated.value && !config.json {
+            let would = if dry_run { "would be " } else { "" };
+            match until {
+                Some(t) => println!(
+                    "namespace {name}: {would}kept awake until {t} ({})",
+                    contract::KEEP_AWAKE_ANNOTATION
+                ),
+                None => println!("namespace {name}: {would}no longer kept awake"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reasons of the Events environments' changes are recorded with.
+const HISTORY_REASONS: [&str; 4] = ["Slept", "Woke", "ChangedWhileAsleep", "BadSchedule"];
+
+/// `kdev envs --history`: the environments' Events, oldest first.
+async fn history(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitCode> {
+    use k8s_openapi::api::events::v1::Event;
+    let kube = k8s::connect(flags).await?;
+    let mut selection = config.selection.clone();
+    selection.all = selection.namespaces.is_empty() && selection.selector.is_none();
+    let mut rows = Vec::new();
+    for name in act::namespaces(&kube, &selection).await? {
+        let api: Api<Event> = Api::namespaced(kube.client.clone(), &name);
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|err| kube.explain(err, format!("list events in namespace {name}")))?;
+        for event in list.items {
+            let reason = event.reason.clone().unwrap_or_default();
+            if !HISTORY_REASONS.contains(&reason.as_str()) {
+                continue;
+            }
+            let at = event
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0.to_string())
+                .or_else(|| event.event_time.as_ref().map(|t| t.0.to_string()))
+                .or_else(|| {
+                    event
+                        .deprecated_last_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                })
+                .unwrap_or_default();
+            let object = event
+                .regarding
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.kind.clone().unwrap_or_default().to_lowercase(),
+                        r.name.clone().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            rows.push(serde_json::json!({
+                "at": at,
+                "namespace": name,
+                "object": object,
+                "reason": reason,
+                "note": event.note.unwrap_or_default(),
+            }));
+        }
+    }
+    rows.sort_by(|a, b| a["at"].as_str().cmp(&b["at"].as_str()));
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!(
+            "no sleeps or wakes recorded (the API server keeps Events for an hour by default)"
+        );
+    } else {
+        for row in &rows {
+            println!(
+                "{}  {}  {}  {}  {}",
+                row["at"].as_str().unwrap_or_default(),
+                row["namespace"].as_str().unwrap_or_default(),
+                row["object"].as_str().unwrap_or_default(),
+                row["reason"].as_str().unwrap_or_default(),
+                row["note"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// An environment's state, from its workloads.
@@ -167,10 +317,17 @@ pub fn judge(
     };
     let (next, problem) = match Schedule::read(annotations) {
         Ok(Some(schedule)) => (
-            schedule.next_transition(now).map(|(at, wakes)| Next {
-                at: at.to_string(),
-                to: if wakes { "awake" } else { "asleep" },
-                why: format!("{} on namespace {namespace}", schedule.from.join(", ")),
+            schedule.next_transition(now).map(|(at, wakes)| {
+                let from = if schedule.keep_awake_until == Some(at) {
+                    contract::KEEP_AWAKE_ANNOTATION.to_owned()
+                } else {
+                    schedule.from.join(", ")
+                };
+                Next {
+                    at: at.to_string(),
+                    to: if wakes { "awake" } else { "asleep" },
+                    why: format!("{from} on namespace {namespace}"),
+                }
             }),
             None,
         ),
@@ -280,6 +437,7 @@ mod tests {
                 .collect(),
             labels: BTreeMap::new(),
             swap_session: None,
+            swap_original: None,
             created: None,
         }
     }

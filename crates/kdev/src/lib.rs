@@ -144,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Envs(args) => envs::list(&flags, args.resolve(&cli.global.namespace)).await,
+        Command::Envs(args) => envs::envs(&flags, args.resolve(&cli.global.namespace)?).await,
         Command::Completion(args) => {
             cli::completion(args.shell);
             Ok(ExitCode::SUCCESS)

@@ -1,9 +1,9 @@
 //! `kdev sleep`, `kdev wake` and `kdev envs` flags.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::cleanup::OutputArg;
-use crate::envs::{Config, Direction, ListConfig, Selection, workload};
+use crate::envs::{Config, Direction, EnvsAction, ListConfig, Selection, workload};
 use crate::error;
 
 #[derive(Debug, Args)]
@@ -66,26 +66,138 @@ impl ChangeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  kdev envs\n  kdev envs -l team=payments -o json")]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  kdev envs\n  kdev envs -l team=payments -o json\n  kdev envs --history -n team-a\n  kdev envs keep-awake team-a --until 4h --reason 'release tonight'\n  kdev envs sleep-now team-a"
+)]
 pub struct EnvsArgs {
+    #[command(subcommand)]
+    pub command: Option<EnvsCommand>,
     /// Environments (namespaces) whose labels match this selector.
     #[arg(short = 'l', long, value_name = "SELECTOR")]
     pub selector: Option<String>,
     /// Output format: a table, or JSON.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: OutputArg,
+    /// List the environments' sleeps and wakes (their Events, which the API server keeps for an hour by default) instead.
+    #[arg(long)]
+    pub history: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvsCommand {
+    /// Wake an environment now and keep it awake until a time, whatever its schedule says.
+    KeepAwake {
+        /// The environment (namespace).
+        namespace: String,
+        /// Until when: an RFC 3339 time (2026-12-02T23:00:00Z) or a duration from now (4h, 90m).
+        #[arg(long, value_name = "TIME")]
+        until: String,
+        /// Why, for the Events.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Put an environment to sleep now, ending any keep-awake; it wakes at its schedule's next wake.
+    SleepNow {
+        /// The environment (namespace).
+        namespace: String,
+        /// Why, for the Events.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl EnvsArgs {
-    pub fn resolve(self, namespaces: &[String]) -> ListConfig {
-        ListConfig {
-            selection: Selection {
-                namespaces: namespaces.to_vec(),
-                selector: self.selector,
-                all: false,
-                workloads: Vec::new(),
+    pub fn resolve(self, namespaces: &[String]) -> anyhow::Result<EnvsAction> {
+        let json = self.output == OutputArg::Json;
+        let change = |direction, namespace: String, reason, dry_run| -> anyhow::Result<Config> {
+            crate::k8s::validate_dns_label("namespace", &namespace)?;
+            Ok(Config {
+                direction,
+                selection: Selection {
+                    namespaces: vec![namespace],
+                    ..Selection::default()
+                },
+                dry_run,
+                reason,
+                json,
+                actor: None,
+                grace: None,
+            })
+        };
+        Ok(match self.command {
+            Some(EnvsCommand::KeepAwake {
+                namespace,
+                until,
+                reason,
+                dry_run,
+            }) => EnvsAction::KeepAwake {
+                until: parse_until(&until)?,
+                config: change(Direction::Wake, namespace, reason, dry_run)?,
             },
-            json: self.output == OutputArg::Json,
+            Some(EnvsCommand::SleepNow {
+                namespace,
+                reason,
+                dry_run,
+            }) => EnvsAction::SleepNow(change(Direction::Sleep, namespace, reason, dry_run)?),
+            None => EnvsAction::List(ListConfig {
+                selection: Selection {
+                    namespaces: namespaces.to_vec(),
+                    selector: self.selector,
+                    all: false,
+                    workloads: Vec::new(),
+                },
+                json,
+                history: self.history,
+            }),
+        })
+    }
+}
+
+/// `--until`: an RFC 3339 time, or a duration from now.
+fn parse_until(text: &str) -> anyhow::Result<jiff::Timestamp> {
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at);
+    }
+    let after = super::parse_duration(text).map_err(|_| {
+        error::usage(format!(
+            "--until {text:?} is neither an RFC 3339 time (2026-12-02T23:00:00Z) nor a duration (4h, 90m)"
+        ))
+    })?;
+    let after = jiff::SignedDuration::try_from(after)
+        .map_err(|_| error::usage(format!("--until {text:?} is too far away")))?;
+    jiff::Timestamp::now()
+        .checked_add(after)
+        .map_err(|_| error::usage(format!("--until {text:?} is too far away")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn until_is_a_time_or_a_duration() {
+        assert_eq!(
+            parse_until("2026-12-02T23:00:00Z").unwrap(),
+            "2026-12-02T23:00:00Z".parse::<jiff::Timestamp>().unwrap()
+        );
+        let later = parse_until("4h").unwrap();
+        assert!(later > jiff::Timestamp::now());
+        let err = parse_until("tonight").unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_until_is_a_time_or_an_error_never_a_panic(text in "\\PC{0,40}") {
+            let _ = parse_until(&text);
         }
     }
 }

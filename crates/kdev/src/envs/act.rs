@@ -17,6 +17,7 @@ use super::workload::{self, Kind, Ref, Scalable, Workload};
 use crate::k8s::Kube;
 use crate::k8s::guarded::{self, Decision};
 use kdev_contract::envs::{self, SleepRecord};
+use kdev_contract::session::ORIGINAL_REPLICAS_ANNOTATION;
 
 /// Which way a command moves environments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +65,12 @@ pub enum Done {
         from: i32,
         to: i32,
     },
+    /// Held by a swap: its restore now puts back `to` (was `from`).
+    RetargetedSwap {
+        session: String,
+        from: i32,
+        to: i32,
+    },
     /// Changed by someone while asleep: kept, record removed.
     KeptChanged {
         current: i32,
@@ -105,6 +112,11 @@ impl Change {
             Done::Woke { from, to } => {
                 format!("{target}: {would}awake ({} → {})", size(*from), size(*to))
             }
+            Done::RetargetedSwap { session, from, to } => format!(
+                "{target}: held by kdev swap session {session}; when it ends, it {would}restores {} (was {})",
+                size(*to),
+                size(*from)
+            ),
             Done::KeptChanged { current, original } => format!(
                 "{target}: changed while asleep ({} now, {} before the sleep); {would}kept as it is",
                 size(*current),
@@ -273,8 +285,20 @@ impl Step<'_> {
                 .map_err(|err| self.kube.explain(err, format!("read {what}")))?;
             let w = workload::view(&object);
             let (_, done) = self.decide(&w)?;
-            let Done::Woke { to, .. } = done else {
-                return Ok(done);
+            let to = match done {
+                Done::Woke { to, .. } => to,
+                Done::Unchanged { .. } => return Ok(done),
+                _ => anyhow::bail!(
+                    "failed to wake {what}: {}, which takes patching the workload itself, and this account may not",
+                    Change {
+                        namespace: self.namespace.to_owned(),
+                        kind: K::KIND,
+                        name: name.to_owned(),
+                        done,
+                        dry_run: true,
+                    }
+                    .line()
+                ),
             };
             if K::KIND == Kind::CronJob {
                 anyhow::bail!(
@@ -328,13 +352,7 @@ impl Step<'_> {
                     Kind::CronJob => 0,
                     _ => envs::downtime_replicas(&w.annotations, self.ns_annotations)?,
                 };
-                let plan = envs::sleep_plan(
-                    w.size,
-                    to,
-                    &w.annotations,
-                    exclusion,
-                    w.swap_session.as_deref(),
-                )?;
+                let plan = envs::sleep_plan(w.size, to, &w.annotations, exclusion, swapped(w))?;
                 Ok(match plan {
                     envs::Sleep::Scale { from, to } => {
                         let record = SleepRecord {
@@ -359,16 +377,24 @@ impl Step<'_> {
                     envs::Sleep::Excluded { why } => {
                         (None, unchanged(&format!("excluded by {why}")))
                     }
-                    envs::Sleep::HeldBySwap { session } => (
-                        None,
-                        unchanged(&format!(
-                            "held by kdev swap session {session}; the swap decides"
-                        )),
-                    ),
+                    envs::Sleep::UnderSwap { session, from, to } => {
+                        let record = SleepRecord {
+                            replicas: from,
+                            to,
+                            at: self.now.to_string(),
+                            by: self.by.to_owned(),
+                        };
+                        let (key, value) = record.annotation();
+                        let patch = serde_json::json!({ "metadata": { "annotations": {
+                            key: value,
+                            ORIGINAL_REPLICAS_ANNOTATION: to.to_string(),
+                        } } });
+                        (Some(patch), Done::RetargetedSwap { session, from, to })
+                    }
                 })
             }
             Direction::Wake => {
-                let plan = envs::wake_plan(w.size, &w.annotations, w.swap_session.as_deref())?;
+                let plan = envs::wake_plan(w.size, &w.annotations, swapped(w))?;
                 Ok(match plan {
                     envs::Wake::Scale { to } => {
                         let mut patch = size_patch(w.kind, to);
@@ -392,16 +418,26 @@ impl Step<'_> {
                         )
                     }
                     envs::Wake::NotAsleep => (None, unchanged("not asleep")),
-                    envs::Wake::HeldBySwap { session } => (
-                        None,
-                        unchanged(&format!(
-                            "held by kdev swap session {session}; it wakes when the swap ends"
-                        )),
-                    ),
+                    envs::Wake::UnderSwap { session, to } => {
+                        let patch = serde_json::json!({ "metadata": { "annotations": {
+                            envs::SLEEP_ANNOTATION: null,
+                            ORIGINAL_REPLICAS_ANNOTATION: to.to_string(),
+                        } } });
+                        let from = w.swap_original.unwrap_or(0);
+                        (Some(patch), Done::RetargetedSwap { session, from, to })
+                    }
                 })
             }
         }
     }
+}
+
+/// The swap session holding a workload, as the contract reads it.
+fn swapped(w: &Workload) -> Option<envs::Swapped<'_>> {
+    Some(envs::Swapped {
+        session: w.swap_session.as_deref()?,
+        original: w.swap_original?,
+    })
 }
 
 /// Whether the API server refused the write (403).
@@ -436,6 +472,13 @@ async fn publish(
     let (reason, action, note) = match done {
         Done::Slept { from, to } => ("Slept", "Sleep", format!("{from} → {to} by {by}")),
         Done::Woke { from, to } => ("Woke", "Wake", format!("{from} → {to} by {by}")),
+        Done::RetargetedSwap { session, from, to } => (
+            if to > from { "Woke" } else { "Slept" },
+            if to > from { "Wake" } else { "Sleep" },
+            format!(
+                "held by swap session {session}: its restore now puts back {to} (was {from}), by {by}"
+            ),
+        ),
         Done::KeptChanged { current, original } => (
             "ChangedWhileAsleep",
             "Wake",

@@ -89,6 +89,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// The `kdev swap` session holding it, if any.
     pub swap_session: Option<String>,
+    /// The count that session's restore puts back.
+    pub swap_original: Option<i32>,
     /// When it was created.
     pub created: Option<jiff::Timestamp>,
 }
@@ -165,11 +167,8 @@ impl Scalable for CronJob {
 
 pub fn view<K: Scalable>(object: &K) -> Workload {
     let annotations = object.annotations().clone();
-    let swap_session = match K::KIND {
-        Kind::Deployment => DeploymentMarks::read(&annotations)
-            .ok()
-            .flatten()
-            .map(|marks| marks.session),
+    let marks = match K::KIND {
+        Kind::Deployment => DeploymentMarks::read(&annotations).ok().flatten(),
         _ => None,
     };
     Workload {
@@ -180,7 +179,8 @@ pub fn view<K: Scalable>(object: &K) -> Workload {
         ready: object.ready(),
         labels: object.labels().clone(),
         annotations,
-        swap_session,
+        swap_session: marks.as_ref().map(|m| m.session.clone()),
+        swap_original: marks.map(|m| m.original_replicas),
         created: object
             .meta()
             .creation_timestamp

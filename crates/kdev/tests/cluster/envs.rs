@@ -239,8 +239,12 @@ async fn a_dry_run_says_what_would_change_and_changes_nothing() {
     .await;
 }
 
+/// A swap holding a workload when its environment goes to sleep: the swap
+/// keeps its replicas, but its restore will put back 0, so a swap that ends
+/// during the night leaves the workload asleep; the wake restores the count.
+/// The swap's end is the real restore (`kdev sweep` of the orphaned marks).
 #[tokio::test]
-async fn a_swapped_workload_is_left_to_its_swap() {
+async fn a_swap_that_ends_while_its_environment_sleeps_leaves_it_asleep() {
     with_namespace("envs-swap", |ns| async move {
         // The marks `kdev swap` writes when it holds a Deployment (the contract).
         let marks: BTreeMap<String, String> = kdev_contract::session::DeploymentMarks {
@@ -249,15 +253,44 @@ async fn a_swapped_workload_is_left_to_its_swap() {
         }
         .annotations();
         create_deployment(&ns, "web", 0, serde_json::to_value(&marks).unwrap()).await;
+        ns.api::<Deployment>()
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": { "kdev.dev/swapped": "s-123" } } })),
+            )
+            .await
+            .expect("label the swapped deployment");
         create_deployment(&ns, "api", 1, json!({})).await;
+        // A swapped workload is in use: awake once api's pod is Ready.
+        eventually(Duration::from_secs(30), "the environment to be awake", || async {
+            (envs_json(&ns).await["state"] == "awake").then_some(())
+        })
+        .await;
+
         let out = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
-        assert!(out.contains("held by kdev swap session s-123"), "{out}");
-        assert_eq!(
-            replicas(&ns, "web").await,
-            (0, None),
-            "no sleep record on a swapped workload"
-        );
-        assert_eq!(envs_json(&ns).await["state"], "partly");
+        assert!(out.contains("held by kdev swap session s-123; when it ends, it restores 0 replicas (was 2 replicas)"), "{out}");
+        let web = ns.api::<Deployment>().get("web").await.unwrap();
+        assert_eq!(web.annotations()["kdev.dev/original-replicas"], "0");
+        assert_eq!(envs_json(&ns).await["state"], "asleep");
+
+        // The swap ends (no Lease: orphaned marks; the real restore runs).
+        let swept = kdev()
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["-n", &ns.name, "sweep"])
+            .output()
+            .expect("kdev sweep");
+        assert!(swept.status.success(), "{}", String::from_utf8_lossy(&swept.stderr));
+        let web = ns.api::<Deployment>().get("web").await.unwrap();
+        assert!(!web.annotations().contains_key("kdev.dev/session"), "the swap ended: {:?}", web.annotations());
+        let (size, record) = replicas(&ns, "web").await;
+        assert_eq!(size, 0, "still asleep after the swap ended");
+        assert!(record.is_some(), "with its sleep record");
+
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert!(woke.contains("(0 replicas → 2 replicas)"), "{woke}");
+        assert_eq!(replicas(&ns, "web").await, (2, None));
     })
     .await;
 }
@@ -616,6 +649,112 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
             "{notes:?}"
         );
         controller.stop();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keep_awake_holds_past_the_schedule_and_sleep_now_ends_it() {
+    with_namespace("envs-keep", |ns| async move {
+        annotate_namespace(
+            &ns,
+            json!({ "downscaler/uptime": "Mon-Fri 09:00-19:00 UTC" }),
+            json!({}),
+        )
+        .await;
+        create_deployment(&ns, "web", 2, json!({})).await;
+        ok(run(&kubeconfig(), &ns.name, &["sleep"]));
+
+        let kept = ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &[
+                "envs",
+                "keep-awake",
+                &ns.name,
+                "--until",
+                "2026-12-02T19:00:05Z",
+                "--reason",
+                "release",
+            ],
+        ));
+        assert!(
+            kept.contains("kept awake until 2026-12-02T19:00:05Z"),
+            "{kept}"
+        );
+        assert_eq!(replicas(&ns, "web").await, (2, None), "woken now");
+
+        // 19:00:02: the schedule says asleep, the keep-awake says not yet.
+        let controller = crate::swap_support::Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[
+                "--schedules",
+                "--grace-period",
+                "0s",
+                "--clock-start",
+                "2026-12-02T19:00:02Z",
+            ],
+            &[],
+        );
+        let record = eventually(Duration::from_secs(30), "the keep-awake to end", || async {
+            sleep_record(&ns, "web").await
+        })
+        .await;
+        let at: jiff::Timestamp = record["at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            at >= "2026-12-02T19:00:05Z".parse().unwrap(),
+            "slept at {at}\n{}",
+            controller.log()
+        );
+        controller.stop();
+
+        ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["envs", "keep-awake", &ns.name, "--until", "8h"],
+        ));
+        let slept = ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["envs", "sleep-now", &ns.name],
+        ));
+        assert!(
+            slept.contains("no longer kept awake") && slept.contains("asleep"),
+            "{slept}"
+        );
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+        let annotations = api.get(&ns.name).await.unwrap().annotations().clone();
+        assert!(
+            !annotations.contains_key("kdev.dev/keep-awake-until"),
+            "{annotations:?}"
+        );
+
+        let history = ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["envs", "--history", "-o", "json"],
+        ));
+        let rows: Value = serde_json::from_str(&history[history.find('[').unwrap()..]).unwrap();
+        let reasons: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["reason"].as_str())
+            .collect();
+        assert!(
+            reasons.contains(&"Slept") && reasons.contains(&"Woke"),
+            "{history}"
+        );
+        assert!(history.contains("deployment/web"), "{history}");
+
+        let out = run(
+            &kubeconfig(),
+            &ns.name,
+            &["envs", "keep-awake", &ns.name, "--until", "tonight"],
+        );
+        assert_eq!(out.status.code(), Some(2));
     })
     .await;
 }
