@@ -1043,3 +1043,76 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A real environment sleeps (its containers stop) and wakes (new
+/// containers start, become Ready and answer through the Service).
+#[tokio::test]
+async fn an_environment_on_the_real_node_sleeps_and_wakes() {
+    with_namespace("real-envs", |ns| async move {
+        require_real_node(&ns).await;
+        busybox_web(&ns, "web", 2, "served-after-the-wake").await;
+        let run = |args: &[&str]| {
+            let out = kdev()
+                .arg("--kubeconfig")
+                .arg(&ns.kubeconfig)
+                .args(["-n", &ns.name])
+                .args(args)
+                .output()
+                .expect("run kdev");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        run(&["sleep"]);
+        eventually(
+            Duration::from_secs(60),
+            "the containers to stop",
+            || async {
+                let pods = ns.api::<Pod>().list(&Default::default()).await.ok()?;
+                pods.items.is_empty().then_some(())
+            },
+        )
+        .await;
+
+        let woke = run(&["wake"]);
+        assert!(woke.contains("(0 replicas → 2 replicas)"), "{woke}");
+        eventually(
+            Duration::from_secs(60),
+            "the environment to be awake",
+            || async {
+                let out = kdev()
+                    .arg("--kubeconfig")
+                    .arg(&ns.kubeconfig)
+                    .args(["-n", &ns.name, "envs", "-o", "json"])
+                    .output()
+                    .ok()?;
+                let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                (list[0]["state"] == "awake").then_some(())
+            },
+        )
+        .await;
+        busybox_pod(&ns, "client", &retried("nc -w 5 web 80")).await;
+        eventually(
+            Duration::from_secs(60),
+            "the client pod to finish",
+            || async {
+                matches!(
+                    phase(&ns, "client").await.as_deref(),
+                    Some("Succeeded" | "Failed")
+                )
+                .then_some(())
+            },
+        )
+        .await;
+        let log = ns
+            .api::<Pod>()
+            .logs("client", &LogParams::default())
+            .await
+            .expect("the client's log");
+        assert!(log.contains("served-after-the-wake"), "{log}");
+    })
+    .await;
+}
