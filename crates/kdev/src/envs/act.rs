@@ -326,6 +326,16 @@ impl Step<'_> {
         }
     }
 
+    /// The record of a sleep from `from` to `to`, made now by this actor.
+    fn record(&self, from: i32, to: i32) -> SleepRecord {
+        SleepRecord {
+            replicas: from,
+            to,
+            at: self.now.to_string(),
+            by: self.by.to_owned(),
+        }
+    }
+
     /// The patch (size and record together) and what it does.
     fn decide(&self, w: &Workload) -> anyhow::Result<(Option<serde_json::Value>, Done)> {
         match self.config.direction {
@@ -355,13 +365,7 @@ impl Step<'_> {
                 let plan = envs::sleep_plan(w.size, to, &w.annotations, exclusion, swapped(w))?;
                 Ok(match plan {
                     envs::Sleep::Scale { from, to } => {
-                        let record = SleepRecord {
-                            replicas: from,
-                            to,
-                            at: self.now.to_string(),
-                            by: self.by.to_owned(),
-                        };
-                        let (key, value) = record.annotation();
+                        let (key, value) = self.record(from, to).annotation();
                         let mut patch = size_patch(w.kind, to);
                         patch["metadata"]["annotations"][key] = value.into();
                         (Some(patch), Done::Slept { from, to })
@@ -378,13 +382,7 @@ impl Step<'_> {
                         (None, unchanged(&format!("excluded by {why}")))
                     }
                     envs::Sleep::UnderSwap { session, from, to } => {
-                        let record = SleepRecord {
-                            replicas: from,
-                            to,
-                            at: self.now.to_string(),
-                            by: self.by.to_owned(),
-                        };
-                        let (key, value) = record.annotation();
+                        let (key, value) = self.record(from, to).annotation();
                         let patch = serde_json::json!({ "metadata": { "annotations": {
                             key: value,
                             ORIGINAL_REPLICAS_ANNOTATION: to.to_string(),

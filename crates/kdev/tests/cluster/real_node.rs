@@ -79,6 +79,27 @@ fn retried(nc: &str) -> String {
     )
 }
 
+/// Waits for a pod that runs once to finish; its phase and its log (read
+/// from the real kubelet).
+async fn finished(ns: &TestNamespace, name: &str) -> (String, String) {
+    let phase = eventually(
+        Duration::from_secs(60),
+        "the client pod to finish",
+        || async {
+            phase(ns, name)
+                .await
+                .filter(|p| matches!(p.as_str(), "Succeeded" | "Failed"))
+        },
+    )
+    .await;
+    let log = ns
+        .api::<Pod>()
+        .logs(name, &LogParams::default())
+        .await
+        .expect("the pod's log");
+    (phase, log)
+}
+
 async fn phase(ns: &TestNamespace, name: &str) -> Option<String> {
     ns.api::<Pod>().get(name).await.ok()?.status?.phase
 }
@@ -96,28 +117,8 @@ async fn a_pod_on_the_real_node_reaches_a_service_by_its_dns_name() {
             &format!("nslookup {fqdn} && {}", retried("nc -w 5 web 80")),
         )
         .await;
-        eventually(
-            Duration::from_secs(60),
-            "the client pod to finish",
-            || async {
-                matches!(
-                    phase(&ns, "client").await.as_deref(),
-                    Some("Succeeded" | "Failed")
-                )
-                .then_some(())
-            },
-        )
-        .await;
-        let log = ns
-            .api::<Pod>()
-            .logs("client", &LogParams::default())
-            .await
-            .expect("the client's log, read from the real kubelet");
-        assert_eq!(
-            phase(&ns, "client").await.as_deref(),
-            Some("Succeeded"),
-            "{log}"
-        );
+        let (phase, log) = finished(&ns, "client").await;
+        assert_eq!(phase, "Succeeded", "{log}");
         assert!(log.contains(&fqdn), "{log}");
         assert!(log.contains("served-by-a-real-container"), "{log}");
     })
@@ -137,28 +138,8 @@ async fn a_host_network_pod_reaches_a_service_by_its_dns_name() {
         spec["hostNetwork"] = json!(true);
         spec["dnsPolicy"] = json!("ClusterFirstWithHostNet");
         create_pod(&ns, "client", spec).await;
-        eventually(
-            Duration::from_secs(60),
-            "the client pod to finish",
-            || async {
-                matches!(
-                    phase(&ns, "client").await.as_deref(),
-                    Some("Succeeded" | "Failed")
-                )
-                .then_some(())
-            },
-        )
-        .await;
-        let log = ns
-            .api::<Pod>()
-            .logs("client", &LogParams::default())
-            .await
-            .expect("the client's log");
-        assert_eq!(
-            phase(&ns, "client").await.as_deref(),
-            Some("Succeeded"),
-            "{log}"
-        );
+        let (phase, log) = finished(&ns, "client").await;
+        assert_eq!(phase, "Succeeded", "{log}");
         assert!(log.contains("served-to-the-host-network"), "{log}");
     })
     .await;
@@ -450,22 +431,7 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
             let ns = &ns;
             async move {
                 busybox_pod(ns, name, &retried("nc -w 5 web 80")).await;
-                eventually(
-                    Duration::from_secs(60),
-                    "the client pod to finish",
-                    || async {
-                        matches!(
-                            phase(ns, name).await.as_deref(),
-                            Some("Succeeded" | "Failed")
-                        )
-                        .then_some(())
-                    },
-                )
-                .await;
-                ns.api::<Pod>()
-                    .logs(name, &LogParams::default())
-                    .await
-                    .expect("the client's log")
+                finished(ns, name).await.1
             }
         };
         let answer = ask("client").await;
@@ -1095,23 +1061,8 @@ async fn an_environment_on_the_real_node_sleeps_and_wakes() {
         )
         .await;
         busybox_pod(&ns, "client", &retried("nc -w 5 web 80")).await;
-        eventually(
-            Duration::from_secs(60),
-            "the client pod to finish",
-            || async {
-                matches!(
-                    phase(&ns, "client").await.as_deref(),
-                    Some("Succeeded" | "Failed")
-                )
-                .then_some(())
-            },
-        )
-        .await;
-        let log = ns
-            .api::<Pod>()
-            .logs("client", &LogParams::default())
-            .await
-            .expect("the client's log");
+        let (phase, log) = finished(&ns, "client").await;
+        assert_eq!(phase, "Succeeded", "{log}");
         assert!(log.contains("served-after-the-wake"), "{log}");
     })
     .await;
