@@ -588,6 +588,12 @@ mod tests {
             let _ = wake_plan(replicas, &annotations, None);
             let _ = sleep_plan(replicas, 0, &annotations, None, None);
             let _ = downtime_replicas(&annotations, &annotations);
+            let schedule = map(&[("kdev.dev/uptime", &raw), (KEEP_AWAKE_ANNOTATION, &raw)]);
+            if let Ok(Some(schedule)) = Schedule::read(&schedule) {
+                let now = "2026-12-02T12:00:00Z".parse().unwrap();
+                let _ = schedule.next_transition(now);
+                let _ = scheduled(&schedule, Some(&raw), now);
+            }
         }
 
         #[test]

@@ -429,6 +429,27 @@ async fn sleep_record(ns: &TestNamespace, name: &str) -> Option<Value> {
     serde_json::from_str(&raw).ok()
 }
 
+/// `kdev controller --schedules` for the namespace, as `kubeconfig`'s user,
+/// with no grace period and its clock started at `clock` (RFC 3339).
+fn scheduler(
+    ns: &TestNamespace,
+    kubeconfig: &Path,
+    clock: &str,
+) -> crate::swap_support::Controller {
+    crate::swap_support::Controller::launch(
+        ns,
+        kubeconfig,
+        &[
+            "--schedules",
+            "--grace-period",
+            "0s",
+            "--clock-start",
+            clock,
+        ],
+        &[],
+    )
+}
+
 /// The scheduler's count of environment checks, from /metrics.
 async fn env_checks(port: u16) -> Option<u64> {
     let (_, body) = crate::support::http_get(port, "/metrics").await?;
@@ -453,18 +474,7 @@ async fn the_controller_sleeps_and_wakes_an_environment_at_its_schedules_edges()
         create_statefulset(&ns, "db", 1).await;
 
         // Wednesday, three seconds before the evening edge.
-        let evening = crate::swap_support::Controller::launch(
-            &ns,
-            &ns.kubeconfig,
-            &[
-                "--schedules",
-                "--grace-period",
-                "0s",
-                "--clock-start",
-                "2026-12-02T18:59:57Z",
-            ],
-            &[],
-        );
+        let evening = scheduler(&ns, &ns.kubeconfig, "2026-12-02T18:59:57Z");
         let record = eventually(
             Duration::from_secs(30),
             "the evening edge to sleep web",
@@ -508,18 +518,7 @@ async fn the_controller_sleeps_and_wakes_an_environment_at_its_schedules_edges()
         evening.stop();
 
         // Thursday, two seconds before the morning edge: db wakes.
-        let morning = crate::swap_support::Controller::launch(
-            &ns,
-            &ns.kubeconfig,
-            &[
-                "--schedules",
-                "--grace-period",
-                "0s",
-                "--clock-start",
-                "2026-12-03T08:59:58Z",
-            ],
-            &[],
-        );
+        let morning = scheduler(&ns, &ns.kubeconfig, "2026-12-03T08:59:58Z");
         eventually(
             Duration::from_secs(30),
             "the morning edge to wake db",
@@ -621,18 +620,7 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         let dir = tempfile::tempdir().unwrap();
         let account = format!("system:serviceaccount:{}:kdev-controller", ns.name);
         let as_controller = kubeconfig_as(&account, dir.path());
-        let controller = crate::swap_support::Controller::launch(
-            &ns,
-            &as_controller,
-            &[
-                "--schedules",
-                "--grace-period",
-                "0s",
-                "--clock-start",
-                "2026-12-02T18:59:58Z",
-            ],
-            &[],
-        );
+        let controller = scheduler(&ns, &as_controller, "2026-12-02T18:59:58Z");
         eventually(
             Duration::from_secs(30),
             "the downtime to suspend the CronJob",
@@ -685,18 +673,7 @@ async fn keep_awake_holds_past_the_schedule_and_sleep_now_ends_it() {
         assert_eq!(replicas(&ns, "web").await, (2, None), "woken now");
 
         // 19:00:02: the schedule says asleep, the keep-awake says not yet.
-        let controller = crate::swap_support::Controller::launch(
-            &ns,
-            &ns.kubeconfig,
-            &[
-                "--schedules",
-                "--grace-period",
-                "0s",
-                "--clock-start",
-                "2026-12-02T19:00:02Z",
-            ],
-            &[],
-        );
+        let controller = scheduler(&ns, &ns.kubeconfig, "2026-12-02T19:00:02Z");
         let record = eventually(Duration::from_secs(30), "the keep-awake to end", || async {
             sleep_record(&ns, "web").await
         })
