@@ -28,6 +28,101 @@ pub const UPTIME_KEYS: [&str; 2] = ["kdev.dev/uptime", "downscaler/uptime"];
 /// When an environment sleeps (kube-downscaler's downtime).
 pub const DOWNTIME_KEYS: [&str; 2] = ["kdev.dev/downtime", "downscaler/downtime"];
 
+/// Wake on request: while an environment sleeps, each sleeping Deployment
+/// or StatefulSet that a Service selects has a waker Pod carrying its pod
+/// template's labels and this value under `kdev.dev/role`. The first
+/// connection wakes the environment; the waker holds connections until a
+/// pod of the workload is Ready, hands them over, and exits.
+pub const ROLE_WAKER: &str = "env-waker";
+/// On a namespace: "false" turns wake on request off (default on).
+pub const WAKE_ON_REQUEST_ANNOTATION: &str = "kdev.dev/wake-on-request";
+/// On a namespace: what a request wakes, a comma list of `deploy/NAME`,
+/// `sts/NAME`, `cronjob/NAME` (default: the whole namespace).
+pub const WAKE_WORKLOADS_ANNOTATION: &str = "kdev.dev/wake-workloads";
+/// The ServiceAccount a waker runs as, in the environment's namespace.
+pub const WAKER_SERVICE_ACCOUNT: &str = "kdev-waker";
+/// The ClusterRole it is bound to there (deploy/env-waker.yaml): the
+/// starter's rights plus reading pods.
+pub const WAKER_CLUSTER_ROLE: &str = "kdev-env-waker";
+
+/// Whether a namespace with these annotations wakes on request.
+pub fn wakes_on_request(ns_annotations: &BTreeMap<String, String>) -> Result<bool, BadValue> {
+    match ns_annotations
+        .get(WAKE_ON_REQUEST_ANNOTATION)
+        .map(|v| v.trim())
+    {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(BadValue {
+            key: WAKE_ON_REQUEST_ANNOTATION,
+            value: other.to_owned(),
+            expected: "\"true\" or \"false\"",
+        }),
+    }
+}
+
+/// On a namespace: put the environment to sleep after this long without
+/// activity (`4h`, `90m`); the controller's `--idle-after` is the default.
+pub const IDLE_AFTER_ANNOTATION: &str = "kdev.dev/sleep-after-idle";
+/// On a namespace: when the controller last put the environment to sleep
+/// for inactivity (RFC 3339). Activity after it starts the clock again.
+pub const IDLE_SLEPT_ANNOTATION: &str = "kdev.dev/idle-slept";
+/// The Lease in an environment's namespace whose `renewTime` is its last
+/// activity by a person or a request (`kdev logs`, `kdev wake`, `kdev
+/// swap`, a waker), and whose `holderIdentity` says who.
+pub const ACTIVITY_LEASE: &str = "kdev-activity";
+
+/// How long an environment may be idle, from its namespace's annotation or
+/// the controller's default; `None` when inactivity does not count.
+pub fn idle_after(
+    ns_annotations: &BTreeMap<String, String>,
+    default: Option<jiff::SignedDuration>,
+) -> Result<Option<jiff::SignedDuration>, BadValue> {
+    let Some(raw) = ns_annotations.get(IDLE_AFTER_ANNOTATION) else {
+        return Ok(default);
+    };
+    let raw = raw.trim();
+    if raw == "never" {
+        return Ok(None);
+    }
+    match raw.parse::<jiff::SignedDuration>() {
+        Ok(idle) if idle.is_positive() => Ok(Some(idle)),
+        _ => Err(BadValue {
+            key: IDLE_AFTER_ANNOTATION,
+            value: raw.chars().take(100).collect(),
+            expected: "a positive duration (4h, 90m, 1h30m) or \"never\"",
+        }),
+    }
+}
+
+/// What inactivity asks of an environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Idle long enough: sleep now.
+    SleepNow,
+    /// Not yet: look again then.
+    At(jiff::Timestamp),
+    /// Put to sleep for inactivity already, with no activity since.
+    Slept,
+}
+
+/// The inactivity rule: an environment whose last activity is `last`
+/// sleeps `idle` later, once; activity after that sleep starts it again.
+pub fn idle_decision(
+    last: jiff::Timestamp,
+    idle: jiff::SignedDuration,
+    idle_slept: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Idle {
+    if idle_slept.is_some_and(|slept| slept >= last) {
+        return Idle::Slept;
+    }
+    match last.checked_add(idle) {
+        Ok(deadline) if deadline > now => Idle::At(deadline),
+        _ => Idle::SleepNow,
+    }
+}
+
 /// On a namespace: the state the controller last put the environment in by
 /// its schedule, and when (`asleep 2026-12-02T19:00:00Z`). The controller
 /// acts when the schedule's state differs from it, that is at each edge of
@@ -313,10 +408,16 @@ pub fn sleep_plan(
     if let Some(why) = exclusion {
         return Ok(Sleep::Excluded { why });
     }
-    if SleepRecord::read(annotations)?.is_some() {
+    let size = swap.map_or(replicas, |s| s.original);
+    // A record with the workload not at its sleep size: woken since
+    // through the scale subresource (a starter or a waker, who cannot
+    // remove the record) or resized by hand. Awake, then; this sleep's
+    // record replaces that one.
+    if let Some(record) = SleepRecord::read(annotations)?
+        && size == record.to
+    {
         return Ok(Sleep::AlreadyAsleep);
     }
-    let size = swap.map_or(replicas, |s| s.original);
     if size <= to {
         return Ok(Sleep::AlreadySmall { replicas: size });
     }
@@ -381,6 +482,67 @@ pub fn wake_plan(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_record_left_by_a_wake_through_the_scale_subresource_does_not_block_the_next_sleep() {
+        let record = SleepRecord {
+            replicas: 3,
+            to: 0,
+            at: "2026-12-02T19:00:00Z".into(),
+            by: "kdev-controller".into(),
+        };
+        let (key, value) = record.annotation();
+        let annotations = BTreeMap::from([(key.to_owned(), value)]);
+        assert_eq!(
+            sleep_plan(0, 0, &annotations, None, None),
+            Ok(Sleep::AlreadyAsleep)
+        );
+        assert_eq!(
+            sleep_plan(3, 0, &annotations, None, None),
+            Ok(Sleep::Scale { from: 3, to: 0 })
+        );
+    }
+
+    #[test]
+    fn inactivity_sleeps_once_after_the_last_activity() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().expect("ts");
+        let idle = jiff::SignedDuration::from_hours(4);
+        let last = t("2026-12-02T10:00:00Z");
+        assert_eq!(
+            idle_decision(last, idle, None, t("2026-12-02T12:00:00Z")),
+            Idle::At(t("2026-12-02T14:00:00Z"))
+        );
+        assert_eq!(
+            idle_decision(last, idle, None, t("2026-12-02T14:00:00Z")),
+            Idle::SleepNow
+        );
+        // Slept for it once: not again until there is new activity.
+        let slept = Some(t("2026-12-02T14:00:01Z"));
+        assert_eq!(
+            idle_decision(last, idle, slept, t("2026-12-02T20:00:00Z")),
+            Idle::Slept
+        );
+        let later = t("2026-12-02T21:00:00Z");
+        assert_eq!(
+            idle_decision(later, idle, slept, later),
+            Idle::At(t("2026-12-03T01:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn idle_after_reads_durations_and_never() {
+        let ann = |v: &str| BTreeMap::from([(IDLE_AFTER_ANNOTATION.to_owned(), v.to_owned())]);
+        let h = jiff::SignedDuration::from_hours;
+        assert_eq!(idle_after(&ann("4h"), None), Ok(Some(h(4))));
+        assert_eq!(
+            idle_after(&ann("1h30m"), None),
+            Ok(Some(jiff::SignedDuration::from_mins(90)))
+        );
+        assert_eq!(idle_after(&ann("never"), Some(h(1))), Ok(None));
+        assert_eq!(idle_after(&BTreeMap::new(), Some(h(1))), Ok(Some(h(1))));
+        assert!(idle_after(&ann("soon"), None).is_err());
+        assert!(idle_after(&ann("-4h"), None).is_err());
+    }
     use super::*;
     use proptest::prelude::*;
 

@@ -17,6 +17,13 @@ pub const MANAGED_BY_VALUE: &str = "kdev";
 /// the controller's own namespace.
 pub const CONTROLLER_LEADER_LEASE: &str = "kdev-controller";
 
+/// The image of kdev's in-cluster helpers (a swap's proxy agent, an
+/// environment's wakers) matching this release; `scripts/build-agent` builds
+/// it under this name.
+pub fn default_agent_image() -> String {
+    format!("ghcr.io/kdev-dev/kdev:{}", env!("CARGO_PKG_VERSION"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ pub use self::cleanup::{SessionsArgs, SweepArgs};
 pub use self::cluster::{ClusterArgs, ClusterCommand};
 pub use self::controller::ControllerArgs;
 pub use self::duration::parse_duration;
-pub use self::envs::{ChangeArgs, EnvsArgs};
+pub use self::envs::{ChangeArgs, EnvsArgs, WakerServeArgs};
 pub use self::image::{ImageArgs, ImageCommand};
 pub use self::logs::LogsArgs;
 pub use self::swap::SwapArgs;
@@ -106,6 +106,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:7356")]
         health: std::net::SocketAddr,
     },
+    /// Hold connections to a sleeping environment and wake it (what a waker Pod runs).
+    #[command(hide = true, name = "__waker")]
+    Waker(WakerServeArgs),
     /// Join a real node's network namespace to the host's API server (started by `kdev cluster up`).
     #[command(hide = true, name = "__node-proxy")]
     NodeProxy(NodeProxyArgs),

@@ -9,6 +9,7 @@
 //! writes, and reports.
 
 pub mod act;
+pub mod waker;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -26,12 +27,20 @@ use kdev_contract::envs::{self as contract, Schedule, SleepRecord};
 /// Runs `kdev sleep` or `kdev wake`. Exit 1 when any workload failed.
 pub async fn run(flags: &k8s::Flags, config: Config) -> anyhow::Result<ExitCode> {
     let kube = k8s::connect(flags).await?;
-    let changes = act::run(&kube, &config).await?;
-    for change in &changes {
+    let report = act::run(&kube, &config).await?;
+    let changes = &report.changes;
+    for change in changes {
         if config.json {
             println!("{}", serde_json::to_string(change)?);
         } else {
             println!("{}", change.line());
+        }
+    }
+    for placed in &report.wakers {
+        if config.json {
+            println!("{}", serde_json::to_string(placed)?);
+        } else {
+            println!("{}", placed.line());
         }
     }
     if changes.is_empty() && !config.json {

@@ -6,6 +6,7 @@
 //!
 //! This module imports no command module and no CLI type.
 
+pub mod activity;
 pub mod backoff;
 pub mod client;
 pub mod guarded;

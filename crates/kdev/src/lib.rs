@@ -40,7 +40,7 @@ pub fn main() -> ExitCode {
     // failures itself, once.
     let service = matches!(
         cli.command,
-        Command::Controller(_) | Command::Agent(_) | Command::NodeProxy(_)
+        Command::Controller(_) | Command::Agent(_) | Command::Waker(_) | Command::NodeProxy(_)
     );
     init_tracing(cli.global.verbose, service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -124,6 +124,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version(args) => version::run(&flags, args.client).await,
         Command::Agent(args) => agent::run(args.resolve()?).await,
         Command::AgentReady { health } => agent::ready(health).await,
+        Command::Waker(args) => {
+            let config = args.resolve()?;
+            envs::waker::serve(k8s::connect(&flags).await?, config).await
+        }
         Command::ExecChild(args) => swap::child::exec(args.parent, &args.command),
         Command::NodeProxy(args) => cluster::netns::run(args.resolve()).await,
         Command::Swap(args) => swap::run(&flags, args.resolve()?).await,

@@ -76,6 +76,17 @@ pub async fn run(flags: &k8s::Flags, config: Config) -> anyhow::Result<ExitCode>
         other => other,
     };
     let scopes = watch::scopes(&kube, &namespaces, &mut options).await?;
+    if let Namespaces::Some(list) = &namespaces {
+        // Reading an environment's logs is activity (its inactivity rule).
+        let who = format!("{}: kdev logs", crate::host::user_at_host());
+        for namespace in list {
+            tokio::spawn(k8s::activity::record(
+                kube.clone(),
+                namespace.clone(),
+                who.clone(),
+            ));
+        }
+    }
 
     let cancel = CancellationToken::new();
     let (sink, batches) = mpsc::channel(output::QUEUED_BATCHES);

@@ -172,6 +172,15 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     let routes = resolve_ports(&container, &args.ports)?;
 
     sessions::settle_target(&kube, &name).await?;
+    k8s::activity::record(
+        kube.clone(),
+        kube.namespace.clone(),
+        format!(
+            "{}: kdev swap deployment/{name}",
+            crate::host::user_at_host()
+        ),
+    )
+    .await;
     let started = Instant::now();
     let session = match Session::claim(&kube, &name, &container.name, args.ttl, crash).await? {
         Ok(session) => Arc::new(session),

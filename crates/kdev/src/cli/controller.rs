@@ -32,6 +32,12 @@ pub struct ControllerArgs {
     /// With --schedules: at a sleep edge, workloads created less than this ago stay awake.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     pub grace_period: std::time::Duration,
+    /// With --schedules: place no wakers when an environment sleeps (no wake on request).
+    #[arg(long)]
+    pub no_wake_on_request: bool,
+    /// With --schedules: the wakers' image (kdev's agent image).
+    #[arg(long, env = "KDEV_AGENT_IMAGE", value_name = "IMAGE")]
+    pub agent_image: Option<String>,
     /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
     #[arg(long, hide = true, value_name = "TIME")]
     pub clock_start: Option<String>,
@@ -68,6 +74,11 @@ impl ControllerArgs {
                     grace: self.grace_period,
                     clock,
                     namespace: self.watch_namespace.clone(),
+                    waker: (!self.no_wake_on_request).then(|| {
+                        self.agent_image
+                            .clone()
+                            .unwrap_or_else(kdev_contract::keys::default_agent_image)
+                    }),
                 }),
         })
     }

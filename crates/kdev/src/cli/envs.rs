@@ -29,6 +29,28 @@ pub struct ChangeArgs {
     /// Output format: a line per workload, or one JSON object per workload.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub wakers: WakerArgs,
+}
+
+/// How a sleep wakes on request.
+#[derive(Debug, Args)]
+pub struct WakerArgs {
+    /// When sleeping, place no wakers: a request to a sleeping Service then gets no answer.
+    #[arg(long)]
+    pub no_wake_on_request: bool,
+    /// The wakers' image (kdev's agent image).
+    #[arg(long, env = "KDEV_AGENT_IMAGE", value_name = "IMAGE")]
+    pub agent_image: Option<String>,
+}
+
+impl WakerArgs {
+    pub fn image(self) -> Option<String> {
+        (!self.no_wake_on_request).then(|| {
+            self.agent_image
+                .unwrap_or_else(kdev_contract::keys::default_agent_image)
+        })
+    }
 }
 
 impl ChangeArgs {
@@ -61,6 +83,7 @@ impl ChangeArgs {
             json: self.output == OutputArg::Json,
             actor: None,
             grace: None,
+            waker: self.wakers.image(),
         })
     }
 }
@@ -100,10 +123,12 @@ pub enum EnvsCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Put an environment to sleep now, ending any keep-awake; it wakes at its schedule's next wake.
+    /// Put an environment to sleep now, ending any keep-awake; it wakes at its schedule's next wake or on a request.
     SleepNow {
         /// The environment (namespace).
         namespace: String,
+        #[command(flatten)]
+        wakers: WakerArgs,
         /// Why, for the Events.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -129,6 +154,7 @@ impl EnvsArgs {
                 json,
                 actor: None,
                 grace: None,
+                waker: None,
             })
         };
         Ok(match self.command {
@@ -143,9 +169,13 @@ impl EnvsArgs {
             },
             Some(EnvsCommand::SleepNow {
                 namespace,
+                wakers,
                 reason,
                 dry_run,
-            }) => EnvsAction::SleepNow(change(Direction::Sleep, namespace, reason, dry_run)?),
+            }) => EnvsAction::SleepNow(Config {
+                waker: wakers.image(),
+                ..change(Direction::Sleep, namespace, reason, dry_run)?
+            }),
             None => EnvsAction::List(ListConfig {
                 selection: Selection {
                     namespaces: namespaces.to_vec(),
@@ -199,5 +229,49 @@ mod tests {
         fn any_until_is_a_time_or_an_error_never_a_panic(text in "\\PC{0,40}") {
             let _ = parse_until(&text);
         }
+    }
+}
+
+/// `kdev __waker`: what a sleeping environment's waker Pod runs.
+#[derive(Debug, Args)]
+pub struct WakerServeArgs {
+    /// The sleeping workload it stands for (for messages).
+    #[arg(long, value_name = "KIND/NAME")]
+    pub workload: String,
+    /// The workload's pods, as a label selector.
+    #[arg(long, value_name = "SELECTOR")]
+    pub selector: String,
+    /// A container port to hold connections on (repeatable).
+    #[arg(long = "port", value_name = "PORT", required = true)]
+    pub ports: Vec<u16>,
+    /// What a request wakes (repeatable; default every Deployment and StatefulSet of the namespace).
+    #[arg(long = "wake", value_name = "WORKLOAD")]
+    pub wake: Vec<String>,
+    /// How long a connection waits for a Ready pod before it gets a clear failure.
+    #[arg(long, default_value = "120s", value_parser = super::parse_duration)]
+    pub hold: std::time::Duration,
+    /// How long it keeps forwarding after its readiness fails.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    pub drain: std::time::Duration,
+    /// Where readiness is answered, for `kdev __agent-ready`.
+    #[arg(long, default_value = crate::envs::waker::HEALTH)]
+    pub health: std::net::SocketAddr,
+}
+
+impl WakerServeArgs {
+    pub fn resolve(self) -> anyhow::Result<crate::envs::waker::Serve> {
+        Ok(crate::envs::waker::Serve {
+            workload: self.workload,
+            selector: self.selector,
+            ports: self.ports,
+            wake: self
+                .wake
+                .iter()
+                .map(|text| workload::parse_ref(text))
+                .collect::<anyhow::Result<_>>()?,
+            hold: self.hold,
+            drain: self.drain,
+            health: self.health,
+        })
     }
 }

@@ -60,6 +60,8 @@ pub struct Options {
     pub clock: Clock,
     /// One namespace only (default: every namespace).
     pub namespace: Option<String>,
+    /// The wakers' image (wake on request), or none.
+    pub waker: Option<String>,
 }
 
 struct Context {
@@ -173,10 +175,15 @@ async fn transition(
         json: false,
         actor: Some("kdev-controller".into()),
         grace: (!awake).then_some(context.options.grace),
+        waker: context.options.waker.clone(),
     };
-    let changes = act::run_at(&context.kube, &config, now).await?;
-    for change in &changes {
+    let report = act::run_at(&context.kube, &config, now).await?;
+    let changes = &report.changes;
+    for change in changes {
         tracing::info!(namespace = name, "{}", change.line());
+    }
+    for placed in &report.wakers {
+        tracing::info!(namespace = name, "{}", placed.line());
     }
     if let Some(failed) = changes
         .iter()

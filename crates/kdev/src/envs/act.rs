@@ -51,6 +51,18 @@ pub struct Config {
     pub actor: Option<String>,
     /// When sleeping: leave workloads younger than this awake.
     pub grace: Option<std::time::Duration>,
+    /// When sleeping: the image of the wakers that wake the environment on
+    /// its first request ([`super::waker`]); `None` places none.
+    pub waker: Option<String>,
+}
+
+/// What a sleep or a wake did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// One per workload.
+    pub changes: Vec<Change>,
+    /// After a sleep, per namespace: what wakes it on request.
+    pub wakers: Vec<super::waker::Placed>,
 }
 
 /// What happened to one workload.
@@ -159,17 +171,14 @@ async fn namespace_annotations(kube: &Kube, namespace: &str) -> BTreeMap<String,
     }
 }
 
-/// Runs a sleep or a wake over the selection; returns one change per workload.
-pub async fn run(kube: &Kube, config: &Config) -> anyhow::Result<Vec<Change>> {
+/// Runs a sleep or a wake over the selection: one change per workload, and
+/// after a sleep the wakers placed.
+pub async fn run(kube: &Kube, config: &Config) -> anyhow::Result<Report> {
     run_at(kube, config, jiff::Timestamp::now()).await
 }
 
 /// [`run`] at `now` (the controller's clock).
-pub async fn run_at(
-    kube: &Kube,
-    config: &Config,
-    now: jiff::Timestamp,
-) -> anyhow::Result<Vec<Change>> {
+pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyhow::Result<Report> {
     let who = config
         .actor
         .clone()
@@ -185,7 +194,7 @@ pub async fn run_at(
             instance: Some(who),
         },
     );
-    let mut changes = Vec::new();
+    let mut report = Report::default();
     for namespace in namespaces(kube, &config.selection).await? {
         let ns_annotations = namespace_annotations(kube, &namespace).await;
         let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new());
@@ -219,7 +228,7 @@ pub async fn run_at(
             if !config.dry_run {
                 publish(kube, &recorder, &namespace, &target, &done, &by).await;
             }
-            changes.push(Change {
+            report.changes.push(Change {
                 namespace: namespace.clone(),
                 kind: target.kind,
                 name: target.name,
@@ -227,8 +236,56 @@ pub async fn run_at(
                 dry_run: config.dry_run,
             });
         }
+        if config.direction == Direction::Wake && !config.dry_run {
+            crate::k8s::activity::record(kube.clone(), namespace.clone(), by.clone()).await;
+        }
+        if config.direction == Direction::Sleep
+            && !config.dry_run
+            && let Some(placed) = place_wakers(kube, config, &namespace, &ns_annotations).await
+        {
+            report.wakers.push(placed);
+        }
     }
-    Ok(changes)
+    Ok(report)
+}
+
+/// Places the namespace's wakers after a sleep, unless it opted out.
+async fn place_wakers(
+    kube: &Kube,
+    config: &Config,
+    namespace: &str,
+    ns_annotations: &BTreeMap<String, String>,
+) -> Option<super::waker::Placed> {
+    let image = config.waker.as_deref()?;
+    let off = |error: String| super::waker::Placed {
+        namespace: namespace.to_owned(),
+        wakers: Vec::new(),
+        error: Some(error),
+    };
+    match envs::wakes_on_request(ns_annotations) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(err) => return Some(off(format!("{err} on namespace {namespace}"))),
+    }
+    let wake = match ns_annotations.get(envs::WAKE_WORKLOADS_ANNOTATION) {
+        Some(list) => match list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(workload::parse_ref)
+            .collect::<anyhow::Result<Vec<_>>>()
+        {
+            Ok(refs) => refs,
+            Err(err) => {
+                return Some(off(format!(
+                    "annotation {} on namespace {namespace}: {err:#}",
+                    envs::WAKE_WORKLOADS_ANNOTATION
+                )));
+            }
+        },
+        None => Vec::new(),
+    };
+    Some(super::waker::place(kube, namespace, image, &wake).await)
 }
 
 struct Step<'a> {

@@ -94,6 +94,11 @@ async fn load_config(global: &Flags) -> anyhow::Result<Config> {
                  or start a local cluster with `kdev cluster up` and `export KUBECONFIG=$(kdev cluster kubeconfig)`"
             )
         })?;
+        // Verify the API server as `kubernetes.default.svc`, a name every
+        // cluster's serving certificate carries, rather than the Service's
+        // IP, which some leave out (kwokctl's, so the local cluster's).
+        // The cluster's CA still decides; only the name checked differs.
+        config.tls_server_name = Some("kubernetes.default.svc".into());
         tune(&mut config);
         return Ok(config);
     };

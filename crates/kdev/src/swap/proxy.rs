@@ -23,10 +23,7 @@ use kube::api::ObjectMeta;
 
 use crate::k8s::objects::template_labels;
 
-/// The agent image matching this kdev release.
-pub fn default_agent_image() -> String {
-    format!("ghcr.io/kdev-dev/kdev:{}", env!("CARGO_PKG_VERSION"))
-}
+pub use kdev_contract::keys::default_agent_image;
 
 pub struct ProxySpec<'a> {
     pub name: &'a str,

@@ -49,7 +49,7 @@ async fn deploy_manifests_pass_server_side_dry_run() {
             .collect();
         assert!(args.contains(&"--telepresence"), "{args:?}");
         assert!(args.contains(&"--schedules"), "{args:?}");
-        for role in ["kdev-controller-envs", "kdev-env-starter"] {
+        for role in ["kdev-controller-envs", "kdev-env-starter", "kdev-env-waker"] {
             assert!(
                 items
                     .iter()

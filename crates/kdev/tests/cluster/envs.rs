@@ -616,6 +616,23 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         .await;
         create_deployment(&ns, "web", 2, json!({})).await;
         create_cronjob(&ns, "nightly").await;
+        // A Service in front of a workload with a port: its waker is placed
+        // with the same rights.
+        let api: Deployment =
+            serde_json::from_value(simple_deployment("api", 1, &[8080])).expect("a deployment");
+        ns.api::<Deployment>()
+            .create(&PostParams::default(), &api)
+            .await
+            .expect("create deployment");
+        let service = serde_json::from_value(json!({
+            "metadata": { "name": "api" },
+            "spec": { "selector": { "app": "api" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+        }))
+        .expect("a service");
+        ns.api::<k8s_openapi::api::core::v1::Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create service");
 
         let dir = tempfile::tempdir().unwrap();
         let account = format!("system:serviceaccount:{}:kdev-controller", ns.name);
@@ -631,6 +648,18 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         )
         .await;
         assert_eq!(replicas(&ns, "web").await.0, 0, "{}", controller.log());
+        let wakers = eventually(Duration::from_secs(30), "the api's waker", || async {
+            let pods = ns
+                .api::<k8s_openapi::api::core::v1::Pod>()
+                .list(&kube::api::ListParams::default().labels("kdev.dev/role=env-waker"))
+                .await
+                .ok()?;
+            (!pods.items.is_empty()).then_some(pods.items)
+        })
+        .await;
+        assert_eq!(wakers.len(), 1, "one waker, for the api behind its Service");
+        let labels = wakers[0].labels();
+        assert_eq!(labels["app"], "api", "{labels:?}");
         let notes = event_notes(&ns, "Slept").await;
         assert!(
             notes.iter().any(|n| n.contains("kdev.dev/downtime")),
@@ -732,6 +761,77 @@ async fn keep_awake_holds_past_the_schedule_and_sleep_now_ends_it() {
             &["envs", "keep-awake", &ns.name, "--until", "tonight"],
         );
         assert_eq!(out.status.code(), Some(2));
+    })
+    .await;
+}
+
+/// The waker as a local process against the control plane: the first
+/// connection wakes the environment, and a connection that no Ready pod of
+/// its workload answers within the hold gets an HTTP 503 saying why, not a
+/// hang. (Handing over to a Ready pod takes pods that run: the real-node
+/// test.)
+#[tokio::test]
+async fn a_waker_wakes_on_the_first_connection_and_fails_clearly_after_its_hold() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    with_namespace("envs-waker", |ns| async move {
+        create_deployment(&ns, "web", 2, json!({})).await;
+        ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["sleep", "--no-wake-on-request"],
+        ));
+        assert_eq!(replicas(&ns, "web").await.0, 0);
+
+        let port = crate::support::free_port();
+        let mut waker = kdev()
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["-n", &ns.name, "__waker", "--workload", "deployment/web"])
+            // Pods that never exist: nothing is ever Ready for it.
+            .args(["--selector", "app=nobody", "--hold", "3s"])
+            .args(["--port", &port.to_string(), "--health", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the waker");
+        let mut socket = eventually(Duration::from_secs(10), "the waker to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        let asked = std::time::Instant::now();
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).await.expect("read");
+        let held = asked.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains(&format!(
+                "environment {} is waking, but no pod of deployment/web was Ready within 3s",
+                ns.name
+            )),
+            "{answer}"
+        );
+        assert!(held >= Duration::from_secs(3), "answered after {held:?}");
+
+        // The connection woke the environment, exactly, and said who did.
+        eventually(Duration::from_secs(10), "web to be woken", || async {
+            (replicas(&ns, "web").await.0 == 2).then_some(())
+        })
+        .await;
+        let notes = event_notes(&ns, "Woke").await;
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("kdev-waker: a request from 127.0.0.1 to port")),
+            "{notes:?}"
+        );
+        let _ = waker.kill();
+        let _ = waker.wait();
     })
     .await;
 }

@@ -1032,7 +1032,7 @@ async fn an_environment_on_the_real_node_sleeps_and_wakes() {
             );
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        run(&["sleep"]);
+        run(&["sleep", "--no-wake-on-request"]);
         eventually(
             Duration::from_secs(60),
             "the containers to stop",
@@ -1064,6 +1064,107 @@ async fn an_environment_on_the_real_node_sleeps_and_wakes() {
         let (phase, log) = finished(&ns, "client").await;
         assert_eq!(phase, "Succeeded", "{log}");
         assert!(log.contains("served-after-the-wake"), "{log}");
+    })
+    .await;
+}
+
+/// Wake on the first request, on the real node: `kdev sleep` places a waker
+/// (kdev's agent image, as the `kdev-waker` ServiceAccount bound to
+/// deploy/env-waker.yaml's role) behind the Service; a client pod's one
+/// request, sent once, wakes the environment and gets the real pod's answer;
+/// then the waker steps aside and exits, and says how long after the pod
+/// was Ready the first byte reached the client.
+#[tokio::test]
+async fn a_sleeping_environment_on_the_real_node_wakes_on_its_first_request() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    with_namespace("real-waker", |ns| async move {
+        require_real_node(&ns).await;
+        let role = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/env-waker.yaml"),
+        )
+        .expect("read deploy/env-waker.yaml");
+        let applied = crate::support::kubectl_apply(&role, &[]);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        busybox_web(&ns, "web", 1, "answered-by-the-woken-pod").await;
+        let out = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "sleep"])
+            .output()
+            .expect("run kdev");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("a request wakes it (deployment/web ← service web)"),
+            "{said}"
+        );
+        let waker = eventually(
+            Duration::from_secs(60),
+            "only the waker to run, Ready",
+            || async {
+                let pods = ns.api::<Pod>().list(&Default::default()).await.ok()?;
+                let [pod] = pods.items.as_slice() else {
+                    return None;
+                };
+                let labels = pod.metadata.labels.as_ref()?;
+                let ready = pod
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (labels.get("kdev.dev/role").map(String::as_str) == Some("env-waker") && ready)
+                    .then(|| pod.metadata.name.clone())
+                    .flatten()
+            },
+        )
+        .await;
+
+        // One request, sent once: no retry loop.
+        busybox_pod(
+            &ns,
+            "client",
+            "printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | nc -w 60 web 80",
+        )
+        .await;
+        let (ended, log) = finished(&ns, "client").await;
+        assert_eq!(ended, "Succeeded", "{log}");
+        assert!(log.contains("answered-by-the-woken-pod"), "{log}");
+        let web: Deployment = ns.api().get("web").await.expect("web");
+        assert_eq!(web.spec.and_then(|s| s.replicas), Some(1));
+
+        // The waker steps aside: it exits, and its log has the figure.
+        let done = eventually(Duration::from_secs(60), "the waker to exit", || async {
+            phase(&ns, &waker).await.filter(|p| p == "Succeeded")
+        })
+        .await;
+        let log = ns
+            .api::<Pod>()
+            .logs(&waker, &LogParams::default())
+            .await
+            .expect("the waker's log");
+        let figure = log
+            .lines()
+            .find(|l| l.contains("first byte to a held client"))
+            .unwrap_or_else(|| panic!("no figure in the waker's log ({done}):\n{log}"));
+        eprintln!("waker: {figure}");
+        let history = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "envs", "--history"])
+            .output()
+            .expect("run kdev");
+        let history = String::from_utf8_lossy(&history.stdout);
+        assert!(history.contains("kdev-waker"), "{history}");
     })
     .await;
 }
