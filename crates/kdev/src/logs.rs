@@ -78,7 +78,7 @@ pub async fn run(flags: &k8s::Flags, config: Config) -> anyhow::Result<ExitCode>
     let scopes = watch::scopes(&kube, &namespaces, &mut options).await?;
     if let Namespaces::Some(list) = &namespaces {
         // Reading an environment's logs is activity (its inactivity rule).
-        let who = format!("{}: kdev logs", crate::host::user_at_host());
+        let who = format!("kdev logs by {}", crate::host::user_at_host());
         for namespace in list {
             tokio::spawn(k8s::activity::record(
                 kube.clone(),

@@ -176,7 +176,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
         kube.clone(),
         kube.namespace.clone(),
         format!(
-            "{}: kdev swap deployment/{name}",
+            "kdev swap deployment/{name} by {}",
             crate::host::user_at_host()
         ),
     )

@@ -38,6 +38,9 @@ pub struct ControllerArgs {
     /// With --schedules: the wakers' image (kdev's agent image).
     #[arg(long, env = "KDEV_AGENT_IMAGE", value_name = "IMAGE")]
     pub agent_image: Option<String>,
+    /// With --schedules: put environments to sleep after this long without activity (a namespace's kdev.dev/sleep-after-idle overrides it; default: only namespaces that ask).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_after: Option<std::time::Duration>,
     /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
     #[arg(long, hide = true, value_name = "TIME")]
     pub clock_start: Option<String>,
@@ -74,6 +77,9 @@ impl ControllerArgs {
                     grace: self.grace_period,
                     clock,
                     namespace: self.watch_namespace.clone(),
+                    idle_after: self
+                        .idle_after
+                        .and_then(|d| jiff::SignedDuration::try_from(d).ok()),
                     waker: (!self.no_wake_on_request).then(|| {
                         self.agent_image
                             .clone()

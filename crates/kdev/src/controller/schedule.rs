@@ -13,17 +13,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
+use kdev_contract::session::{ROLE_LABEL, ROLE_SESSION};
+use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource as _, ResourceExt as _};
 use tokio::sync::watch;
 
 use super::serve::Metrics;
 use crate::envs::act::{self, Direction, Selection};
-use crate::k8s::Kube;
 use crate::k8s::guarded::{self, Decision};
+use crate::k8s::{Kube, activity};
 use kdev_contract::envs::{self as contract, Schedule};
 
 /// The scheduler's clock: the real one, or one started at a given instant
@@ -62,6 +67,9 @@ pub struct Options {
     pub namespace: Option<String>,
     /// The wakers' image (wake on request), or none.
     pub waker: Option<String>,
+    /// Sleep environments idle this long (a namespace's
+    /// `kdev.dev/sleep-after-idle` overrides it); `None`: only those that ask.
+    pub idle_after: Option<jiff::SignedDuration>,
 }
 
 struct Context {
@@ -98,7 +106,18 @@ pub async fn run(
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
             None => watcher::Config::default(),
         };
+        // Activity (the kdev-activity Leases) restarts an environment's
+        // inactivity clock: a change of one is a reason to look again.
+        let leases: Api<Lease> = match &options.namespace {
+            Some(ns) => Api::namespaced(kube.client.clone(), ns),
+            None => Api::all(kube.client.clone()),
+        };
+        let activity =
+            watcher::Config::default().labels(&format!("{ROLE_LABEL}={}", activity::ROLE_ACTIVITY));
         let controller = Controller::new(api, config)
+            .watches(leases, activity, |lease: Lease| {
+                lease.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
+            })
             .run(reconcile, error_policy, context.clone())
             .for_each(|outcome| async move {
                 if let Err(err) = outcome {
@@ -119,9 +138,23 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
     context.metrics.env_checked();
     let name = namespace.name_any();
     let now = context.options.clock.now();
-    let schedule = match Schedule::read(namespace.annotations()) {
-        Ok(Some(schedule)) => schedule,
-        Ok(None) => return Ok(Action::await_change()),
+    let mut next = None;
+    let mut woke_now = false;
+    match Schedule::read(namespace.annotations()) {
+        Ok(Some(schedule)) => {
+            let applied = namespace
+                .annotations()
+                .get(contract::SCHEDULE_APPLIED_ANNOTATION)
+                .map(String::as_str);
+            if let Some(awake) = contract::scheduled(&schedule, applied, now) {
+                transition(&context, &name, &schedule, awake, now)
+                    .await
+                    .map_err(Failed)?;
+                woke_now = awake;
+            }
+            next = schedule.next_transition(now).map(|(at, _)| at);
+        }
+        Ok(None) => {}
         Err(err) => {
             warn(
                 &context,
@@ -130,26 +163,180 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
                 &format!("{err}; nothing changed"),
             )
             .await;
-            return Ok(Action::await_change());
         }
-    };
-    let applied = namespace
-        .annotations()
-        .get(contract::SCHEDULE_APPLIED_ANNOTATION)
-        .map(String::as_str);
-    if let Some(awake) = contract::scheduled(&schedule, applied, now) {
-        transition(&context, &name, &schedule, awake, now)
-            .await
-            .map_err(Failed)?;
     }
-    Ok(match schedule.next_transition(now) {
-        Some((at, _)) => {
+    match contract::idle_after(namespace.annotations(), context.options.idle_after) {
+        Ok(Some(idle)) => {
+            let look_again = inactivity(&context, &namespace, idle, now, woke_now)
+                .await
+                .map_err(Failed)?;
+            next = [next, look_again].into_iter().flatten().min();
+        }
+        Ok(None) => {}
+        Err(err) => {
+            warn(
+                &context,
+                &namespace,
+                "BadSchedule",
+                &format!("{err}; inactivity does not count here until it is fixed"),
+            )
+            .await;
+        }
+    }
+    Ok(match next {
+        Some(at) => {
             let wait = now.duration_until(at).unsigned_abs();
             // A little after the edge, so the clock has passed it.
             Action::requeue(wait + Duration::from_millis(50))
         }
         None => Action::await_change(),
     })
+}
+
+/// The inactivity rule for one environment: sleep it when it has been idle
+/// `idle` long (once; activity starts the clock again). Returns when to
+/// look again.
+async fn inactivity(
+    context: &Context,
+    namespace: &Namespace,
+    idle: jiff::SignedDuration,
+    now: jiff::Timestamp,
+    woke_now: bool,
+) -> anyhow::Result<Option<jiff::Timestamp>> {
+    let name = namespace.name_any();
+    let annotations = namespace.annotations();
+    let keep_awake = annotations
+        .get(contract::KEEP_AWAKE_ANNOTATION)
+        .and_then(|v| v.trim().parse::<jiff::Timestamp>().ok())
+        .filter(|until| *until > now);
+    if keep_awake.is_some() {
+        return Ok(keep_awake);
+    }
+    let (last, what) = if woke_now {
+        (now, "the schedule's wake".to_owned())
+    } else {
+        last_activity(context, namespace, now).await?
+    };
+    let slept = annotations
+        .get(contract::IDLE_SLEPT_ANNOTATION)
+        .and_then(|v| v.trim().parse::<jiff::Timestamp>().ok());
+    match contract::idle_decision(last, idle, slept, now) {
+        contract::Idle::At(at) => Ok(Some(at)),
+        contract::Idle::Slept => Ok(None),
+        contract::Idle::SleepNow => {
+            let why = format!("no activity for {idle:#} (last: {what}, {last})");
+            let config = act::Config {
+                direction: Direction::Sleep,
+                selection: Selection {
+                    namespaces: vec![name.clone()],
+                    ..Selection::default()
+                },
+                dry_run: false,
+                reason: Some(why.clone()),
+                json: false,
+                actor: Some("kdev-controller".into()),
+                grace: Some(context.options.grace),
+                waker: context.options.waker.clone(),
+            };
+            let report = act::run_at(&context.kube, &config, now).await?;
+            for line in report.changes.iter().map(act::Change::line) {
+                tracing::info!(namespace = name, "{line}");
+            }
+            for placed in &report.wakers {
+                tracing::info!(namespace = name, "{}", placed.line());
+            }
+            if let Some(failed) = report
+                .changes
+                .iter()
+                .find(|c| matches!(c.done, act::Done::Failed { .. }))
+            {
+                anyhow::bail!("{} (retried)", failed.line());
+            }
+            record(
+                context,
+                &name,
+                contract::IDLE_SLEPT_ANNOTATION,
+                now.to_string(),
+            )
+            .await?;
+            context.metrics.env_transition(false);
+            tracing::info!(namespace = name, %why, "environment put to sleep for inactivity");
+            Ok(None)
+        }
+    }
+}
+
+/// The latest sign of life in an environment, and what it was: its
+/// activity Lease (kdev logs, kdev wake, kdev swap, a waker), the newest
+/// ReplicaSet (a rollout), a live swap session (now), the schedule's last
+/// wake, or else the namespace's creation.
+async fn last_activity(
+    context: &Context,
+    namespace: &Namespace,
+    now: jiff::Timestamp,
+) -> anyhow::Result<(jiff::Timestamp, String)> {
+    let name = namespace.name_any();
+    let kube = &context.kube;
+    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &name);
+    let replicasets: Api<ReplicaSet> = Api::namespaced(kube.client.clone(), &name);
+    let sessions = ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}"));
+    let everything = ListParams::default();
+    let (lease, rollouts, sessions) = tokio::try_join!(
+        leases.get_opt(contract::ACTIVITY_LEASE),
+        replicasets.list_metadata(&everything),
+        leases.list_metadata(&sessions),
+    )
+    .map_err(|err| kube.explain(err, format!("read the activity in namespace {name}")))?;
+    if let Some(session) = sessions.items.first() {
+        return Ok((
+            now,
+            format!("a live kdev swap session ({})", session.name_any()),
+        ));
+    }
+    let mut signs: Vec<(jiff::Timestamp, String)> = Vec::new();
+    if let Some(created) = &namespace.metadata.creation_timestamp {
+        signs.push((created.0, "the namespace's creation".into()));
+    }
+    if let Some((at, who)) = lease.as_ref().and_then(activity::last) {
+        signs.push((at, who));
+    }
+    if let Some(rs) = rollouts
+        .items
+        .iter()
+        .filter_map(|rs| Some((rs.metadata.creation_timestamp.as_ref()?.0, rs.name_any())))
+        .max()
+    {
+        signs.push((rs.0, format!("a rollout (replicaset {})", rs.1)));
+    }
+    if let Some(at) = namespace
+        .annotations()
+        .get(contract::SCHEDULE_APPLIED_ANNOTATION)
+        .and_then(|v| v.strip_prefix("awake "))
+        .and_then(|at| at.trim().parse::<jiff::Timestamp>().ok())
+    {
+        signs.push((at, "the schedule's wake".into()));
+    }
+    signs
+        .into_iter()
+        .max_by_key(|(at, _)| *at)
+        .ok_or_else(|| anyhow::anyhow!("namespace {name} has no creation time"))
+}
+
+/// Writes one annotation on the namespace (guarded).
+async fn record(context: &Context, name: &str, key: &str, value: String) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(context.kube.client.clone());
+    guarded::update(
+        &context.kube,
+        &api,
+        name,
+        &format!("namespace {name}"),
+        |_| {
+            let patch = serde_json::json!({ "metadata": { "annotations": { key: value } } });
+            Ok(Decision::Write(patch, ()))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn transition(
@@ -191,19 +378,11 @@ async fn transition(
     {
         anyhow::bail!("{} (retried)", failed.line());
     }
-    let api: Api<Namespace> = Api::all(context.kube.client.clone());
-    let value = contract::applied_value(awake, now);
-    guarded::update(
-        &context.kube,
-        &api,
+    record(
+        context,
         name,
-        &format!("namespace {name}"),
-        |_| {
-            let patch = serde_json::json!({
-                "metadata": { "annotations": { contract::SCHEDULE_APPLIED_ANNOTATION: value } }
-            });
-            Ok(Decision::Write(patch, ()))
-        },
+        contract::SCHEDULE_APPLIED_ANNOTATION,
+        contract::applied_value(awake, now),
     )
     .await?;
     context.metrics.env_transition(awake);

@@ -237,7 +237,12 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             });
         }
         if config.direction == Direction::Wake && !config.dry_run {
-            crate::k8s::activity::record(kube.clone(), namespace.clone(), by.clone()).await;
+            crate::k8s::activity::record(
+                kube.clone(),
+                namespace.clone(),
+                format!("kdev wake by {by}"),
+            )
+            .await;
         }
         if config.direction == Direction::Sleep
             && !config.dry_run

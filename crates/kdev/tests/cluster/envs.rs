@@ -835,3 +835,56 @@ async fn a_waker_wakes_on_the_first_connection_and_fails_clearly_after_its_hold(
     })
     .await;
 }
+
+/// Inactivity: an environment asking for `kdev.dev/sleep-after-idle` sleeps
+/// that long after its last activity (here a `kdev wake`, which renews the
+/// activity Lease), once, with the reason in the Event; new activity wakes
+/// it and starts the clock again.
+#[tokio::test]
+async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
+    with_namespace("envs-idle", |ns| async move {
+        annotate_namespace(&ns, json!({ "kdev.dev/sleep-after-idle": "6s" }), json!({})).await;
+        create_deployment(&ns, "web", 2, json!({})).await;
+        let controller = crate::swap_support::Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[
+                "--schedules",
+                "--grace-period",
+                "0s",
+                "--no-wake-on-request",
+            ],
+            &[],
+        );
+        for round in 1..=2 {
+            // Activity: a wake (nothing to wake the first time).
+            ok(run(&kubeconfig(), &ns.name, &["wake"]));
+            let active = std::time::Instant::now();
+            eventually(
+                Duration::from_secs(30),
+                "the idle environment to sleep",
+                || async { (replicas(&ns, "web").await.0 == 0).then_some(()) },
+            )
+            .await;
+            let idle = active.elapsed();
+            assert!(
+                idle >= Duration::from_secs(5),
+                "round {round}: slept {idle:?} after the activity\n{}",
+                controller.log()
+            );
+            let notes = event_notes(&ns, "Slept").await;
+            assert_eq!(notes.len(), round, "{notes:?}");
+            assert!(
+                notes
+                    .iter()
+                    .all(|n| n.contains("no activity for 6s (last: kdev wake by ")),
+                "{notes:?}"
+            );
+        }
+        // The wake restores it exactly.
+        ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert_eq!(replicas(&ns, "web").await.0, 2);
+        controller.stop();
+    })
+    .await;
+}
