@@ -72,6 +72,9 @@ pub struct Options {
     pub idle_after: Option<jiff::SignedDuration>,
 }
 
+/// How many environments change at once.
+const CONCURRENCY: u16 = 16;
+
 struct Context {
     kube: Kube,
     options: Options,
@@ -118,6 +121,10 @@ pub async fn run(
             .watches(leases, activity, |lease: Lease| {
                 lease.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
             })
+            // Environments change in parallel, up to a bound that keeps
+            // memory flat however many edges coincide (the API server is
+            // the bottleneck well before it).
+            .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
             .run(reconcile, error_policy, context.clone())
             .for_each(|outcome| async move {
                 if let Err(err) = outcome {
@@ -146,7 +153,14 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
                 .annotations()
                 .get(contract::SCHEDULE_APPLIED_ANNOTATION)
                 .map(String::as_str);
-            if let Some(awake) = contract::scheduled(&schedule, applied, now) {
+            if let Some(awake) = contract::scheduled(&schedule, applied, now)
+                && due_still(&context, &name, |fresh| {
+                    let applied = fresh.get(contract::SCHEDULE_APPLIED_ANNOTATION);
+                    contract::scheduled(&schedule, applied.map(String::as_str), now).is_some()
+                })
+                .await
+                .map_err(Failed)?
+            {
                 transition(&context, &name, &schedule, awake, now)
                     .await
                     .map_err(Failed)?;
@@ -223,6 +237,16 @@ async fn inactivity(
     match contract::idle_decision(last, idle, slept, now) {
         contract::Idle::At(at) => Ok(Some(at)),
         contract::Idle::Slept => Ok(None),
+        contract::Idle::SleepNow
+            if !due_still(context, &name, |fresh| {
+                fresh.get(contract::IDLE_SLEPT_ANNOTATION)
+                    == annotations.get(contract::IDLE_SLEPT_ANNOTATION)
+            })
+            .await? =>
+        {
+            // Another pass recorded it since this copy of the namespace.
+            Ok(None)
+        }
         contract::Idle::SleepNow => {
             let why = format!("no activity for {idle:#} (last: {what}, {last})");
             let config = act::Config {
@@ -322,6 +346,23 @@ async fn last_activity(
         .ok_or_else(|| anyhow::anyhow!("namespace {name} has no creation time"))
 }
 
+/// Whether a transition seen on the cached namespace is still due on the
+/// namespace as the API server has it now: the cache may not have caught
+/// up with the record of the previous pass yet, and a transition must not
+/// run twice.
+async fn due_still(
+    context: &Context,
+    name: &str,
+    due: impl FnOnce(&std::collections::BTreeMap<String, String>) -> bool,
+) -> anyhow::Result<bool> {
+    let api: Api<Namespace> = Api::all(context.kube.client.clone());
+    let fresh = api
+        .get(name)
+        .await
+        .map_err(|err| context.kube.explain(err, format!("read namespace {name}")))?;
+    Ok(due(fresh.annotations()))
+}
+
 /// Writes one annotation on the namespace (guarded).
 async fn record(context: &Context, name: &str, key: &str, value: String) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(context.kube.client.clone());
@@ -385,6 +426,7 @@ async fn transition(
         contract::applied_value(awake, now),
     )
     .await?;
+    act::written();
     context.metrics.env_transition(awake);
     tracing::info!(namespace = name, awake, %why, "environment transition applied");
     Ok(())

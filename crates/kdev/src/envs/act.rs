@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kdev_contract::keys::FIELD_MANAGER;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -140,6 +140,28 @@ impl Change {
     }
 }
 
+/// Testing the crash sweep: `KDEV_ENVS_CRASH_AFTER=N` kills this process
+/// (SIGKILL) right after its N-th write of an environment's transition:
+/// each workload written, the wakers placed, and (the controller's) the
+/// applied state recorded, in that order. Whatever N, the next run must
+/// complete the transition exactly.
+pub const CRASH_AFTER_ENV: &str = "KDEV_ENVS_CRASH_AFTER";
+
+/// Counts a write; kills the process at the injected crash point.
+pub fn written() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static AT: OnceLock<Option<u32>> = OnceLock::new();
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let Some(at) = *AT.get_or_init(|| std::env::var(CRASH_AFTER_ENV).ok()?.parse().ok()) else {
+        return;
+    };
+    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        eprintln!("kdev: crash injected after write {at}");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// The namespaces a selection names.
 pub async fn namespaces(kube: &Kube, selection: &Selection) -> anyhow::Result<Vec<String>> {
     if !selection.all && selection.selector.is_none() {
@@ -198,16 +220,42 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
     for namespace in namespaces(kube, &config.selection).await? {
         let ns_annotations = namespace_annotations(kube, &namespace).await;
         let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new());
-        let targets: Vec<Ref> = if config.selection.workloads.is_empty() {
-            workload::in_namespace(kube, &namespace)
-                .await?
-                .iter()
-                .map(Workload::reference)
+        // Listed objects are decided on as listed (no second read); named
+        // ones are read.
+        let targets: Vec<(Ref, Option<Known>)> = if config.selection.workloads.is_empty() {
+            let listed = workload::listed(kube, &namespace).await?;
+            let named = |kind, name: String| Ref { kind, name };
+            listed
+                .deployments
+                .into_iter()
+                .map(|d| {
+                    (
+                        named(Kind::Deployment, d.name_any()),
+                        Some(Known::Deployment(Box::new(d))),
+                    )
+                })
+                .chain(listed.statefulsets.into_iter().map(|s| {
+                    (
+                        named(Kind::StatefulSet, s.name_any()),
+                        Some(Known::StatefulSet(Box::new(s))),
+                    )
+                }))
+                .chain(listed.cronjobs.into_iter().map(|c| {
+                    (
+                        named(Kind::CronJob, c.name_any()),
+                        Some(Known::CronJob(Box::new(c))),
+                    )
+                }))
                 .collect()
         } else {
-            config.selection.workloads.clone()
+            config
+                .selection
+                .workloads
+                .iter()
+                .map(|r| (r.clone(), None))
+                .collect()
         };
-        for target in targets {
+        for (target, known) in targets {
             let step = Step {
                 kube,
                 namespace: &namespace,
@@ -217,16 +265,37 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 by: &by,
                 now,
             };
-            let done = match target.kind {
-                Kind::Deployment => step.apply::<Deployment>(&target.name).await,
-                Kind::StatefulSet => step.apply::<StatefulSet>(&target.name).await,
-                Kind::CronJob => step.apply::<CronJob>(&target.name).await,
+            let outcome = match (target.kind, known) {
+                (_, Some(Known::Deployment(d))) => step.apply(&target.name, Some(*d)).await,
+                (_, Some(Known::StatefulSet(s))) => step.apply(&target.name, Some(*s)).await,
+                (_, Some(Known::CronJob(c))) => step.apply(&target.name, Some(*c)).await,
+                (Kind::Deployment, None) => step.apply::<Deployment>(&target.name, None).await,
+                (Kind::StatefulSet, None) => step.apply::<StatefulSet>(&target.name, None).await,
+                (Kind::CronJob, None) => step.apply::<CronJob>(&target.name, None).await,
             };
-            let done = done.unwrap_or_else(|err| Done::Failed {
-                error: format!("{err:#}"),
+            let (done, reference) = outcome.unwrap_or_else(|err| {
+                (
+                    Done::Failed {
+                        error: format!("{err:#}"),
+                    },
+                    None,
+                )
             });
-            if !config.dry_run {
-                publish(kube, &recorder, &namespace, &target, &done, &by).await;
+            if !config.dry_run
+                && let Some(reference) = reference
+            {
+                publish(&recorder, &reference, &done, &by).await;
+            }
+            if !config.dry_run
+                && matches!(
+                    done,
+                    Done::Slept { .. }
+                        | Done::Woke { .. }
+                        | Done::RetargetedSwap { .. }
+                        | Done::KeptChanged { .. }
+                )
+            {
+                written();
             }
             report.changes.push(Change {
                 namespace: namespace.clone(),
@@ -249,6 +318,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             && let Some(placed) = place_wakers(kube, config, &namespace, &ns_annotations).await
         {
             report.wakers.push(placed);
+            written();
         }
     }
     Ok(report)
@@ -304,11 +374,17 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    async fn apply<K: Scalable>(&self, name: &str) -> anyhow::Result<Done> {
+    /// Decides and writes one workload; what was done, and a reference to
+    /// the workload for its Event.
+    async fn apply<K: Scalable>(
+        &self,
+        name: &str,
+        known: Option<K>,
+    ) -> anyhow::Result<(Done, Option<ObjectReference>)> {
         let api: Api<K> = Api::namespaced(self.kube.client.clone(), self.namespace);
         let what = format!("{} {}/{name}", K::KIND.short(), self.namespace);
         let dry_run = self.config.dry_run;
-        let updated = guarded::update(self.kube, &api, name, &what, |current| {
+        let updated = guarded::update_from(self.kube, &api, name, &what, known, |current| {
             let Some(object) = current else {
                 anyhow::bail!("{what} not found; check the name and the namespace (-n)");
             };
@@ -320,7 +396,10 @@ impl Step<'_> {
         })
         .await;
         match updated {
-            Ok(updated) => Ok(updated.value),
+            Ok(updated) => Ok((
+                updated.value,
+                updated.object.map(|object| object.object_ref(&())),
+            )),
             Err(err) if forbidden(&err) && self.config.direction == Direction::Wake => {
                 self.wake_through_scale::<K>(&api, name, &what).await
             }
@@ -338,7 +417,7 @@ impl Step<'_> {
         api: &Api<K>,
         name: &str,
         what: &str,
-    ) -> anyhow::Result<Done> {
+    ) -> anyhow::Result<(Done, Option<ObjectReference>)> {
         let mut delays = crate::k8s::backoff::conflict_delays();
         loop {
             let object = api
@@ -347,9 +426,10 @@ impl Step<'_> {
                 .map_err(|err| self.kube.explain(err, format!("read {what}")))?;
             let w = workload::view(&object);
             let (_, done) = self.decide(&w)?;
+            let reference = object.object_ref(&());
             let to = match done {
                 Done::Woke { to, .. } => to,
-                Done::Unchanged { .. } => return Ok(done),
+                Done::Unchanged { .. } => return Ok((done, Some(reference))),
                 _ => anyhow::bail!(
                     "failed to wake {what}: {}, which takes patching the workload itself, and this account may not",
                     Change {
@@ -376,7 +456,7 @@ impl Step<'_> {
                 ..PatchParams::default()
             };
             match api.patch_scale(name, &params, &Patch::Merge(&patch)).await {
-                Ok(_) => return Ok(done),
+                Ok(_) => return Ok((done, Some(reference))),
                 Err(err) if crate::k8s::is_conflict(&err) => match delays.next() {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => anyhow::bail!(
@@ -521,14 +601,7 @@ fn size_patch(kind: Kind, size: i32) -> serde_json::Value {
 
 /// An Event on the workload for each change (what `kdev envs --history`
 /// and `kubectl events` show).
-async fn publish(
-    kube: &Kube,
-    recorder: &Recorder,
-    namespace: &str,
-    target: &Ref,
-    done: &Done,
-    by: &str,
-) {
+async fn publish(recorder: &Recorder, reference: &ObjectReference, done: &Done, by: &str) {
     let (reason, action, note) = match done {
         Done::Slept { from, to } => ("Slept", "Sleep", format!("{from} → {to} by {by}")),
         Done::Woke { from, to } => ("Woke", "Wake", format!("{from} → {to} by {by}")),
@@ -548,14 +621,6 @@ async fn publish(
         ),
         Done::Unchanged { .. } | Done::Failed { .. } => return,
     };
-    let reference = match target.kind {
-        Kind::Deployment => object_ref::<Deployment>(kube, namespace, &target.name).await,
-        Kind::StatefulSet => object_ref::<StatefulSet>(kube, namespace, &target.name).await,
-        Kind::CronJob => object_ref::<CronJob>(kube, namespace, &target.name).await,
-    };
-    let Some(reference) = reference else {
-        return;
-    };
     let event = Event {
         type_: EventType::Normal,
         reason: reason.into(),
@@ -563,19 +628,14 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(err) = recorder.publish(&event, &reference).await {
+    if let Err(err) = recorder.publish(&event, reference).await {
         tracing::warn!(error = %err, "failed to record the change as an Event");
     }
 }
 
-async fn object_ref<K: Scalable>(
-    kube: &Kube,
-    namespace: &str,
-    name: &str,
-) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
-    let api: Api<K> = Api::namespaced(kube.client.clone(), namespace);
-    api.get(name)
-        .await
-        .ok()
-        .map(|object| object.object_ref(&()))
+/// A workload as listed, decided on without reading it again.
+enum Known {
+    Deployment(Box<Deployment>),
+    StatefulSet(Box<StatefulSet>),
+    CronJob(Box<CronJob>),
 }

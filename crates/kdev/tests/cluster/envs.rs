@@ -888,3 +888,167 @@ async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
     })
     .await;
 }
+
+/// An HPA neither fights a sleep nor blocks the wake: at 0 replicas the
+/// controller manager's HPA controller stops scaling the workload
+/// (`ScalingActive=False`, `ScalingDisabled`), whatever its minReplicas,
+/// and the wake restores exactly what the record says.
+#[tokio::test]
+async fn an_hpa_neither_fights_the_sleep_nor_blocks_the_wake() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    with_namespace("envs-hpa", |ns| async move {
+        create_deployment(&ns, "web", 3, json!({})).await;
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
+                "minReplicas": 2,
+                "maxReplicas": 5,
+                "metrics": [{ "type": "Resource", "resource": {
+                    "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 80 }
+                } }]
+            }
+        }))
+        .expect("an hpa");
+        ns.api::<HorizontalPodAutoscaler>()
+            .create(&PostParams::default(), &hpa)
+            .await
+            .expect("create hpa");
+        ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["sleep", "--no-wake-on-request"],
+        ));
+        // The HPA controller sees the workload at 0 and stands down.
+        eventually(
+            Duration::from_secs(60),
+            "the HPA to report scaling disabled",
+            || async {
+                let hpa = ns.api::<HorizontalPodAutoscaler>().get("web").await.ok()?;
+                hpa.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "ScalingActive"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("ScalingDisabled")
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(replicas(&ns, "web").await.0, 0, "the HPA scaled it up");
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert!(woke.contains("(0 replicas → 3 replicas)"), "{woke}");
+        assert_eq!(replicas(&ns, "web").await.0, 3);
+    })
+    .await;
+}
+
+/// The crash sweep: the scheduler killed (SIGKILL) after each write of a
+/// sleep (each workload, the wakers, the applied state) and of a wake; the
+/// next controller completes each transition exactly: every workload at
+/// its sleeping size with a record of what it had, one waker, then every
+/// workload back to exactly that and the records gone.
+#[tokio::test]
+async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_completes() {
+    // api (with a port, behind a Service), web, db, nightly: four workload
+    // writes, then the wakers, then the applied state.
+    let rounds = (1..=6).map(|crash_after| {
+        with_namespace("envs-crash", move |ns| async move {
+            annotate_namespace(
+                &ns,
+                // Applied already: the first pass has nothing to catch up on.
+                json!({
+                    "kdev.dev/downtime": "Wed 19:00-19:01 UTC",
+                    "kdev.dev/schedule-applied": "awake 2026-12-02T18:00:00Z",
+                }),
+                json!({}),
+            )
+            .await;
+            let api: Deployment = serde_json::from_value(simple_deployment("api", 2, &[8080]))
+                .expect("a deployment");
+            ns.api::<Deployment>()
+                .create(&PostParams::default(), &api)
+                .await
+                .expect("create deployment");
+            let service = serde_json::from_value(json!({
+                "metadata": { "name": "api" },
+                "spec": { "selector": { "app": "api" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+            }))
+            .expect("a service");
+            ns.api::<k8s_openapi::api::core::v1::Service>()
+                .create(&PostParams::default(), &service)
+                .await
+                .expect("create service");
+            create_deployment(&ns, "web", 3, json!({})).await;
+            create_statefulset(&ns, "db", 1).await;
+            create_cronjob(&ns, "nightly").await;
+            for (crash_at, complete_at, awake) in [
+                ("2026-12-02T18:59:59Z", "2026-12-02T19:00:01Z", false),
+                ("2026-12-02T19:00:59Z", "2026-12-02T19:01:01Z", true),
+            ] {
+                // A wake has no wakers to place: one write fewer.
+                let crash = if awake { crash_after.min(5) } else { crash_after }.to_string();
+                let mut crashed = crate::swap_support::Controller::launch(
+                    &ns,
+                    &ns.kubeconfig,
+                    &["--schedules", "--grace-period", "0s", "--clock-start", crash_at],
+                    &[("KDEV_ENVS_CRASH_AFTER", &crash)],
+                );
+                let status = tokio::task::spawn_blocking(move || {
+                    let status = crashed.child.wait();
+                    (status, crashed)
+                })
+                .await
+                .expect("join");
+                let (status, crashed) = status;
+                let log = crashed.log();
+                assert!(
+                    !status.expect("wait").success() && log.contains("crash injected"),
+                    "crash after {crash}: {log}"
+                );
+                let controller = scheduler(&ns, &ns.kubeconfig, complete_at);
+                let want = if awake { "awake " } else { "asleep " };
+                eventually(
+                    Duration::from_secs(30),
+                    "the next controller to complete the transition",
+                    || async {
+                        let namespace: k8s_openapi::api::core::v1::Namespace =
+                            Api::all(ns.client.clone()).get(&ns.name).await.ok()?;
+                        namespace
+                            .annotations()
+                            .get("kdev.dev/schedule-applied")?
+                            .starts_with(want)
+                            .then_some(())
+                    },
+                )
+                .await;
+                controller.stop();
+                for (name, had) in [("api", 2), ("web", 3)] {
+                    let (size, record) = replicas(&ns, name).await;
+                    if awake {
+                        assert_eq!((size, record), (had, None), "{name}, crash after {crash}");
+                    } else {
+                        let record: Value =
+                            serde_json::from_str(&record.expect("a record")).expect("json");
+                        assert_eq!((size, &record["replicas"]), (0, &json!(had)), "{name}");
+                    }
+                }
+                let db = ns.api::<StatefulSet>().get("db").await.expect("db");
+                assert_eq!(db.spec.and_then(|s| s.replicas), Some(i32::from(awake)));
+                let nightly = ns.api::<CronJob>().get("nightly").await.expect("nightly");
+                assert_eq!(nightly.spec.suspend, Some(!awake), "crash after {crash}");
+                if !awake {
+                    let wakers = ns
+                        .api::<k8s_openapi::api::core::v1::Pod>()
+                        .list(&kube::api::ListParams::default().labels("kdev.dev/role=env-waker"))
+                        .await
+                        .expect("list pods");
+                    assert_eq!(wakers.items.len(), 1, "crash after {crash}");
+                }
+            }
+        })
+    });
+    futures::future::join_all(rounds).await;
+}
