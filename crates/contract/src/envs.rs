@@ -153,11 +153,17 @@ pub fn applied_value(awake: bool, at: jiff::Timestamp) -> String {
 pub struct Schedule {
     pub uptime: crate::schedule::Spec,
     pub downtime: crate::schedule::Spec,
+    /// Awake whenever this holds, whatever uptime and downtime say
+    /// (kube-downscaler's `force-uptime`: `true`, `false` or a schedule).
+    pub force_uptime: crate::schedule::Spec,
     /// Awake, whatever the schedule says, until then (`kdev envs keep-awake`).
     pub keep_awake_until: Option<jiff::Timestamp>,
     /// The keys it was read from, for "why".
     pub from: Vec<&'static str>,
 }
+
+/// Forced uptime (kube-downscaler's `force-uptime`), on a namespace.
+pub const FORCE_UPTIME_KEYS: [&str; 2] = ["kdev.dev/force-uptime", "downscaler/force-uptime"];
 
 /// On a namespace: keep the environment awake until this instant (RFC 3339),
 /// whatever its schedule says; written by `kdev envs keep-awake`.
@@ -187,6 +193,13 @@ impl Schedule {
             for key in keys {
                 if let Some(value) = annotations.get(key) {
                     from.push(key);
+                    if FORCE_UPTIME_KEYS.contains(&key) {
+                        match value.trim().to_ascii_lowercase().as_str() {
+                            "true" => return Ok(crate::schedule::Spec::Always),
+                            "false" => return Ok(crate::schedule::Spec::Never),
+                            _ => {}
+                        }
+                    }
                     return crate::schedule::parse(value).map_err(|error| BadSchedule {
                         key,
                         problem: error.to_string(),
@@ -197,6 +210,7 @@ impl Schedule {
         };
         let uptime = spec(UPTIME_KEYS, crate::schedule::Spec::Always)?;
         let downtime = spec(DOWNTIME_KEYS, crate::schedule::Spec::Never)?;
+        let force_uptime = spec(FORCE_UPTIME_KEYS, crate::schedule::Spec::Never)?;
         if from.is_empty() {
             return Ok(None);
         }
@@ -220,6 +234,7 @@ impl Schedule {
         Ok(Some(Self {
             uptime,
             downtime,
+            force_uptime,
             keep_awake_until,
             from,
         }))
@@ -229,6 +244,7 @@ impl Schedule {
     /// within downtime (kube-downscaler's rule).
     pub fn awake(&self, at: jiff::Timestamp) -> bool {
         self.keep_awake_until.is_some_and(|until| at < until)
+            || self.force_uptime.holds(at)
             || (self.uptime.holds(at) && !self.downtime.holds(at))
     }
 
@@ -242,6 +258,7 @@ impl Schedule {
             let next = [
                 self.uptime.next_change(cursor),
                 self.downtime.next_change(cursor),
+                self.force_uptime.next_change(cursor),
                 self.keep_awake_until.filter(|until| *until > cursor),
             ]
             .into_iter()
@@ -337,10 +354,49 @@ fn opts_out(values: &BTreeMap<String, String>) -> Option<&'static str> {
 pub fn exclusion(
     annotations: &BTreeMap<String, String>,
     labels: &BTreeMap<String, String>,
+    now: jiff::Timestamp,
 ) -> Option<String> {
     opts_out(annotations)
         .map(|key| format!("annotation {key}"))
         .or_else(|| opts_out(labels).map(|key| format!("label {key}")))
+        .or_else(|| excluded_until(annotations, now))
+}
+
+/// Temporary opt-out until an instant, kube-downscaler's `exclude-until`.
+pub const EXCLUDE_UNTIL_KEYS: [&str; 2] = ["kdev.dev/exclude-until", "downscaler/exclude-until"];
+
+/// Why `exclude-until` keeps the object awake at `now`, if it does. Reads
+/// kube-downscaler's forms: `2026-12-24T08:00:00Z` (any RFC 3339 offset),
+/// `2026-12-24 08:00` and `2026-12-24` (UTC). A value that cannot be read
+/// keeps it awake too, and says so: the safe side, as for `exclude`.
+fn excluded_until(annotations: &BTreeMap<String, String>, now: jiff::Timestamp) -> Option<String> {
+    let (key, value) = EXCLUDE_UNTIL_KEYS
+        .iter()
+        .find_map(|key| Some((*key, annotations.get(*key)?.trim())))?;
+    match parse_until(value) {
+        Some(until) if now < until => Some(format!("annotation {key} (until {until})")),
+        Some(_) => None,
+        None => Some(format!(
+            "annotation {key}={value:?}, which is not a time (use 2026-12-24T08:00:00Z, 2026-12-24 08:00 or 2026-12-24)"
+        )),
+    }
+}
+
+fn parse_until(value: &str) -> Option<jiff::Timestamp> {
+    if let Ok(at) = value.parse::<jiff::Timestamp>() {
+        return Some(at);
+    }
+    let utc = |dt: jiff::civil::DateTime| {
+        dt.to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
+    };
+    if let Ok(dt) = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M", value) {
+        return utc(dt);
+    }
+    jiff::civil::Date::strptime("%Y-%m-%d", value)
+        .ok()
+        .and_then(|d| utc(d.to_datetime(jiff::civil::Time::midnight())))
 }
 
 /// Replicas while asleep: the first of kdev's key and kube-downscaler's on
@@ -482,6 +538,59 @@ pub fn wake_plan(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn force_uptime_wins_over_downtime() {
+        let ann = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let night = ts("2026-12-02T22:00:00Z"); // a Wednesday
+        let down = ("downscaler/downtime", "Mon-Fri 19:00-07:00 UTC");
+        let schedule = Schedule::read(&ann(&[down])).unwrap().unwrap();
+        assert!(!schedule.awake(night));
+        let forced = Schedule::read(&ann(&[down, ("downscaler/force-uptime", "true")]))
+            .unwrap()
+            .unwrap();
+        assert!(forced.awake(night));
+        let window = ("downscaler/force-uptime", "Wed 21:00-23:00 UTC");
+        let windowed = Schedule::read(&ann(&[down, window])).unwrap().unwrap();
+        assert!(windowed.awake(night));
+        assert!(!windowed.awake(ts("2026-12-02T23:30:00Z")));
+        assert_eq!(
+            windowed.next_transition(night),
+            Some((ts("2026-12-02T23:00:00Z"), false))
+        );
+        let off = Schedule::read(&ann(&[down, ("downscaler/force-uptime", "false")]))
+            .unwrap()
+            .unwrap();
+        assert!(!off.awake(night));
+    }
+
+    fn ts(text: &str) -> jiff::Timestamp {
+        text.parse().expect("a timestamp")
+    }
+
+    #[test]
+    fn exclude_until_reads_kube_downscalers_forms_and_ends() {
+        let ann = |v: &str| BTreeMap::from([("downscaler/exclude-until".to_owned(), v.to_owned())]);
+        let none = BTreeMap::new();
+        let before = ts("2026-12-24T07:59:00Z");
+        let after = ts("2026-12-24T08:00:00Z");
+        for value in [
+            "2026-12-24T08:00:00Z",
+            "2026-12-24T09:00:00+01:00",
+            "2026-12-24 08:00",
+        ] {
+            assert!(exclusion(&ann(value), &none, before).is_some(), "{value}");
+            assert!(exclusion(&ann(value), &none, after).is_none(), "{value}");
+        }
+        assert!(exclusion(&ann("2026-12-25"), &none, after).is_some());
+        let unreadable = exclusion(&ann("tomorrow"), &none, after).expect("kept awake");
+        assert!(unreadable.contains("not a time"), "{unreadable}");
+    }
 
     #[test]
     fn a_record_left_by_a_wake_through_the_scale_subresource_does_not_block_the_next_sleep() {
@@ -636,15 +745,29 @@ mod tests {
     fn opt_outs_read_as_kube_downscaler_reads_them() {
         let none = map(&[]);
         assert_eq!(
-            exclusion(&map(&[("downscaler/exclude", "false")]), &none),
+            exclusion(
+                &map(&[("downscaler/exclude", "false")]),
+                &none,
+                ts("2026-12-02T12:00:00Z")
+            ),
             None
         );
         assert_eq!(
-            exclusion(&map(&[("downscaler/exclude", "yes")]), &none).as_deref(),
+            exclusion(
+                &map(&[("downscaler/exclude", "yes")]),
+                &none,
+                ts("2026-12-02T12:00:00Z")
+            )
+            .as_deref(),
             Some("annotation downscaler/exclude")
         );
         assert_eq!(
-            exclusion(&none, &map(&[("kdev.dev/exclude", "true")])).as_deref(),
+            exclusion(
+                &none,
+                &map(&[("kdev.dev/exclude", "true")]),
+                ts("2026-12-02T12:00:00Z")
+            )
+            .as_deref(),
             Some("label kdev.dev/exclude")
         );
     }

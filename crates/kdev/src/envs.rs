@@ -280,7 +280,7 @@ pub fn judge(
     workloads: &[Workload],
     now: jiff::Timestamp,
 ) -> Env {
-    let ns_excluded = contract::exclusion(annotations, &BTreeMap::new());
+    let ns_excluded = contract::exclusion(annotations, &BTreeMap::new(), now);
     let mut rows = Vec::new();
     let (mut asleep, mut sleepable, mut unready) = (0, 0, false);
     let mut slept: Option<SleepRecord> = None;
@@ -292,7 +292,7 @@ pub fn judge(
             .filter(|r| r.holds(w.size));
         let excluded = ns_excluded
             .clone()
-            .or_else(|| contract::exclusion(&w.annotations, &w.labels));
+            .or_else(|| contract::exclusion(&w.annotations, &w.labels, now));
         // At 0 without a record, nothing runs: it neither keeps the
         // environment awake nor asleep. A swapped workload is in use (at 0,
         // its traffic goes to someone's laptop): awake.

@@ -219,7 +219,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
     let mut report = Report::default();
     for namespace in namespaces(kube, &config.selection).await? {
         let ns_annotations = namespace_annotations(kube, &namespace).await;
-        let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new());
+        let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new(), now);
         // Listed objects are decided on as listed (no second read); named
         // ones are read.
         let targets: Vec<(Ref, Option<Known>)> = if config.selection.workloads.is_empty() {
@@ -498,7 +498,7 @@ impl Step<'_> {
                 let exclusion = self
                     .excluded_ns
                     .map(|why| format!("{why} on namespace {}", self.namespace))
-                    .or_else(|| envs::exclusion(&w.annotations, &w.labels))
+                    .or_else(|| envs::exclusion(&w.annotations, &w.labels, self.now))
                     .or(young);
                 let to = match w.kind {
                     Kind::CronJob => 0,
