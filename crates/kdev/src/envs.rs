@@ -268,6 +268,10 @@ pub struct Env {
     /// The latest sleep among its workloads: when and by whom.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slept: Option<String>,
+    /// The last activity its `kdev-activity` Lease records: when, and what
+    /// and who (`kdev logs by alice@laptop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<String>,
 }
 
 /// Namespaces that are the cluster's own, never an environment unless named.
@@ -350,36 +354,112 @@ pub fn judge(
         next,
         problem,
         slept: slept.map(|r| format!("{} by {}", r.at, r.by)),
+        last_activity: None,
     }
 }
 
-/// Runs `kdev envs`.
+/// Runs `kdev envs`. Every environment: a handful of requests for the
+/// whole cluster (namespaces, the three kinds, the activity Leases); named
+/// ones: a few per namespace.
 pub async fn list(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitCode> {
+    use k8s_openapi::api::coordination::v1::Lease;
     let kube = k8s::connect(flags).await?;
     let named = !config.selection.namespaces.is_empty();
-    let mut selection = config.selection.clone();
-    // Without -n, every environment.
-    selection.all = !named && selection.selector.is_none();
-    let names = act::namespaces(&kube, &selection).await?;
     let now = jiff::Timestamp::now();
-    let mut envs = Vec::new();
-    for name in names {
-        if !named && SYSTEM_NAMESPACES.contains(&name.as_str()) {
-            continue;
+    let mut found: Vec<Found> = Vec::new();
+    if named {
+        for name in &config.selection.namespaces {
+            let annotations = namespace_annotations(&kube, name).await?;
+            let workloads = workload::in_namespace(&kube, name).await?;
+            let leases: Api<Lease> = Api::namespaced(kube.client.clone(), name);
+            // Best effort: an account that may not read Leases sees no activity.
+            let lease = leases
+                .get_opt(contract::ACTIVITY_LEASE)
+                .await
+                .ok()
+                .flatten();
+            found.push(Found {
+                name: name.clone(),
+                annotations,
+                workloads,
+                lease,
+            });
         }
-        let annotations = namespace_annotations(&kube, &name).await?;
-        let workloads = workload::in_namespace(&kube, &name).await?;
-        if !named && workloads.is_empty() {
-            continue;
+    } else {
+        let namespaces: Api<Namespace> = Api::all(kube.client.clone());
+        let mut params = kube::api::ListParams::default();
+        if let Some(selector) = &config.selection.selector {
+            params = params.labels(selector);
         }
-        envs.push(judge(&name, &annotations, &workloads, now));
+        let activity = kube::api::ListParams::default().labels(&format!(
+            "{}={}",
+            kdev_contract::session::ROLE_LABEL,
+            k8s::activity::ROLE_ACTIVITY
+        ));
+        let leases: Api<Lease> = Api::all(kube.client.clone());
+        let (namespaces, mut workloads, leases) = tokio::try_join!(
+            async {
+                namespaces
+                    .list(&params)
+                    .await
+                    .map_err(|err| kube.explain(err, "list namespaces"))
+            },
+            workload::listed_everywhere(&kube),
+            async {
+                Ok(leases
+                    .list(&activity)
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default())
+            },
+        )?;
+        let mut leases: BTreeMap<String, Lease> = leases
+            .into_iter()
+            .filter_map(|l| Some((l.namespace()?, l)))
+            .collect();
+        for ns in namespaces.items {
+            let name = ns.name_any();
+            if SYSTEM_NAMESPACES.contains(&name.as_str()) {
+                continue;
+            }
+            let Some(listed) = workloads.remove(&name) else {
+                continue;
+            };
+            let lease = leases.remove(&name);
+            found.push(Found {
+                annotations: ns.annotations().clone(),
+                name,
+                workloads: listed.views(),
+                lease,
+            });
+        }
     }
+    let envs: Vec<Env> = found
+        .into_iter()
+        .map(|found| Env {
+            last_activity: found
+                .lease
+                .as_ref()
+                .and_then(k8s::activity::last)
+                .map(|(at, who)| format!("{at} ({who})")),
+            ..judge(&found.name, &found.annotations, &found.workloads, now)
+        })
+        .collect();
     if config.json {
         println!("{}", serde_json::to_string_pretty(&envs)?);
     } else {
         print_table(&envs);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One environment as `kdev envs` read it.
+struct Found {
+    name: String,
+    annotations: BTreeMap<String, String>,
+    workloads: Vec<Workload>,
+    /// Its `kdev-activity` Lease.
+    lease: Option<k8s_openapi::api::coordination::v1::Lease>,
 }
 
 async fn namespace_annotations(
@@ -400,8 +480,8 @@ fn print_table(envs: &[Env]) {
         return;
     }
     println!(
-        "{:<24} {:<8} {:<12} {:<40} SLEPT",
-        "NAMESPACE", "STATE", "WORKLOADS", "NEXT"
+        "{:<24} {:<8} {:<12} {:<40} {:<40} LAST ACTIVITY",
+        "NAMESPACE", "STATE", "WORKLOADS", "NEXT", "SLEPT"
     );
     for env in envs {
         let now: i32 = env.workloads.iter().map(|w| w.size).sum();
@@ -416,7 +496,7 @@ fn print_table(envs: &[Env]) {
             (None, None) => "-".to_owned(),
         };
         println!(
-            "{:<24} {:<8} {:<12} {:<40} {}",
+            "{:<24} {:<8} {:<12} {:<40} {:<40} {}",
             env.namespace,
             serde_json::to_value(env.state)
                 .ok()
@@ -424,7 +504,8 @@ fn print_table(envs: &[Env]) {
                 .unwrap_or_default(),
             format!("{now}/{original}"),
             next,
-            env.slept.as_deref().unwrap_or("-")
+            env.slept.as_deref().unwrap_or("-"),
+            env.last_activity.as_deref().unwrap_or("-")
         );
     }
 }

@@ -241,6 +241,51 @@ pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
     })
 }
 
+/// Every Deployment, StatefulSet and CronJob in the cluster, by namespace:
+/// three requests however many namespaces there are.
+pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, Listed>> {
+    async fn all<K: Scalable>(kube: &Kube) -> anyhow::Result<Vec<K>> {
+        let api: Api<K> = Api::all(kube.client.clone());
+        let list = api.list(&ListParams::default()).await.map_err(|err| {
+            kube.explain(err, format!("list {}s in every namespace", K::KIND.short()))
+        })?;
+        let mut items = list.items;
+        for object in &mut items {
+            object.meta_mut().managed_fields = None;
+        }
+        items.sort_by_key(|object| object.name_any());
+        Ok(items)
+    }
+    let (deployments, statefulsets, cronjobs) = tokio::try_join!(
+        all::<Deployment>(kube),
+        all::<StatefulSet>(kube),
+        all::<CronJob>(kube),
+    )?;
+    let mut by_namespace: BTreeMap<String, Listed> = BTreeMap::new();
+    for d in deployments {
+        by_namespace
+            .entry(d.namespace().unwrap_or_default())
+            .or_default()
+            .deployments
+            .push(d);
+    }
+    for s in statefulsets {
+        by_namespace
+            .entry(s.namespace().unwrap_or_default())
+            .or_default()
+            .statefulsets
+            .push(s);
+    }
+    for c in cronjobs {
+        by_namespace
+            .entry(c.namespace().unwrap_or_default())
+            .or_default()
+            .cronjobs
+            .push(c);
+    }
+    Ok(by_namespace)
+}
+
 /// Every Deployment, StatefulSet and CronJob in `namespace`, by kind and name.
 pub async fn in_namespace(kube: &Kube, namespace: &str) -> anyhow::Result<Vec<Workload>> {
     Ok(listed(kube, namespace).await?.views())

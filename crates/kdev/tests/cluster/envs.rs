@@ -881,9 +881,29 @@ async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
                 "{notes:?}"
             );
         }
-        // The wake restores it exactly.
+        // The wake restores it exactly, and `kdev envs` shows it as the
+        // last activity, listed alone or with every environment.
         ok(run(&kubeconfig(), &ns.name, &["wake"]));
         assert_eq!(replicas(&ns, "web").await.0, 2);
+        let listed = envs_json(&ns).await;
+        let activity = listed["lastActivity"].as_str().unwrap_or_default();
+        assert!(activity.contains("(kdev wake by "), "{listed}");
+        let every = kdev()
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["envs", "-o", "json"])
+            .output()
+            .expect("run kdev");
+        assert!(every.status.success(), "{every:?}");
+        let everything: Value = serde_json::from_slice(&every.stdout).expect("json");
+        let mine = everything
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|env| env["namespace"] == ns.name.as_str())
+            .unwrap_or_else(|| panic!("{} not in {everything}", ns.name));
+        assert_eq!(mine["state"], "awake");
+        assert_eq!(mine["lastActivity"], listed["lastActivity"]);
         controller.stop();
     })
     .await;
