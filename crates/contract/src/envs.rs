@@ -184,7 +184,84 @@ impl fmt::Display for BadSchedule {
 
 impl std::error::Error for BadSchedule {}
 
+/// The namespace's keep-awake time, if it has one.
+fn keep_awake_until(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<jiff::Timestamp>, BadSchedule> {
+    let until = match annotations.get(KEEP_AWAKE_ANNOTATION) {
+        None => None,
+        Some(value) => {
+            Some(
+                value
+                    .trim()
+                    .parse::<jiff::Timestamp>()
+                    .map_err(|err| BadSchedule {
+                        key: KEEP_AWAKE_ANNOTATION,
+                        problem: format!(
+                            "{:?} is not an RFC 3339 time: {err}",
+                            value.chars().take(60).collect::<String>()
+                        ),
+                    })?,
+            )
+        }
+    };
+    Ok(until)
+}
+
+/// The controller's schedule for namespaces that have none of their own
+/// (`--default-uptime`, `--default-downtime`, as kube-downscaler's flags).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Defaults {
+    pub uptime: Option<crate::schedule::Spec>,
+    pub downtime: Option<crate::schedule::Spec>,
+}
+
+/// Whether a workload carries a schedule of its own, which then wins over
+/// its namespace's (and the controller's default).
+pub fn has_own_schedule(annotations: &BTreeMap<String, String>) -> bool {
+    UPTIME_KEYS
+        .iter()
+        .chain(&DOWNTIME_KEYS)
+        .chain(&FORCE_UPTIME_KEYS)
+        .any(|key| annotations.contains_key(*key))
+}
+
 impl Schedule {
+    /// Reads the schedule from `annotations`, else from the controller's
+    /// `defaults`; `None` when there is neither (always awake). Precedence:
+    /// kdev's key, then kube-downscaler's, on the object; then the defaults.
+    pub fn read_or(
+        annotations: &BTreeMap<String, String>,
+        defaults: &Defaults,
+    ) -> Result<Option<Self>, BadSchedule> {
+        if let Some(schedule) = Self::read(annotations)? {
+            return Ok(Some(schedule));
+        }
+        if defaults.uptime.is_none() && defaults.downtime.is_none() {
+            return Ok(None);
+        }
+        let mut from = Vec::new();
+        if defaults.uptime.is_some() {
+            from.push("--default-uptime");
+        }
+        if defaults.downtime.is_some() {
+            from.push("--default-downtime");
+        }
+        Ok(Some(Self {
+            uptime: defaults
+                .uptime
+                .clone()
+                .unwrap_or(crate::schedule::Spec::Always),
+            downtime: defaults
+                .downtime
+                .clone()
+                .unwrap_or(crate::schedule::Spec::Never),
+            force_uptime: crate::schedule::Spec::Never,
+            keep_awake_until: keep_awake_until(annotations)?,
+            from,
+        }))
+    }
+
     /// Reads the schedule from `annotations`; `None` when there is none
     /// (uptime "always", downtime "never": always awake).
     pub fn read(annotations: &BTreeMap<String, String>) -> Result<Option<Self>, BadSchedule> {
@@ -214,23 +291,7 @@ impl Schedule {
         if from.is_empty() {
             return Ok(None);
         }
-        let keep_awake_until = match annotations.get(KEEP_AWAKE_ANNOTATION) {
-            None => None,
-            Some(value) => {
-                Some(
-                    value
-                        .trim()
-                        .parse::<jiff::Timestamp>()
-                        .map_err(|err| BadSchedule {
-                            key: KEEP_AWAKE_ANNOTATION,
-                            problem: format!(
-                                "{:?} is not an RFC 3339 time: {err}",
-                                value.chars().take(60).collect::<String>()
-                            ),
-                        })?,
-                )
-            }
-        };
+        let keep_awake_until = keep_awake_until(annotations)?;
         Ok(Some(Self {
             uptime,
             downtime,
@@ -538,6 +599,29 @@ pub fn wake_plan(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_controllers_defaults_apply_where_a_namespace_has_no_schedule() {
+        let night = ts("2026-12-02T22:00:00Z");
+        let defaults = Defaults {
+            uptime: None,
+            downtime: Some(crate::schedule::parse("Mon-Fri 19:00-07:00 UTC").unwrap()),
+        };
+        let none = BTreeMap::new();
+        let by_default = Schedule::read_or(&none, &defaults).unwrap().unwrap();
+        assert!(!by_default.awake(night));
+        assert_eq!(by_default.from, ["--default-downtime"]);
+        let own = BTreeMap::from([("kdev.dev/downtime".to_owned(), "never".to_owned())]);
+        assert!(
+            Schedule::read_or(&own, &defaults)
+                .unwrap()
+                .unwrap()
+                .awake(night)
+        );
+        assert!(has_own_schedule(&own));
+        assert!(!has_own_schedule(&none));
+        assert_eq!(Schedule::read_or(&none, &Defaults::default()), Ok(None));
+    }
 
     #[test]
     fn force_uptime_wins_over_downtime() {

@@ -38,6 +38,12 @@ pub struct ControllerArgs {
     /// With --schedules: the wakers' image (kdev's agent image).
     #[arg(long, env = "KDEV_AGENT_IMAGE", value_name = "IMAGE")]
     pub agent_image: Option<String>,
+    /// With --schedules: when namespaces without a schedule of their own are awake (kube-downscaler's --default-uptime; same syntax as kdev.dev/uptime).
+    #[arg(long, value_name = "SCHEDULE")]
+    pub default_uptime: Option<String>,
+    /// With --schedules: when namespaces without a schedule of their own sleep (kube-downscaler's --default-downtime).
+    #[arg(long, value_name = "SCHEDULE")]
+    pub default_downtime: Option<String>,
     /// With --schedules: put environments to sleep after this long without activity (a namespace's kdev.dev/sleep-after-idle overrides it; default: only namespaces that ask).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub idle_after: Option<std::time::Duration>,
@@ -65,6 +71,19 @@ impl ControllerArgs {
             }
             None => crate::controller::schedule::Clock::real(),
         };
+        let spec = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|text| {
+                    kdev_contract::schedule::parse(text).map_err(|err| {
+                        crate::error::usage(format!("{flag} {text:?} is not a schedule: {err}"))
+                    })
+                })
+                .transpose()
+        };
+        let defaults = kdev_contract::envs::Defaults {
+            uptime: spec("--default-uptime", &self.default_uptime)?,
+            downtime: spec("--default-downtime", &self.default_downtime)?,
+        };
         Ok(Config {
             listen: self.listen,
             lease_namespace: self.lease_namespace,
@@ -77,6 +96,7 @@ impl ControllerArgs {
                     grace: self.grace_period,
                     clock,
                     namespace: self.watch_namespace.clone(),
+                    defaults,
                     idle_after: self
                         .idle_after
                         .and_then(|d| jiff::SignedDuration::try_from(d).ok()),

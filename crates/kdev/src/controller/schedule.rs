@@ -13,20 +13,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kdev_contract::session::{ROLE_LABEL, ROLE_SESSION};
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{WatchStreamExt as _, predicates, watcher};
 use kube::{Api, Resource as _, ResourceExt as _};
 use tokio::sync::watch;
 
 use super::serve::Metrics;
 use crate::envs::act::{self, Direction, Selection};
+use crate::envs::workload::Kind;
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::{Kube, activity};
 use kdev_contract::envs::{self as contract, Schedule};
@@ -70,6 +74,8 @@ pub struct Options {
     /// Sleep environments idle this long (a namespace's
     /// `kdev.dev/sleep-after-idle` overrides it); `None`: only those that ask.
     pub idle_after: Option<jiff::SignedDuration>,
+    /// The schedule of namespaces without one of their own.
+    pub defaults: contract::Defaults,
 }
 
 /// How many environments change at once.
@@ -117,9 +123,21 @@ pub async fn run(
         };
         let activity =
             watcher::Config::default().labels(&format!("{ROLE_LABEL}={}", activity::ROLE_ACTIVITY));
+        // A workload's own schedule (its annotations) changing is a reason
+        // to look at its namespace again; its status changing is not.
+        let in_namespace = |ns: Option<String>| ns.map(|ns| ObjectRef::<Namespace>::new(&ns));
         let controller = Controller::new(api, config)
-            .watches(leases, activity, |lease: Lease| {
-                lease.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
+            .watches(leases, activity, move |lease: Lease| {
+                in_namespace(lease.namespace())
+            })
+            .watches_stream(annotations_of::<Deployment>(&kube, &options), move |w| {
+                in_namespace(w.namespace())
+            })
+            .watches_stream(annotations_of::<StatefulSet>(&kube, &options), move |w| {
+                in_namespace(w.namespace())
+            })
+            .watches_stream(annotations_of::<CronJob>(&kube, &options), move |w| {
+                in_namespace(w.namespace())
             })
             // Environments change in parallel, up to a bound that keeps
             // memory flat however many edges coincide (the API server is
@@ -141,13 +159,37 @@ pub async fn run(
     }
 }
 
+/// The workloads of kind `K` whose annotations changed (a metadata watch:
+/// no specs or statuses held).
+fn annotations_of<K>(
+    kube: &Kube,
+    options: &Options,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: crate::envs::workload::Scalable + Send + Sync + 'static,
+{
+    let api: Api<PartialObjectMeta<K>> = match &options.namespace {
+        Some(ns) => Api::namespaced(kube.client.clone(), ns),
+        None => Api::all(kube.client.clone()),
+    };
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::annotations, PredicateConfig::default())
+}
+
 async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<Action, Failed> {
     context.metrics.env_checked();
     let name = namespace.name_any();
     let now = context.options.clock.now();
     let mut next = None;
     let mut woke_now = false;
-    match Schedule::read(namespace.annotations()) {
+    let defaults = if SYSTEM_NAMESPACES.contains(&name.as_str()) {
+        &contract::Defaults::default()
+    } else {
+        &context.options.defaults
+    };
+    match Schedule::read_or(namespace.annotations(), defaults) {
         Ok(Some(schedule)) => {
             let applied = namespace
                 .annotations()
@@ -179,6 +221,10 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
             .await;
         }
     }
+    let own = own_schedules(&context, &namespace, now)
+        .await
+        .map_err(Failed)?;
+    next = [next, own].into_iter().flatten().min();
     match contract::idle_after(namespace.annotations(), context.options.idle_after) {
         Ok(Some(idle)) => {
             let look_again = inactivity(&context, &namespace, idle, now, woke_now)
@@ -205,6 +251,119 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
         }
         None => Action::await_change(),
     })
+}
+
+/// Namespaces the controller's default schedule never applies to.
+const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// Workloads with a schedule of their own move at its edges, apart from
+/// their namespace: the state applied is recorded on each. Returns the
+/// next edge among them.
+async fn own_schedules(
+    context: &Context,
+    namespace: &Namespace,
+    now: jiff::Timestamp,
+) -> anyhow::Result<Option<jiff::Timestamp>> {
+    let name = namespace.name_any();
+    let listed = crate::envs::workload::listed(&context.kube, &name).await?;
+    let keep_awake = namespace.annotations().get(contract::KEEP_AWAKE_ANNOTATION);
+    let mut next = None;
+    for w in listed.views() {
+        if !contract::has_own_schedule(&w.annotations) {
+            continue;
+        }
+        // The namespace's keep-awake holds its workloads too.
+        let mut annotations = w.annotations.clone();
+        if let Some(until) = keep_awake {
+            annotations.insert(contract::KEEP_AWAKE_ANNOTATION.to_owned(), until.clone());
+        }
+        let target = w.reference();
+        let schedule = match Schedule::read(&annotations) {
+            Ok(Some(schedule)) => schedule,
+            Ok(None) => continue,
+            Err(err) => {
+                warn(
+                    context,
+                    namespace,
+                    "BadSchedule",
+                    &format!("{err} on {target}; nothing changed"),
+                )
+                .await;
+                continue;
+            }
+        };
+        let applied = w
+            .annotations
+            .get(contract::SCHEDULE_APPLIED_ANNOTATION)
+            .map(String::as_str);
+        if let Some(awake) = contract::scheduled(&schedule, applied, now) {
+            let why = format!("schedule {} on {target}", schedule.from.join(", "));
+            let config = act::Config {
+                direction: if awake {
+                    Direction::Wake
+                } else {
+                    Direction::Sleep
+                },
+                selection: Selection {
+                    namespaces: vec![name.clone()],
+                    workloads: vec![target.clone()],
+                    ..Selection::default()
+                },
+                dry_run: false,
+                reason: Some(why.clone()),
+                json: false,
+                actor: Some("kdev-controller".into()),
+                grace: (!awake).then_some(context.options.grace),
+                waker: context.options.waker.clone(),
+            };
+            let report = act::run_at(&context.kube, &config, now).await?;
+            for change in &report.changes {
+                tracing::info!(namespace = name, "{}", change.line());
+                if matches!(change.done, act::Done::Failed { .. }) {
+                    anyhow::bail!("{} (retried)", change.line());
+                }
+            }
+            let value = contract::applied_value(awake, now);
+            match target.kind {
+                Kind::Deployment => {
+                    record_on::<Deployment>(context, &name, &target.name, value).await?
+                }
+                Kind::StatefulSet => {
+                    record_on::<StatefulSet>(context, &name, &target.name, value).await?
+                }
+                Kind::CronJob => record_on::<CronJob>(context, &name, &target.name, value).await?,
+            }
+            act::written();
+            context.metrics.env_transition(awake);
+        }
+        let edge = schedule.next_transition(now).map(|(at, _)| at);
+        next = [next, edge].into_iter().flatten().min();
+    }
+    Ok(next)
+}
+
+/// Records on a workload the state its own schedule last put it in.
+async fn record_on<K: crate::envs::workload::Scalable>(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+    value: String,
+) -> anyhow::Result<()> {
+    let api: Api<K> = Api::namespaced(context.kube.client.clone(), namespace);
+    guarded::update(
+        &context.kube,
+        &api,
+        name,
+        &format!("{} {namespace}/{name}", K::KIND.short()),
+        |_| {
+            let patch = serde_json::json!({
+                "metadata": { "annotations": { contract::SCHEDULE_APPLIED_ANNOTATION: value } }
+            });
+            Ok(Decision::Write(patch, ()))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// The inactivity rule for one environment: sleep it when it has been idle
@@ -396,6 +555,8 @@ async fn transition(
         },
         selection: Selection {
             namespaces: vec![name.to_owned()],
+            // Workloads with schedules of their own follow those.
+            except_own_schedules: true,
             ..Selection::default()
         },
         dry_run: false,

@@ -37,6 +37,9 @@ pub struct Selection {
     pub all: bool,
     /// Single workloads, in the one namespace given.
     pub workloads: Vec<Ref>,
+    /// Whole environments only: leave out workloads that have a schedule
+    /// of their own (the scheduler moves them at their own edges).
+    pub except_own_schedules: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -223,7 +226,18 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         // Listed objects are decided on as listed (no second read); named
         // ones are read.
         let targets: Vec<(Ref, Option<Known>)> = if config.selection.workloads.is_empty() {
-            let listed = workload::listed(kube, &namespace).await?;
+            let mut listed = workload::listed(kube, &namespace).await?;
+            if config.selection.except_own_schedules {
+                listed
+                    .deployments
+                    .retain(|d| !envs::has_own_schedule(d.annotations()));
+                listed
+                    .statefulsets
+                    .retain(|s| !envs::has_own_schedule(s.annotations()));
+                listed
+                    .cronjobs
+                    .retain(|c| !envs::has_own_schedule(c.annotations()));
+            }
             let named = |kind, name: String| Ref { kind, name };
             listed
                 .deployments

@@ -608,9 +608,11 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
             "{}",
             String::from_utf8_lossy(&applied.stderr)
         );
+        // deploy/ marks the controller's own namespace (here this one)
+        // excluded; this test's environment is not.
         annotate_namespace(
             &ns,
-            json!({ "kdev.dev/downtime": "Wed 19:00-07:00 UTC" }),
+            json!({ "kdev.dev/downtime": "Wed 19:00-07:00 UTC", "kdev.dev/exclude": null }),
             json!({}),
         )
         .await;
@@ -1071,4 +1073,71 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
         })
     });
     futures::future::join_all(rounds).await;
+}
+
+/// Precedence: a workload's own schedule wins over its namespace's, which
+/// here is the controller's default (`--default-downtime`). At the
+/// default's sleep edge the namespace's other workloads sleep, one with
+/// `kdev.dev/downtime: never` stays awake, and one whose own uptime starts
+/// then wakes (it was put to sleep by its own schedule before the edge).
+#[tokio::test]
+async fn a_workloads_own_schedule_wins_over_the_controllers_default() {
+    with_namespace("envs-own", |ns| async move {
+        create_deployment(&ns, "api", 2, json!({})).await;
+        create_deployment(&ns, "batch", 1, json!({ "kdev.dev/downtime": "never" })).await;
+        create_deployment(
+            &ns,
+            "late",
+            3,
+            json!({ "downscaler/uptime": "Wed 19:00-20:00 UTC" }),
+        )
+        .await;
+        let controller = crate::swap_support::Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[
+                "--schedules",
+                "--grace-period",
+                "0s",
+                "--no-wake-on-request",
+                "--default-downtime",
+                "Mon-Fri 19:00-07:00 UTC",
+                "--clock-start",
+                "2026-12-02T18:59:57Z",
+            ],
+            &[],
+        );
+        // Before the edge: late sleeps by its own schedule; api stays up.
+        eventually(
+            Duration::from_secs(20),
+            "late to sleep on its own",
+            || async { (replicas(&ns, "late").await.0 == 0).then_some(()) },
+        )
+        .await;
+        assert_eq!(replicas(&ns, "api").await.0, 2, "{}", controller.log());
+        // At 19:00: api sleeps by the default, late wakes by its own, batch stays.
+        eventually(
+            Duration::from_secs(20),
+            "the default's sleep edge",
+            || async {
+                (replicas(&ns, "api").await.0 == 0 && replicas(&ns, "late").await.0 == 3)
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(replicas(&ns, "batch").await.0, 1);
+        let notes = event_notes(&ns, "Slept").await;
+        assert!(
+            notes.iter().any(|n| n.contains("--default-downtime")),
+            "{notes:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("downscaler/uptime on deployment/late")),
+            "{notes:?}"
+        );
+        controller.stop();
+    })
+    .await;
 }
