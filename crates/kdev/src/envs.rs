@@ -9,6 +9,7 @@
 //! writes, and reports.
 
 pub mod act;
+pub mod hpa;
 pub mod waker;
 pub mod workload;
 

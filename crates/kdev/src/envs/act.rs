@@ -109,10 +109,22 @@ pub struct Change {
     #[serde(flatten)]
     pub done: Done,
     pub dry_run: bool,
+    /// What else changed with it (its HPA's minimum).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
 }
 
 impl Change {
     pub fn line(&self) -> String {
+        let mut line = self.what();
+        for also in &self.also {
+            line.push_str("; ");
+            line.push_str(also);
+        }
+        line
+    }
+
+    fn what(&self) -> String {
         let target = format!("{}/{} in {}", self.kind.short(), self.name, self.namespace);
         let would = if self.dry_run { "would be " } else { "" };
         let size = |n: i32| match self.kind {
@@ -269,6 +281,8 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 .map(|r| (r.clone(), None))
                 .collect()
         };
+        // Listed when a workload first needs them.
+        let mut hpas: Option<anyhow::Result<Vec<_>>> = None;
         for (target, known) in targets {
             let step = Step {
                 kube,
@@ -311,12 +325,49 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             {
                 written();
             }
+            let mut also = Vec::new();
+            let hpa_change = match &done {
+                Done::Slept { to, .. } if *to > 0 => Some(Some(*to)),
+                Done::Woke { .. } | Done::KeptChanged { .. } => Some(None),
+                _ => None,
+            };
+            if let Some(sleeping_to) = hpa_change
+                && !config.dry_run
+                && target.kind != Kind::CronJob
+            {
+                if hpas.is_none() {
+                    hpas = Some(super::hpa::list(kube, &namespace).await);
+                }
+                let adjusted = match hpas.as_ref().expect("listed") {
+                    Ok(list) => {
+                        super::hpa::adjust(
+                            kube,
+                            &namespace,
+                            list,
+                            target.kind,
+                            &target.name,
+                            sleeping_to,
+                        )
+                        .await
+                    }
+                    Err(err) => Err(anyhow::anyhow!("{err:#}")),
+                };
+                match adjusted {
+                    Ok(notes) => also = notes,
+                    // Only what kdev changed on HPAs itself; nothing to undo.
+                    Err(err)
+                        if crate::k8s::refused_with(&err) == Some(403) && sleeping_to.is_none() => {
+                    }
+                    Err(err) => also.push(format!("its HPA was not adjusted: {err:#}")),
+                }
+            }
             report.changes.push(Change {
                 namespace: namespace.clone(),
                 kind: target.kind,
                 name: target.name,
                 done,
                 dry_run: config.dry_run,
+                also,
             });
         }
         if config.direction == Direction::Wake && !config.dry_run {
@@ -452,6 +503,7 @@ impl Step<'_> {
                         name: name.to_owned(),
                         done,
                         dry_run: true,
+                        also: Vec::new(),
                     }
                     .line()
                 ),

@@ -963,6 +963,33 @@ async fn an_hpa_neither_fights_the_sleep_nor_blocks_the_wake() {
         let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
         assert!(woke.contains("(0 replicas → 3 replicas)"), "{woke}");
         assert_eq!(replicas(&ns, "web").await.0, 3);
+
+        // Asleep at 1 (downtime-replicas): the HPA's larger minimum would
+        // undo that, so it is lowered for the night and put back.
+        annotate_namespace(&ns, json!({ "kdev.dev/downtime-replicas": "1" }), json!({})).await;
+        let slept = ok(run(
+            &kubeconfig(),
+            &ns.name,
+            &["sleep", "--no-wake-on-request"],
+        ));
+        assert!(
+            slept.contains("HPA web: minReplicas 2 → 1 while asleep"),
+            "{slept}"
+        );
+        let min = || async {
+            let hpa = ns
+                .api::<HorizontalPodAutoscaler>()
+                .get("web")
+                .await
+                .expect("hpa");
+            hpa.spec.min_replicas
+        };
+        assert_eq!(min().await, Some(1));
+        assert_eq!(replicas(&ns, "web").await.0, 1);
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert!(woke.contains("HPA web: minReplicas back to 2"), "{woke}");
+        assert_eq!(min().await, Some(2));
+        assert_eq!(replicas(&ns, "web").await.0, 3);
     })
     .await;
 }
