@@ -130,6 +130,7 @@ def applied(base, namespaces):
 COUNTED = {
     "deployments", "statefulsets", "cronjobs", "events", "namespaces",
     "services", "pods", "replicasets", "serviceaccounts", "rolebindings",
+    "horizontalpodautoscalers",
 }
 
 

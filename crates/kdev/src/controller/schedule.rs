@@ -30,10 +30,12 @@ use tokio::sync::watch;
 
 use super::serve::Metrics;
 use crate::envs::act::{self, Direction, Selection};
-use crate::envs::workload::Kind;
+use crate::envs::workload::{Kind, Ref};
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::{Kube, activity};
 use kdev_contract::envs::{self as contract, Schedule};
+use kube::runtime::reflector::{self, Store};
+use std::collections::BTreeMap;
 
 /// The scheduler's clock: the real one, or one started at a given instant
 /// that runs at the real pace (how tests reach a schedule's edge).
@@ -86,6 +88,11 @@ struct Context {
     options: Options,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    /// Every workload's metadata (annotations: their own schedules), kept
+    /// by the watches that requeue namespaces: no list per reconcile.
+    deployments: Store<PartialObjectMeta<Deployment>>,
+    statefulsets: Store<PartialObjectMeta<StatefulSet>>,
+    cronjobs: Store<PartialObjectMeta<CronJob>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,16 +107,22 @@ pub async fn run(
     recorder: Recorder,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let context = Arc::new(Context {
-        kube: kube.clone(),
-        options: options.clone(),
-        recorder,
-        metrics,
-    });
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return Ok(());
         }
+        let (deployments, deployment_changes) = annotations_of::<Deployment>(&kube, &options);
+        let (statefulsets, statefulset_changes) = annotations_of::<StatefulSet>(&kube, &options);
+        let (cronjobs, cronjob_changes) = annotations_of::<CronJob>(&kube, &options);
+        let context = Arc::new(Context {
+            kube: kube.clone(),
+            options: options.clone(),
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            deployments,
+            statefulsets,
+            cronjobs,
+        });
         let api: Api<Namespace> = Api::all(kube.client.clone());
         let config = match &options.namespace {
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
@@ -130,15 +143,9 @@ pub async fn run(
             .watches(leases, activity, move |lease: Lease| {
                 in_namespace(lease.namespace())
             })
-            .watches_stream(annotations_of::<Deployment>(&kube, &options), move |w| {
-                in_namespace(w.namespace())
-            })
-            .watches_stream(annotations_of::<StatefulSet>(&kube, &options), move |w| {
-                in_namespace(w.namespace())
-            })
-            .watches_stream(annotations_of::<CronJob>(&kube, &options), move |w| {
-                in_namespace(w.namespace())
-            })
+            .watches_stream(deployment_changes, move |w| in_namespace(w.namespace()))
+            .watches_stream(statefulset_changes, move |w| in_namespace(w.namespace()))
+            .watches_stream(cronjob_changes, move |w| in_namespace(w.namespace()))
             // Environments change in parallel, up to a bound that keeps
             // memory flat however many edges coincide (the API server is
             // the bottleneck well before it).
@@ -159,12 +166,16 @@ pub async fn run(
     }
 }
 
-/// The workloads of kind `K` whose annotations changed (a metadata watch:
-/// no specs or statuses held).
+/// The metadata of every workload of kind `K` (managedFields dropped), and
+/// the stream of those whose annotations changed.
+#[allow(clippy::type_complexity)]
 fn annotations_of<K>(
     kube: &Kube,
     options: &Options,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+) -> (
+    Store<PartialObjectMeta<K>>,
+    impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+)
 where
     K: crate::envs::workload::Scalable + Send + Sync + 'static,
 {
@@ -172,10 +183,16 @@ where
         Some(ns) => Api::namespaced(kube.client.clone(), ns),
         None => Api::all(kube.client.clone()),
     };
-    watcher(api, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(|meta: &mut PartialObjectMeta<K>| {
+            meta.managed_fields_mut().clear();
+        })
+        .reflect(writer)
         .touched_objects()
-        .predicate_filter(predicates::annotations, PredicateConfig::default())
+        .predicate_filter(predicates::annotations, PredicateConfig::default());
+    (reader, changes)
 }
 
 async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<Action, Failed> {
@@ -265,19 +282,37 @@ async fn own_schedules(
     now: jiff::Timestamp,
 ) -> anyhow::Result<Option<jiff::Timestamp>> {
     let name = namespace.name_any();
-    let listed = crate::envs::workload::listed(&context.kube, &name).await?;
+    let mut own: Vec<(Ref, BTreeMap<String, String>)> = Vec::new();
+    fn collect<K: kube::Resource<DynamicType = ()> + Clone>(
+        store: &Store<PartialObjectMeta<K>>,
+        namespace: &str,
+        kind: Kind,
+        own: &mut Vec<(Ref, BTreeMap<String, String>)>,
+    ) {
+        for meta in store.state() {
+            if meta.namespace().as_deref() == Some(namespace)
+                && contract::has_own_schedule(meta.annotations())
+            {
+                let reference = Ref {
+                    kind,
+                    name: meta.name_any(),
+                };
+                own.push((reference, meta.annotations().clone()));
+            }
+        }
+    }
+    collect(&context.deployments, &name, Kind::Deployment, &mut own);
+    collect(&context.statefulsets, &name, Kind::StatefulSet, &mut own);
+    collect(&context.cronjobs, &name, Kind::CronJob, &mut own);
+    own.sort_by(|a, b| (a.0.kind, &a.0.name).cmp(&(b.0.kind, &b.0.name)));
     let keep_awake = namespace.annotations().get(contract::KEEP_AWAKE_ANNOTATION);
     let mut next = None;
-    for w in listed.views() {
-        if !contract::has_own_schedule(&w.annotations) {
-            continue;
-        }
+    for (target, own_annotations) in own {
         // The namespace's keep-awake holds its workloads too.
-        let mut annotations = w.annotations.clone();
+        let mut annotations = own_annotations.clone();
         if let Some(until) = keep_awake {
             annotations.insert(contract::KEEP_AWAKE_ANNOTATION.to_owned(), until.clone());
         }
-        let target = w.reference();
         let schedule = match Schedule::read(&annotations) {
             Ok(Some(schedule)) => schedule,
             Ok(None) => continue,
@@ -292,8 +327,7 @@ async fn own_schedules(
                 continue;
             }
         };
-        let applied = w
-            .annotations
+        let applied = own_annotations
             .get(contract::SCHEDULE_APPLIED_ANNOTATION)
             .map(String::as_str);
         if let Some(awake) = contract::scheduled(&schedule, applied, now) {

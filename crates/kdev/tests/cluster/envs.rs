@@ -424,6 +424,24 @@ async fn annotate_namespace(ns: &TestNamespace, annotations: Value, labels: Valu
     .expect("annotate the namespace");
 }
 
+/// The notes of the namespace's Events with `reason`, once `ready` holds
+/// for them (an Event is written just after the change it reports).
+async fn notes_when(
+    ns: &TestNamespace,
+    reason: &str,
+    ready: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = event_notes(ns, reason).await;
+        if ready(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
 async fn sleep_record(ns: &TestNamespace, name: &str) -> Option<Value> {
     let raw = replicas(ns, name).await.1?;
     serde_json::from_str(&raw).ok()
@@ -662,7 +680,10 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         assert_eq!(wakers.len(), 1, "one waker, for the api behind its Service");
         let labels = wakers[0].labels();
         assert_eq!(labels["app"], "api", "{labels:?}");
-        let notes = event_notes(&ns, "Slept").await;
+        let notes = notes_when(&ns, "Slept", |n| {
+            n.iter().any(|n| n.contains("kdev.dev/downtime"))
+        })
+        .await;
         assert!(
             notes.iter().any(|n| n.contains("kdev.dev/downtime")),
             "{notes:?}"
@@ -847,6 +868,17 @@ async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
     with_namespace("envs-idle", |ns| async move {
         annotate_namespace(&ns, json!({ "kdev.dev/sleep-after-idle": "6s" }), json!({})).await;
         create_deployment(&ns, "web", 2, json!({})).await;
+        // Its rollout (a new ReplicaSet) is activity too: let it land first,
+        // so the activity that counts below is the wake's.
+        eventually(Duration::from_secs(30), "web's ReplicaSet", || async {
+            let sets = ns
+                .api::<k8s_openapi::api::apps::v1::ReplicaSet>()
+                .list(&Default::default())
+                .await
+                .ok()?;
+            (!sets.items.is_empty()).then_some(())
+        })
+        .await;
         let controller = crate::swap_support::Controller::launch(
             &ns,
             &ns.kubeconfig,
@@ -874,7 +906,7 @@ async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
                 "round {round}: slept {idle:?} after the activity\n{}",
                 controller.log()
             );
-            let notes = event_notes(&ns, "Slept").await;
+            let notes = notes_when(&ns, "Slept", |n| n.len() >= round).await;
             assert_eq!(notes.len(), round, "{notes:?}");
             assert!(
                 notes
@@ -1106,7 +1138,8 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
 /// here is the controller's default (`--default-downtime`). At the
 /// default's sleep edge the namespace's other workloads sleep, one with
 /// `kdev.dev/downtime: never` stays awake, and one whose own uptime starts
-/// then wakes (it was put to sleep by its own schedule before the edge).
+/// then wakes (it was put to sleep by its own schedule before the edge);
+/// one with an absolute ISO window of its own sleeps at its start.
 #[tokio::test]
 async fn a_workloads_own_schedule_wins_over_the_controllers_default() {
     with_namespace("envs-own", |ns| async move {
@@ -1117,6 +1150,14 @@ async fn a_workloads_own_schedule_wins_over_the_controllers_default() {
             "late",
             3,
             json!({ "downscaler/uptime": "Wed 19:00-20:00 UTC" }),
+        )
+        .await;
+        // An absolute window (kube-downscaler's ISO form) of its own.
+        create_deployment(
+            &ns,
+            "holiday",
+            2,
+            json!({ "kdev.dev/downtime": "2026-12-02T19:00:00+00:00-2026-12-03T07:00:00+00:00" }),
         )
         .await;
         let controller = crate::swap_support::Controller::launch(
@@ -1143,17 +1184,24 @@ async fn a_workloads_own_schedule_wins_over_the_controllers_default() {
         .await;
         assert_eq!(replicas(&ns, "api").await.0, 2, "{}", controller.log());
         // At 19:00: api sleeps by the default, late wakes by its own, batch stays.
+        assert_eq!(replicas(&ns, "holiday").await.0, 2);
         eventually(
             Duration::from_secs(20),
             "the default's sleep edge",
             || async {
-                (replicas(&ns, "api").await.0 == 0 && replicas(&ns, "late").await.0 == 3)
+                (replicas(&ns, "api").await.0 == 0
+                    && replicas(&ns, "late").await.0 == 3
+                    && replicas(&ns, "holiday").await.0 == 0)
                     .then_some(())
             },
         )
         .await;
         assert_eq!(replicas(&ns, "batch").await.0, 1);
-        let notes = event_notes(&ns, "Slept").await;
+        let notes = notes_when(&ns, "Slept", |n| {
+            n.iter().any(|n| n.contains("--default-downtime"))
+                && n.iter().any(|n| n.contains("on deployment/late"))
+        })
+        .await;
         assert!(
             notes.iter().any(|n| n.contains("--default-downtime")),
             "{notes:?}"
