@@ -216,6 +216,20 @@ pub struct Defaults {
     pub downtime: Option<crate::schedule::Spec>,
 }
 
+/// Whether an annotation key is one the schedules read (on a namespace or
+/// a workload): a change of any other, such as kdev's own records, does not
+/// change what a schedule asks.
+pub fn is_schedule_key(key: &str) -> bool {
+    UPTIME_KEYS
+        .iter()
+        .chain(&DOWNTIME_KEYS)
+        .chain(&FORCE_UPTIME_KEYS)
+        .chain(&EXCLUDE_KEYS)
+        .chain(&EXCLUDE_UNTIL_KEYS)
+        .chain(&DOWNTIME_REPLICAS_KEYS)
+        .any(|k| *k == key)
+}
+
 /// Whether a workload carries a schedule of its own, which then wins over
 /// its namespace's (and the controller's default).
 pub fn has_own_schedule(annotations: &BTreeMap<String, String>) -> bool {
@@ -619,6 +633,9 @@ mod tests {
                 .awake(night)
         );
         assert!(has_own_schedule(&own));
+        assert!(is_schedule_key("downscaler/exclude-until"));
+        assert!(!is_schedule_key(SLEEP_ANNOTATION));
+        assert!(!is_schedule_key(SCHEDULE_APPLIED_ANNOTATION));
         assert!(!has_own_schedule(&none));
         assert_eq!(Schedule::read_or(&none, &Defaults::default()), Ok(None));
     }

@@ -24,7 +24,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::utils::PredicateConfig;
-use kube::runtime::{WatchStreamExt as _, predicates, watcher};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Resource as _, ResourceExt as _};
 use tokio::sync::watch;
 
@@ -136,8 +136,9 @@ pub async fn run(
         };
         let activity =
             watcher::Config::default().labels(&format!("{ROLE_LABEL}={}", activity::ROLE_ACTIVITY));
-        // A workload's own schedule (its annotations) changing is a reason
-        // to look at its namespace again; its status changing is not.
+        // A workload's own schedule (its schedule annotations) changing is
+        // a reason to look at its namespace again; its status, its size or
+        // kdev's records on it changing are not.
         let in_namespace = |ns: Option<String>| ns.map(|ns| ObjectRef::<Namespace>::new(&ns));
         let controller = Controller::new(api, config)
             .watches(leases, activity, move |lease: Lease| {
@@ -191,8 +192,23 @@ where
         })
         .reflect(writer)
         .touched_objects()
-        .predicate_filter(predicates::annotations, PredicateConfig::default());
+        .predicate_filter(schedule_annotations, PredicateConfig::default());
     (reader, changes)
+}
+
+/// A hash of the annotations a schedule reads: kdev's own records (the
+/// sleep record, the applied state) change on every transition and must
+/// not requeue the namespace each time.
+fn schedule_annotations<K: kube::Resource>(object: &K) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (key, value) in object.annotations() {
+        if contract::is_schedule_key(key) {
+            key.hash(&mut hasher);
+            value.hash(&mut hasher);
+        }
+    }
+    Some(hasher.finish())
 }
 
 async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<Action, Failed> {

@@ -283,6 +283,8 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         };
         // Listed when a workload first needs them.
         let mut hpas: Option<anyhow::Result<Vec<_>>> = None;
+        let whole = config.selection.workloads.is_empty();
+        let mut summary = Summary::default();
         for (target, known) in targets {
             let step = Step {
                 kube,
@@ -309,7 +311,15 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                     None,
                 )
             });
+            // A whole environment's plain sleeps and wakes are one Event on
+            // its namespace (below), not one per workload: a thousand
+            // workloads are not a thousand Events. The rest are each their own.
+            let summed = whole && matches!(done, Done::Slept { .. } | Done::Woke { .. });
+            if summed && !config.dry_run {
+                summary.push(format!("{}/{}", target.kind.short(), target.name), &done);
+            }
             if !config.dry_run
+                && !summed
                 && let Some(reference) = reference
             {
                 publish(&recorder, &reference, &done, &by).await;
@@ -370,6 +380,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 also,
             });
         }
+        summary.publish(&recorder, &namespace, &by).await;
         if config.direction == Direction::Wake && !config.dry_run {
             crate::k8s::activity::record(
                 kube.clone(),
@@ -696,6 +707,82 @@ async fn publish(recorder: &Recorder, reference: &ObjectReference, done: &Done, 
     };
     if let Err(err) = recorder.publish(&event, reference).await {
         tracing::warn!(error = %err, "failed to record the change as an Event");
+    }
+}
+
+/// The plain sleeps and wakes of one environment, said in one Event on its
+/// namespace (`kdev envs --history`, `kubectl events -n`).
+#[derive(Default)]
+struct Summary {
+    slept: Vec<String>,
+    woke: Vec<String>,
+}
+
+impl Summary {
+    fn push(&mut self, target: String, done: &Done) {
+        match done {
+            Done::Slept { from, to } => self.slept.push(format!("{target} {from} → {to}")),
+            Done::Woke { from, to } => self.woke.push(format!("{target} {from} → {to}")),
+            _ => {}
+        }
+    }
+
+    async fn publish(self, recorder: &Recorder, namespace: &str, by: &str) {
+        // An Event's note holds 1 kB: the first workloads, then a count.
+        fn note(changes: &[String], by: &str) -> String {
+            let mut listed = String::new();
+            let mut shown = 0;
+            for change in changes {
+                if listed.len() + change.len() > 700 {
+                    break;
+                }
+                if shown > 0 {
+                    listed.push_str(", ");
+                }
+                listed.push_str(change);
+                shown += 1;
+            }
+            if shown < changes.len() {
+                listed.push_str(&format!(" and {} more", changes.len() - shown));
+            }
+            let mut note = format!("{} workloads: {listed}; by {by}", changes.len());
+            if note.len() > 1000 {
+                let mut end = 997;
+                while !note.is_char_boundary(end) {
+                    end -= 1;
+                }
+                note.truncate(end);
+                note.push_str("...");
+            }
+            note
+        }
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace.to_owned()),
+            // In the environment's own namespace, where `kubectl events -n`
+            // and `kdev envs --history` look.
+            namespace: Some(namespace.to_owned()),
+            ..ObjectReference::default()
+        };
+        for (changes, reason, action) in [
+            (&self.slept, "Slept", "Sleep"),
+            (&self.woke, "Woke", "Wake"),
+        ] {
+            if changes.is_empty() {
+                continue;
+            }
+            let event = Event {
+                type_: EventType::Normal,
+                reason: reason.into(),
+                note: Some(note(changes, by)),
+                action: action.into(),
+                secondary: None,
+            };
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %err, "failed to record the change as an Event");
+            }
+        }
     }
 }
 
