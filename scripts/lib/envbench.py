@@ -8,6 +8,9 @@
                                                     print seconds since EDGE (epoch)
   envbench.py applied URL NAMESPACES              watch namespaces until each has
                                                     the controller's schedule-applied record
+  envbench.py ceiling URL NAMESPACES PER REPLICAS  the physical ceiling: the same PATCHes
+                                                    (spec.replicas), 16 at once, nothing else;
+                                                    prints seconds
   envbench.py requests URL                          the API server's request count
                                                     (see `counted` below), as JSON
 """
@@ -124,6 +127,23 @@ def applied(base, namespaces):
                     break
 
 
+def ceiling(base, namespaces, per_namespace, replicas):
+    def one(pair):
+        i, j = pair
+        call(
+            f"{base}/apis/apps/v1/namespaces/{namespace_name(i)}/deployments/app-{j:03d}",
+            "PATCH",
+            {"spec": {"replicas": replicas}},
+            "application/merge-patch+json",
+        )
+
+    pairs = [(i, j) for i in range(namespaces) for j in range(per_namespace)]
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, pairs))
+    print(f"{time.time() - start:.2f}")
+
+
 # What kdev's controller reads and writes; the controller manager's status
 # updates (subresource status), watches and Leases (leader elections of
 # every component) are other components' noise and not counted.
@@ -168,6 +188,8 @@ def main():
         wait(base, int(rest[0]), int(rest[1]), float(rest[2]))
     elif command == "applied":
         applied(base, int(rest[0]))
+    elif command == "ceiling":
+        ceiling(base, int(rest[0]), int(rest[1]), int(rest[2]))
     elif command == "requests":
         requests(base)
     else:
