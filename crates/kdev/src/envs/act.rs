@@ -745,7 +745,8 @@ impl Summary {
             if shown < changes.len() {
                 listed.push_str(&format!(" and {} more", changes.len() - shown));
             }
-            let mut note = format!("{} workloads: {listed}; by {by}", changes.len());
+            let plural = if changes.len() == 1 { "" } else { "s" };
+            let mut note = format!("{} workload{plural}: {listed}; by {by}", changes.len());
             if note.len() > 1000 {
                 let mut end = 997;
                 while !note.is_char_boundary(end) {
