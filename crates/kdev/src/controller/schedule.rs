@@ -348,31 +348,12 @@ async fn own_schedules(
             .map(String::as_str);
         if let Some(awake) = contract::scheduled(&schedule, applied, now) {
             let why = format!("schedule {} on {target}", schedule.from.join(", "));
-            let config = act::Config {
-                direction: if awake {
-                    Direction::Wake
-                } else {
-                    Direction::Sleep
-                },
-                selection: Selection {
-                    namespaces: vec![name.clone()],
-                    workloads: vec![target.clone()],
-                    ..Selection::default()
-                },
-                dry_run: false,
-                reason: Some(why.clone()),
-                json: false,
-                actor: Some("kdev-controller".into()),
-                grace: (!awake).then_some(context.options.grace),
-                waker: context.options.waker.clone(),
+            let selection = Selection {
+                namespaces: vec![name.clone()],
+                workloads: vec![target.clone()],
+                ..Selection::default()
             };
-            let report = act::run_at(&context.kube, &config, now).await?;
-            for change in &report.changes {
-                tracing::info!(namespace = name, "{}", change.line());
-                if matches!(change.done, act::Done::Failed { .. }) {
-                    anyhow::bail!("{} (retried)", change.line());
-                }
-            }
+            act_on(context, awake, selection, why, now).await?;
             let value = contract::applied_value(awake, now);
             match target.kind {
                 Kind::Deployment => {
@@ -458,33 +439,11 @@ async fn inactivity(
         }
         contract::Idle::SleepNow => {
             let why = format!("no activity for {idle:#} (last: {what}, {last})");
-            let config = act::Config {
-                direction: Direction::Sleep,
-                selection: Selection {
-                    namespaces: vec![name.clone()],
-                    ..Selection::default()
-                },
-                dry_run: false,
-                reason: Some(why.clone()),
-                json: false,
-                actor: Some("kdev-controller".into()),
-                grace: Some(context.options.grace),
-                waker: context.options.waker.clone(),
+            let selection = Selection {
+                namespaces: vec![name.clone()],
+                ..Selection::default()
             };
-            let report = act::run_at(&context.kube, &config, now).await?;
-            for line in report.changes.iter().map(act::Change::line) {
-                tracing::info!(namespace = name, "{line}");
-            }
-            for placed in &report.wakers {
-                tracing::info!(namespace = name, "{}", placed.line());
-            }
-            if let Some(failed) = report
-                .changes
-                .iter()
-                .find(|c| matches!(c.done, act::Done::Failed { .. }))
-            {
-                anyhow::bail!("{} (retried)", failed.line());
-            }
+            act_on(context, false, selection, why.clone(), now).await?;
             record(
                 context,
                 &name,
@@ -589,6 +548,48 @@ async fn record(context: &Context, name: &str, key: &str, value: String) -> anyh
     Ok(())
 }
 
+/// Wakes (`awake`) or sleeps the selection as the controller, with its
+/// grace period and wakers; logs each change; fails (to be retried) when
+/// any workload failed.
+async fn act_on(
+    context: &Context,
+    awake: bool,
+    selection: Selection,
+    why: String,
+    now: jiff::Timestamp,
+) -> anyhow::Result<()> {
+    let config = act::Config {
+        direction: if awake {
+            Direction::Wake
+        } else {
+            Direction::Sleep
+        },
+        selection,
+        dry_run: false,
+        reason: Some(why),
+        json: false,
+        actor: Some("kdev-controller".into()),
+        grace: (!awake).then_some(context.options.grace),
+        waker: context.options.waker.clone(),
+    };
+    let report = act::run_at(&context.kube, &config, now).await?;
+    let namespace = config.selection.namespaces.join(",");
+    for change in &report.changes {
+        tracing::info!(namespace, "{}", change.line());
+    }
+    for placed in &report.wakers {
+        tracing::info!(namespace, "{}", placed.line());
+    }
+    if let Some(failed) = report
+        .changes
+        .iter()
+        .find(|c| matches!(c.done, act::Done::Failed { .. }))
+    {
+        anyhow::bail!("{} (retried)", failed.line());
+    }
+    Ok(())
+}
+
 async fn transition(
     context: &Context,
     name: &str,
@@ -597,39 +598,13 @@ async fn transition(
     now: jiff::Timestamp,
 ) -> anyhow::Result<()> {
     let why = format!("schedule {} on namespace {name}", schedule.from.join(", "));
-    let config = act::Config {
-        direction: if awake {
-            Direction::Wake
-        } else {
-            Direction::Sleep
-        },
-        selection: Selection {
-            namespaces: vec![name.to_owned()],
-            // Workloads with schedules of their own follow those.
-            except_own_schedules: true,
-            ..Selection::default()
-        },
-        dry_run: false,
-        reason: Some(why.clone()),
-        json: false,
-        actor: Some("kdev-controller".into()),
-        grace: (!awake).then_some(context.options.grace),
-        waker: context.options.waker.clone(),
+    let selection = Selection {
+        namespaces: vec![name.to_owned()],
+        // Workloads with schedules of their own follow those.
+        except_own_schedules: true,
+        ..Selection::default()
     };
-    let report = act::run_at(&context.kube, &config, now).await?;
-    let changes = &report.changes;
-    for change in changes {
-        tracing::info!(namespace = name, "{}", change.line());
-    }
-    for placed in &report.wakers {
-        tracing::info!(namespace = name, "{}", placed.line());
-    }
-    if let Some(failed) = changes
-        .iter()
-        .find(|c| matches!(c.done, act::Done::Failed { .. }))
-    {
-        anyhow::bail!("{} (retried)", failed.line());
-    }
+    act_on(context, awake, selection, why.clone(), now).await?;
     record(
         context,
         name,

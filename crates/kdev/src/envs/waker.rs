@@ -34,12 +34,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, ExecAction, Pod, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServiceAccount, Sysctl,
+    Container, ContainerPort, ExecAction, Pod, PodSpec, PodTemplateSpec, Probe, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kdev_contract::envs::{
     self as contract, ROLE_WAKER, WAKER_CLUSTER_ROLE, WAKER_SERVICE_ACCOUNT,
 };
@@ -365,12 +363,6 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
     for target in wake {
         args.extend(["--wake".into(), target.to_string()]);
     }
-    let sysctls = ports.iter().any(|p| p.container_port < 1024).then(|| {
-        vec![Sysctl {
-            name: "net.ipv4.ip_unprivileged_port_start".into(),
-            value: "0".into(),
-        }]
-    });
     let kind = match sleeper.reference.kind {
         Kind::StatefulSet => "sts",
         _ => "deploy",
@@ -390,17 +382,7 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
             node_selector: template.and_then(|t| t.node_selector.clone()),
             tolerations: template.and_then(|t| t.tolerations.clone()),
             image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65532),
-                run_as_group: Some(65532),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                sysctls,
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(k8s::objects::unprivileged_pod(&ports, false)),
             containers: vec![Container {
                 name: "kdev-waker".into(),
                 image: Some(image.to_owned()),
@@ -419,26 +401,8 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
                     failure_threshold: Some(1),
                     ..Probe::default()
                 }),
-                resources: Some(ResourceRequirements {
-                    requests: Some(
-                        [
-                            ("cpu".into(), Quantity("10m".into())),
-                            ("memory".into(), Quantity("16Mi".into())),
-                        ]
-                        .into(),
-                    ),
-                    limits: Some([("memory".into(), Quantity("64Mi".into()))].into()),
-                    ..ResourceRequirements::default()
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: None,
-                    }),
-                    ..SecurityContext::default()
-                }),
+                resources: Some(k8s::objects::small_resources("64Mi")),
+                security_context: Some(k8s::objects::unprivileged_container()),
                 ..Container::default()
             }],
             ..PodSpec::default()

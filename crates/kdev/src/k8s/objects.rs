@@ -5,10 +5,73 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ContainerPort, PodSecurityContext, ResourceRequirements, SeccompProfile,
+    SecurityContext, Sysctl,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kdev_contract::lease::LeaseRecord;
 use kube::Resource;
 use kube::core::Selector;
+
+/// The user kdev's own pods (a swap's proxy, a waker) run as.
+pub const KDEV_USER: i64 = 65532;
+
+/// The pod security of kdev's own pods: non-root, RuntimeDefault seccomp
+/// (the restricted Pod Security Standard). Ports below 1024 need no
+/// capability when the pod's network namespace lets everyone bind them (a
+/// "safe" sysctl since Kubernetes 1.22). `fs_group` gives mounted Secret
+/// files kdev's group.
+pub fn unprivileged_pod(ports: &[ContainerPort], fs_group: bool) -> PodSecurityContext {
+    let sysctls = ports.iter().any(|p| p.container_port < 1024).then(|| {
+        vec![Sysctl {
+            name: "net.ipv4.ip_unprivileged_port_start".into(),
+            value: "0".into(),
+        }]
+    });
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(KDEV_USER),
+        run_as_group: Some(KDEV_USER),
+        fs_group: fs_group.then_some(KDEV_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        sysctls,
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container security of kdev's own pods: no privilege escalation,
+/// read-only root filesystem, every capability dropped.
+pub fn unprivileged_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// A small helper's resources: 10m CPU and 16Mi requested, memory capped.
+pub fn small_resources(memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".into(), Quantity(memory_limit.into()))].into()),
+        ..ResourceRequirements::default()
+    }
+}
 
 /// Labels of a Deployment's pod template.
 pub fn template_labels(deployment: &Deployment) -> BTreeMap<String, String> {

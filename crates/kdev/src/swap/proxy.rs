@@ -8,11 +8,9 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, ExecAction, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Sysctl, Volume,
+    Container, ContainerPort, ExecAction, Pod, PodSpec, Probe, SecretVolumeSource, Volume,
     VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use kdev_contract::session::{
@@ -21,7 +19,9 @@ use kdev_contract::session::{
 };
 use kube::api::ObjectMeta;
 
-use crate::k8s::objects::template_labels;
+use crate::k8s::objects::{
+    small_resources, template_labels, unprivileged_container, unprivileged_pod,
+};
 
 pub use kdev_contract::keys::default_agent_image;
 
@@ -113,17 +113,6 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref());
-    // Ports below 1024 need no capability when the pod's network namespace
-    // lets everyone bind them (a "safe" sysctl since Kubernetes 1.22).
-    let sysctls = container_ports
-        .iter()
-        .any(|p| p.container_port < 1024)
-        .then(|| {
-            vec![Sysctl {
-                name: "net.ipv4.ip_unprivileged_port_start".into(),
-                value: "0".into(),
-            }]
-        });
 
     Ok(Pod {
         metadata: ObjectMeta {
@@ -154,25 +143,14 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
             node_selector: template.and_then(|t| t.node_selector.clone()),
             tolerations: template.and_then(|t| t.tolerations.clone()),
             image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65532),
-                run_as_group: Some(65532),
-                // Secret volume files get this group: how the non-root agent
-                // reads its token.
-                fs_group: Some(65532),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                sysctls,
-                ..PodSecurityContext::default()
-            }),
+            // Secret volume files get kdev's group: how the non-root agent
+            // reads its token.
+            security_context: Some(unprivileged_pod(&container_ports, true)),
             volumes: Some(vec![Volume {
                 name: "kdev-token".into(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(spec.name.to_owned()),
-                    // Readable by the agent's group only (fsGroup below).
+                    // Readable by the agent's group only (fsGroup above).
                     default_mode: Some(0o440),
                     ..SecretVolumeSource::default()
                 }),
@@ -198,26 +176,8 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
                     read_only: Some(true),
                     ..VolumeMount::default()
                 }]),
-                resources: Some(ResourceRequirements {
-                    requests: Some(
-                        [
-                            ("cpu".into(), Quantity("10m".into())),
-                            ("memory".into(), Quantity("16Mi".into())),
-                        ]
-                        .into(),
-                    ),
-                    limits: Some([("memory".into(), Quantity("128Mi".into()))].into()),
-                    ..ResourceRequirements::default()
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: None,
-                    }),
-                    ..SecurityContext::default()
-                }),
+                resources: Some(small_resources("128Mi")),
+                security_context: Some(unprivileged_container()),
                 ..Container::default()
             }],
             ..PodSpec::default()
