@@ -974,6 +974,19 @@ mod tests {
             let _ = wake_plan(replicas, &annotations, None);
             let _ = sleep_plan(replicas, 0, &annotations, None, None);
             let _ = downtime_replicas(&annotations, &annotations);
+            // The keys this session added: idle time, wake on request,
+            // exclude-until, force-uptime, and the controller's defaults.
+            let keys = map(&[
+                (IDLE_AFTER_ANNOTATION, &raw),
+                (WAKE_ON_REQUEST_ANNOTATION, &raw),
+                ("downscaler/exclude-until", &raw),
+                ("downscaler/force-uptime", &raw),
+            ]);
+            let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+            let _ = idle_after(&keys, None);
+            let _ = wakes_on_request(&keys);
+            let _ = exclusion(&keys, &keys, now);
+            let _ = Schedule::read_or(&keys, &Defaults::default());
             let schedule = map(&[("kdev.dev/uptime", &raw), (KEEP_AWAKE_ANNOTATION, &raw)]);
             if let Ok(Some(schedule)) = Schedule::read(&schedule) {
                 let now = "2026-12-02T12:00:00Z".parse().unwrap();

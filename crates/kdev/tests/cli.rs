@@ -265,3 +265,19 @@ fn exec_child_names_a_command_that_cannot_start() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_bad_default_schedule_is_a_usage_error_naming_the_flag() {
+    let out = kdev(&[
+        "controller",
+        "--schedules",
+        "--default-downtime",
+        "Mon-Fri 25:00-07:00",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--default-downtime"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Pod, PodSpec, PodTemplateSpec, Probe, Service,
-    ServiceAccount,
+    Container, ExecAction, Pod, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kdev_contract::envs::{
@@ -330,18 +329,7 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
     labels.remove("statefulset.kubernetes.io/pod-name");
     labels.insert(ROLE_LABEL.into(), ROLE_WAKER.into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    let mut ports: Vec<ContainerPort> = template
-        .iter()
-        .flat_map(|t| t.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .map(|p| ContainerPort {
-            name: p.name.clone(),
-            container_port: p.container_port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        })
-        .collect();
+    let mut ports = k8s::objects::tcp_ports(template.iter().flat_map(|t| t.containers.iter()));
     ports.sort_by_key(|p| p.container_port);
     ports.dedup_by_key(|p| p.container_port);
     if ports.is_empty() {

@@ -6,14 +6,30 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ContainerPort, PodSecurityContext, ResourceRequirements, SeccompProfile,
-    SecurityContext, Sysctl,
+    Capabilities, Container, ContainerPort, PodSecurityContext, ResourceRequirements,
+    SeccompProfile, SecurityContext, Sysctl,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kdev_contract::lease::LeaseRecord;
 use kube::Resource;
 use kube::core::Selector;
+
+/// The TCP ports `containers` declare, as a stand-in pod declares them
+/// (same numbers and names, so a Service's named targetPort resolves).
+pub fn tcp_ports<'a>(containers: impl IntoIterator<Item = &'a Container>) -> Vec<ContainerPort> {
+    containers
+        .into_iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .map(|p| ContainerPort {
+            name: p.name.clone(),
+            container_port: p.container_port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect()
+}
 
 /// The user kdev's own pods (a swap's proxy, a waker) run as.
 pub const KDEV_USER: i64 = 65532;

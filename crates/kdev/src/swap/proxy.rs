@@ -8,8 +8,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Pod, PodSpec, Probe, SecretVolumeSource, Volume,
-    VolumeMount,
+    Container, ExecAction, Pod, PodSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -73,19 +72,7 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
     labels.insert(SESSION_LABEL.into(), spec.session.into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
 
-    let container_ports: Vec<ContainerPort> = spec
-        .container
-        .ports
-        .iter()
-        .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .map(|p| ContainerPort {
-            name: p.name.clone(),
-            container_port: p.container_port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        })
-        .collect();
+    let container_ports = crate::k8s::objects::tcp_ports([spec.container]);
     if container_ports
         .iter()
         .any(|p| p.container_port == i32::from(AGENT_PORT))
