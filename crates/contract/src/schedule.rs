@@ -211,7 +211,8 @@ fn parse_absolute(part: &str) -> Result<Window, ScheduleError> {
             "an absolute window is FROM-TO, each like 2026-12-24T18:00:00+01:00",
         )
     };
-    if part.len() != 2 * LEN + 1 || !part.is_char_boundary(LEN) || &part[LEN..LEN + 1] != "-" {
+    // An ASCII '-' at byte LEN makes both LEN and LEN + 1 char boundaries.
+    if part.len() != 2 * LEN + 1 || part.as_bytes()[LEN] != b'-' {
         return Err(bad());
     }
     let stamp = |text: &str| -> Result<Timestamp, ScheduleError> {
@@ -452,6 +453,16 @@ mod tests {
                 "ends before it starts",
             ),
             ("2019-04-01-2019-04-02", "FROM-TO"),
+            // Found by the property test in CI: a multi-byte character where
+            // the dash belongs must be an error, not a slice inside it.
+            (
+                "2019-04-01T18:00:00+00:00\u{16AD0}2019-04-01T08:00:00+00",
+                "FROM-TO",
+            ),
+            (
+                "2019-04-01T18:00:00+00:0\u{e9}2019-04-01T08:00:00+00:00",
+                "FROM-TO",
+            ),
         ] {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(says), "{text}: {err}");
@@ -466,6 +477,11 @@ mod tests {
                 let _ = spec.holds(now);
                 let _ = spec.next_change(now);
             }
+        }
+
+        #[test]
+        fn absolute_shapes_never_panic(text in "[0-9T:+-]{20,25}\\PC{1,2}[0-9T:+-]{20,26}") {
+            let _ = parse(&text);
         }
 
         #[test]
