@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod logs;
 pub mod progress;
 pub mod swap;
+pub mod testing;
 mod version;
 
 use std::process::ExitCode;
