@@ -12,6 +12,7 @@ mod envs;
 mod image;
 mod logs;
 mod swap;
+mod test;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,7 @@ pub use self::envs::{ChangeArgs, EnvsArgs, WakerServeArgs};
 pub use self::image::{ImageArgs, ImageCommand};
 pub use self::logs::LogsArgs;
 pub use self::swap::SwapArgs;
+pub use self::test::TestArgs;
 use crate::k8s;
 
 #[derive(Debug, Parser)]
@@ -88,6 +90,8 @@ pub enum Command {
     Wake(ChangeArgs),
     /// List dev environments: awake, asleep, waking or partly; sizes now and before; next scheduled change.
     Envs(EnvsArgs),
+    /// Run declarative end-to-end tests written for kuttl or chainsaw, in parallel, each in a fresh namespace.
+    Test(TestArgs),
     /// Run a local Kubernetes cluster: etcd, kube-apiserver, controller-manager, scheduler, a real node and/or kwok.
     Cluster(ClusterArgs),
     /// Run kdev's in-cluster controller (deployed from deploy/).

@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Cluster(args) => cluster::run(args.resolve()).await,
         Command::Controller(args) => controller::run(&flags, args.resolve()?).await,
+        Command::Test(args) => testing::runner::run(&flags, args.resolve()?).await,
         Command::Image(args) => match args.command {
             cli::ImageCommand::Build(build) => {
                 let (spec, output) = build.resolve()?;

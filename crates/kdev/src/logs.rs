@@ -6,10 +6,12 @@
 //! - [`file`]: `--file`, tailing files inside containers through exec.
 //! - [`output`]: rendering and writing lines. [`merge`]: `--merge-by-time`.
 //! - [`watch`]: the pod watch that starts and ends streams.
+//! - [`recent`]: the last lines of a namespace's containers, read once.
 
 pub mod file;
 pub mod merge;
 pub mod output;
+pub mod recent;
 pub mod select;
 pub mod stream;
 pub mod watch;

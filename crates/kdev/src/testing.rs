@@ -10,9 +10,14 @@
 //!   [`report`]: terminal, JUnit and JSON output, and the last run's results.
 
 pub mod chainsaw;
+pub mod cluster;
 pub mod diff;
 pub mod expr;
 pub mod kuttl;
 pub mod matching;
 pub mod model;
+pub mod report;
+pub mod run;
+pub mod runner;
+pub mod suite;
 pub mod yaml;

@@ -281,3 +281,61 @@ fn a_bad_default_schedule_is_a_usage_error_naming_the_flag() {
         stderr(&out)
     );
 }
+
+#[test]
+fn kdev_test_bad_input_exits_2_before_any_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let test = dir.path().join("t");
+    std::fs::create_dir_all(&test).expect("mkdir");
+    // No kubeconfig at all: the files are judged before any connection.
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "00-apply.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: [\n",
+            "00-apply.yaml:",
+        ),
+        (
+            "00-apply.yaml",
+            "kind: ConfigMap\n",
+            "00-apply.yaml:1: this object has no `apiVersion`",
+        ),
+        (
+            "chainsaw-test.yaml",
+            "apiVersion: chainsaw.kyverno.io/v1alpha1\nkind: Test\nspec:\n  steps:\n  - try:\n    - assert:\n        resource:\n          apiVersion: v1\n          kind: Pod\n          (length(x): 1\n",
+            "chainsaw-test.yaml:10: (length(x) is not a JMESPath expression",
+        ),
+        (
+            "chainsaw-test.yaml",
+            "apiVersion: chainsaw.kyverno.io/v1alpha1\nkind: Test\nspec:\n  steps:\n  - try:\n    - apply:\n        file: missing.yaml\n",
+            "chainsaw-test.yaml:7: cannot read",
+        ),
+    ];
+    for (name, text, says) in cases {
+        for entry in std::fs::read_dir(&test).expect("list") {
+            std::fs::remove_file(entry.expect("entry").path()).expect("rm");
+        }
+        std::fs::write(test.join(name), text).expect("write");
+        let out = kdev(&["test", test.to_str().expect("utf-8")]);
+        assert_eq!(out.status.code(), Some(2), "{says}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was applied"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = kdev(&["test", test.to_str().expect("utf-8"), "--", "my-controller"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--run-controller"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kdev(&["test", dir.path().join("none").to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no such directory"),
+        "{}",
+        stderr(&out)
+    );
+}

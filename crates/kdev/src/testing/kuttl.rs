@@ -120,7 +120,7 @@ pub fn read_suite(file: &Path, text: &str) -> Result<SuiteFile, LoadError> {
     if !dirs.is_empty() {
         suite.test_dirs = strings(&f, "testDirs", dirs)?
             .into_iter()
-            .map(|d| dir.join(d))
+            .map(|d| tidy(&dir.join(d)))
             .collect();
     }
     if let Some(t) = f.duration("timeout")? {
@@ -143,10 +143,10 @@ pub fn read_suite(file: &Path, text: &str) -> Result<SuiteFile, LoadError> {
             .push(read_command(file, doc, &format!("/commands/{i}"), command)?);
     }
     if let Some(crds) = f.str("crdDir")? {
-        suite.manifest_dirs.push(dir.join(crds));
+        suite.manifest_dirs.push(tidy(&dir.join(crds)));
     }
     for d in strings(&f, "manifestDirs", f.list("manifestDirs")?)? {
-        suite.manifest_dirs.push(dir.join(d));
+        suite.manifest_dirs.push(tidy(&dir.join(d)));
     }
     Ok(suite)
 }
@@ -213,7 +213,7 @@ pub fn read_test(
         dir: dir.to_owned(),
         source: Source {
             file: dir.to_owned(),
-            line: 1,
+            line: 0,
         },
         format: Format::Kuttl,
         steps,
@@ -314,10 +314,21 @@ fn read_step(
     }
     let source = first.unwrap_or(Source {
         file: dir.to_owned(),
-        line: 1,
+        line: 0,
     });
-    let op = |what: OpKind, timeout: Option<Duration>| Op {
-        source: source.clone(),
+    // Each operation points at the file it came from.
+    let file_of = |role: Role| {
+        parts
+            .iter()
+            .find(|p| p.2 == role)
+            .map(|p| Source {
+                file: dir.join(p.0),
+                line: 1,
+            })
+            .unwrap_or_else(|| source.clone())
+    };
+    let op = |what: OpKind, timeout: Option<Duration>, at: Source| Op {
+        source: at,
         what,
         timeout,
         continue_on_error: false,
@@ -325,10 +336,11 @@ fn read_step(
     };
     let mut try_ = Vec::new();
     if !deletes.is_empty() {
-        try_.push(op(OpKind::Delete(deletes), timeout));
+        try_.push(op(OpKind::Delete(deletes), timeout, file_of(Role::Apply)));
     }
     try_.extend(commands);
     if !apply.is_empty() {
+        let at = apply[0].source.clone();
         try_.push(op(
             OpKind::Write {
                 objects: apply,
@@ -336,10 +348,17 @@ fn read_step(
                 expect: Vec::new(),
             },
             timeout,
+            at,
         ));
     }
     if !check.present.is_empty() || !check.absent.is_empty() {
-        try_.push(op(OpKind::Check(check), assert_timeout.or(timeout)));
+        let at = check
+            .present
+            .first()
+            .or(check.absent.first())
+            .map(|o| o.source.clone())
+            .unwrap_or_else(|| file_of(Role::Assert));
+        try_.push(op(OpKind::Check(check), assert_timeout.or(timeout), at));
     }
     let _ = suite;
     Ok(Step {
@@ -574,6 +593,13 @@ fn read_command(file: &Path, doc: &Doc, pointer: &str, value: &Value) -> Result<
     })
 }
 
+/// `a/./b` → `a/b` (paths in messages read as written).
+fn tidy(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
 fn expect_kind(f: &Fields<'_>, kind: &str) -> Result<(), LoadError> {
     let api = f.str("apiVersion")?;
     let actual = f.str("kind")?;
@@ -728,7 +754,7 @@ mod tests {
             "apiVersion: kuttl.dev/v1beta1\nkind: TestSuite\ntestDirs:\n- ./e2e\ntimeout: 60\nparallel: 4\ncrdDir: crds\ncommands:\n- script: echo hi\n",
         )
         .unwrap();
-        assert_eq!(s.test_dirs, [PathBuf::from("x/./e2e")]);
+        assert_eq!(s.test_dirs, [PathBuf::from("x/e2e")]);
         assert_eq!(s.timeout, Duration::from_secs(60));
         assert_eq!(s.parallel, Some(4));
         assert_eq!(s.manifest_dirs, [PathBuf::from("x/crds")]);

@@ -19,4 +19,5 @@ mod support;
 mod swap;
 mod swap_support;
 mod telepresence;
+mod testing;
 mod workloads;

@@ -1,0 +1,318 @@
+//! `kdev test` against the real control plane: the greeter example's suite
+//! in both formats, what a failure prints (diff, Events, the pods' logs, on
+//! the real node), bad input, --rerun-failed, negative assertions and
+//! namespaces held by finalizers.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::real_node::{BUSYBOX, require_real_node};
+use crate::support::{client_for, kdev, kubeconfig, unique_name, with_namespace};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The greeter example, built by `cargo build --bins` (scripts/test).
+fn greeter() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kdev")).with_file_name("greeter");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the example with `cargo build --bins` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// `kdev test ARGS` in `dir`, against the test cluster.
+fn kdev_test(dir: &Path, args: &[&str]) -> Output {
+    kdev()
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig())
+        .arg("test")
+        .args(args)
+        .output()
+        .expect("run kdev test")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn write(root: &Path, path: &str, content: &str) {
+    let full = root.join(path);
+    std::fs::create_dir_all(full.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(full, content).expect("write fixture");
+}
+
+#[tokio::test]
+async fn the_greeter_suite_passes_in_both_formats() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let junit = work.path().join("junit.xml");
+    let e2e = repo().join("examples/greeter/e2e");
+    let greeter = greeter();
+    let output = kdev_test(
+        work.path(),
+        &[
+            e2e.join("kuttl").to_str().expect("utf-8"),
+            e2e.join("chainsaw").to_str().expect("utf-8"),
+            "-o",
+            "json",
+            "--junit",
+            junit.to_str().expect("utf-8"),
+            "--run-controller",
+            "--",
+            greeter.to_str().expect("utf-8"),
+        ],
+    );
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(summary["passed"], 4, "{shown}");
+    let formats: Vec<_> = summary["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .map(|t| {
+            format!(
+                "{}/{}",
+                t["format"].as_str().unwrap_or(""),
+                t["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for want in [
+        "kuttl/greets",
+        "kuttl/owned",
+        "chainsaw/greets",
+        "chainsaw/owned",
+    ] {
+        assert!(formats.contains(&want.to_owned()), "{want} in {formats:?}");
+    }
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit report");
+    assert!(
+        xml.contains("tests=\"4\"") && xml.contains("failures=\"0\""),
+        "{xml}"
+    );
+    // The test namespaces are gone when kdev test returns.
+    let client = client_for(&kubeconfig()).await;
+    let namespaces: Api<Namespace> = Api::all(client);
+    for t in summary["tests"].as_array().expect("tests") {
+        let ns = t["namespace"].as_str().expect("a namespace");
+        assert!(
+            namespaces.get_opt(ns).await.expect("read").is_none(),
+            "{ns} is left"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failure_shows_every_mismatch_the_events_and_the_logs() {
+    // The namespace helper is only used to check the real node is there.
+    with_namespace("test-failure", |ns| async move {
+        require_real_node(&ns).await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "talker", "labels": {"app": "talker"}},
+            "spec": {
+                "nodeSelector": {"kdev.dev/node": "real"},
+                "tolerations": [{"key": "kdev.dev/node", "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{
+                    "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "echo talker-says-hello; sleep 3600"],
+                }],
+            },
+        });
+        let test = json!({
+            "apiVersion": "chainsaw.kyverno.io/v1alpha1", "kind": "Test",
+            "metadata": {"name": "mismatches"},
+            "spec": {"timeouts": {"assert": "4s"}, "steps": [{"try": [
+                {"apply": {"resource": pod}},
+                {"apply": {"resource": {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "settings"}, "data": {"mode": "fast", "size": "3"}}}},
+                {"wait": {"apiVersion": "v1", "kind": "Pod", "name": "talker", "timeout": "60s",
+                    "for": {"condition": {"name": "Ready"}}}},
+                {"assert": {"resource": {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "settings"}, "data": {"mode": "slow", "size": "4", "extra": "x"}}}},
+            ]}]},
+        });
+        write(work.path(), "t/chainsaw-test.yaml", &serde_json::to_string_pretty(&test).expect("json"));
+        let output = kdev_test(work.path(), &["t"]);
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{shown}");
+        let out = String::from_utf8_lossy(&output.stdout);
+        // Every mismatch, not only the first, and a diff of just those fields.
+        for want in [
+            "data.mode: expected \"slow\", got \"fast\"",
+            "data.size: expected \"4\", got \"3\"",
+            "data.extra: expected \"x\", but it is missing",
+            "-   mode: slow",
+            "+   mode: fast",
+            "chainsaw-test.yaml:",
+        ] {
+            assert!(out.contains(want), "{want:?} missing from:\n{shown}");
+        }
+        assert!(!out.contains("managedFields"), "{shown}");
+        // The namespace's Events and its pod's log.
+        assert!(out.contains("--- events in kdev-test-mismatches-"), "{shown}");
+        assert!(out.contains("Pod/talker"), "{shown}");
+        assert!(out.contains("talker main talker-says-hello"), "{shown}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_exits_2_naming_file_and_line_and_applies_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let name = unique_name("never-applied");
+    write(
+        work.path(),
+        "t/chainsaw-test.yaml",
+        &format!(
+            "apiVersion: chainsaw.kyverno.io/v1alpha1\nkind: Test\nmetadata:\n  name: bad\nspec:\n  steps:\n  - try:\n    - apply:\n        resource:\n          apiVersion: v1\n          kind: ConfigMap\n          metadata:\n            name: {name}\n    - asert:\n        file: x.yaml\n"
+        ),
+    );
+    let output = kdev_test(work.path(), &["t"]);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("t/chainsaw-test.yaml:14: unknown operation `asert`"),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing was applied"), "{shown}");
+    let client = client_for(&kubeconfig()).await;
+    let maps: Api<ConfigMap> = Api::all(client);
+    let found = maps
+        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+        .expect("list");
+    assert!(found.items.is_empty(), "{name} was applied");
+}
+
+#[tokio::test]
+async fn rerun_failed_runs_only_what_failed_last_time() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path();
+    write(
+        root,
+        "s/kuttl-test.yaml",
+        "apiVersion: kuttl.dev/v1beta1\nkind: TestSuite\ntestDirs: [./tests]\ntimeout: 3\n",
+    );
+    let cm = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n");
+    write(root, "s/tests/good/00-apply.yaml", &cm("a"));
+    write(root, "s/tests/good/00-assert.yaml", &cm("a"));
+    write(root, "s/tests/flaky/00-apply.yaml", &cm("a"));
+    write(root, "s/tests/flaky/00-assert.yaml", &cm("b"));
+    let names = |o: &Output| -> Vec<String> {
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(o)));
+        v["tests"]
+            .as_array()
+            .expect("tests")
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["name"].as_str().unwrap_or(""),
+                    t["status"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let first = kdev_test(root, &["s", "-o", "json"]);
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    let mut all = names(&first);
+    all.sort();
+    assert_eq!(all, ["flaky:failed", "good:passed"]);
+    // Fixed: only the failure runs again, and passes.
+    write(
+        root,
+        "s/tests/flaky/00-apply.yaml",
+        &format!("{}---\n{}", cm("a"), cm("b")),
+    );
+    let second = kdev_test(root, &["s", "-o", "json", "--rerun-failed"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert_eq!(names(&second), ["flaky:passed"]);
+    let third = kdev_test(root, &["s", "--rerun-failed"]);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    assert!(
+        text(&third).contains("nothing failed in the last run"),
+        "{}",
+        text(&third)
+    );
+}
+
+#[tokio::test]
+async fn a_negative_assertion_must_keep_holding_for_its_window() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // The object does not exist when the error check starts, and appears
+    // a moment later (as a controller's mistake would).
+    write(
+        work.path(),
+        "late/chainsaw-test.yaml",
+        "apiVersion: chainsaw.kyverno.io/v1alpha1\nkind: Test\nmetadata:\n  name: late\nspec:\n  steps:\n  - try:\n    - script:\n        content: (sleep 1; kubectl create configmap late -n $NAMESPACE) >/dev/null 2>&1 &\n    - error:\n        resource:\n          apiVersion: v1\n          kind: ConfigMap\n          metadata:\n            name: late\n",
+    );
+    let output = kdev_test(work.path(), &["late", "--errors-window", "10s"]);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(
+            "ConfigMap/late must not exist, and one appeared within the 10s errors window"
+        ),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_held_by_a_finalizer_is_reported_and_force_cleanup_frees_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    write(
+        work.path(),
+        "held/00-apply.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers:\n  - example.kdev.dev/hold\n",
+    );
+    let output = kdev_test(
+        work.path(),
+        &["held", "--cleanup-timeout", "3s", "-o", "json"],
+    );
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("held by configmaps./held (finalizers: example.kdev.dev/hold) (--force-cleanup removes them)"),
+        "{shown}"
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let namespace = summary["tests"][0]["namespace"]
+        .as_str()
+        .expect("ns")
+        .to_owned();
+    // Free it by hand, then check --force-cleanup does the same itself.
+    let client = client_for(&kubeconfig()).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    maps.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove the finalizer");
+    let output = kdev_test(
+        work.path(),
+        &["held", "--cleanup-timeout", "3s", "--force-cleanup"],
+    );
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("removed the finalizers of configmaps./held"),
+        "{shown}"
+    );
+}
