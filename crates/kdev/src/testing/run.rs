@@ -829,7 +829,7 @@ impl Ctx<'_> {
                 None => Ok(()),
                 Some(e) => Err(format!(
                     "{what} failed ({e}):\n{}",
-                    indent(tail_lines(&format!("{stdout}{stderr}"), 20))
+                    indent(&tail_lines(&format!("{stdout}{stderr}"), 20))
                 )),
             },
             Some(check) => {
@@ -1063,15 +1063,11 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
-fn tail_lines(text: &str, n: usize) -> &str {
-    let mut cut = text.len();
-    for _ in 0..=n {
-        match text[..cut].trim_end_matches('\n').rfind('\n') {
-            Some(i) => cut = i,
-            None => return text,
-        }
-    }
-    &text[cut + 1..]
+/// The last `n` lines of `text`.
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..].iter().map(|l| format!("{l}\n")).collect()
 }
 
 pub fn secs(d: Duration) -> String {
