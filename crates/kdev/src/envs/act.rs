@@ -464,23 +464,70 @@ impl Step<'_> {
             let Some(object) = current else {
                 anyhow::bail!("{what} not found; check the name and the namespace (-n)");
             };
-            let (patch, done) = self.decide(&workload::view(object))?;
-            Ok(match patch {
-                Some(patch) if !dry_run => Decision::Write(patch, done),
+            let (owned, done) = self.decide(&workload::view(object))?;
+            Ok(match owned {
+                Some(owned) if !dry_run => {
+                    Decision::Apply(owned.config::<K>(name, self.namespace), done)
+                }
                 _ => Decision::Keep(done),
             })
         })
         .await;
         match updated {
-            Ok(updated) => Ok((
-                updated.value,
-                updated.object.map(|object| object.object_ref(&())),
-            )),
+            Ok(updated) => {
+                let object = match updated.object {
+                    Some(object) => {
+                        Some(self.drop_foreign_record(&api, name, &what, object).await?)
+                    }
+                    None => None,
+                };
+                Ok((updated.value, object.map(|object| object.object_ref(&()))))
+            }
             Err(err) if forbidden(&err) && self.config.direction == Direction::Wake => {
                 self.wake_through_scale::<K>(&api, name, &what).await
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// A wake's apply removes the sleep record only when kdev's apply wrote
+    /// it. One written otherwise (by a kdev before server-side apply, or by
+    /// hand) is removed by a guarded merge patch. A crash between the two
+    /// writes leaves an awake workload with a stale record, which the next
+    /// wake removes (the contract's `Cleanup`).
+    async fn drop_foreign_record<K: Scalable>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+        written: K,
+    ) -> anyhow::Result<K> {
+        // Stale: the workload is awake at a size the record does not say
+        // it sleeps at; a record of a sleep since is never removed.
+        let stale = |object: &K| {
+            !self.config.dry_run
+                && self.config.direction == Direction::Wake
+                && object.annotations().contains_key(envs::SLEEP_ANNOTATION)
+                && envs::wake_plan(object.size(), object.annotations(), None).is_ok_and(|plan| {
+                    matches!(plan, envs::Wake::Cleanup | envs::Wake::KeepChanged { .. })
+                })
+        };
+        if !stale(&written) {
+            return Ok(written);
+        }
+        let updated = guarded::update_from(self.kube, api, name, what, Some(written), |current| {
+            Ok(match current {
+                Some(object) if stale(object) => Decision::Write(
+                    serde_json::json!({ "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } } }),
+                    (),
+                ),
+                _ => Decision::Keep(()),
+            })
+        })
+        .await?;
+        updated
+            .object
+            .ok_or_else(|| anyhow::anyhow!("failed to update {what}: it was deleted"))
     }
 
     /// Wakes through the scale subresource alone: what a starter Role
@@ -555,8 +602,18 @@ impl Step<'_> {
         }
     }
 
-    /// The patch (size and record together) and what it does.
-    fn decide(&self, w: &Workload) -> anyhow::Result<(Option<serde_json::Value>, Done)> {
+    /// What kdev's envs should own on the workload after the write (size
+    /// and record together), and what the write does.
+    fn decide(&self, w: &Workload) -> anyhow::Result<(Option<Owned>, Done)> {
+        // Unless a transition retargets it, a swap's restore count stays as
+        // it is (and stays in the apply, so it is never let go of).
+        let swap_restores = w.annotations.get(ORIGINAL_REPLICAS_ANNOTATION).cloned();
+        let owned =
+            |size: i32, record: Option<&SleepRecord>, swap_restores: Option<String>| Owned {
+                size,
+                record: record.map(|r| r.annotation().1),
+                swap_restores,
+            };
         match self.config.direction {
             Direction::Sleep => {
                 let young = self
@@ -583,12 +640,10 @@ impl Step<'_> {
                 };
                 let plan = envs::sleep_plan(w.size, to, &w.annotations, exclusion, swapped(w))?;
                 Ok(match plan {
-                    envs::Sleep::Scale { from, to } => {
-                        let (key, value) = self.record(from, to).annotation();
-                        let mut patch = size_patch(w.kind, to);
-                        patch["metadata"]["annotations"][key] = value.into();
-                        (Some(patch), Done::Slept { from, to })
-                    }
+                    envs::Sleep::Scale { from, to } => (
+                        Some(owned(to, Some(&self.record(from, to)), swap_restores)),
+                        Done::Slept { from, to },
+                    ),
                     envs::Sleep::AlreadyAsleep => (None, unchanged("already asleep")),
                     envs::Sleep::AlreadySmall { replicas } => (
                         None,
@@ -600,52 +655,80 @@ impl Step<'_> {
                     envs::Sleep::Excluded { why } => {
                         (None, unchanged(&format!("excluded by {why}")))
                     }
-                    envs::Sleep::UnderSwap { session, from, to } => {
-                        let (key, value) = self.record(from, to).annotation();
-                        let patch = serde_json::json!({ "metadata": { "annotations": {
-                            key: value,
-                            ORIGINAL_REPLICAS_ANNOTATION: to.to_string(),
-                        } } });
-                        (Some(patch), Done::RetargetedSwap { session, from, to })
-                    }
+                    envs::Sleep::UnderSwap { session, from, to } => (
+                        Some(owned(
+                            w.size,
+                            Some(&self.record(from, to)),
+                            Some(to.to_string()),
+                        )),
+                        Done::RetargetedSwap { session, from, to },
+                    ),
                 })
             }
             Direction::Wake => {
                 let plan = envs::wake_plan(w.size, &w.annotations, swapped(w))?;
                 Ok(match plan {
-                    envs::Wake::Scale { to } => {
-                        let mut patch = size_patch(w.kind, to);
-                        patch["metadata"]["annotations"][envs::SLEEP_ANNOTATION] =
-                            serde_json::Value::Null;
-                        (Some(patch), Done::Woke { from: w.size, to })
-                    }
-                    envs::Wake::KeepChanged { current, original } => {
-                        let patch = serde_json::json!({
-                            "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } }
-                        });
-                        (Some(patch), Done::KeptChanged { current, original })
-                    }
-                    envs::Wake::Cleanup => {
-                        let patch = serde_json::json!({
-                            "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } }
-                        });
-                        (
-                            Some(patch),
-                            unchanged("awake already; its sleep record is removed"),
-                        )
-                    }
+                    envs::Wake::Scale { to } => (
+                        Some(owned(to, None, swap_restores)),
+                        Done::Woke { from: w.size, to },
+                    ),
+                    envs::Wake::KeepChanged { current, original } => (
+                        Some(owned(w.size, None, swap_restores)),
+                        Done::KeptChanged { current, original },
+                    ),
+                    envs::Wake::Cleanup => (
+                        Some(owned(w.size, None, swap_restores)),
+                        unchanged("awake already; its sleep record is removed"),
+                    ),
                     envs::Wake::NotAsleep => (None, unchanged("not asleep")),
                     envs::Wake::UnderSwap { session, to } => {
-                        let patch = serde_json::json!({ "metadata": { "annotations": {
-                            envs::SLEEP_ANNOTATION: null,
-                            ORIGINAL_REPLICAS_ANNOTATION: to.to_string(),
-                        } } });
                         let from = w.swap_original.unwrap_or(0);
-                        (Some(patch), Done::RetargetedSwap { session, from, to })
+                        (
+                            Some(owned(w.size, None, Some(to.to_string()))),
+                            Done::RetargetedSwap { session, from, to },
+                        )
                     }
                 })
             }
         }
+    }
+}
+
+/// Everything kdev's environments own on a workload, written whole by one
+/// server-side apply under kdev's field manager: its size, its sleep record
+/// while it sleeps, and a swap's restore count while a swap holds it. What
+/// kdev owned and an apply leaves out is removed, so every apply names all
+/// of it: the size even when it does not change (else a size only kdev
+/// owned would fall back to the API's default of 1), the restore count
+/// whenever a swap has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owned {
+    size: i32,
+    /// The `kdev.dev/sleep` annotation's value; `None` removes the record.
+    record: Option<String>,
+    /// `kdev.dev/original-replicas`, when a swap holds the workload.
+    swap_restores: Option<String>,
+}
+
+impl Owned {
+    /// The apply configuration for `K`'s object `name` in `namespace`.
+    fn config<K: Scalable>(&self, name: &str, namespace: &str) -> serde_json::Value {
+        let mut annotations = serde_json::Map::new();
+        if let Some(record) = &self.record {
+            annotations.insert(envs::SLEEP_ANNOTATION.into(), record.clone().into());
+        }
+        if let Some(count) = &self.swap_restores {
+            annotations.insert(ORIGINAL_REPLICAS_ANNOTATION.into(), count.clone().into());
+        }
+        let mut config = K::size_patch(self.size);
+        config["apiVersion"] = K::api_version(&()).into();
+        config["kind"] = K::kind(&()).into();
+        config["metadata"] = serde_json::json!({
+            "name": name,
+            "namespace": namespace,
+            "annotations": annotations,
+        });
+        config
     }
 }
 
@@ -665,14 +748,6 @@ fn forbidden(err: &anyhow::Error) -> bool {
 fn unchanged(why: &str) -> Done {
     Done::Unchanged {
         why: why.to_owned(),
-    }
-}
-
-fn size_patch(kind: Kind, size: i32) -> serde_json::Value {
-    match kind {
-        Kind::Deployment => Deployment::size_patch(size),
-        Kind::StatefulSet => StatefulSet::size_patch(size),
-        Kind::CronJob => CronJob::size_patch(size),
     }
 }
 

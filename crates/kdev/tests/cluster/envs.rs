@@ -196,6 +196,103 @@ async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
     .await;
 }
 
+/// Which fields of `object` the manager owns through which operation, as
+/// `(operation, fields JSON)`.
+fn owned_by(object: &Deployment, manager: &str) -> Vec<(String, String)> {
+    object
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(manager))
+        .map(|m| {
+            (
+                m.operation.clone().unwrap_or_default(),
+                m.fields_v1
+                    .as_ref()
+                    .map(|f| f.0.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn replicas_are_kdevs_by_server_side_apply_and_a_gitops_sync_leaves_the_sleep_alone() {
+    with_namespace("envs-gitops", |ns| async move {
+        // A GitOps tool's server-side sync: its own manager owns the
+        // manifest, replicas included.
+        let manifest = simple_deployment("web", 3, &[]);
+        let gitops = PatchParams::apply("argocd-controller");
+        ns.api::<Deployment>()
+            .patch("web", &gitops, &Patch::Apply(&manifest))
+            .await
+            .expect("the GitOps sync");
+
+        ok(run(&kubeconfig(), &ns.name, &["sleep", "deploy/web"]));
+        let web = ns.api::<Deployment>().get("web").await.unwrap();
+        assert_eq!(web.spec.as_ref().unwrap().replicas, Some(0));
+        let kdev = owned_by(&web, "kdev");
+        assert!(
+            kdev.iter().any(|(op, fields)| op == "Apply"
+                && fields.contains("f:replicas")
+                && fields.contains("f:kdev.dev/sleep")),
+            "kdev owns replicas and its record through Apply: {kdev:?}"
+        );
+        assert!(
+            !owned_by(&web, "argocd-controller")
+                .iter()
+                .any(|(_, fields)| fields.contains("f:replicas")),
+            "the sync no longer owns replicas"
+        );
+
+        // The next sync leaves replicas out, as Argo CD does with
+        // `ignoreDifferences` on kdev's fields and RespectIgnoreDifferences:
+        // the sleep and its record stay.
+        let mut next = manifest.clone();
+        next["spec"].as_object_mut().unwrap().remove("replicas");
+        next["metadata"]["labels"] = json!({ "synced": "again" });
+        ns.api::<Deployment>()
+            .patch("web", &gitops, &Patch::Apply(&next))
+            .await
+            .expect("the next sync");
+        assert_eq!(replicas(&ns, "web").await.0, 0);
+        assert!(replicas(&ns, "web").await.1.is_some(), "the record stays");
+
+        ok(run(&kubeconfig(), &ns.name, &["wake", "deploy/web"]));
+        assert_eq!(replicas(&ns, "web").await, (3, None));
+        let web = ns.api::<Deployment>().get("web").await.unwrap();
+        assert_eq!(
+            web.labels().get("synced").map(String::as_str),
+            Some("again")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sleep_record_written_by_a_merge_patch_is_removed_by_the_wake() {
+    // Records of a kdev before server-side apply, or written by hand, are
+    // not kdev's apply's to let go of: the wake removes them itself.
+    with_namespace("envs-old-record", |ns| async move {
+        create_deployment(&ns, "web", 0, json!({})).await;
+        ns.api::<Deployment>()
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": {
+                    SLEEP: r#"{"replicas":2,"to":0,"at":"2026-12-01T19:00:00Z","by":"someone"}"#
+                } } })),
+            )
+            .await
+            .expect("an old record");
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake", "deploy/web"]));
+        assert!(woke.contains("(0 replicas → 2 replicas)"), "{woke}");
+        assert_eq!(replicas(&ns, "web").await, (2, None));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_scale_by_hand_while_asleep_is_kept_and_reported() {
     with_namespace("envs-manual", |ns| async move {
