@@ -67,6 +67,21 @@ pub enum Nodes {
     Both,
 }
 
+/// The nodes asked for, else a real node where this machine can run one
+/// (and kwok's, saying why, where it cannot).
+pub fn nodes_or_default(nodes: Option<Nodes>) -> Nodes {
+    if let Some(nodes) = nodes {
+        return nodes;
+    }
+    match node::unsupported(&binaries::locate_node()) {
+        None => Nodes::Real,
+        Some(why) => {
+            eprintln!("kdev: using kwok's fake node: {why}");
+            Nodes::Kwok
+        }
+    }
+}
+
 /// What `kdev cluster` was asked to do, to which cluster.
 #[derive(Debug)]
 pub enum Action {
@@ -93,17 +108,7 @@ pub async fn run(action: Action) -> anyhow::Result<ExitCode> {
         } => {
             let cluster = LocalCluster::new(&name)?;
             let started = Instant::now();
-            let nodes = match nodes {
-                Some(nodes) => nodes,
-                None => match node::unsupported(&binaries::locate_node()) {
-                    None => Nodes::Real,
-                    Some(why) => {
-                        eprintln!("kdev: using kwok's fake node: {why}");
-                        Nodes::Kwok
-                    }
-                },
-            };
-            cluster.up(timeout, nodes).await?;
+            cluster.up(timeout, nodes_or_default(nodes)).await?;
             eprintln!(
                 "cluster {:?} is up ({:.1}s). Use it with:\n  export KUBECONFIG={}",
                 cluster.name,

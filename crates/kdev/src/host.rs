@@ -25,6 +25,21 @@ pub fn user_at_host() -> String {
     format!("{user}@{}", hostname())
 }
 
+/// The first executable `name` in `dirs`.
+pub fn find_in(dirs: &[std::path::PathBuf], name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    dirs.iter().map(|dir| dir.join(name)).find(|candidate| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// The first executable `name` on PATH, as a shell would find it.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    find_in(&std::env::split_paths(&path).collect::<Vec<_>>(), name)
+}
+
 /// Where kdev keeps its local state: `$KDEV_HOME`, else `~/.cache/kdev`.
 pub fn kdev_home() -> std::path::PathBuf {
     if let Some(home) = std::env::var_os("KDEV_HOME") {

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod controller;
 pub mod envs;
 pub mod error;
+pub mod fswatch;
 pub mod host;
 pub mod image;
 pub mod k8s;

@@ -8,6 +8,9 @@
 //!   satisfy an expected one (every mismatch); [`diff`]: how a failure reads.
 //! - [`run`]: one test against the cluster; [`runner`]: a suite in parallel;
 //!   [`report`]: terminal, JUnit and JSON output, and the last run's results.
+//! - [`target`]: the cluster a suite runs on (`--cluster`); [`prepare`]:
+//!   the controller under test deployed or run locally; [`watch`]: which
+//!   tests a change calls for (`--watch`).
 
 pub mod chainsaw;
 pub mod cluster;
@@ -16,8 +19,11 @@ pub mod expr;
 pub mod kuttl;
 pub mod matching;
 pub mod model;
+pub mod prepare;
 pub mod report;
 pub mod run;
 pub mod runner;
 pub mod suite;
+pub mod target;
+pub mod watch;
 pub mod yaml;

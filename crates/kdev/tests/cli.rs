@@ -339,3 +339,75 @@ fn kdev_test_bad_input_exits_2_before_any_request() {
         stderr(&out)
     );
 }
+
+/// A one-step kuttl test in `dir`.
+fn one_test(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("00-apply.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n",
+    )
+    .expect("write step");
+}
+
+#[test]
+fn kdev_test_names_what_its_cluster_and_deploy_options_lack_and_exits_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_test(dir.path());
+    let here = dir.path().to_str().expect("utf-8");
+    // An empty PATH: neither kind, Docker, Podman nor skaffold.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kdev"))
+            .arg("test")
+            .arg(here)
+            .args(args)
+            .env("PATH", "")
+            .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+            .output()
+            .expect("run kdev")
+    };
+    let out = run(&["--cluster", "kind"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kind is not on PATH")
+            && stderr(&out).contains("use --cluster local"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--skaffold"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no skaffold on PATH; nothing was applied"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--keep-cluster"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("add --cluster local"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--apply-kustomize", "/nonexistent/kustomize"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/kustomize: no such directory"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--watch-path", here]);
+    assert_eq!(out.status.code(), Some(2), "--watch-path needs --watch");
+    let out = run(&[
+        "--watch",
+        "--watch-ignore",
+        "a[",
+        "--run-controller",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bad ignore pattern \"a[\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -54,6 +54,16 @@ pub enum NodeArg {
     Both,
 }
 
+impl NodeArg {
+    pub fn nodes(self) -> crate::cluster::Nodes {
+        match self {
+            NodeArg::Real => crate::cluster::Nodes::Real,
+            NodeArg::Kwok => crate::cluster::Nodes::Kwok,
+            NodeArg::Both => crate::cluster::Nodes::Both,
+        }
+    }
+}
+
 impl ClusterArgs {
     /// The capability's view: what to do, to which cluster.
     pub fn resolve(self) -> crate::cluster::Action {
@@ -66,11 +76,7 @@ impl ClusterArgs {
             } => Action::Up {
                 name: name.name,
                 timeout,
-                nodes: node.map(|n| match n {
-                    NodeArg::Real => crate::cluster::Nodes::Real,
-                    NodeArg::Kwok => crate::cluster::Nodes::Kwok,
-                    NodeArg::Both => crate::cluster::Nodes::Both,
-                }),
+                nodes: node.map(NodeArg::nodes),
             },
             ClusterCommand::Down { name } => Action::Down { name: name.name },
             ClusterCommand::Kubeconfig { name } => Action::Kubeconfig { name: name.name },

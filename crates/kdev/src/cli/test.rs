@@ -8,8 +8,10 @@ use clap::{Args, ValueEnum};
 use super::parse_duration;
 use crate::error::usage;
 use crate::testing::matching::Lists;
+use crate::testing::prepare::Deploy;
 use crate::testing::run::Options;
-use crate::testing::runner::Config;
+use crate::testing::runner::{Config, Watching};
+use crate::testing::target::Choice;
 use crate::testing::yaml;
 
 #[derive(Debug, Args)]
@@ -17,7 +19,9 @@ use crate::testing::yaml;
     kdev test e2e/                      # kuttl suites and chainsaw tests under e2e/\n  \
     kdev test e2e/ --junit report.xml --parallel 8\n  \
     kdev test e2e/ --rerun-failed        # only what failed last time\n  \
-    kdev test e2e/ --run-controller -- cargo run -p my-controller")]
+    kdev test e2e/ --run-controller -- cargo run -p my-controller\n  \
+    kdev test e2e/ --cluster local       # on a local cluster started (and removed) for the suite\n  \
+    kdev test e2e/ --watch --watch-path src --run-controller -- cargo run")]
 pub struct TestArgs {
     /// Directories of tests (kuttl-test.yaml suites, chainsaw-test.yaml tests, numbered step files); default: the current directory.
     #[arg(value_name = "DIR")]
@@ -43,7 +47,10 @@ pub struct TestArgs {
     /// Remove the finalizers of objects that keep a test namespace from going.
     #[arg(long)]
     pub force_cleanup: bool,
-    /// How long to wait, at the end, for the test namespaces to go.
+    /// Wait at the end until the test namespaces are gone, and name any held by finalizers (default: they go in the background).
+    #[arg(long)]
+    pub wait_cleanup: bool,
+    /// How long --wait-cleanup waits; a test namespace of an earlier run still there after this long is reported at the next run.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub cleanup_timeout: Duration,
     /// How long a negative assertion (kuttl errors, chainsaw error) must keep holding once it holds.
@@ -64,6 +71,40 @@ pub struct TestArgs {
     /// The controller's command, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    /// Where the suite runs: current (the kubeconfig's cluster), local (a `kdev cluster` started for the suite and removed after it), or kind (needs kind and Docker or Podman).
+    #[arg(long, value_enum, default_value = "current")]
+    pub cluster: ClusterArg,
+    /// With --cluster local: its nodes (real, kwok or both; default: a real node where this machine can run one).
+    #[arg(long, value_enum, requires = "cluster")]
+    pub node: Option<super::cluster::NodeArg>,
+    /// Keep a cluster started for the suite (--cluster local or kind) and say how to reach it.
+    #[arg(long)]
+    pub keep_cluster: bool,
+    /// Before the suite: `kubectl apply --server-side -k DIR`, then wait until each Deployment it holds is Available (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub apply_kustomize: Vec<PathBuf>,
+    /// Before the suite: `skaffold run` in the current directory.
+    #[arg(long)]
+    pub skaffold: bool,
+    /// How long the Deployments of --apply-kustomize may take to be Available.
+    #[arg(long, value_parser = parse_duration, default_value = "120s", value_name = "DURATION")]
+    pub deploy_timeout: Duration,
+    /// After the run, watch the tests' files and run the tests a change touches again, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: a file or folder (the controller's source) whose change restarts --run-controller and reruns every test (repeatable).
+    #[arg(long, value_name = "PATH", requires = "watch")]
+    pub watch_path: Vec<PathBuf>,
+    /// With --watch: a glob of paths to ignore (repeatable; .git, target, .kdev and editor swap files always are).
+    #[arg(long, value_name = "GLOB", requires = "watch")]
+    pub watch_ignore: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterArg {
+    Current,
+    Local,
+    Kind,
 }
 
 /// kdev's pinned kubectl (the one `kdev cluster` uses) first on the PATH of
@@ -93,6 +134,30 @@ impl TestArgs {
             return Err(usage(
                 "a command after `--` is the controller to run: add --run-controller",
             ));
+        }
+        if self.node.is_some() && self.cluster != ClusterArg::Local {
+            return Err(usage("--node chooses the nodes of --cluster local"));
+        }
+        if self.keep_cluster && self.cluster == ClusterArg::Current {
+            return Err(usage(
+                "--keep-cluster keeps a cluster started for the suite: add --cluster local or --cluster kind",
+            ));
+        }
+        for dir in &self.apply_kustomize {
+            if !dir.is_dir() {
+                return Err(usage(format!(
+                    "--apply-kustomize {}: no such directory; nothing was applied",
+                    dir.display()
+                )));
+            }
+        }
+        for path in &self.watch_path {
+            if !path.exists() {
+                return Err(usage(format!(
+                    "--watch-path {}: no such file or directory",
+                    path.display()
+                )));
+            }
         }
         if self.parallel == Some(0) {
             return Err(usage("--parallel must be at least 1"));
@@ -143,8 +208,27 @@ impl TestArgs {
             rerun_failed: self.rerun_failed,
             results: self.results,
             force_cleanup: self.force_cleanup,
+            wait_cleanup: self.wait_cleanup,
             cleanup_timeout: self.cleanup_timeout,
             run_controller: self.command,
+            cluster: match self.cluster {
+                ClusterArg::Current => Choice::Current,
+                ClusterArg::Local => Choice::Local {
+                    nodes: self.node.map(super::cluster::NodeArg::nodes),
+                },
+                ClusterArg::Kind => Choice::Kind,
+            },
+            keep_cluster: self.keep_cluster,
+            deploy: Deploy {
+                kustomize: self.apply_kustomize,
+                skaffold: self.skaffold,
+                timeout: self.deploy_timeout,
+            },
+            watch: self.watch.then(|| Watching {
+                paths: self.watch_path,
+                ignore: self.watch_ignore,
+                debounce: Duration::from_millis(300),
+            }),
         })
     }
 }

@@ -4,7 +4,7 @@
 //! `$KDEV_BIN_DIR` (default `~/.cache/kdev/bin`); a binary found there wins
 //! over one on PATH, since PATH often has a kubectl of another version.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Every binary a local cluster needs.
 #[derive(Clone, Debug)]
@@ -91,17 +91,7 @@ pub fn locate_node() -> Option<super::node::NodeBinaries> {
 }
 
 fn find_in(search: &[PathBuf], name: &str) -> Option<PathBuf> {
-    search
-        .iter()
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    crate::host::find_in(search, name)
 }
 
 #[cfg(test)]

@@ -104,6 +104,9 @@ impl<'a> Reader<'a> {
                 "steps",
                 "catch",
                 "template",
+                // kdev never waits for a test's namespace to go before the
+                // next test: the fast path is the only one.
+                "fastNamespaceDeletion",
             ],
             &[
                 "cluster",
@@ -195,19 +198,10 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    /// Every `(expression)` in keys and string values must compile; an
-    /// error names the line of the expression itself.
+    /// Every `(expression)` in keys and string values must compile, and no
+    /// key may use what kdev does not run; an error names the line.
     fn check_expressions(&self, value: &Value, f: &Fields<'_>, key: &str) -> Result<(), LoadError> {
-        let mut bad = None;
-        let base = f.child(key);
-        walk_expressions(value, &base, &mut |text, pointer| {
-            if bad.is_none()
-                && let Err(e) = expr::check(text)
-            {
-                bad = Some(LoadError::new(f.file, f.doc.line_of(pointer), e));
-            }
-        });
-        bad.map_or(Ok(()), Err)
+        check_tree(f.file, f.doc, value, &f.child(key))
     }
 
     fn step(&self, pointer: &str, value: &'a Value, index: usize) -> Result<Step, LoadError> {
@@ -322,7 +316,7 @@ impl<'a> Reader<'a> {
                         "timeout",
                         "description",
                     ],
-                    &["outputs", "cluster", "clusters", "dryRun"],
+                    &["outputs", "cluster", "clusters", "dryRun", "subresource"],
                 )?;
                 timeout = body.duration("timeout")?;
                 let how = match kind {
@@ -332,7 +326,7 @@ impl<'a> Reader<'a> {
                     _ => Write::Patch,
                 };
                 OpKind::Write {
-                    objects: self.objects(&body)?,
+                    objects: self.objects(&body, false)?,
                     how,
                     expect: self.expect(&body)?,
                 }
@@ -351,7 +345,7 @@ impl<'a> Reader<'a> {
                     &["cluster", "clusters"],
                 )?;
                 timeout = body.duration("timeout")?;
-                let objects = self.objects(&body)?;
+                let objects = self.objects(&body, true)?;
                 let mut check = Check {
                     lists: if self.exact_lists {
                         Lists::Exact
@@ -391,7 +385,7 @@ impl<'a> Reader<'a> {
                 let targets = match body.get("ref") {
                     Some(r) => vec![Target::Ref(self.reference(&body.child("ref"), r, true)?)],
                     None => self
-                        .objects(&body)?
+                        .objects(&body, false)?
                         .into_iter()
                         .map(Target::Object)
                         .collect(),
@@ -437,6 +431,8 @@ impl<'a> Reader<'a> {
                         "env",
                         "check",
                         "skipLogOutput",
+                        // kdev prints no command line to skip.
+                        "skipCommandOutput",
                         "timeout",
                         "description",
                         "bindings",
@@ -448,7 +444,6 @@ impl<'a> Reader<'a> {
                         "shell",
                         "shellArgs",
                         "workDir",
-                        "skipCommandOutput",
                     ],
                 )?;
                 timeout = body.duration("timeout")?;
@@ -596,7 +591,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `file` (one or more documents) or `resource` (one inline object).
-    fn objects(&self, f: &Fields<'_>) -> Result<Vec<Object>, LoadError> {
+    fn objects(&self, f: &Fields<'_>, trees: bool) -> Result<Vec<Object>, LoadError> {
         if f.bool("template")? == Some(false) {
             return Err(f.error(
                 "template",
@@ -621,31 +616,16 @@ impl<'a> Reader<'a> {
                 }
                 let mut out = Vec::new();
                 for doc in &docs {
-                    let object = kuttl::object(&full, doc)?;
-                    let mut bad = None;
-                    walk_expressions(&doc.value, "", &mut |text, pointer| {
-                        if bad.is_none()
-                            && let Err(e) = expr::check(text)
-                        {
-                            bad = Some(LoadError::new(&full, doc.line_of(pointer), e));
-                        }
-                    });
-                    if let Some(e) = bad {
-                        return Err(e);
-                    }
-                    out.push(object);
+                    check_tree(&full, doc, &doc.value, "")?;
+                    out.extend(kuttl::objects(&full, doc, trees)?);
                 }
                 out
             }
             (None, Some(resource)) => {
                 let pointer = f.child("resource");
+                check_tree(self.file, self.doc, resource, &pointer)?;
                 let doc = Doc::at_line(resource.clone(), self.doc.line_of(&pointer));
-                let object = kuttl::object(self.file, &doc).map_err(|mut e| {
-                    e.at.line = self.doc.line_of(&pointer);
-                    e
-                })?;
-                self.check_expressions(resource, f, "resource")?;
-                vec![object]
+                kuttl::objects(self.file, &doc, trees)?
             }
             _ => {
                 return Err(f.error(
@@ -718,15 +698,22 @@ impl<'a> Reader<'a> {
 
     fn wait_for(&self, pointer: &str, value: &'a Value) -> Result<WaitFor, LoadError> {
         let f = self.fields(pointer, value, "`for`")?;
-        f.only("for", &["condition", "deletion", "jsonPath"], &[])?;
+        f.only(
+            "for",
+            &["condition", "creation", "deletion", "jsonPath"],
+            &[],
+        )?;
         if f.map.len() != 1 {
             return Err(f.error(
                 "condition",
-                "`for` has exactly one of condition, deletion, jsonPath",
+                "`for` has exactly one of condition, creation, deletion, jsonPath",
             ));
         }
         if f.map.contains_key("deletion") {
             return Ok(WaitFor::Deletion);
+        }
+        if f.map.contains_key("creation") {
+            return Ok(WaitFor::Creation);
         }
         if let Some(c) = f.get("condition") {
             let c = self.fields(&f.child("condition"), c, "condition")?;
@@ -784,6 +771,49 @@ pub fn json_path_fields(path: &str) -> Vec<&str> {
     inner.trim_start_matches('.').split('.').collect()
 }
 
+/// Every `(expression)` under `base` compiles, and no key uses chainsaw's
+/// `~` (iterate) or `->` (bind) modifiers, which kdev does not run.
+fn check_tree(file: &Path, doc: &Doc, value: &Value, base: &str) -> Result<(), LoadError> {
+    let mut bad = None;
+    walk_keys(value, base, &mut |key, pointer| {
+        if bad.is_none() && (key.starts_with('~') || key.contains(")->")) {
+            bad = Some(LoadError::new(
+                file,
+                doc.line_of(pointer),
+                format!(
+                    "{key}: chainsaw's `~` (iterate) and `->` (bind) modifiers are not supported by kdev test"
+                ),
+            ));
+        }
+    });
+    walk_expressions(value, base, &mut |text, pointer| {
+        if bad.is_none()
+            && let Err(e) = expr::check(text)
+        {
+            bad = Some(LoadError::new(file, doc.line_of(pointer), e));
+        }
+    });
+    bad.map_or(Ok(()), Err)
+}
+
+fn walk_keys(value: &Value, pointer: &str, each: &mut dyn FnMut(&str, &str)) {
+    match value {
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk_keys(v, &format!("{pointer}/{i}"), each);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                let child = format!("{pointer}/{}", yaml::pointer_key(k));
+                each(k, &child);
+                walk_keys(v, &child, each);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Calls `each` with every `(expression)` in keys and string values, and
 /// the JSON pointer where it is.
 pub fn walk_expressions(value: &Value, pointer: &str, each: &mut dyn FnMut(&str, &str)) {
@@ -835,6 +865,7 @@ mod tests {
         match path.to_str() {
             Some("t/cm.yaml") => Ok("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: ($namespace)\n".to_owned()),
             Some("t/bad.yaml") => Ok("apiVersion: v1\nkind: ConfigMap\ndata:\n  (length(x): x\n".to_owned()),
+            Some("t/list.yaml") => Ok("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: a\n- apiVersion: v1\n  kind: Secret\n  metadata:\n    name: b\n".to_owned()),
             _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")),
         }
     }
@@ -933,6 +964,20 @@ mod tests {
                 "belongs in catch",
             ),
             (
+                format!(
+                    "{HEAD}  steps:\n  - try:\n    - assert:\n        resource:\n          apiVersion: v1\n          kind: Pod\n          spec:\n            ~.(containers):\n              name: a\n"
+                ),
+                "chainsaw-test.yaml:13",
+                "`~` (iterate) and `->` (bind) modifiers are not supported",
+            ),
+            (
+                format!(
+                    "{HEAD}  steps:\n  - try:\n    - assert:\n        resource:\n          apiVersion: v1\n          kind: Pod\n          (metadata.name)->name: x\n"
+                ),
+                "chainsaw-test.yaml:12",
+                "`->` (bind)",
+            ),
+            (
                 "apiVersion: chainsaw.kyverno.io/v1alpha2\nkind: Test\n".to_owned(),
                 "chainsaw-test.yaml:1",
                 "v1alpha1",
@@ -950,6 +995,33 @@ mod tests {
             assert!(err.starts_with(&format!("t/{at}:")), "{at}: {err}");
             assert!(err.contains(says), "{says}: {err}");
         }
+    }
+
+    #[test]
+    fn a_list_document_is_its_items_and_an_assertion_without_a_kind_is_kept() {
+        let text = format!(
+            "{HEAD}  steps:\n  - try:\n    - apply:\n        file: list.yaml\n    - assert:\n        resource:\n          ($x): 1\n    - wait:\n        apiVersion: v1\n        kind: Pod\n        name: p\n        for:\n          creation: {{}}\n"
+        );
+        let tests = read(&text).unwrap();
+        let ops = &tests[0].steps[0].try_;
+        let OpKind::Write { objects, .. } = &ops[0].what else {
+            panic!("a write")
+        };
+        let kinds: Vec<_> = objects.iter().map(Object::kind).collect();
+        assert_eq!(kinds, ["ConfigMap", "Secret"]);
+        let OpKind::Check(check) = &ops[1].what else {
+            panic!("an assert: {:?}", ops[1].what)
+        };
+        assert_eq!(check.present[0].value, serde_json::json!({"($x)": 1}));
+        let OpKind::Wait { until, .. } = &ops[2].what else {
+            panic!("a wait")
+        };
+        assert_eq!(*until, WaitFor::Creation);
+        // A write still needs a kind.
+        let text = format!(
+            "{HEAD}  steps:\n  - try:\n    - apply:\n        resource:\n          metadata:\n            name: a\n"
+        );
+        assert!(read(&text).is_err());
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::{StreamExt as _, stream};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    ValidationDirective,
+};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -50,22 +53,60 @@ impl Cluster {
             None => ("", api_version),
         };
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (resource, caps): (ApiResource, ApiCapabilities) = kube::discovery::pinned_kind(
-            &self.kube.client,
-            &gvk,
-        )
-        .await
-        .map_err(|e| {
-            format!(
-                "the cluster serves no kind {kind} in {api_version} ({e}); is its CRD installed?"
-            )
-        })?;
+        let (resource, caps): (ApiResource, ApiCapabilities) =
+            match kube::discovery::pinned_kind(&self.kube.client, &gvk).await {
+                Ok(found) => found,
+                Err(e) => self.served_soon(&gvk).await.ok_or_else(|| {
+                    format!(
+                        "the cluster serves no kind {kind} in {api_version} ({e}); is its CRD installed?"
+                    )
+                })?,
+            };
         let found = Kind {
             resource,
             namespaced: caps.scope == Scope::Namespaced,
         };
         self.lock().insert(key, found.clone());
         Ok(found)
+    }
+
+    /// A kind a CRD defines that the API does not serve yet (a step applied
+    /// the CRD a moment ago): the CRD watched until Established, then
+    /// discovery asked again on the shared back-off while it catches up.
+    async fn served_soon(&self, gvk: &GroupVersionKind) -> Option<(ApiResource, ApiCapabilities)> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: Api<CustomResourceDefinition> = Api::all(self.kube.client.clone());
+        let list = crds.list(&ListParams::default()).await.ok()?;
+        let crd = list
+            .items
+            .into_iter()
+            .find(|c| c.spec.group == gvk.group && c.spec.names.kind == gvk.kind)?;
+        let name = crd.metadata.name.clone()?;
+        let established = |c: Option<&CustomResourceDefinition>| {
+            let ok = c
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if ok {
+                k8s::wait::Check::Done(())
+            } else {
+                k8s::wait::Check::Wait("not Established yet".to_owned())
+            }
+        };
+        let what = format!("CRD {name} was not Established");
+        k8s::wait::until(crds, &name, Duration::from_secs(30), &what, established)
+            .await
+            .ok()?;
+        for delay in std::iter::once(Duration::ZERO).chain(k8s::backoff::delays().take(5)) {
+            tokio::time::sleep(delay).await;
+            if let Ok(found) = kube::discovery::pinned_kind(&self.kube.client, gvk).await {
+                return Some(found);
+            }
+        }
+        None
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Kind>> {
@@ -124,6 +165,35 @@ impl Cluster {
     }
 }
 
+/// A write the server refused: the report's text, and the server's own
+/// message (chainsaw's `$error`).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub shown: Failed,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(err: kube::Error, what: &str) -> Refused {
+        let message = match &err {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        };
+        let shown = match &err {
+            kube::Error::Api(status) => format!("{what}: {} ({})", status.message, status.reason),
+            _ => format!("{what}: {err}"),
+        };
+        Refused { shown, message }
+    }
+
+    fn local(shown: Failed) -> Refused {
+        Refused {
+            message: shown.clone(),
+            shown,
+        }
+    }
+}
+
 /// How a write went.
 pub enum Wrote {
     Created,
@@ -137,11 +207,11 @@ pub async fn write(
     how: super::model::Write,
     describe: &str,
     cluster: &Cluster,
-) -> Result<Wrote, Failed> {
+) -> Result<Wrote, Refused> {
     use super::model::Write;
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let typed: DynamicObject = serde_json::from_value(object.clone())
-        .map_err(|e| format!("{describe} is not an object the API accepts: {e}"))?;
+        .map_err(|e| Refused::local(format!("{describe} is not an object the API accepts: {e}")))?;
     let pp = PostParams {
         field_manager: Some("kdev-test".into()),
         ..PostParams::default()
@@ -151,64 +221,109 @@ pub async fn write(
         let object = object.clone();
         let name = name.to_owned();
         async move {
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&object))
-                .await
+            let params = PatchParams {
+                field_manager: Some("kdev-test".into()),
+                field_validation: Some(ValidationDirective::Strict),
+                ..PatchParams::default()
+            };
+            api.patch(&name, &params, &Patch::Merge(&object)).await
         }
     };
     match how {
-        Write::Create => api
-            .create(&pp, &typed)
-            .await
-            .map(|_| Wrote::Created)
-            .map_err(|e| cluster.say(e, &format!("create {describe}"))),
+        Write::Create => strict(
+            cluster,
+            kube::core::Request::new(api.resource_url())
+                .create(&pp, body(&typed).map_err(Refused::local)?),
+        )
+        .await
+        .map(|_| Wrote::Created)
+        .map_err(|e| Refused::new(e, &format!("create {describe}"))),
         Write::Patch => patch(api)
             .await
             .map(|_| Wrote::Changed)
-            .map_err(|e| cluster.say(e, &format!("patch {describe}"))),
+            .map_err(|e| Refused::new(e, &format!("patch {describe}"))),
         Write::Update => {
             let current = api
                 .get(name)
                 .await
-                .map_err(|e| cluster.say(e, &format!("update {describe}")))?;
+                .map_err(|e| Refused::new(e, &format!("update {describe}")))?;
             let mut replacement = typed;
             replacement.metadata.resource_version = current.metadata.resource_version;
-            api.replace(name, &pp, &replacement)
-                .await
-                .map(|_| Wrote::Changed)
-                .map_err(|e| cluster.say(e, &format!("update {describe}")))
+            strict(
+                cluster,
+                kube::core::Request::new(api.resource_url()).replace(
+                    name,
+                    &pp,
+                    body(&replacement).map_err(Refused::local)?,
+                ),
+            )
+            .await
+            .map(|_| Wrote::Changed)
+            .map_err(|e| Refused::new(e, &format!("update {describe}")))
         }
         Write::Apply => {
             if name.is_empty() {
                 // generateName: always a new object.
-                return api
-                    .create(&pp, &typed)
-                    .await
-                    .map(|_| Wrote::Created)
-                    .map_err(|e| cluster.say(e, &format!("create {describe}")));
+                return strict(
+                    cluster,
+                    kube::core::Request::new(api.resource_url())
+                        .create(&pp, body(&typed).map_err(Refused::local)?),
+                )
+                .await
+                .map(|_| Wrote::Created)
+                .map_err(|e| Refused::new(e, &format!("create {describe}")));
             }
             // As kuttl: what exists is merge-patched (a step may hold only
             // the fields it changes), what does not is created.
             let exists = match api.get_metadata_opt(name).await {
                 Ok(found) => found.is_some(),
-                Err(e) => return Err(cluster.say(e, &format!("apply {describe}"))),
+                Err(e) => return Err(Refused::new(e, &format!("apply {describe}"))),
             };
             if exists {
                 return patch(api)
                     .await
                     .map(|_| Wrote::Changed)
-                    .map_err(|e| cluster.say(e, &format!("apply {describe}")));
+                    .map_err(|e| Refused::new(e, &format!("apply {describe}")));
             }
-            match api.create(&pp, &typed).await {
+            match strict(
+                cluster,
+                kube::core::Request::new(api.resource_url())
+                    .create(&pp, body(&typed).map_err(Refused::local)?),
+            )
+            .await
+            {
                 Ok(_) => Ok(Wrote::Created),
                 // Created in between (by a controller): patch it.
                 Err(kube::Error::Api(status)) if status.code == 409 => patch(api)
                     .await
                     .map(|_| Wrote::Changed)
-                    .map_err(|e| cluster.say(e, &format!("apply {describe}"))),
-                Err(e) => Err(cluster.say(e, &format!("apply {describe}"))),
+                    .map_err(|e| Refused::new(e, &format!("apply {describe}"))),
+                Err(e) => Err(Refused::new(e, &format!("apply {describe}"))),
             }
         }
     }
+}
+
+/// Sends a create or replace with `fieldValidation=Strict`, as kubectl and
+/// chainsaw do: a field the API does not know is an error, not silently
+/// dropped (kube's PostParams cannot say it, so the query is added here).
+async fn strict(
+    cluster: &Cluster,
+    request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+) -> Result<DynamicObject, kube::Error> {
+    let mut request = request.map_err(kube::Error::BuildRequest)?;
+    let uri = request.uri().to_string();
+    let joined = if uri.contains('?') { '&' } else { '?' };
+    *request.uri_mut() = format!("{uri}{joined}fieldValidation=Strict")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| {
+            kube::Error::BuildRequest(kube::core::request::Error::Validation(e.to_string()))
+        })?;
+    cluster.kube.client.request::<DynamicObject>(request).await
+}
+
+fn body(object: &DynamicObject) -> Result<Vec<u8>, Failed> {
+    serde_json::to_vec(object).map_err(|e| format!("cannot encode the object: {e}"))
 }
 
 /// Deletes by name or selector; what was not there is not an error.

@@ -301,11 +301,11 @@ fn read_step(
                     ),
                 ));
             }
-            let object = object(&file, doc)?;
+            let found = objects(&file, doc, false)?;
             match role {
-                Role::Apply => apply.push(object),
-                Role::Assert => check.present.push(object),
-                Role::Errors => check.absent.push(object),
+                Role::Apply => apply.extend(found),
+                Role::Assert => check.present.extend(found),
+                Role::Errors => check.absent.extend(found),
             }
         }
     }
@@ -501,7 +501,40 @@ fn objects_in_file(path: &Path, f: &Fields<'_>, key: &str) -> Result<Vec<Object>
     let text = std::fs::read_to_string(path)
         .map_err(|e| f.error(key, format!("cannot read {}: {e}", path.display())))?;
     let docs = yaml::load(&text).map_err(|e| LoadError::new(path, e.line, e.message))?;
-    docs.iter().map(|doc| object(path, doc)).collect()
+    let mut out = Vec::new();
+    for doc in &docs {
+        out.extend(objects(path, doc, false)?);
+    }
+    Ok(out)
+}
+
+/// The objects of a document: itself, or a `v1` `List`'s items. With
+/// `trees`, a document without apiVersion and kind is kept as it is
+/// (chainsaw's assertion about bindings rather than an object).
+pub fn objects(file: &Path, doc: &Doc, trees: bool) -> Result<Vec<Object>, LoadError> {
+    if doc.value["kind"] == "List"
+        && let Some(items) = doc.value["items"].as_array()
+    {
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let line = doc.line_of(&format!("/items/{i}"));
+                object(file, &Doc::at_line(item.clone(), line))
+            })
+            .collect();
+    }
+    let map = doc.value.as_object();
+    if trees && map.is_some_and(|m| !m.contains_key("apiVersion") && !m.contains_key("kind")) {
+        return Ok(vec![Object {
+            value: doc.value.clone(),
+            source: Source {
+                file: file.to_owned(),
+                line: doc.line,
+            },
+        }]);
+    }
+    object(file, doc).map(|o| vec![o])
 }
 
 /// A Kubernetes object from a document: apiVersion and kind are required.

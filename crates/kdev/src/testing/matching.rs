@@ -90,6 +90,27 @@ impl Matcher<'_> {
             }
             return;
         }
+        // A map of only `(expression)` keys judges any value, not only a
+        // map: `type: {(starts_with(@, 'a')): true}`.
+        if let Value::Object(want) = expected
+            && !want.is_empty()
+            && want.keys().all(|k| expr::expression(k).is_some())
+            && !matches!(actual, Some(Value::Object(_)))
+        {
+            let here = actual.cloned().unwrap_or(Value::Null);
+            for (key, value) in want {
+                let child = join(path, key);
+                let expression = expr::expression(key).unwrap_or_default();
+                match expr::eval(expression, &here, self.bindings) {
+                    Ok(result) => self.walk(value, Some(&result), &child, out),
+                    Err(e) => out.push(Mismatch {
+                        path: child,
+                        reason: e,
+                    }),
+                }
+            }
+            return;
+        }
         match (expected, actual) {
             (Value::Null, None | Some(Value::Null)) => {}
             (_, None) => miss(
@@ -412,6 +433,15 @@ mod tests {
         assert!(miss[0].reason.contains("no binding $nope"), "{miss:?}");
         // A boolean key expression.
         assert!(m.matches(&json!({"spec": {"(length(containers) > `1`)": true}}), &pod));
+        // Expression keys judge a scalar too.
+        assert!(m.matches(
+            &json!({"metadata": {"namespace": {"(starts_with(@, 't-'))": true}}}),
+            &pod
+        ));
+        assert!(!m.matches(
+            &json!({"metadata": {"namespace": {"(starts_with(@, 'x'))": true}}}),
+            &pod
+        ));
     }
 
     fn value() -> impl Strategy<Value = Value> {

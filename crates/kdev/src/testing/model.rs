@@ -250,6 +250,8 @@ pub enum WaitFor {
         value: String,
     },
     Deletion,
+    /// At least one object exists.
+    Creation,
     /// `jsonPath: {path, value}`: the field at a kubectl JSONPath (simple
     /// dotted form) has `value`.
     Field {

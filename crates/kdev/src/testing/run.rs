@@ -100,7 +100,8 @@ pub struct Teardown {
     pub namespace: Option<String>,
 }
 
-/// Something a test created outside its own namespace.
+/// Something a test created that its namespace's deletion does not take
+/// with it (cluster-scoped, elsewhere, or in a namespace it did not create).
 struct Elsewhere {
     kind: Kind,
     namespace: Option<String>,
@@ -112,6 +113,9 @@ struct Ctx<'a> {
     options: &'a Options,
     test: &'a Test,
     namespace: String,
+    /// Whether this run created the namespace (and so deletes it, and
+    /// everything in it, at the end).
+    own_namespace: bool,
     elsewhere: Vec<Elsewhere>,
     background: Vec<tokio::process::Child>,
     report: String,
@@ -159,6 +163,7 @@ pub async fn run(cluster: &Cluster, options: &Options, test: &Test) -> Outcome {
         options,
         test,
         namespace,
+        own_namespace: created,
         elsewhere: Vec::new(),
         background: Vec::new(),
         report: String::new(),
@@ -396,7 +401,7 @@ impl Ctx<'_> {
             let api = self.cluster.api(&kind, namespace.as_deref());
             let result = cluster::write(&api, &value, how, &describe, self.cluster).await;
             if let Ok(cluster::Wrote::Created) = result
-                && (namespace.as_deref() != Some(self.namespace.as_str()))
+                && (!self.own_namespace || namespace.as_deref() != Some(self.namespace.as_str()))
                 && let Some(name) = value["metadata"]["name"].as_str()
             {
                 self.elsewhere.push(Elsewhere {
@@ -405,7 +410,7 @@ impl Ctx<'_> {
                     name: name.to_owned(),
                 });
             }
-            let error = result.as_ref().err().cloned();
+            let error = result.as_ref().err().map(|r| r.message.clone());
             let applies: Vec<_> = expect
                 .iter()
                 .filter(|e| {
@@ -415,7 +420,7 @@ impl Ctx<'_> {
                 })
                 .collect();
             if applies.is_empty() {
-                result?;
+                result.map_err(|r| r.shown)?;
                 continue;
             }
             let scope = bindings.with("error", error.map_or(Value::Null, Value::String));
@@ -442,7 +447,7 @@ impl Ctx<'_> {
         let text = |v: &Value| -> Result<Option<String>, String> {
             match v.as_str() {
                 Some(s) => match expr::expression(s) {
-                    Some(e) => Ok(expr::eval(e, &Value::Null, bindings)?
+                    Some(e) => Ok(expr::eval(e, &empty(), bindings)?
                         .as_str()
                         .map(str::to_owned)),
                     None => Ok(Some(s.to_owned())),
@@ -485,6 +490,28 @@ impl Ctx<'_> {
         timeout: Duration,
         bindings: &Bindings,
     ) -> Result<(), String> {
+        // chainsaw's assertions about bindings rather than objects (no
+        // apiVersion, no kind): judged once, nothing to watch.
+        let m = self.matcher(check.lists, bindings);
+        let tree = |o: &&Object| o.value.get("kind").is_none();
+        for o in check.present.iter().filter(tree) {
+            let misses = m.mismatches(&o.value, &empty());
+            if !misses.is_empty() {
+                return Err(format!(
+                    "the assertion at {} does not hold: {}",
+                    o.source,
+                    list(&misses)
+                ));
+            }
+        }
+        for o in check.absent.iter().filter(tree) {
+            if m.matches(&o.value, &empty()) {
+                return Err(format!(
+                    "the assertion at {} must not hold, and does",
+                    o.source
+                ));
+            }
+        }
         let mut scopes: Vec<Watched> = Vec::new();
         let mut place = |scope: Watched| match scopes.iter().position(|s| *s == scope) {
             Some(i) => i,
@@ -494,14 +521,16 @@ impl Ctx<'_> {
             }
         };
         let mut present = Vec::new();
-        for object in &check.present {
+        for object in check.present.iter().filter(|o| !tree(o)) {
             present.push((place(self.scope(&object.value, bindings).await?), object));
         }
         let mut absent = Vec::new();
-        for object in &check.absent {
+        for object in check.absent.iter().filter(|o| !tree(o)) {
             absent.push((place(self.scope(&object.value, bindings).await?), object));
         }
-        let m = self.matcher(check.lists, bindings);
+        if scopes.is_empty() {
+            return Ok(());
+        }
         let holds = |seen: &Seen| {
             let ok = present
                 .iter()
@@ -671,6 +700,7 @@ impl Ctx<'_> {
             let objects = &seen.objects[0];
             let ok = match until {
                 WaitFor::Deletion => objects.is_empty(),
+                WaitFor::Creation => !objects.is_empty(),
                 WaitFor::Condition { name, value } => {
                     !objects.is_empty()
                         && objects.values().all(|o| {
@@ -709,9 +739,15 @@ impl Ctx<'_> {
         match done {
             Some(()) => Ok(()),
             None => Err(format!(
-                "{}/{} did not reach {until:?} within {}; seen: {}",
+                "{}/{} did not reach {} within {}; seen: {}",
                 scope.kind,
                 scope.name.as_deref().unwrap_or("*"),
+                match until {
+                    WaitFor::Condition { name, value } => format!("condition {name}={value}"),
+                    WaitFor::Deletion => "deletion".to_owned(),
+                    WaitFor::Creation => "creation".to_owned(),
+                    WaitFor::Field { path, value } => format!("{path}={value}"),
+                },
                 secs(timeout),
                 remaining(&seen)
             )),
@@ -809,10 +845,26 @@ impl Ctx<'_> {
             let status = child.wait().await;
             (status, stdout, stderr)
         };
-        let (status, stdout, stderr) = tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| format!("{what} did not finish within {} (killed)", secs(timeout)))?;
-        let status = status.map_err(|e| format!("{what}: {e}"))?;
+        // A process still running at its timeout is killed (when `run` is
+        // dropped), and that is its error, for a `check` to judge too.
+        let (error, stdout, stderr) = match tokio::time::timeout(timeout, run).await {
+            Err(_) => (
+                Some(format!(
+                    "{what} did not finish within {} (killed)",
+                    secs(timeout)
+                )),
+                Vec::new(),
+                Vec::new(),
+            ),
+            Ok((status, stdout, stderr)) => {
+                let status = status.map_err(|e| format!("{what}: {e}"))?;
+                let error = (!status.success()).then(|| match status.code() {
+                    Some(code) => format!("exit status {code}"),
+                    None => "killed by a signal".to_owned(),
+                });
+                (error, stdout, stderr)
+            }
+        };
         let stdout = String::from_utf8_lossy(&stdout).into_owned();
         let stderr = String::from_utf8_lossy(&stderr).into_owned();
         if !exec.skip_log_output && (!stdout.is_empty() || !stderr.is_empty()) {
@@ -820,10 +872,6 @@ impl Ctx<'_> {
             self.report.push_str(&stdout);
             self.report.push_str(&stderr);
         }
-        let error = (!status.success()).then(|| match status.code() {
-            Some(code) => format!("exit status {code}"),
-            None => "killed by a signal".to_owned(),
-        });
         match &exec.check {
             None => match error {
                 None => Ok(()),
@@ -939,7 +987,7 @@ async fn events(cluster: &Cluster, namespace: &str) -> String {
 pub fn template(value: &Value, bindings: &Bindings) -> Result<Value, String> {
     Ok(match value {
         Value::String(s) => match expr::expression(s) {
-            Some(e) => expr::eval(e, &Value::Null, bindings)?,
+            Some(e) => expr::eval(e, &empty(), bindings)?,
             None => value.clone(),
         },
         Value::Array(items) => Value::Array(
@@ -952,7 +1000,7 @@ pub fn template(value: &Value, bindings: &Bindings) -> Result<Value, String> {
             let mut out = Map::new();
             for (k, v) in map {
                 let key = match expr::expression(k) {
-                    Some(e) => plain(&expr::eval(e, &Value::Null, bindings)?),
+                    Some(e) => plain(&expr::eval(e, &empty(), bindings)?),
                     None => k.clone(),
                 };
                 out.insert(key, template(v, bindings)?);
@@ -961,6 +1009,13 @@ pub fn template(value: &Value, bindings: &Bindings) -> Result<Value, String> {
         }
         other => other.clone(),
     })
+}
+
+/// What a binding or a template's expression sees as `@`: an empty map
+/// (JMESPath gives `null` for `[a, b]` over `null`, which would make
+/// `join('-', [$namespace, 'x'])` fail).
+fn empty() -> Value {
+    Value::Object(Map::new())
 }
 
 /// A value as an environment variable or argument: strings bare, the rest

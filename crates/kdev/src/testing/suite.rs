@@ -75,7 +75,7 @@ fn read_kuttl_suite(file: &Path, suite: &mut Suite) -> Result<(), LoadError> {
             let text = read(&path)?;
             let docs = yaml::load(&text).map_err(|e| LoadError::new(&path, e.line, e.message))?;
             for doc in &docs {
-                suite.manifests.push(kuttl::object(&path, doc)?);
+                suite.manifests.extend(kuttl::objects(&path, doc, false)?);
             }
         }
     }

@@ -104,6 +104,7 @@ fn convert(
         }
         YamlDataOwned::Mapping(entries) => {
             let mut out = Map::new();
+            let mut merges = Vec::new();
             for (key_node, item) in entries {
                 let key = match &key_node.data {
                     YamlDataOwned::Value(ScalarOwned::String(s)) => s.clone(),
@@ -120,12 +121,33 @@ fn convert(
                         });
                     }
                 };
+                if key == "<<" {
+                    // YAML 1.1's merge key (`<<: *base`), which Kubernetes
+                    // manifests use: the base's entries, unless this map
+                    // sets them itself.
+                    merges.push(convert(item, pointer.clone(), &mut HashMap::new())?);
+                    continue;
+                }
                 let child = format!("{pointer}/{}", pointer_key(&key));
                 let value = convert(item, child.clone(), lines)?;
                 // A person looks for the key, not where its value starts
                 // (a nested map starts on the next line).
                 lines.insert(child, key_node.span.start.line());
                 out.insert(key, value);
+            }
+            for merged in merges {
+                let bases = match merged {
+                    Value::Array(list) => list,
+                    other => vec![other],
+                };
+                for base in bases {
+                    let Value::Object(base) = base else {
+                        return Err(bad("`<<` merges a map or a list of maps".to_owned()));
+                    };
+                    for (k, v) in base {
+                        out.entry(k).or_insert(v);
+                    }
+                }
             }
             Value::Object(out)
         }
@@ -181,6 +203,13 @@ mod tests {
     fn aliases_are_expanded() {
         let docs = load("base: &b {x: 1}\ncopy: *b\n").unwrap();
         assert_eq!(docs[0].value["copy"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn merge_keys_merge() {
+        let docs = load("base: &b {x: 1, y: 2}\ncopy:\n  <<: *b\n  y: 3\n").unwrap();
+        assert_eq!(docs[0].value["copy"], json!({"x": 1, "y": 3}));
+        assert!(load("a:\n  <<: 1\n").is_err());
     }
 
     #[test]

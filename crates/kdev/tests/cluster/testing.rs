@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::real_node::{BUSYBOX, require_real_node};
-use crate::support::{client_for, kdev, kubeconfig, unique_name, with_namespace};
+use crate::support::{client_for, eventually, kdev, kubeconfig, unique_name, with_namespace};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -69,6 +69,7 @@ async fn the_greeter_suite_passes_in_both_formats() {
             "json",
             "--junit",
             junit.to_str().expect("utf-8"),
+            "--wait-cleanup",
             "--run-controller",
             "--",
             greeter.to_str().expect("utf-8"),
@@ -280,24 +281,80 @@ async fn a_namespace_held_by_a_finalizer_is_reported_and_force_cleanup_frees_it(
         "held/00-apply.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers:\n  - example.kdev.dev/hold\n",
     );
-    let output = kdev_test(
+    let namespace_of = |o: &Output| -> String {
+        let summary: Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(o)));
+        summary["tests"][0]["namespace"]
+            .as_str()
+            .expect("ns")
+            .to_owned()
+    };
+    // Waiting at the end: the namespace that cannot go is named with what
+    // holds it.
+    let first = kdev_test(
         work.path(),
-        &["held", "--cleanup-timeout", "3s", "-o", "json"],
+        &[
+            "held",
+            "--wait-cleanup",
+            "--cleanup-timeout",
+            "3s",
+            "-o",
+            "json",
+        ],
     );
-    let shown = text(&output);
-    assert_eq!(output.status.code(), Some(0), "{shown}");
+    let shown = text(&first);
+    assert_eq!(first.status.code(), Some(0), "{shown}");
+    let held = namespace_of(&first);
     assert!(
-        shown.contains("held by configmaps./held (finalizers: example.kdev.dev/hold) (--force-cleanup removes them)"),
+        shown.contains(&format!("namespace {held} is still being deleted after 3s"))
+            && shown.contains("held by configmaps./held (finalizers: example.kdev.dev/hold) (--force-cleanup removes them)"),
         "{shown}"
     );
-    let summary: Value = serde_json::from_slice(&output.stdout).expect("json");
-    let namespace = summary["tests"][0]["namespace"]
-        .as_str()
-        .expect("ns")
-        .to_owned();
-    // Free it by hand, then check --force-cleanup does the same itself.
+    // Not waiting (the default): the next run reports what an earlier run
+    // left, and --force-cleanup frees it.
+    let second = kdev_test(
+        work.path(),
+        &[
+            "held",
+            "--cleanup-timeout",
+            "1s",
+            "--force-cleanup",
+            "-o",
+            "json",
+        ],
+    );
+    let shown = text(&second);
+    assert_eq!(second.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(&format!("from an earlier run: namespace {held}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("removed the finalizers of configmaps./held"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("1 test namespace is being deleted in the background"),
+        "{shown}"
+    );
     let client = client_for(&kubeconfig()).await;
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the freed namespace to go",
+        || async {
+            namespaces
+                .get_opt(&held)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    // The second run's own namespace is held the same way: free it here.
+    let maps: Api<ConfigMap> = Api::namespaced(client, &namespace_of(&second));
     maps.patch(
         "held",
         &PatchParams::default(),
@@ -305,14 +362,262 @@ async fn a_namespace_held_by_a_finalizer_is_reported_and_force_cleanup_frees_it(
     )
     .await
     .expect("remove the finalizer");
-    let output = kdev_test(
-        work.path(),
-        &["held", "--cleanup-timeout", "3s", "--force-cleanup"],
+}
+
+/// A kuttl test that applies a ConfigMap and asserts `data.a` is `want`
+/// (2 s to hold).
+fn configmap_test(root: &Path, name: &str, want: &str) {
+    write(
+        root,
+        &format!("{name}/00-apply.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n",
     );
+    write(
+        root,
+        &format!("{name}/00-assert.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"{want}\"\n---\napiVersion: kuttl.dev/v1beta1\nkind: TestAssert\ntimeout: 2\n"
+        ),
+    );
+}
+
+#[tokio::test]
+async fn a_suite_runs_on_a_local_cluster_of_its_own_which_is_removed_after_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    configmap_test(work.path(), "alone", "1");
+    let output = kdev()
+        .current_dir(work.path())
+        .env_remove("KUBECONFIG")
+        .args(["test", "alone", "--cluster", "local", "--node", "kwok"])
+        .output()
+        .expect("run kdev test");
     let shown = text(&output);
     assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("PASS alone"), "{shown}");
+    let name = shown
+        .split("starting the local cluster ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the cluster is named: {shown}"))
+        .to_owned();
+    let dir = kdev::host::kdev_home().join("kwok/clusters").join(&name);
     assert!(
-        shown.contains("removed the finalizers of configmaps./held"),
+        !dir.exists(),
+        "{} is removed after the suite",
+        dir.display()
+    );
+}
+
+#[tokio::test]
+async fn apply_kustomize_waits_for_the_controllers_deployment_before_any_test() {
+    with_namespace("kustomize", |ns| async move {
+        let work = tempfile::tempdir().expect("tempdir");
+        configmap_test(work.path(), "after", "1");
+        let deployment = |name: &str, extra: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n{extra}      containers:\n      - name: c\n        image: example.invalid/controller:1\n"
+            )
+        };
+        write(
+            work.path(),
+            "good/kustomization.yaml",
+            &format!("namespace: {}\nresources: [controller.yaml]\n", ns.name),
+        );
+        write(work.path(), "good/controller.yaml", &deployment("controller", ""));
+        let output = kdev_test(work.path(), &["after", "--apply-kustomize", "good"]);
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{shown}");
+        let waited = shown
+            .find(&format!("waiting for deployment {}/controller to be Available", ns.name))
+            .unwrap_or_else(|| panic!("it waits for the Deployment: {shown}"));
+        assert!(waited < shown.len() && shown.contains("PASS after"), "{shown}");
+
+        // One that never becomes Available stops the suite, naming it.
+        write(
+            work.path(),
+            "stuck/kustomization.yaml",
+            &format!("namespace: {}\nresources: [controller.yaml]\n", ns.name),
+        );
+        write(
+            work.path(),
+            "stuck/controller.yaml",
+            &deployment("stuck", "      nodeSelector: {kdev.dev/no-such-node: \"true\"}\n"),
+        );
+        let output = kdev_test(
+            work.path(),
+            &["after", "--apply-kustomize", "stuck", "--deploy-timeout", "3s"],
+        );
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "deployment {}/stuck (the controller under test) was not Available within 3s",
+                ns.name
+            )),
+            "{shown}"
+        );
+        assert!(!shown.contains("PASS after"), "no test ran: {shown}");
+    })
+    .await;
+}
+
+/// The lines a child prints on stdout and stderr, as they come.
+struct Lines {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn start(mut command: tokio::process::Command) -> Lines {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the child");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for reader in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Lines {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `marker`; the lines before it are kept.
+    async fn until(&mut self, marker: &str) -> &[String] {
+        let start = self.seen.len();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(line) = self.lines.recv().await {
+                let hit = line.contains(marker);
+                self.seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no line with {marker:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+        &self.seen[start..]
+    }
+}
+
+#[tokio::test]
+async fn watch_reruns_the_test_a_change_touches_and_restarts_the_controller_for_its_source() {
+    let work = tempfile::tempdir().expect("tempdir");
+    configmap_test(work.path(), "one", "1");
+    configmap_test(work.path(), "two", "1");
+    write(work.path(), "src/main.rs", "fn main() {}\n");
+    // The controller records each start, then waits.
+    let starts = work.path().join("starts");
+    let controller = format!("echo $$ >> {}; exec sleep 600", starts.display());
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdev"));
+    command
+        .current_dir(work.path())
+        .env("KUBECONFIG", kubeconfig())
+        .args([
+            "test",
+            "one",
+            "two",
+            "--watch",
+            "--watch-path",
+            "src",
+            "--run-controller",
+            "--",
+            "sh",
+            "-c",
+            &controller,
+        ]);
+    let mut run = Lines::start(command);
+    run.until("watching").await;
+    let first = run.seen.join("\n");
+    assert!(
+        first.contains("PASS one") && first.contains("PASS two"),
+        "{first}"
+    );
+
+    // A change to one test reruns that test alone.
+    write(
+        work.path(),
+        "two/00-assert.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"2\"\n---\napiVersion: kuttl.dev/v1beta1\nkind: TestAssert\ntimeout: 2\n",
+    );
+    let rerun = run.until("failed, 0 skipped").await.join("\n");
+    assert!(rerun.contains("FAIL two"), "{rerun}");
+    assert!(
+        rerun.contains("data.a: expected \"2\", got \"1\""),
+        "{rerun}"
+    );
+    assert!(!rerun.contains(" one "), "only the changed test: {rerun}");
+    assert!(!rerun.contains("restarting"), "{rerun}");
+
+    // A change to the controller's source restarts it and reruns everything.
+    write(work.path(), "src/main.rs", "fn main() { loop {} }\n");
+    let after = run.until("1 passed, 1 failed").await.join("\n");
+    assert!(after.contains("restarting the controller sh"), "{after}");
+    assert!(
+        after.contains("PASS one") && after.contains("FAIL two"),
+        "{after}"
+    );
+    let pids: Vec<i32> = std::fs::read_to_string(&starts)
+        .expect("the controller's starts")
+        .lines()
+        .map(|l| l.trim().parse().expect("a pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "started twice: {pids:?}");
+
+    // Ctrl-C ends the watch and the controller with it.
+    let pid = run.child.id().expect("running") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), run.child.wait())
+        .await
+        .expect("kdev test ends on Ctrl-C")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130));
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "));
+        assert!(!alive, "the controller {pid} is gone");
+    }
+}
+
+#[tokio::test]
+async fn a_field_the_schema_does_not_know_fails_the_write_instead_of_being_dropped() {
+    let work = tempfile::tempdir().expect("tempdir");
+    write(
+        work.path(),
+        "typo/00-apply.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndatta:\n  a: \"1\"\n",
+    );
+    let output = kdev_test(work.path(), &["typo"]);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("FAIL typo") && shown.contains("unknown field \"datta\""),
         "{shown}"
     );
 }
