@@ -621,3 +621,47 @@ async fn a_field_the_schema_does_not_know_fails_the_write_instead_of_being_dropp
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn the_demo_apps_suite_passes_on_the_real_node_and_its_failing_case_says_why() {
+    // What the README's demo runs: the sample app's suite in both formats
+    // (its pods and a client Job in real containers), then a test that fails
+    // on purpose.
+    with_namespace("test-demo", |ns| async move {
+        require_real_node(&ns).await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let results = work.path().join("results.json");
+        let results = results.to_str().expect("utf-8");
+        let suite = repo().join("demo/e2e");
+        let output = kdev_test(
+            work.path(),
+            &[suite.to_str().expect("utf-8"), "--results", results],
+        );
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{shown}");
+        assert!(
+            shown.contains("PASS serves (kuttl") && shown.contains("PASS endpoints (chainsaw"),
+            "{shown}"
+        );
+
+        let failing = repo().join("demo/e2e-failing");
+        let output = kdev_test(
+            work.path(),
+            &[failing.to_str().expect("utf-8"), "--results", results],
+        );
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{shown}");
+        for want in [
+            "FAIL wrong-greeting",
+            "data.GREETING: expected \"hola from the cluster\", got \"hello from the cluster\"",
+            "-   GREETING: hola from the cluster",
+            "+   GREETING: hello from the cluster",
+            "--- events in kdev-test-wrong-greeting-",
+            "Started",
+            "web listening on :8080",
+        ] {
+            assert!(shown.contains(want), "{want:?} missing from:\n{shown}");
+        }
+    })
+    .await;
+}
