@@ -10,7 +10,7 @@ use crate::error::usage;
 use crate::testing::matching::Lists;
 use crate::testing::prepare::Deploy;
 use crate::testing::run::Options;
-use crate::testing::runner::{Config, Watching};
+use crate::testing::runner::{Config, DeleteNamespaces, Watching};
 use crate::testing::target::Choice;
 use crate::testing::yaml;
 
@@ -95,9 +95,18 @@ pub struct TestArgs {
     /// With --watch: a file or folder (the controller's source) whose change restarts --run-controller and reruns every test (repeatable).
     #[arg(long, value_name = "PATH", requires = "watch")]
     pub watch_path: Vec<PathBuf>,
+    /// When finished tests' namespaces are deleted: at-end (when the run's last test has finished, so their deletion does not slow the tests still running) or per-test (as each finishes; smaller footprint for long suites on a shared cluster). Neither waits for them.
+    #[arg(long, value_enum, default_value = "at-end", value_name = "WHEN")]
+    pub delete_namespaces: DeleteArg,
     /// With --watch: a glob of paths to ignore (repeatable; .git, target, .kdev and editor swap files always are).
     #[arg(long, value_name = "GLOB", requires = "watch")]
     pub watch_ignore: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeleteArg {
+    AtEnd,
+    PerTest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -223,6 +232,10 @@ impl TestArgs {
                 kustomize: self.apply_kustomize,
                 skaffold: self.skaffold,
                 timeout: self.deploy_timeout,
+            },
+            delete_namespaces: match self.delete_namespaces {
+                DeleteArg::AtEnd => DeleteNamespaces::AtEnd,
+                DeleteArg::PerTest => DeleteNamespaces::PerTest,
             },
             watch: self.watch.then(|| Watching {
                 paths: self.watch_path,

@@ -198,6 +198,17 @@ fn context_names(kubeconfig: &Kubeconfig) -> String {
 }
 
 impl Kube {
+    /// The API server's URL, as the kubeconfig gives it.
+    pub fn cluster_url(&self) -> &http::Uri {
+        &self.config.cluster_url
+    }
+
+    /// The CA certificates (DER) the kubeconfig trusts for the API server,
+    /// if it names any.
+    pub fn root_certs(&self) -> Option<&[Vec<u8>]> {
+        self.config.root_cert.as_deref()
+    }
+
     /// A client for long-lived byte streams (the swap tunnel's port-forward)
     /// whose connections to the API server set `TCP_NODELAY`. kube's own
     /// client leaves Nagle's algorithm on, which holds back small WebSocket

@@ -51,6 +51,20 @@ pub struct Config {
     pub deploy: prepare::Deploy,
     /// `--watch`: run again when files change.
     pub watch: Option<Watching>,
+    /// When finished tests' namespaces are deleted (never waited for).
+    pub delete_namespaces: DeleteNamespaces,
+}
+
+/// `--delete-namespaces`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteNamespaces {
+    /// When the last test of the run has finished: the namespace
+    /// controller's work (a list of every resource type per namespace)
+    /// then does not compete with running tests for the cluster.
+    AtEnd,
+    /// As each test finishes, keeping the footprint of a long suite on a
+    /// shared cluster small.
+    PerTest,
 }
 
 /// `--watch [--watch-path P]… [--watch-ignore GLOB]…`.
@@ -280,15 +294,24 @@ async fn pass(
         .buffer_unordered(parallel);
         while let Some(o) = running.next().await {
             print(&o);
-            deletions.extend(delete_namespace(cluster, &o));
+            if config.delete_namespaces == DeleteNamespaces::PerTest {
+                deletions.extend(delete_namespace(cluster, &o));
+            }
             outcomes.push(o);
         }
     }
     for t in &alone {
         let o = run::run(cluster, options, t).await;
         print(&o);
-        deletions.extend(delete_namespace(cluster, &o));
+        if config.delete_namespaces == DeleteNamespaces::PerTest {
+            deletions.extend(delete_namespace(cluster, &o));
+        }
         outcomes.push(o);
+    }
+    if config.delete_namespaces == DeleteNamespaces::AtEnd {
+        for o in &outcomes {
+            deletions.extend(delete_namespace(cluster, o));
+        }
     }
     if let Some(c) = controller {
         c.check();
