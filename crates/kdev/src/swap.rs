@@ -5,12 +5,14 @@
 //! - [`restore`]: restoring a session from cluster state (CLI, sweep, reaper).
 //! - [`proxy`]: the proxy Pod. [`link`]: the tunnel to its agent.
 //! - [`env`]: the container's environment and files for the local process.
+//! - [`identity`]: the Deployment's ServiceAccount for the local process.
 //! - [`sessions`]: finding sessions and judging them alive, expired or orphaned.
 //! - [`child`]: the local command, which dies with kdev.
 //! - [`local`]: the session's folder on this machine.
 
 pub mod child;
 pub mod env;
+pub mod identity;
 pub mod link;
 pub mod local;
 pub mod proxy;
@@ -55,6 +57,8 @@ pub struct Config {
     pub ttl: Duration,
     pub timeout: Duration,
     pub agent_image: Option<String>,
+    /// Whether the command acts as the Deployment's ServiceAccount.
+    pub identity: identity::Choice,
     pub command: Vec<String>,
 }
 
@@ -270,6 +274,7 @@ async fn swap_and_run(
         root,
         original_replicas,
         forward_lines,
+        identity,
         _link,
         _forwards,
     } = prepared;
@@ -288,6 +293,14 @@ async fn swap_and_run(
         eprintln!("kdev:   forward {line}");
     }
     eprintln!("kdev:   files under {} ($KDEV_ROOT)", root.path.display());
+    if let Some(identity) = &identity {
+        eprintln!(
+            "kdev:   as serviceaccount {}/{} ($KUBECONFIG, and $KDEV_ROOT/{}/token for in-cluster clients)",
+            kube.namespace,
+            identity.service_account,
+            identity::SERVICE_ACCOUNT_DIR
+        );
+    }
 
     let mut child = child::command(&args.command)?
         .envs(&environment)
@@ -305,6 +318,7 @@ async fn swap_and_run(
             End::Lost(reason)
         }
     };
+    drop(identity);
     drop(root);
     Ok(end)
 }
@@ -316,6 +330,8 @@ struct Prepared {
     root: MountRoot,
     original_replicas: i32,
     forward_lines: Vec<String>,
+    /// The ServiceAccount the command acts as, while the session lasts.
+    identity: Option<identity::Established>,
     _link: AbortOnDrop,
     _forwards: Vec<AbortOnDrop>,
 }
@@ -385,6 +401,32 @@ async fn prepare(
     environment
         .vars
         .insert("KDEV_SESSION".into(), session.id.clone());
+    // Last, so that it wins over anything the template says about the API.
+    let identity = match identity::service_account(&template, args.identity) {
+        Err(why) => {
+            if args.identity == identity::Choice::Auto {
+                environment.notices.push(format!(
+                    "the command uses your own kubeconfig, not a ServiceAccount: {why}"
+                ));
+            }
+            None
+        }
+        Ok(account) => {
+            match identity::establish(kube, &account, &session.proxy_name, &root.path).await {
+                Ok(established) => {
+                    environment.vars.extend(established.vars.clone());
+                    Some(established)
+                }
+                Err(err) if args.identity == identity::Choice::Auto => {
+                    environment.notices.push(format!(
+                        "the command uses your own kubeconfig, not serviceaccount {account}: {err:#} (--no-service-account says so up front)"
+                    ));
+                    None
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    };
     for notice in &environment.notices {
         eprintln!("kdev: note: {notice}");
     }
@@ -396,6 +438,7 @@ async fn prepare(
         root,
         original_replicas,
         forward_lines,
+        identity,
         _link: link_guard,
         _forwards: forward_tasks,
     })

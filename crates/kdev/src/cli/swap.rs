@@ -11,7 +11,7 @@ use crate::swap::Config;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev"
+    after_help = "Examples:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev\n  kdev swap deploy/my-operator -- go run ./cmd/manager      # as the operator's ServiceAccount"
 )]
 pub struct SwapArgs {
     /// The Deployment to swap, as deploy/NAME.
@@ -40,6 +40,12 @@ pub struct SwapArgs {
     /// The agent image for the proxy pod.
     #[arg(long, env = "KDEV_AGENT_IMAGE")]
     pub agent_image: Option<String>,
+    /// Run the command as the Deployment's ServiceAccount: a short-lived token bound to the session, a kubeconfig and the in-cluster files under $KDEV_ROOT (default: on when the pod template names a ServiceAccount).
+    #[arg(long, conflicts_with = "no_service_account")]
+    pub as_service_account: bool,
+    /// Run the command with your own kubeconfig, not as the Deployment's ServiceAccount.
+    #[arg(long)]
+    pub no_service_account: bool,
     /// The command to run locally in place of the container.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -62,6 +68,11 @@ impl SwapArgs {
             ttl: self.ttl,
             timeout: self.timeout,
             agent_image: self.agent_image,
+            identity: match (self.as_service_account, self.no_service_account) {
+                (true, _) => crate::swap::identity::Choice::On,
+                (_, true) => crate::swap::identity::Choice::Off,
+                _ => crate::swap::identity::Choice::Auto,
+            },
             command: self.command,
         })
     }

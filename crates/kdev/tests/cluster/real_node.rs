@@ -508,8 +508,22 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
 /// A busybox httpd Deployment on the real node answering `body`, behind a
 /// Service of the same name.
 async fn busybox_web(ns: &TestNamespace, name: &str, replicas: i32, body: &str) {
+    busybox_web_as(ns, name, replicas, body, None).await;
+}
+
+/// [`busybox_web`], its pods running as `service_account`.
+async fn busybox_web_as(
+    ns: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    body: &str,
+    service_account: Option<&str>,
+) {
     let mut web = crate::swap_support::simple_deployment(name, replicas, &[8080]);
     let template = &mut web["spec"]["template"]["spec"];
+    if let Some(account) = service_account {
+        template["serviceAccountName"] = json!(account);
+    }
     template["nodeSelector"] = on_real_node()["nodeSelector"].clone();
     template["tolerations"] = on_real_node()["tolerations"].clone();
     template["containers"][0]["image"] = json!(BUSYBOX);
@@ -1165,6 +1179,112 @@ async fn a_sleeping_environment_on_the_real_node_wakes_on_its_first_request() {
             .expect("run kdev");
         let history = String::from_utf8_lossy(&history.stdout);
         assert!(history.contains("kdev-waker"), "{history}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_swapped_process_acts_as_the_deployments_service_account_whose_token_dies_with_the_session()
+ {
+    use crate::swap_support::{Swap, assert_restored};
+    with_namespace("real-identity", |ns| async move {
+        require_real_node(&ns).await;
+        // A ServiceAccount that may read ConfigMaps and nothing else.
+        let rbac = json!([
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "limited"}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "read-configmaps"},
+             "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "limited"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-configmaps"},
+             "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": ns.name}]},
+        ]);
+        let mut apply = crate::support::kubectl();
+        apply.args(["-n", &ns.name, "apply", "-f", "-"]);
+        let mut child = apply
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl apply");
+        std::io::Write::write_all(
+            child.stdin.as_mut().expect("stdin"),
+            json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string().as_bytes(),
+        )
+        .expect("write");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("kubectl").success());
+        busybox_web_as(&ns, "ctl", 1, "in-cluster", Some("limited")).await;
+
+        // What the ServiceAccount meets in the cluster for a forbidden call.
+        let in_cluster = crate::support::kubectl()
+            .args(["-n", &ns.name, "get", "secrets"])
+            .arg(format!("--as=system:serviceaccount:{}:limited", ns.name))
+            .output()
+            .expect("kubectl");
+        let forbidden = String::from_utf8_lossy(&in_cluster.stderr).trim().to_owned();
+        assert!(forbidden.contains("Forbidden"), "{forbidden}");
+
+        let out = tempfile::tempdir().expect("temp dir");
+        let kubectl = kdev::cluster::Binaries::locate().expect("binaries").kubectl;
+        let script = format!(
+            r#"sa=$KDEV_ROOT/var/run/secrets/kubernetes.io/serviceaccount
+k={kubectl}
+{{
+  echo "kubeconfig: $KUBECONFIG"
+  $k get configmaps -o name
+  $k get secrets
+  echo "namespace: $(cat $sa/namespace)"
+  env -u KUBECONFIG $k --server "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT" --certificate-authority "$sa/ca.crt" --token "$(cat $sa/token)" -n "$(cat $sa/namespace)" get secrets
+}} > {out}/result 2>&1
+cp $sa/token {out}/token
+"#,
+            kubectl = kubectl.display(),
+            out = out.path().display()
+        );
+        let mut swap = Swap::start(&ns, &["deploy/ctl", "--ttl", "10s"], &["sh", "-c", &script], &[]);
+        let status = swap.wait_exit(Duration::from_secs(120)).await;
+        assert!(status.success(), "{}", swap.stderr());
+        assert!(
+            swap.stderr().contains(&format!("as serviceaccount {}/limited", ns.name)),
+            "{}",
+            swap.stderr()
+        );
+        let result = std::fs::read_to_string(out.path().join("result")).expect("the result");
+        assert!(result.contains("configmap/kube-root-ca.crt"), "allowed: {result}");
+        assert_eq!(
+            result.matches(&forbidden).count(),
+            2,
+            "the cluster's own error, through the kubeconfig and in-cluster:\n{forbidden}\n---\n{result}"
+        );
+        assert!(result.contains(&format!("namespace: {}", ns.name)), "{result}");
+        assert_restored(&ns, "ctl", 1, Duration::from_secs(30)).await;
+
+        // The session is over: its Lease, its Secret, and so the token, are
+        // gone. Asked with nothing but the token (no kubeconfig, whose client
+        // certificate would authenticate first).
+        let token = std::fs::read_to_string(out.path().join("token")).expect("the token");
+        let server = crate::support::kubectl()
+            .args(["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"])
+            .output()
+            .expect("kubectl config view");
+        let server = String::from_utf8_lossy(&server.stdout).trim().to_owned();
+        let namespace = ns.name.clone();
+        eventually(Duration::from_secs(60), "the token to be refused", || {
+            let (token, server, namespace) = (token.clone(), server.clone(), namespace.clone());
+            let kubectl = kubectl.clone();
+            async move {
+                let answer = std::process::Command::new(&kubectl)
+                    .args(["get", "configmaps", "-n", &namespace, "--insecure-skip-tls-verify"])
+                    .args(["--server", &server, "--token", token.trim()])
+                    .env("KUBECONFIG", "/nonexistent")
+                    .output()
+                    .ok()?;
+                let said = String::from_utf8_lossy(&answer.stderr).to_string();
+                said.contains("Unauthorized").then_some(())
+            }
+        })
+        .await;
     })
     .await;
 }
