@@ -7,7 +7,8 @@
 //! - [`env`]: the container's environment and files for the local process.
 //! - [`identity`]: the Deployment's ServiceAccount for the local process.
 //! - [`sessions`]: finding sessions and judging them alive, expired or orphaned.
-//! - [`child`]: the local command, which dies with kdev.
+//! - [`child`]: the local command, which dies with kdev; [`reload`]: it
+//!   restarted when its files change (`--watch`, `--build`).
 //! - [`local`]: the session's folder on this machine.
 
 pub mod child;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod link;
 pub mod local;
 pub mod proxy;
+pub mod reload;
 pub mod restore;
 pub mod session;
 pub mod sessions;
@@ -59,6 +61,8 @@ pub struct Config {
     pub agent_image: Option<String>,
     /// Whether the command acts as the Deployment's ServiceAccount.
     pub identity: identity::Choice,
+    /// `--watch`, `--watch-ignore`, `--build`.
+    pub reload: reload::Config,
     pub command: Vec<String>,
 }
 
@@ -175,6 +179,21 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     let container = session::choose_container(&deployment, args.container.as_deref())?;
     let routes = resolve_ports(&container, &args.ports)?;
 
+    // The watch and the first build come before anything in the cluster
+    // changes: a bad path or a broken build changes nothing.
+    let mut watch = if args.reload.paths.is_empty() {
+        None
+    } else {
+        Some(reload::Reload::start(&args.reload)?)
+    };
+    if let Some(build) = &args.reload.build
+        && let Err(status) = reload::run_build(build).await?
+    {
+        anyhow::bail!(
+            "the build failed ({status}); nothing in the cluster was changed. Fix it and run kdev swap again"
+        );
+    }
+
     sessions::settle_target(&kube, &name).await?;
     k8s::activity::record(
         kube.clone(),
@@ -208,6 +227,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
         started,
         &mut lost,
         &mut signals,
+        watch.as_mut(),
     )
     .await
     {
@@ -257,6 +277,7 @@ async fn swap_and_run(
     started: Instant,
     lost: &mut mpsc::Receiver<String>,
     signals: &mut Signals,
+    mut watch: Option<&mut reload::Reload>,
 ) -> anyhow::Result<End> {
     let prepared = tokio::select! {
         prepared = prepare(kube, &session, deployment, container, &routes, forwards, args) => prepared?,
@@ -302,25 +323,84 @@ async fn swap_and_run(
         );
     }
 
-    let mut child = child::command(&args.command)?
-        .envs(&environment)
-        .spawn()
-        .with_context(|| format!("failed to start {:?}", args.command[0]))?;
+    let start = || -> anyhow::Result<tokio::process::Child> {
+        child::command(&args.command)?
+            .envs(&environment)
+            .spawn()
+            .with_context(|| format!("failed to start {:?}", args.command[0]))
+    };
+    // Started from this task (the thread of `main`'s block_on), as the
+    // command's death signal requires (see [`child`]).
+    let mut child = Some(start()?);
     session.crash().reached(Step::CommandStarted);
+    if watch.is_some() {
+        eprintln!("kdev: restarting the command when its files change (Ctrl-C ends the session)");
+    }
 
-    let end = tokio::select! {
-        status = child.wait() => End::Exited(status.context("failed to wait for the command")?),
-        signal = signals.recv() => End::Exited(stop_child(&mut child, signal).await?),
-        reason = lost.recv() => {
-            let reason = reason.unwrap_or_else(|| "its renewal stopped".into());
-            eprintln!("kdev: session lost: {reason}; stopping the command");
-            stop_child(&mut child, Signal::SIGTERM).await?;
-            End::Lost(reason)
+    let end = loop {
+        tokio::select! {
+            status = wait_for(&mut child) => {
+                let status = status.context("failed to wait for the command")?;
+                if watch.is_none() {
+                    break End::Exited(status);
+                }
+                eprintln!("kdev: the command exited ({status}); it starts again at the next change");
+                child = None;
+            }
+            ready = next_change(&mut watch) => {
+                let ready = ready?;
+                let stopped = Instant::now();
+                if let Some(running) = child.as_mut() {
+                    stop_child(running, Signal::SIGTERM).await?;
+                }
+                child = Some(start()?);
+                eprintln!(
+                    "kdev: restarted the command ({} changed{}; the old one stopped in {:.2}s)",
+                    ready.changed.len(),
+                    ready
+                        .built_in
+                        .map(|b| format!(", built in {:.2}s", b.as_secs_f64()))
+                        .unwrap_or_default(),
+                    stopped.elapsed().as_secs_f64()
+                );
+            }
+            signal = signals.recv() => {
+                break match child.as_mut() {
+                    Some(running) => End::Exited(stop_child(running, signal).await?),
+                    None => End::Interrupted(signal),
+                };
+            }
+            reason = lost.recv() => {
+                let reason = reason.unwrap_or_else(|| "its renewal stopped".into());
+                eprintln!("kdev: session lost: {reason}; stopping the command");
+                if let Some(running) = child.as_mut() {
+                    stop_child(running, Signal::SIGTERM).await?;
+                }
+                break End::Lost(reason);
+            }
         }
     };
     drop(identity);
     drop(root);
     Ok(end)
+}
+
+/// The command's exit, or never while none runs.
+async fn wait_for(
+    child: &mut Option<tokio::process::Child>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match child.as_mut() {
+        Some(running) => running.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change that calls for a restart, or never without `--watch`.
+async fn next_change(watch: &mut Option<&mut reload::Reload>) -> anyhow::Result<reload::Ready> {
+    match watch.as_mut() {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What start-up made: the command's environment and files, and the tasks

@@ -11,7 +11,7 @@ use crate::swap::Config;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev\n  kdev swap deploy/my-operator -- go run ./cmd/manager      # as the operator's ServiceAccount"
+    after_help = "Examples:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev\n  kdev swap deploy/my-operator -- go run ./cmd/manager      # as the operator's ServiceAccount\n  kdev swap deploy/api --watch src --build 'cargo build' -- target/debug/api   # restarted on save"
 )]
 pub struct SwapArgs {
     /// The Deployment to swap, as deploy/NAME.
@@ -46,6 +46,15 @@ pub struct SwapArgs {
     /// Run the command with your own kubeconfig, not as the Deployment's ServiceAccount.
     #[arg(long)]
     pub no_service_account: bool,
+    /// Restart the command when a file or folder under PATH changes (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+    /// With --watch: a glob of paths to ignore (repeatable; .git, target, .kdev and editor swap files always are).
+    #[arg(long, value_name = "GLOB", requires = "watch")]
+    pub watch_ignore: Vec<String>,
+    /// Run this (with sh -c) before the command starts, and after each change before it restarts; a failed build keeps the running command serving.
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
     /// The command to run locally in place of the container.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -72,6 +81,11 @@ impl SwapArgs {
                 (true, _) => crate::swap::identity::Choice::On,
                 (_, true) => crate::swap::identity::Choice::Off,
                 _ => crate::swap::identity::Choice::Auto,
+            },
+            reload: crate::swap::reload::Config {
+                paths: self.watch,
+                ignore: self.watch_ignore,
+                build: self.build,
             },
             command: self.command,
         })

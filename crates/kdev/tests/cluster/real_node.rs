@@ -1288,3 +1288,85 @@ cp $sa/token {out}/token
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_watched_swap_restarts_on_save_and_a_failed_build_keeps_the_old_process_serving() {
+    use crate::swap_support::{Swap, assert_restored};
+    with_namespace("real-reload", |ns| async move {
+        require_real_node(&ns).await;
+        busybox_web(&ns, "web", 1, "from-the-cluster").await;
+        // The "project": a source file, a build that copies it (and fails on
+        // the word broken), and a server that answers what was built.
+        let work = tempfile::tempdir().expect("temp dir");
+        let src = work.path().join("src");
+        std::fs::create_dir(&src).expect("mkdir");
+        std::fs::write(src.join("body"), "version-one\n").expect("write");
+        let built = work.path().join("built");
+        let build = format!(
+            "! grep -q broken {src}/body && cp {src}/body {built}",
+            src = src.display(),
+            built = built.display()
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let server = format!(
+            "import http.server\nbody = open({built:?}, 'rb').read()\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)\n    def log_message(self, *a): pass\nhttp.server.ThreadingHTTPServer(('127.0.0.1', {port}), H).serve_forever()\n",
+            built = built.display().to_string()
+        );
+        let src_arg = src.display().to_string();
+        let swap = Swap::start(
+            &ns,
+            &[
+                "deploy/web",
+                "--port",
+                &format!("8080:{port}"),
+                "--ttl",
+                "10s",
+                "--watch",
+                &src_arg,
+                "--build",
+                &build,
+            ],
+            &["python3", "-c", &server],
+            &[],
+        );
+        swap.wait_swapped().await;
+        let ask = |name: String| {
+            let ns = &ns;
+            async move {
+                busybox_pod(ns, &name, &retried("wget -q -O - http://web")).await;
+                finished(ns, &name).await.1
+            }
+        };
+        let first = ask("client-1".into()).await;
+        assert!(first.contains("version-one"), "{first}\n{}", swap.stderr());
+
+        // A save: built, restarted, and the Service answers the new code.
+        std::fs::write(src.join("body"), "version-two\n").expect("write");
+        let restarts = |text: &str| text.matches("kdev: restarted the command").count();
+        eventually(Duration::from_secs(60), "a restart", || async {
+            (restarts(&swap.stderr()) == 1).then_some(())
+        })
+        .await;
+        let second = ask("client-2".into()).await;
+        assert!(second.contains("version-two"), "{second}\n{}", swap.stderr());
+
+        // A save that does not build: the running process keeps serving.
+        std::fs::write(src.join("body"), "broken\n").expect("write");
+        eventually(Duration::from_secs(60), "the build to fail", || async {
+            swap.stderr().contains("the build failed").then_some(())
+        })
+        .await;
+        let third = ask("client-3".into()).await;
+        assert!(third.contains("version-two"), "{third}\n{}", swap.stderr());
+        assert_eq!(restarts(&swap.stderr()), 1, "{}", swap.stderr());
+
+        swap.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut swap = swap;
+        swap.wait_exit(Duration::from_secs(30)).await;
+        assert_restored(&ns, "web", 1, Duration::from_secs(30)).await;
+    })
+    .await;
+}
