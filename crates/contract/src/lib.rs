@@ -22,3 +22,4 @@ pub mod lease;
 pub mod schedule;
 pub mod session;
 pub mod tunnel;
+pub mod webhook;

@@ -21,6 +21,7 @@ pub mod reload;
 pub mod restore;
 pub mod session;
 pub mod sessions;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -507,8 +508,41 @@ async fn prepare(
             }
         }
     };
+    // Webhooks that call the Deployment: the session's certificate where the
+    // container reads its own, their caBundle pointed at the session's CA.
+    let labels = patched
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    session
+        .redirected_webhooks
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let redirected = webhooks::redirect(
+        kube,
+        &session.id,
+        &session.deployment,
+        &labels,
+        &template,
+        container,
+        &root.path,
+    )
+    .await?;
+    environment
+        .notices
+        .extend(redirected.notices.iter().cloned());
     for notice in &environment.notices {
         eprintln!("kdev: note: {notice}");
+    }
+    if !redirected.objects.is_empty()
+        && let Some(dir) = &redirected.cert_dir
+    {
+        eprintln!(
+            "kdev:   webhooks of {} call this session (its certificate: {})",
+            redirected.objects.join(", "),
+            dir.display()
+        );
     }
     if let Some(path) = &args.env_file {
         write_env_file(path, &environment.vars)?;

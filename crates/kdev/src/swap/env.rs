@@ -618,7 +618,9 @@ fn downward_files(
 
 /// `root` joined with a container path, refusing `..` so a manifest cannot
 /// make kdev write outside the root.
-fn under_root(root: &Path, path: &str) -> anyhow::Result<PathBuf> {
+/// `path` (absolute in the container) below `root`; an error for a path
+/// that would leave it.
+pub fn under_root(root: &Path, path: &str) -> anyhow::Result<PathBuf> {
     let relative = Path::new(path.trim_start_matches('/'));
     if relative
         .components()
@@ -638,13 +640,26 @@ pub fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("failed to create {}", dir.display()))
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+/// Writes `bytes` to `path` (its folders made private), created with
+/// `mode` so that a Secret's bytes are never readable by others, not even
+/// for a moment; an existing file gets the mode too.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(parent) = path.parent() {
         make_private_dir(parent)?;
     }
-    std::fs::write(path, bytes).with_context(|| format!("failed to write {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode & 0o777)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
-        .with_context(|| format!("failed to set the mode of {}", path.display()))
+        .with_context(|| format!("failed to set the mode of {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 //! it: the CLI at the session's normal end, `kdev sweep`, the reaper.
 //!
 //! # Expected flow
+//! 0. Put back the `caBundle`s of webhooks the session pointed at its own CA
+//!    ([`super::webhooks`]), first: their record is on the webhook objects,
+//!    and the Lease (step 3) is what makes a later restorer look again.
 //! 1. Restore the Deployment ([`restore_plan`]): back to the original replicas
 //!    if it is still at 0, else keep what someone set; remove kdev's label and
 //!    annotations. One merge PATCH guarded by `resourceVersion`, retried on
@@ -180,6 +183,21 @@ pub async fn delete_lease(kube: &Kube, target: &Target) -> anyhow::Result<()> {
     }
 }
 
+/// Step 0: the webhooks the session redirected; what was restored. A
+/// restorer that may not even list webhook configurations (a controller
+/// confined to one namespace) leaves them to one that may (`kdev sweep`
+/// by a cluster admin) and goes on with the Deployment.
+pub async fn restore_webhooks(kube: &Kube, target: &Target) -> anyhow::Result<Vec<String>> {
+    match super::webhooks::restore(kube, &target.session).await {
+        Ok(restored) => Ok(restored),
+        Err(err) if crate::k8s::refused_with(&err) == Some(403) => {
+            tracing::debug!(error = %err, "may not look for redirected webhooks");
+            Ok(Vec::new())
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// The whole restore, in the documented order, with an Event on the
 /// Deployment saying what was done and `why`.
 pub async fn restore(
@@ -188,6 +206,9 @@ pub async fn restore(
     why: &str,
     recorder: Option<&Recorder>,
 ) -> anyhow::Result<Outcome> {
+    for what in restore_webhooks(kube, target).await? {
+        tracing::info!(session = %target.session, object = %what, "restored the webhook's CA");
+    }
     let outcome = restore_deployment(kube, target).await?;
     crash_point_after_deployment(&outcome);
     if let Some(recorder) = recorder

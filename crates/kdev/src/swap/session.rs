@@ -143,6 +143,9 @@ pub struct Session {
     /// The session's tunnel token (in memory and in the session's Secret only).
     pub token: [u8; auth::TOKEN_LEN],
     crash: CrashAfter,
+    /// Set before webhooks are pointed at the session's CA, so the end
+    /// looks for them (other restorers always look).
+    pub redirected_webhooks: std::sync::atomic::AtomicBool,
 }
 
 /// The tunnel token: random, unless `KDEV_SWAP_TOKEN` (64 hex digits) fixes
@@ -253,6 +256,7 @@ impl Session {
             holder,
             ttl,
             crash,
+            redirected_webhooks: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -427,6 +431,14 @@ impl Session {
     /// Steps 8 to 10: restore, delete the proxy, release the Lease.
     pub async fn end(&self) -> anyhow::Result<Outcome> {
         let target = self.target();
+        if self
+            .redirected_webhooks
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            for what in restore::restore_webhooks(&self.kube, &target).await? {
+                eprintln!("kdev: {what}: its CA is back");
+            }
+        }
         let outcome = restore::restore_deployment(&self.kube, &target).await?;
         self.crash.reached(Step::Restored);
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);

@@ -1370,3 +1370,207 @@ async fn a_watched_swap_restarts_on_save_and_a_failed_build_keeps_the_old_proces
     })
     .await;
 }
+
+/// A validating webhook served on this machine: it denies ConfigMaps
+/// labelled `deny=true`, over TLS with the certificate in `$KDEV_ROOT/dir`.
+fn laptop_webhook(port: u16, dir: &str) -> String {
+    format!(
+        r#"import http.server, json, os, ssl
+d = os.environ['KDEV_ROOT'] + '{dir}'
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        req = review['request']
+        labels = req['object']['metadata'].get('labels') or {{}}
+        allowed = labels.get('deny') != 'true'
+        body = json.dumps({{'apiVersion': 'admission.k8s.io/v1', 'kind': 'AdmissionReview',
+            'response': {{'uid': req['uid'], 'allowed': allowed,
+                          'status': {{'message': 'denied by the laptop'}}}}}}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+server = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(d + '/tls.crt', d + '/tls.key')
+server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_webhook_that_calls_the_swapped_deployment_reaches_the_laptop_and_gets_its_ca_back() {
+    use crate::swap_support::{Controller, Swap, assert_restored, deploy};
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    with_namespace("real-webhook", |ns| async move {
+        require_real_node(&ns).await;
+        // The controller's certificate Secret (what cert-manager would
+        // make), mounted where the controller reads it.
+        let secret = serde_json::from_value(json!({
+            "metadata": { "name": "guard-cert" },
+            "stringData": { "tls.crt": "from-the-cluster", "tls.key": "from-the-cluster" }
+        }))
+        .expect("a secret");
+        ns.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create the secret");
+        let mut guard = crate::swap_support::simple_deployment("guard", 1, &[9443]);
+        let spec = &mut guard["spec"]["template"]["spec"];
+        spec["nodeSelector"] = on_real_node()["nodeSelector"].clone();
+        spec["tolerations"] = on_real_node()["tolerations"].clone();
+        spec["securityContext"]["runAsUser"] = json!(65534);
+        spec["volumes"] = json!([{ "name": "cert", "secret": { "secretName": "guard-cert" } }]);
+        let container = &mut spec["containers"][0];
+        container["image"] = json!(BUSYBOX);
+        container["imagePullPolicy"] = json!("Never");
+        container["command"] = json!(["sleep", "3600"]);
+        container["ports"][0]["name"] = json!("webhook");
+        container["volumeMounts"] =
+            json!([{ "name": "cert", "mountPath": "/etc/guard/certs", "readOnly": true }]);
+        deploy(&ns, guard).await;
+        let service = serde_json::from_value(json!({
+            "metadata": { "name": "guard" },
+            "spec": { "selector": { "app": "guard" }, "ports": [{ "port": 443, "targetPort": "webhook" }] }
+        }))
+        .expect("a service");
+        ns.api::<k8s_openapi::api::core::v1::Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create the service");
+
+        // The webhook: only ConfigMaps labelled guard=check in this namespace.
+        use base64::Engine as _;
+        let original = base64::engine::general_purpose::STANDARD
+            .encode("-----BEGIN CERTIFICATE-----\nb3JpZ2luYWw=\n-----END CERTIFICATE-----\n");
+        let name = format!("kdev-test-{}", ns.name);
+        let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": { "name": name, "annotations": {
+                "cert-manager.io/inject-ca-from": format!("{}/guard-cert", ns.name)
+            } },
+            "webhooks": [{
+                "name": "deny.guard.kdev.dev",
+                "clientConfig": {
+                    "service": { "namespace": ns.name, "name": "guard", "path": "/validate", "port": 443 },
+                    "caBundle": original
+                },
+                "rules": [{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"] }],
+                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns.name } },
+                "objectSelector": { "matchLabels": { "guard": "check" } },
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10
+            }]
+        }))
+        .expect("a webhook configuration");
+        let configs: Api<ValidatingWebhookConfiguration> = Api::all(ns.client.clone());
+        configs
+            .create(&PostParams::default(), &config)
+            .await
+            .expect("create the webhook configuration");
+        let bundle_now = || {
+            let configs = configs.clone();
+            let name = name.clone();
+            async move {
+                let c = configs.get(&name).await.expect("the webhook configuration");
+                let bundle = c.webhooks.unwrap_or_default()[0]
+                    .client_config
+                    .ca_bundle
+                    .clone()
+                    .map(|b| base64::engine::general_purpose::STANDARD.encode(b.0));
+                (bundle, c.metadata.annotations.unwrap_or_default())
+            }
+        };
+
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let webhook = laptop_webhook(port, "/etc/guard/certs");
+        let start = || {
+            Swap::start(
+                &ns,
+                &["deploy/guard", "--port", &format!("9443:{port}"), "--ttl", "6s"],
+                &["python3", "-c", &webhook],
+                &[],
+            )
+        };
+        let swap = start();
+        swap.wait_swapped().await;
+        assert!(
+            swap.stderr().contains(&format!("webhooks of validatingwebhookconfiguration/{name} call this session")),
+            "{}",
+            swap.stderr()
+        );
+        let (during, annotations) = bundle_now().await;
+        assert_ne!(during.as_deref(), Some(original.as_str()));
+        assert!(!annotations.contains_key("cert-manager.io/inject-ca-from"), "{annotations:?}");
+        assert!(annotations.contains_key("kdev.dev/swap-webhooks"), "{annotations:?}");
+
+        // The API server calls the webhook: through the Service, the proxy
+        // pod and the tunnel to the laptop, which denies.
+        let maps = ns.api::<ConfigMap>();
+        let map = |name: &str, deny: bool| -> ConfigMap {
+            let mut labels = json!({ "guard": "check" });
+            if deny {
+                labels["deny"] = json!("true");
+            }
+            serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } }))
+                .expect("a configmap")
+        };
+        let denied = eventually(Duration::from_secs(60), "the laptop's denial", || async {
+            match maps.create(&PostParams::default(), &map("nope", true)).await {
+                Err(kube::Error::Api(status)) if status.message.contains("denied by the laptop") => {
+                    Some(status.message)
+                }
+                _ => None,
+            }
+        })
+        .await;
+        assert!(denied.contains("deny.guard.kdev.dev"), "{denied}");
+        maps.create(&PostParams::default(), &map("fine", false))
+            .await
+            .expect("the laptop allows an unlabelled one");
+
+        // A normal end: the CA and cert-manager's annotation are back.
+        swap.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut swap = swap;
+        swap.wait_exit(Duration::from_secs(30)).await;
+        assert!(swap.stderr().contains("its CA is back"), "{}", swap.stderr());
+        let (after, annotations) = bundle_now().await;
+        assert_eq!(after.as_deref(), Some(original.as_str()));
+        assert_eq!(
+            annotations.get("cert-manager.io/inject-ca-from"),
+            Some(&format!("{}/guard-cert", ns.name))
+        );
+        assert!(!annotations.contains_key("kdev.dev/swap-webhooks"));
+        assert_restored(&ns, "guard", 1, Duration::from_secs(30)).await;
+
+        // kill -9 during a session: the reaper puts the CA back too.
+        let mut again = start();
+        again.wait_swapped().await;
+        assert_ne!(bundle_now().await.0.as_deref(), Some(original.as_str()));
+        again.signal(nix::sys::signal::Signal::SIGKILL);
+        again.wait_exit(Duration::from_secs(10)).await;
+        let reaper = Controller::start(&ns, &[]);
+        eventually(Duration::from_secs(60), "the reaper to restore the CA", || async {
+            let (bundle, annotations) = bundle_now().await;
+            (bundle.as_deref() == Some(original.as_str())
+                && !annotations.contains_key("kdev.dev/swap-webhooks"))
+            .then_some(())
+        })
+        .await;
+        assert_restored(&ns, "guard", 1, Duration::from_secs(30)).await;
+        drop(reaper);
+        configs
+            .delete(&name, &Default::default())
+            .await
+            .expect("delete the webhook configuration");
+    })
+    .await;
+}
