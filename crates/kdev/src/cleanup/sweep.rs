@@ -115,6 +115,35 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
             );
         }
     }
+    // Webhooks still pointed at the CA of a session that is gone: its
+    // restorer may not have been allowed to list them.
+    match crate::swap::webhooks::restore_orphans(&kube, namespace, config.dry_run).await {
+        Ok(done) => {
+            for (what, deployment) in done {
+                let verdict = if config.dry_run {
+                    "would-restore"
+                } else {
+                    "restored"
+                };
+                emit(
+                    format!(
+                        "{what}: {} its CA (a swap of {deployment} that is over had pointed it at its own)",
+                        if config.dry_run {
+                            "would get back"
+                        } else {
+                            "got back"
+                        }
+                    ),
+                    serde_json::json!({ "kind": "swap-webhook", "object": what, "deployment": deployment, "verdict": verdict }),
+                );
+            }
+        }
+        Err(err) if crate::k8s::refused_with(&err) == Some(403) => {}
+        Err(err) => {
+            failed = true;
+            eprintln!("error: {err:#}");
+        }
+    }
     Ok(if failed {
         ExitCode::from(1)
     } else if left_for_human {

@@ -250,6 +250,73 @@ pub async fn restore(kube: &Kube, session: &str) -> anyhow::Result<Vec<String>> 
     Ok(restored)
 }
 
+/// Records whose session has no Lease any more (its restorer may not
+/// list webhooks), put back as they say; `(object, deployment)` for each.
+/// Only records of `namespace`'s Deployments when given.
+pub async fn restore_orphans(
+    kube: &Kube,
+    namespace: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut done = Vec::new();
+    for kind in KINDS {
+        let api: Api<DynamicObject> = Api::all_with(kube.client.clone(), &resource(kind));
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|err| kube.explain(err, format!("list {}", resource(kind).plural)))?;
+        for object in list.items {
+            let value = serde_json::to_value(&object).unwrap_or_default();
+            let Ok(Some(record)) = webhook::record_of(&value) else {
+                continue;
+            };
+            let Some((ns, deployment)) = record.deployment.split_once('/') else {
+                continue;
+            };
+            if namespace.is_some_and(|n| n != ns) {
+                continue;
+            }
+            let leases: Api<Lease> = Api::namespaced(kube.client.clone(), ns);
+            let lease = leases
+                .get_opt(&kdev_contract::session::lease_name(deployment))
+                .await
+                .map_err(|err| kube.explain(err, format!("read the session lease in {ns}")))?;
+            let live = lease.is_some_and(|l| {
+                l.metadata
+                    .labels
+                    .unwrap_or_default()
+                    .get(kdev_contract::session::SESSION_LABEL)
+                    == Some(&record.session)
+            });
+            if live {
+                // Its session is there: its restore puts the webhooks back.
+                continue;
+            }
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let what = describe(kind, &name);
+            if !dry_run {
+                let session = record.session.clone();
+                guarded::update_from(kube, &api, &name, &what, Some(object), |current| {
+                    let Some(current) = current else {
+                        return Ok(Decision::Keep(()));
+                    };
+                    let value = serde_json::to_value(current).unwrap_or_default();
+                    Ok(match webhook::record_of(&value) {
+                        Ok(Some(r)) if r.session == session => {
+                            Decision::Write(webhook::restore_patch(kind, &value, &r), ())
+                        }
+                        _ => Decision::Keep(()),
+                    })
+                })
+                .await?;
+            }
+            done.push((what, record.deployment.clone()));
+        }
+    }
+    Ok(done)
+}
+
 /// The folder (absolute in the container) the container reads its serving
 /// certificate from, and how the Secret's keys are named there: the mount
 /// of a Secret that holds `tls.crt`, else controller-runtime's default.

@@ -433,3 +433,92 @@ async fn sessions_lists_a_live_swap() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sweep_gives_webhooks_back_the_ca_of_a_session_that_is_gone_and_leaves_a_live_ones_alone() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use kube::Api;
+    with_namespace("sweep-webhooks", |ns| async move {
+        let configs: Api<ValidatingWebhookConfiguration> = Api::all(ns.client.clone());
+        // What a session leaves when its restorer could not list webhooks:
+        // the session's CA in, the original and cert-manager's annotation
+        // in the record.
+        let record = |session: &str, deployment: &str| {
+            json!({
+                "session": session,
+                "deployment": format!("{}/{deployment}", ns.name),
+                "caBundles": { "w.kdev.dev": "T1JJRw==" },
+                "annotations": { "cert-manager.io/inject-ca-from": "x/y" }
+            })
+            .to_string()
+        };
+        let config = |name: &str, record: String| -> ValidatingWebhookConfiguration {
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "annotations": { "kdev.dev/swap-webhooks": record } },
+                "webhooks": [{
+                    "name": "w.kdev.dev",
+                    "clientConfig": { "service": { "namespace": ns.name, "name": "guard" }, "caBundle": "U0VTU0lPTg==" },
+                    "rules": [{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"] }],
+                    "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns.name } },
+                    "objectSelector": { "matchLabels": { "never": "matched" } },
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"]
+                }]
+            }))
+            .expect("a webhook configuration")
+        };
+        let gone = format!("kdev-test-gone-{}", ns.name);
+        let live = format!("kdev-test-live-{}", ns.name);
+        configs
+            .create(&PostParams::default(), &config(&gone, record("s-gone", "old")))
+            .await
+            .expect("create");
+        configs
+            .create(&PostParams::default(), &config(&live, record("s-live", "web")))
+            .await
+            .expect("create");
+        // The live session's Lease.
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": { "name": "kdev-swap-web", "labels": { "kdev.dev/session": "s-live" } },
+            "spec": { "holderIdentity": "someone", "leaseDurationSeconds": 600 }
+        }))
+        .expect("a lease");
+        ns.api::<Lease>()
+            .create(&PostParams::default(), &lease)
+            .await
+            .expect("create lease");
+
+        let output = crate::support::kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "sweep"])
+            .output()
+            .expect("run kdev sweep");
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            text.contains(&format!("validatingwebhookconfiguration/{gone}: got back its CA")),
+            "{text}"
+        );
+        let restored = configs.get(&gone).await.expect("get");
+        let annotations = restored.metadata.annotations.clone().unwrap_or_default();
+        assert!(!annotations.contains_key("kdev.dev/swap-webhooks"), "{annotations:?}");
+        assert_eq!(annotations.get("cert-manager.io/inject-ca-from").map(String::as_str), Some("x/y"));
+        let bundle = restored.webhooks.unwrap_or_default()[0]
+            .client_config
+            .ca_bundle
+            .clone()
+            .expect("a bundle");
+        assert_eq!(bundle.0, b"ORIG");
+        let untouched = configs.get(&live).await.expect("get");
+        assert!(untouched
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("kdev.dev/swap-webhooks"));
+        for name in [gone, live] {
+            configs.delete(&name, &DeleteParams::default()).await.expect("delete");
+        }
+    })
+    .await;
+}
