@@ -522,3 +522,79 @@ async fn sweep_gives_webhooks_back_the_ca_of_a_session_that_is_gone_and_leaves_a
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_interactive_command_gets_the_terminal() {
+    // What a debugger needs (`kdev swap deploy/x -- dlv debug`, `-- rust-gdb
+    // target/debug/x`): the command's stdin and stdout are the terminal kdev
+    // runs in. kdev runs under a pseudo-terminal (Python's pty module), and
+    // the command both sees a terminal and reads a line typed into it.
+    with_namespace("swap-tty", |ns| async move {
+        deploy(&ns, simple_deployment("web", 1, &[8080])).await;
+        let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
+        let script =
+            "if [ -t 0 ] && [ -t 1 ]; then echo TERMINAL-OK; fi; read line; echo \"got:$line\"";
+        let mut command = tokio::process::Command::new("python3");
+        command
+            .args([
+                "-c",
+                "import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)",
+            ])
+            .arg(env!("CARGO_BIN_EXE_kdev"))
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args([
+                "-n",
+                &ns.name,
+                "swap",
+                "deploy/web",
+                "--ttl",
+                "6s",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .env("KDEV_SWAP_TOKEN", crate::swap_support::test_token_hex())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start kdev under a pty");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        // Everything the terminal shows, until the command asks for input.
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let asked = tokio::time::timeout(Duration::from_secs(60), async {
+            while !String::from_utf8_lossy(&seen).contains("TERMINAL-OK") {
+                let n = stdout.read(&mut chunk).await.expect("read the terminal");
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        assert!(
+            asked.is_ok() && String::from_utf8_lossy(&seen).contains("TERMINAL-OK"),
+            "the command saw no terminal: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        stdin.write_all(b"typed-in\n").await.expect("type");
+        let finished = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut rest = Vec::new();
+            stdout.read_to_end(&mut rest).await.expect("read");
+            rest
+        })
+        .await
+        .expect("kdev ends when the command does");
+        seen.extend(finished);
+        let shown = String::from_utf8_lossy(&seen);
+        assert!(shown.contains("got:typed-in"), "{shown}");
+        let status = child.wait().await.expect("wait");
+        assert!(status.success(), "{shown}");
+        assert_restored(&ns, "web", 1, Duration::from_secs(30)).await;
+    })
+    .await;
+}
