@@ -142,6 +142,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 return;
             };
             tracing::info!(%peer, "tunnel connected");
+            // yamux writes a frame's header and body separately, and flushes
+            // once no frame is ready: buffered, a frame leaves in one write,
+            // so containerd's port-forward (and the kubelet and API server
+            // behind it) move one piece per frame instead of two.
+            let socket = tokio::io::BufWriter::with_capacity(tunnel::FRAME_BUFFER, socket);
             let (mux, mut inbound, _driver) = Mux::start(socket, Role::Server);
             current_tx.send_replace(Some(mux));
             while let Some(stream) = inbound.recv().await {

@@ -49,7 +49,7 @@ pub fn maintain(
         let mut was_up = false;
         loop {
             match connect(&pods, &pod, &token).await {
-                Ok((forwarder, mux, inbound, driver)) => {
+                Ok((mux, inbound, driver)) => {
                     delays = backoff::delays();
                     error_tx.send_replace(None);
                     if was_up {
@@ -63,7 +63,6 @@ pub fn maintain(
                         _ = keepalive(&mux) => {}
                     }
                     delivery.abort();
-                    forwarder.abort();
                     state_tx.send_replace(None);
                     eprintln!("kdev: tunnel to {pod} dropped; reconnecting");
                 }
@@ -78,31 +77,28 @@ pub fn maintain(
     (state_rx, error_rx, task)
 }
 
-type Connected = (
-    kube::api::Portforwarder,
-    Mux,
-    tunnel::Inbound,
-    tokio::task::JoinHandle<()>,
-);
+type Connected = (Mux, tunnel::Inbound, tokio::task::JoinHandle<()>);
 
 async fn connect(
     pods: &Api<Pod>,
     pod: &str,
     token: &[u8; auth::TOKEN_LEN],
 ) -> anyhow::Result<Connected> {
-    let mut forwarder = pods.portforward(pod, &[AGENT_PORT]).await?;
-    let mut stream = forwarder
-        .take_stream(AGENT_PORT)
-        .ok_or_else(|| anyhow::anyhow!("the port-forward has no stream for port {AGENT_PORT}"))?;
+    // kdev's own port-forward (k8s::portforward): kube's moves the bytes
+    // through a task and a one-message channel in 4 KiB pieces.
+    let namespace = pods.namespace().unwrap_or("default").to_owned();
+    let mut stream =
+        crate::k8s::portforward::open(&pods.clone().into_client(), &namespace, pod, AGENT_PORT)
+            .await?;
     // Prove the session's token before anything else (see the contract).
     stream.write_all(&auth::preamble(token)).await?;
+    stream.flush().await?;
     let (mux, inbound, driver) = Mux::start(stream, Role::Client);
     if let Err(err) = ping(&mux).await {
         driver.abort();
-        forwarder.abort();
         return Err(err);
     }
-    Ok((forwarder, mux, inbound, driver))
+    Ok((mux, inbound, driver))
 }
 
 /// Waits until the tunnel is up, or fails after `timeout` with the last
