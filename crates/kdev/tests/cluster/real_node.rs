@@ -1574,3 +1574,142 @@ async fn a_webhook_that_calls_the_swapped_deployment_reaches_the_laptop_and_gets
     })
     .await;
 }
+
+/// examples/guard's manifests (`kubectl kustomize`), moved into `ns`: its
+/// namespace object left out, its webhook configuration named after `ns`
+/// and calling `ns`'s Service for `ns`'s ConfigMaps only.
+fn guard_manifests(ns: &str) -> Vec<serde_json::Value> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let rendered = crate::support::kubectl()
+        .arg("kustomize")
+        .arg(repo.join("examples/guard/deploy"))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8_lossy(&rendered.stdout).to_string();
+    let docs = kdev::testing::yaml::load(&text).expect("kustomize's output");
+    docs.into_iter()
+        .map(|d| d.value)
+        .filter(|v| v["kind"] != "Namespace")
+        .map(|mut v| {
+            if v["kind"] == "ValidatingWebhookConfiguration" {
+                v["metadata"]["name"] = json!(format!("guard-{ns}"));
+                v["webhooks"][0]["clientConfig"]["service"]["namespace"] = json!(ns);
+                v["webhooks"][0]["namespaceSelector"] =
+                    json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } });
+            } else {
+                v["metadata"]["namespace"] = json!(ns);
+            }
+            // kustomize put the ServiceAccount subject in `guard` too.
+            if let Some(subjects) = v["subjects"].as_array_mut() {
+                for subject in subjects {
+                    subject["namespace"] = json!(ns);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_guard_example_runs_on_this_machine_as_its_service_account_with_its_webhook() {
+    use crate::swap_support::{Swap, assert_restored};
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    with_namespace("real-guard", |ns| async move {
+        require_real_node(&ns).await;
+        let guard = std::path::Path::new(env!("CARGO_BIN_EXE_kdev")).with_file_name("guard");
+        assert!(
+            guard.is_file(),
+            "{} is missing: build the example with `cargo build --bins` (scripts/test does)",
+            guard.display()
+        );
+        let manifests = guard_manifests(&ns.name);
+        let mut apply = crate::support::kubectl();
+        let mut child = apply
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl apply");
+        std::io::Write::write_all(
+            child.stdin.as_mut().expect("stdin"),
+            json!({ "apiVersion": "v1", "kind": "List", "items": manifests })
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("write");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("kubectl").success());
+        let configs: Api<ValidatingWebhookConfiguration> = Api::all(ns.client.clone());
+        let webhook = format!("guard-{}", ns.name);
+
+        let guard_arg = guard.display().to_string();
+        let swap = Swap::start(&ns, &["deploy/guard", "--ttl", "10s"], &[&guard_arg], &[]);
+        swap.wait_swapped().await;
+        let said = swap.stderr();
+        assert!(
+            said.contains(&format!("as serviceaccount {}/guard", ns.name)),
+            "{said}"
+        );
+        assert!(
+            said.contains(&format!("validatingwebhookconfiguration/{webhook}")),
+            "{said}"
+        );
+
+        // Its webhook, called by the API server, answers from this machine.
+        let maps = ns.api::<ConfigMap>();
+        let labelled = |name: &str, label: &str| -> ConfigMap {
+            serde_json::from_value(
+                json!({ "metadata": { "name": name, "labels": { label: "true" } } }),
+            )
+            .expect("a configmap")
+        };
+        let denied = eventually(Duration::from_secs(60), "guard's denial", || async {
+            match maps
+                .create(
+                    &PostParams::default(),
+                    &labelled("nope", "guard.kdev.dev/deny"),
+                )
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.message.contains("denied by guard v1") => {
+                    Some(status.message)
+                }
+                _ => None,
+            }
+        })
+        .await;
+        assert!(denied.contains("deny.guard.kdev.dev"), "{denied}");
+        // Its controller, as the guard ServiceAccount, annotates what it watches.
+        maps.create(
+            &PostParams::default(),
+            &labelled("watched", "guard.kdev.dev/watch"),
+        )
+        .await
+        .expect("create a watched configmap");
+        eventually(
+            Duration::from_secs(60),
+            "guard to check the ConfigMap",
+            || async {
+                let map = maps.get("watched").await.ok()?;
+                (map.metadata.annotations?.get("guard.kdev.dev/checked")? == "v1").then_some(())
+            },
+        )
+        .await;
+
+        swap.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut swap = swap;
+        swap.wait_exit(Duration::from_secs(30)).await;
+        assert_restored(&ns, "guard", 1, Duration::from_secs(30)).await;
+        configs
+            .delete(&webhook, &Default::default())
+            .await
+            .expect("delete the webhook configuration");
+    })
+    .await;
+}
