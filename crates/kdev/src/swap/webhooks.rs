@@ -75,6 +75,32 @@ fn describe(kind: Kind, name: &str) -> String {
 
 const KINDS: [Kind; 3] = [Kind::Validating, Kind::Mutating, Kind::Conversion];
 
+/// Every object of the three kinds, as objects and as JSON; the API's own
+/// error when one cannot be listed (a 403 the callers judge).
+async fn every_object(
+    kube: &Kube,
+) -> Result<Vec<(Kind, Api<DynamicObject>, DynamicObject, serde_json::Value)>, (Kind, kube::Error)>
+{
+    let mut out = Vec::new();
+    for kind in KINDS {
+        let api: Api<DynamicObject> = Api::all_with(kube.client.clone(), &resource(kind));
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|err| (kind, err))?;
+        for object in list.items {
+            let value = serde_json::to_value(&object).unwrap_or_default();
+            out.push((kind, api.clone(), object, value));
+        }
+    }
+    Ok(out)
+}
+
+/// A listing error, explained.
+fn listing_failed(kube: &Kube, (kind, err): (Kind, kube::Error)) -> anyhow::Error {
+    kube.explain(err, format!("list {}", resource(kind).plural))
+}
+
 /// Step 1: the Services in the namespace whose selector picks `labels`.
 async fn services_of(
     kube: &Kube,
@@ -113,31 +139,24 @@ pub async fn redirect(
     if services.is_empty() {
         return Ok(out);
     }
-    let mut found: Vec<(Kind, DynamicObject)> = Vec::new();
-    for kind in KINDS {
-        let api: Api<DynamicObject> = Api::all_with(kube.client.clone(), &resource(kind));
-        match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                for object in list.items {
-                    let value = serde_json::to_value(&object).unwrap_or_default();
-                    if !webhook::calling(kind, &value, &kube.namespace, &services).is_empty() {
-                        found.push((kind, object));
-                    }
-                }
-            }
-            Err(kube::Error::Api(status)) if status.code == 403 => {
-                out.notices.push(format!(
-                    "webhooks are not redirected: you may not list {} ({})",
-                    resource(kind).plural,
-                    status.message
-                ));
-                return Ok(out);
-            }
-            Err(err) => {
-                return Err(kube.explain(err, format!("list {}", resource(kind).plural)));
-            }
+    let found: Vec<(Kind, DynamicObject)> = match every_object(kube).await {
+        Ok(objects) => objects
+            .into_iter()
+            .filter(|(kind, _, _, value)| {
+                !webhook::calling(*kind, value, &kube.namespace, &services).is_empty()
+            })
+            .map(|(kind, _, object, _)| (kind, object))
+            .collect(),
+        Err((kind, kube::Error::Api(status))) if status.code == 403 => {
+            out.notices.push(format!(
+                "webhooks are not redirected: you may not list {} ({})",
+                resource(kind).plural,
+                status.message
+            ));
+            return Ok(out);
         }
-    }
+        Err(failed) => return Err(listing_failed(kube, failed)),
+    };
     if found.is_empty() {
         return Ok(out);
     }
@@ -210,41 +229,36 @@ pub async fn redirect(
 /// the API's error (the caller decides).
 pub async fn restore(kube: &Kube, session: &str) -> anyhow::Result<Vec<String>> {
     let mut restored = Vec::new();
-    for kind in KINDS {
-        let api: Api<DynamicObject> = Api::all_with(kube.client.clone(), &resource(kind));
-        let list = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|err| kube.explain(err, format!("list {}", resource(kind).plural)))?;
-        for object in list.items {
-            let value = serde_json::to_value(&object).unwrap_or_default();
-            let ours = webhook::record_of(&value)
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.session == session);
-            if !ours {
-                continue;
-            }
-            let name = object.metadata.name.clone().unwrap_or_default();
-            let what = describe(kind, &name);
-            let updated = guarded::update_from(kube, &api, &name, &what, Some(object), |current| {
-                let Some(current) = current else {
-                    return Ok(Decision::Keep(false));
-                };
-                let value = serde_json::to_value(current).unwrap_or_default();
-                Ok(
-                    match webhook::restore(kind, &value, session)
-                        .map_err(|e| anyhow::anyhow!("cannot restore {what}: {e}"))?
-                    {
-                        Some(patch) => Decision::Write(patch, true),
-                        None => Decision::Keep(false),
-                    },
-                )
-            })
-            .await?;
-            if updated.value {
-                restored.push(what);
-            }
+    let objects = every_object(kube)
+        .await
+        .map_err(|failed| listing_failed(kube, failed))?;
+    for (kind, api, object, value) in objects {
+        let ours = webhook::record_of(&value)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.session == session);
+        if !ours {
+            continue;
+        }
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let what = describe(kind, &name);
+        let updated = guarded::update_from(kube, &api, &name, &what, Some(object), |current| {
+            let Some(current) = current else {
+                return Ok(Decision::Keep(false));
+            };
+            let value = serde_json::to_value(current).unwrap_or_default();
+            Ok(
+                match webhook::restore(kind, &value, session)
+                    .map_err(|e| anyhow::anyhow!("cannot restore {what}: {e}"))?
+                {
+                    Some(patch) => Decision::Write(patch, true),
+                    None => Decision::Keep(false),
+                },
+            )
+        })
+        .await?;
+        if updated.value {
+            restored.push(what);
         }
     }
     Ok(restored)
@@ -260,59 +274,54 @@ pub async fn restore_orphans(
 ) -> anyhow::Result<Vec<(String, String)>> {
     use k8s_openapi::api::coordination::v1::Lease;
     let mut done = Vec::new();
-    for kind in KINDS {
-        let api: Api<DynamicObject> = Api::all_with(kube.client.clone(), &resource(kind));
-        let list = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|err| kube.explain(err, format!("list {}", resource(kind).plural)))?;
-        for object in list.items {
-            let value = serde_json::to_value(&object).unwrap_or_default();
-            let Ok(Some(record)) = webhook::record_of(&value) else {
-                continue;
-            };
-            let Some((ns, deployment)) = record.deployment.split_once('/') else {
-                continue;
-            };
-            if namespace.is_some_and(|n| n != ns) {
-                continue;
-            }
-            let leases: Api<Lease> = Api::namespaced(kube.client.clone(), ns);
-            let lease = leases
-                .get_opt(&kdev_contract::session::lease_name(deployment))
-                .await
-                .map_err(|err| kube.explain(err, format!("read the session lease in {ns}")))?;
-            let live = lease.is_some_and(|l| {
-                l.metadata
-                    .labels
-                    .unwrap_or_default()
-                    .get(kdev_contract::session::SESSION_LABEL)
-                    == Some(&record.session)
-            });
-            if live {
-                // Its session is there: its restore puts the webhooks back.
-                continue;
-            }
-            let name = object.metadata.name.clone().unwrap_or_default();
-            let what = describe(kind, &name);
-            if !dry_run {
-                let session = record.session.clone();
-                guarded::update_from(kube, &api, &name, &what, Some(object), |current| {
-                    let Some(current) = current else {
-                        return Ok(Decision::Keep(()));
-                    };
-                    let value = serde_json::to_value(current).unwrap_or_default();
-                    Ok(match webhook::record_of(&value) {
-                        Ok(Some(r)) if r.session == session => {
-                            Decision::Write(webhook::restore_patch(kind, &value, &r), ())
-                        }
-                        _ => Decision::Keep(()),
-                    })
-                })
-                .await?;
-            }
-            done.push((what, record.deployment.clone()));
+    let objects = every_object(kube)
+        .await
+        .map_err(|failed| listing_failed(kube, failed))?;
+    for (kind, api, object, value) in objects {
+        let Ok(Some(record)) = webhook::record_of(&value) else {
+            continue;
+        };
+        let Some((ns, deployment)) = record.deployment.split_once('/') else {
+            continue;
+        };
+        if namespace.is_some_and(|n| n != ns) {
+            continue;
         }
+        let leases: Api<Lease> = Api::namespaced(kube.client.clone(), ns);
+        let lease = leases
+            .get_opt(&kdev_contract::session::lease_name(deployment))
+            .await
+            .map_err(|err| kube.explain(err, format!("read the session lease in {ns}")))?;
+        let live = lease.is_some_and(|l| {
+            l.metadata
+                .labels
+                .unwrap_or_default()
+                .get(kdev_contract::session::SESSION_LABEL)
+                == Some(&record.session)
+        });
+        if live {
+            // Its session is there: its restore puts the webhooks back.
+            continue;
+        }
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let what = describe(kind, &name);
+        if !dry_run {
+            let session = record.session.clone();
+            guarded::update_from(kube, &api, &name, &what, Some(object), |current| {
+                let Some(current) = current else {
+                    return Ok(Decision::Keep(()));
+                };
+                let value = serde_json::to_value(current).unwrap_or_default();
+                Ok(match webhook::record_of(&value) {
+                    Ok(Some(r)) if r.session == session => {
+                        Decision::Write(webhook::restore_patch(kind, &value, &r), ())
+                    }
+                    _ => Decision::Keep(()),
+                })
+            })
+            .await?;
+        }
+        done.push((what, record.deployment.clone()));
     }
     Ok(done)
 }
