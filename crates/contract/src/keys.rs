@@ -17,6 +17,10 @@ pub const MANAGED_BY_VALUE: &str = "kdev";
 /// the controller's own namespace.
 pub const CONTROLLER_LEADER_LEASE: &str = "kdev-controller";
 
+/// The ServiceAccount (in the controller's namespace) the dashboard's
+/// actions are written as; `deploy/dashboard` binds its rights.
+pub const DASHBOARD_ACCOUNT: &str = "kdev-dashboard";
+
 /// The image of kdev's in-cluster helpers (a swap's proxy agent, an
 /// environment's wakers) matching this release; `scripts/build-agent` builds
 /// it under this name.
@@ -31,7 +35,12 @@ mod tests {
     #[test]
     fn keys_are_valid_kubernetes_names() {
         // A label value and a Lease name must be DNS-1123 labels.
-        for name in [MANAGED_BY_VALUE, CONTROLLER_LEADER_LEASE, FIELD_MANAGER] {
+        for name in [
+            MANAGED_BY_VALUE,
+            CONTROLLER_LEADER_LEASE,
+            FIELD_MANAGER,
+            DASHBOARD_ACCOUNT,
+        ] {
             assert!(name.len() <= 63, "{name} is too long");
             assert!(
                 name.chars()

@@ -41,6 +41,18 @@ pub struct Config {
     pub telepresence_min_age: Option<Duration>,
     /// Put environments to sleep and wake them by their schedules (off when `None`).
     pub schedules: Option<schedule::Options>,
+    /// Serve the environments dashboard (off when `None`).
+    pub dashboard: Option<Dashboard>,
+}
+
+/// `--dashboard`: where, and as whom its actions are written.
+#[derive(Debug)]
+pub struct Dashboard {
+    pub listen: std::net::SocketAddr,
+    /// Default: the `kdev-dashboard` ServiceAccount of the controller's namespace.
+    pub act_as: Option<String>,
+    /// The wakers' image for environments it puts to sleep.
+    pub waker: Option<String>,
 }
 
 pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
@@ -71,6 +83,36 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
             },
         ),
     );
+
+    if let Some(dashboard) = args.dashboard {
+        let listener = tokio::net::TcpListener::bind(dashboard.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to listen on {} (--dashboard-listen)",
+                    dashboard.listen
+                )
+            })?;
+        let act_as = dashboard.act_as.unwrap_or_else(|| {
+            format!(
+                "system:serviceaccount:{namespace}:{}",
+                keys::DASHBOARD_ACCOUNT
+            )
+        });
+        tracing::info!(listen = %dashboard.listen, %act_as, "dashboard serving");
+        tasks.spawn(
+            "dashboard",
+            crate::dashboard::serve(
+                listener,
+                kube.clone(),
+                crate::dashboard::Options {
+                    listen: dashboard.listen,
+                    act_as,
+                    waker: dashboard.waker,
+                },
+            ),
+        );
+    }
 
     let version = kube
         .client

@@ -96,37 +96,17 @@ pub async fn envs(flags: &k8s::Flags, action: EnvsAction) -> anyhow::Result<Exit
     }
 }
 
-/// Writes (or removes) the namespace's keep-awake time.
+/// Writes (or removes) the namespace's keep-awake time, saying so.
 async fn set_keep_awake(
     flags: &k8s::Flags,
     config: &Config,
     until: Option<jiff::Timestamp>,
 ) -> anyhow::Result<()> {
     let kube = k8s::connect(flags).await?;
-    let api: Api<Namespace> = Api::all(kube.client.clone());
     for name in &config.selection.namespaces {
-        let what = format!("namespace {name}");
-        let wanted = until.map(|t| t.to_string());
-        let dry_run = config.dry_run;
-        let updated = k8s::guarded::update(&kube, &api, name, &what, |current| {
-            let Some(ns) = current else {
-                anyhow::bail!("{what} not found");
-            };
-            let now = ns
-                .annotations()
-                .get(contract::KEEP_AWAKE_ANNOTATION)
-                .cloned();
-            if now == wanted || dry_run {
-                return Ok(k8s::guarded::Decision::Keep(now != wanted));
-            }
-            let patch = serde_json::json!({
-                "metadata": { "annotations": { contract::KEEP_AWAKE_ANNOTATION: wanted } }
-            });
-            Ok(k8s::guarded::Decision::Write(patch, true))
-        })
-        .await?;
-        if updated.value && !config.json {
-            let would = if dry_run { "would be " } else { "" };
+        let changed = keep_awake(&kube, name, until, config.dry_run).await?;
+        if changed && !config.json {
+            let would = if config.dry_run { "would be " } else { "" };
             match until {
                 Some(t) => println!(
                     "namespace {name}: {would}kept awake until {t} ({})",
@@ -139,8 +119,68 @@ async fn set_keep_awake(
     Ok(())
 }
 
+/// Sets (or with `None` removes) namespace `name`'s keep-awake time by a
+/// guarded write; whether it changed (or, dry, would).
+pub async fn keep_awake(
+    kube: &Kube,
+    name: &str,
+    until: Option<jiff::Timestamp>,
+    dry_run: bool,
+) -> anyhow::Result<bool> {
+    let api: Api<Namespace> = Api::all(kube.client.clone());
+    let what = format!("namespace {name}");
+    let wanted = until.map(|t| t.to_string());
+    let updated = k8s::guarded::update(kube, &api, name, &what, |current| {
+        let Some(ns) = current else {
+            anyhow::bail!("{what} not found");
+        };
+        let now = ns
+            .annotations()
+            .get(contract::KEEP_AWAKE_ANNOTATION)
+            .cloned();
+        if now == wanted || dry_run {
+            return Ok(k8s::guarded::Decision::Keep(now != wanted));
+        }
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { contract::KEEP_AWAKE_ANNOTATION: wanted } }
+        });
+        Ok(k8s::guarded::Decision::Write(patch, true))
+    })
+    .await?;
+    Ok(updated.value)
+}
+
+/// A keep-awake's end: an RFC 3339 time, or a duration from `now` (4h,
+/// 90m; a bare number has no unit and is refused, as kubectl refuses it).
+pub fn parse_until(text: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
+    let text = text.trim();
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at);
+    }
+    let bad = || {
+        format!(
+            "{text:?} is neither an RFC 3339 time (2026-12-02T23:00:00Z) nor a duration (4h, 90m)"
+        )
+    };
+    if text.is_empty() || text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(bad());
+    }
+    let after: jiff::SignedDuration = text.parse().map_err(|_| bad())?;
+    if after.is_negative() {
+        return Err(bad());
+    }
+    now.checked_add(after)
+        .map_err(|_| format!("{text:?} is too far away"))
+}
+
 /// The reasons of the Events environments' changes are recorded with.
-const HISTORY_REASONS: [&str; 4] = ["Slept", "Woke", "ChangedWhileAsleep", "BadSchedule"];
+pub const HISTORY_REASONS: [&str; 5] = [
+    "Slept",
+    "Woke",
+    "ChangedWhileAsleep",
+    "BadSchedule",
+    "KeptAwake",
+];
 
 /// `kdev envs --history`: the environments' Events, oldest first.
 async fn history(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitCode> {
@@ -276,7 +316,7 @@ pub struct Env {
 }
 
 /// Namespaces that are the cluster's own, never an environment unless named.
-const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Judges one environment from its namespace's annotations and workloads.
 pub fn judge(

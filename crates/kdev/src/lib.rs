@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod cluster;
 pub mod controller;
+pub mod dashboard;
 pub mod envs;
 pub mod error;
 pub mod fswatch;
@@ -151,7 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Envs(args) => envs::envs(&flags, args.resolve(&cli.global.namespace)?).await,
+        Command::Envs(args) => match args.dashboard() {
+            Some(open) => dashboard::open::run(&flags, open.resolve()?).await,
+            None => envs::envs(&flags, args.resolve(&cli.global.namespace)?).await,
+        },
         Command::Completion(args) => {
             cli::completion(args.shell);
             Ok(ExitCode::SUCCESS)

@@ -47,6 +47,15 @@ pub struct ControllerArgs {
     /// With --schedules: put environments to sleep after this long without activity (a namespace's kdev.dev/sleep-after-idle overrides it; default: only namespaces that ask).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub idle_after: Option<std::time::Duration>,
+    /// Serve the environments dashboard (needs deploy/dashboard's RBAC); `kdev envs dashboard` opens it.
+    #[arg(long)]
+    pub dashboard: bool,
+    /// With --dashboard: where it listens. Loopback by default: reached by port-forward or an auth proxy in the pod.
+    #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+    pub dashboard_listen: std::net::SocketAddr,
+    /// With --dashboard: the user its actions are written as (default: ServiceAccount kdev-dashboard of the controller's namespace).
+    #[arg(long, value_name = "USER")]
+    pub dashboard_as: Option<String>,
     /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
     #[arg(long, hide = true, value_name = "TIME")]
     pub clock_start: Option<String>,
@@ -84,7 +93,18 @@ impl ControllerArgs {
             uptime: spec("--default-uptime", &self.default_uptime)?,
             downtime: spec("--default-downtime", &self.default_downtime)?,
         };
+        let waker = (!self.no_wake_on_request).then(|| {
+            self.agent_image
+                .clone()
+                .unwrap_or_else(kdev_contract::keys::default_agent_image)
+        });
         Ok(Config {
+            dashboard: self.dashboard.then(|| crate::controller::Dashboard {
+                listen: self.dashboard_listen,
+                act_as: self.dashboard_as.clone(),
+                // Wakers are placed with the scheduler's rights.
+                waker: if self.schedules { waker.clone() } else { None },
+            }),
             listen: self.listen,
             lease_namespace: self.lease_namespace,
             identity: self.identity,
@@ -100,11 +120,7 @@ impl ControllerArgs {
                     idle_after: self
                         .idle_after
                         .and_then(|d| jiff::SignedDuration::try_from(d).ok()),
-                    waker: (!self.no_wake_on_request).then(|| {
-                        self.agent_image
-                            .clone()
-                            .unwrap_or_else(kdev_contract::keys::default_agent_image)
-                    }),
+                    waker: waker.clone(),
                 }),
         })
     }

@@ -124,6 +124,8 @@ pub enum EnvsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Open the environments dashboard: a port-forward to the controller's dashboard, its URL printed, a browser opened when there is one.
+    Dashboard(DashboardArgs),
     /// Put an environment to sleep now, ending any keep-awake; it wakes at its schedule's next wake or on a request.
     SleepNow {
         /// The environment (namespace).
@@ -139,7 +141,46 @@ pub enum EnvsCommand {
     },
 }
 
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  kdev envs dashboard\n  kdev envs dashboard --port 9000 --no-browser"
+)]
+pub struct DashboardArgs {
+    /// Where the kdev controller runs.
+    #[arg(long, default_value = "kdev-system", value_name = "NAMESPACE")]
+    pub controller_namespace: String,
+    /// The local port to listen on (127.0.0.1); 0 picks a free one.
+    #[arg(long, default_value_t = 8081)]
+    pub port: u16,
+    /// The dashboard's port in the controller pod (its --dashboard-listen).
+    #[arg(long, default_value_t = 8081)]
+    pub remote_port: u16,
+    /// Print the URL only; open no browser.
+    #[arg(long)]
+    pub no_browser: bool,
+}
+
+impl DashboardArgs {
+    pub fn resolve(&self) -> anyhow::Result<crate::dashboard::open::Open> {
+        crate::k8s::validate_dns_label("--controller-namespace", &self.controller_namespace)?;
+        Ok(crate::dashboard::open::Open {
+            namespace: self.controller_namespace.clone(),
+            port: self.port,
+            remote_port: self.remote_port,
+            browser: !self.no_browser,
+        })
+    }
+}
+
 impl EnvsArgs {
+    /// `kdev envs dashboard`, which is not an environments action.
+    pub fn dashboard(&self) -> Option<&DashboardArgs> {
+        match &self.command {
+            Some(EnvsCommand::Dashboard(args)) => Some(args),
+            _ => None,
+        }
+    }
+
     pub fn resolve(self, namespaces: &[String]) -> anyhow::Result<EnvsAction> {
         let json = self.output == OutputArg::Json;
         let change = |direction, namespace: String, reason, dry_run| -> anyhow::Result<Config> {
@@ -177,6 +218,9 @@ impl EnvsArgs {
                 waker: wakers.image(),
                 ..change(Direction::Sleep, namespace, reason, dry_run)?
             }),
+            Some(EnvsCommand::Dashboard(_)) => {
+                anyhow::bail!("kdev envs dashboard opens the dashboard; it lists nothing")
+            }
             None => EnvsAction::List(ListConfig {
                 selection: Selection {
                     namespaces: namespaces.to_vec(),
@@ -194,19 +238,8 @@ impl EnvsArgs {
 
 /// `--until`: an RFC 3339 time, or a duration from now.
 fn parse_until(text: &str) -> anyhow::Result<jiff::Timestamp> {
-    if let Ok(at) = text.parse::<jiff::Timestamp>() {
-        return Ok(at);
-    }
-    let after = super::parse_duration(text).map_err(|_| {
-        error::usage(format!(
-            "--until {text:?} is neither an RFC 3339 time (2026-12-02T23:00:00Z) nor a duration (4h, 90m)"
-        ))
-    })?;
-    let after = jiff::SignedDuration::try_from(after)
-        .map_err(|_| error::usage(format!("--until {text:?} is too far away")))?;
-    jiff::Timestamp::now()
-        .checked_add(after)
-        .map_err(|_| error::usage(format!("--until {text:?} is too far away")))
+    crate::envs::parse_until(text, jiff::Timestamp::now())
+        .map_err(|err| error::usage(format!("--until {err}")))
 }
 
 #[cfg(test)]

@@ -401,7 +401,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
 }
 
 /// Places the namespace's wakers after a sleep, unless it opted out.
-async fn place_wakers(
+pub async fn place_wakers(
     kube: &Kube,
     config: &Config,
     namespace: &str,

@@ -198,6 +198,27 @@ fn context_names(kubeconfig: &Kubeconfig) -> String {
 }
 
 impl Kube {
+    /// The same cluster as `user` (`Impersonate-User`), with the groups the
+    /// API server gives that user (a ServiceAccount's own). What the
+    /// dashboard acts as: the caller needs `impersonate` on that user.
+    pub fn impersonating(&self, user: &str) -> anyhow::Result<Kube> {
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups = None;
+        let client = Client::try_from(config.clone()).with_context(|| {
+            format!(
+                "failed to build a client acting as {user} for the API server at {}",
+                self.server
+            )
+        })?;
+        Ok(Kube {
+            client,
+            config,
+            namespace: self.namespace.clone(),
+            server: self.server.clone(),
+        })
+    }
+
     /// The API server's URL, as the kubeconfig gives it.
     pub fn cluster_url(&self) -> &http::Uri {
         &self.config.cluster_url

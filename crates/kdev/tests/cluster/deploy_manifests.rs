@@ -7,7 +7,10 @@ use crate::support::{kubectl_apply, render_deploy, with_namespace};
 #[tokio::test]
 async fn deploy_manifests_pass_server_side_dry_run() {
     with_namespace("deploy", |ns| async move {
-        let manifests = render_deploy(&ns.name, &["telepresence", "envs"]);
+        let manifests = render_deploy(
+            &ns.name,
+            &["telepresence", "envs", "dashboard", "dashboard-auth-proxy"],
+        );
         let applied = kubectl_apply(&manifests, &["--dry-run=server", "-o", "json"]);
         assert!(
             applied.status.success(),

@@ -426,7 +426,7 @@ async fn bad_input_is_a_usage_error_and_a_bad_annotation_changes_nothing() {
 
 /// Deletes cluster-scoped test objects (`kind/name`) when the test ends,
 /// also on failure.
-struct ClusterScoped(Vec<String>);
+pub struct ClusterScoped(pub Vec<String>);
 
 impl Drop for ClusterScoped {
     fn drop(&mut self) {

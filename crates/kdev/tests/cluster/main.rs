@@ -7,6 +7,7 @@
 
 mod controller;
 mod crash;
+mod dashboard;
 mod deploy_manifests;
 mod envs;
 mod hardening;

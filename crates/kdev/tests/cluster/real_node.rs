@@ -507,7 +507,7 @@ async fn a_swap_on_the_real_node_answers_a_pod_through_its_service() {
 
 /// A busybox httpd Deployment on the real node answering `body`, behind a
 /// Service of the same name.
-async fn busybox_web(ns: &TestNamespace, name: &str, replicas: i32, body: &str) {
+pub async fn busybox_web(ns: &TestNamespace, name: &str, replicas: i32, body: &str) {
     busybox_web_as(ns, name, replicas, body, None).await;
 }
 

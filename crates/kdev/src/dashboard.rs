@@ -1,0 +1,636 @@
+//! The environments dashboard, served by `kdev controller --dashboard`:
+//! every environment with its state, workloads, last sleep or wake and next
+//! transition, updated live; and three actions (wake, sleep now, keep awake
+//! until), each with a reason that goes into the Event.
+//!
+//! Reading comes from watches ([`view`]). Actions are written as the
+//! dashboard's own ServiceAccount (`kdev-dashboard`, impersonated): a wake
+//! needs no more than `kdev-env-starter` (read workloads, patch their scale
+//! subresource, write Events); sleep now and keep awake record what they
+//! change, which takes `kdev-env-keeper` (see `deploy/dashboard`). The
+//! controller's own rights never write on the dashboard's behalf, except to
+//! place the wakers of an environment put to sleep, as at a scheduled sleep.
+//!
+//! It listens on loopback by default: whoever may port-forward to the
+//! controller reaches it (`kdev envs dashboard`), or an auth proxy the team
+//! puts in front (`deploy/dashboard-auth-proxy`).
+
+pub mod open;
+pub mod page;
+pub mod view;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::ListParams;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde::{Deserialize, Serialize};
+
+use crate::envs;
+use crate::envs::act::{self, Config, Direction, Selection};
+use crate::k8s::Kube;
+use view::{Row, View};
+
+/// How the dashboard is served and acts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: std::net::SocketAddr,
+    /// The user actions are written as (`system:serviceaccount:NS:kdev-dashboard`).
+    pub act_as: String,
+    /// The wakers' image for environments put to sleep; `None` places none.
+    pub waker: Option<String>,
+}
+
+/// The longest reason an action takes (an Event's note holds 1 kB).
+const MAX_REASON: usize = 200;
+
+#[derive(Clone)]
+struct App {
+    view: View,
+    /// The controller's client: reads (filters) and wakers.
+    kube: Kube,
+    /// The dashboard's own identity: every action's write.
+    acting: Kube,
+    act_as: String,
+    waker: Option<String>,
+    /// Carried by every form: a page from elsewhere cannot act.
+    csrf: String,
+}
+
+/// Serves until the listener fails. The watches run alongside.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    kube: Kube,
+    options: Options,
+) -> anyhow::Result<()> {
+    let (view, watches) = view::start(&kube);
+    let acting = kube.impersonating(&options.act_as)?;
+    let app = App {
+        view,
+        kube,
+        acting,
+        act_as: options.act_as,
+        waker: options.waker,
+        csrf: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/api/envs", get(api_envs))
+        .route("/events", get(events))
+        .route("/envs/{namespace}", axum::routing::post(act_on))
+        .with_state(app);
+    let server = async {
+        axum::serve(listener, router)
+            .await
+            .map_err(|err| anyhow::anyhow!("the dashboard server stopped: {err}"))
+    };
+    let watches = futures::future::join_all(watches);
+    tokio::select! {
+        served = server => served,
+        _ = watches => Err(anyhow::anyhow!("the dashboard's watches ended")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Filter {
+    #[serde(default)]
+    selector: String,
+    #[serde(default)]
+    owner: String,
+    /// The message of the action just done (no-script form posts).
+    #[serde(default)]
+    said: String,
+}
+
+impl App {
+    /// The rows the filter keeps, or why the filter was refused. A label
+    /// selector is the API server's to read: kdev does not parse its own.
+    async fn rows(&self, filter: &Filter) -> (Vec<Row>, Option<String>) {
+        self.view.ready().await;
+        let now = jiff::Timestamp::now();
+        let mut selector = filter.selector.trim().to_owned();
+        if !filter.owner.trim().is_empty() {
+            if !selector.is_empty() {
+                selector.push(',');
+            }
+            selector.push_str(&format!("{}={}", view::OWNER_LABEL, filter.owner.trim()));
+        }
+        if selector.is_empty() {
+            return (self.view.rows(now, None), None);
+        }
+        let api: kube::Api<Namespace> = kube::Api::all(self.kube.client.clone());
+        match api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+        {
+            Ok(list) => {
+                let names: Vec<String> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|ns| ns.metadata.name)
+                    .collect();
+                (self.view.rows(now, Some(&names)), None)
+            }
+            Err(kube::Error::Api(status)) => (
+                Vec::new(),
+                Some(format!(
+                    "the label selector {selector:?} was refused: {}",
+                    status.message
+                )),
+            ),
+            Err(err) => (
+                Vec::new(),
+                Some(format!("failed to list namespaces for {selector:?}: {err}")),
+            ),
+        }
+    }
+}
+
+async fn index(
+    State(app): State<App>,
+    Query(filter): Query<Filter>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let (rows, problem) = app.rows(&filter).await;
+    let html = page::page(&page::Page {
+        rows: &rows,
+        selector: &filter.selector,
+        owner: &filter.owner,
+        said: (!filter.said.is_empty()).then_some(filter.said.as_str()),
+        problem: problem.as_deref(),
+        csrf: &app.csrf,
+    });
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let body = if gzip {
+        gzipped(html.as_bytes())
+    } else {
+        html.into_bytes()
+    };
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    // Read by scripts/bench-dashboard: the server's own time for the page.
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "render;dur={:.1}",
+        started.elapsed().as_secs_f64() * 1000.0
+    )) {
+        headers.insert("server-timing", value);
+    }
+    response
+}
+
+/// The page gzipped. flate2 is linked already (image layers); a
+/// compression middleware would bring a second stack for one response.
+fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// One environment for `/api/envs`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiRow<'a> {
+    #[serde(flatten)]
+    env: &'a envs::Env,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_awake_until: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    excluded: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<String>,
+    seen: &'a str,
+}
+
+async fn api_envs(State(app): State<App>, Query(filter): Query<Filter>) -> Response {
+    let (rows, problem) = app.rows(&filter).await;
+    if let Some(problem) = problem {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": problem })),
+        )
+            .into_response();
+    }
+    let out: Vec<ApiRow<'_>> = rows
+        .iter()
+        .map(|row| ApiRow {
+            env: &row.env,
+            owner: row.owner.as_deref(),
+            keep_awake_until: row.keep_awake.as_deref(),
+            excluded: row.excluded.as_deref(),
+            last: row
+                .last
+                .as_ref()
+                .map(|l| format!("{} at {}: {}", l.reason, l.at, l.note)),
+            seen: &row.seen,
+        })
+        .collect();
+    axum::Json(out).into_response()
+}
+
+/// Live updates: the rows again whenever a watched object changed (changes
+/// within 100 ms go out as one update), as server-sent events named `envs`
+/// carrying `{"summary": …, "rows": …}`.
+async fn events(
+    State(app): State<App>,
+    Query(filter): Query<Filter>,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let changed = app.view.changed.clone();
+    let stream = futures::stream::unfold(
+        (app, filter, changed, String::new(), true),
+        |(app, filter, mut changed, last, first)| async move {
+            loop {
+                if !first || !last.is_empty() {
+                    if changed.changed().await.is_err() {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    changed.borrow_and_update();
+                }
+                let (rows, _) = app.rows(&filter).await;
+                let data = serde_json::json!({
+                    "summary": page::summary(&rows),
+                    "rows": page::rows(&rows, &app.csrf),
+                })
+                .to_string();
+                if data != last {
+                    let event = SseEvent::default().event("envs").data(data.clone());
+                    return Some((Ok(event), (app, filter, changed, data, false)));
+                }
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, Deserialize)]
+struct ActForm {
+    action: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    seen: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    until: String,
+}
+
+/// What an action answers: a status and a sentence.
+struct Answer {
+    status: StatusCode,
+    message: String,
+}
+
+impl Answer {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+async fn act_on(
+    State(app): State<App>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ActForm>,
+) -> Response {
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let answer = app.act(&namespace, &headers, &form).await;
+    let ok = answer.status.is_success();
+    if json {
+        return (
+            answer.status,
+            axum::Json(serde_json::json!({ "ok": ok, "message": answer.message })),
+        )
+            .into_response();
+    }
+    if ok {
+        let location = format!("/?said={}", percent_encode(&answer.message));
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
+    }
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>kdev: not done</title></head>\
+<body><h1>Not done</h1><p role=\"alert\">{}</p><p><a href=\"/\">Back to the environments</a></p></body></html>",
+        page::esc(&answer.message)
+    );
+    (
+        answer.status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
+}
+
+impl App {
+    async fn act(&self, namespace: &str, headers: &HeaderMap, form: &ActForm) -> Answer {
+        // A form from another site (a page the user has open elsewhere
+        // posting to this port) carries neither the token nor a same-origin
+        // fetch mark.
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "cross-site");
+        if cross_site || form.csrf != self.csrf {
+            return Answer::new(
+                StatusCode::FORBIDDEN,
+                "this form did not come from this dashboard page (or the controller restarted since it was loaded); reload the page and try again",
+            );
+        }
+        let direction = match form.action.as_str() {
+            "wake" | "keep-awake" => Direction::Wake,
+            "sleep" => Direction::Sleep,
+            other => {
+                return Answer::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown action {other:?}: the dashboard wakes, sleeps and keeps awake"
+                    ),
+                );
+            }
+        };
+        let reason = form.reason.trim();
+        if reason.is_empty() {
+            return Answer::new(
+                StatusCode::BAD_REQUEST,
+                "say why in a few words (the reason goes into the environment's Event)",
+            );
+        }
+        if reason.chars().count() > MAX_REASON {
+            return Answer::new(
+                StatusCode::BAD_REQUEST,
+                format!("the reason is longer than {MAX_REASON} characters; shorten it"),
+            );
+        }
+        let until = if form.action == "keep-awake" {
+            match envs::parse_until(&form.until, jiff::Timestamp::now()) {
+                Ok(at) if at > jiff::Timestamp::now() => Some(at),
+                Ok(at) => {
+                    return Answer::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("keep awake until {at}: that time has passed"),
+                    );
+                }
+                Err(err) => {
+                    return Answer::new(StatusCode::BAD_REQUEST, format!("keep awake until {err}"));
+                }
+            }
+        } else {
+            None
+        };
+        self.view.ready().await;
+        let Some(row) = self
+            .view
+            .rows(jiff::Timestamp::now(), Some(&[namespace.to_owned()]))
+            .pop()
+        else {
+            return Answer::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{namespace} is not an environment here (no namespace of that name with Deployments, StatefulSets or CronJobs)"
+                ),
+            );
+        };
+        if row.seen != form.seen {
+            return Answer::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "someone else acted first: {namespace} changed since the page was loaded (it is {} now); look again, then act",
+                    page::state_word(row.env.state)
+                ),
+            );
+        }
+        if let Some(w) = row.env.workloads.iter().find(|w| w.swap_session.is_some()) {
+            return Answer::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{namespace} is in use: {}/{} is held by kdev swap session {}; its end puts it back",
+                    w.kind.short(),
+                    w.name,
+                    w.swap_session.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        if let Some(why) = &row.excluded {
+            return Answer::new(
+                StatusCode::CONFLICT,
+                format!("{namespace} is excluded from sleeping and waking: {why}"),
+            );
+        }
+        let who = actor(headers);
+        let config = Config {
+            direction,
+            selection: Selection {
+                namespaces: vec![namespace.to_owned()],
+                ..Selection::default()
+            },
+            dry_run: false,
+            reason: Some(reason.to_owned()),
+            json: false,
+            actor: Some(who.clone()),
+            grace: None,
+            waker: None,
+        };
+        let mut said = Vec::new();
+        // Sleep now ends a keep-awake first (or the scheduler would wake it
+        // again); keep awake wakes first, then holds.
+        if direction == Direction::Sleep && row.keep_awake.is_some() {
+            if let Err(err) = envs::keep_awake(&self.acting, namespace, None, false).await {
+                return self.refused(namespace, "end its keep-awake", &err);
+            }
+            said.push(format!("{namespace} is no longer kept awake"));
+        }
+        let report = match act::run(&self.acting, &config).await {
+            Ok(report) => report,
+            Err(err) => return self.refused(namespace, form.action.as_str(), &err),
+        };
+        let (mut failed, mut forbidden) = (false, false);
+        for change in &report.changes {
+            if let act::Done::Failed { error } = &change.done {
+                failed = true;
+                forbidden |= error.contains(" is forbidden: ");
+            }
+            said.push(change.line());
+        }
+        if forbidden {
+            said.push(format!(
+                "the dashboard acts as {}, which may wake (kdev-env-starter) but needs kdev-env-keeper to sleep or keep awake; deploy/dashboard binds both",
+                self.act_as
+            ));
+        }
+        if direction == Direction::Sleep
+            && !failed
+            && let Some(image) = &self.waker
+        {
+            let with_waker = Config {
+                waker: Some(image.clone()),
+                ..config.clone()
+            };
+            let annotations = self.view.namespace_annotations(namespace);
+            if let Some(placed) =
+                act::place_wakers(&self.kube, &with_waker, namespace, &annotations).await
+            {
+                said.push(placed.line());
+            }
+        }
+        if let Some(until) = until
+            && !failed
+        {
+            if let Err(err) = envs::keep_awake(&self.acting, namespace, Some(until), false).await {
+                return self.refused(namespace, "keep it awake", &err);
+            }
+            self.record_keep_awake(namespace, until, &who, reason).await;
+            said.push(format!("{namespace} is kept awake until {until}"));
+        }
+        let status = match (failed, forbidden) {
+            (_, true) => StatusCode::FORBIDDEN,
+            (true, false) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::OK,
+        };
+        Answer::new(status, said.join("; "))
+    }
+
+    /// An action the API server refused, said with the identity it was
+    /// refused to.
+    fn refused(&self, namespace: &str, what: &str, err: &anyhow::Error) -> Answer {
+        let forbidden = crate::k8s::refused_with(err) == Some(403);
+        let message = if forbidden {
+            format!(
+                "the dashboard may not {what} {namespace}: {} lacks the rights ({err:#}); deploy/dashboard binds kdev-env-starter (wake) and kdev-env-keeper (sleep now, keep awake) to it",
+                self.act_as
+            )
+        } else {
+            format!("failed to {what} {namespace}: {err:#}")
+        };
+        Answer::new(
+            if forbidden {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_GATEWAY
+            },
+            message,
+        )
+    }
+
+    /// A keep-awake is an Event of its own: the wake may have had nothing
+    /// to do.
+    async fn record_keep_awake(
+        &self,
+        namespace: &str,
+        until: jiff::Timestamp,
+        who: &str,
+        reason: &str,
+    ) {
+        let recorder = Recorder::new(
+            self.acting.client.clone(),
+            Reporter {
+                controller: "kdev".into(),
+                instance: Some(who.to_owned()),
+            },
+        );
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "KeptAwake".into(),
+            note: Some(format!("until {until} by {who}: {reason}")),
+            action: "KeepAwake".into(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, "failed to record the keep-awake as an Event");
+        }
+    }
+}
+
+/// Who acted, for the Event: the dashboard, and the user an auth proxy in
+/// front of it names (oauth2-proxy's headers), when there is one.
+fn actor(headers: &HeaderMap) -> String {
+    let named = [
+        "x-forwarded-email",
+        "x-forwarded-user",
+        "x-auth-request-email",
+    ]
+    .iter()
+    .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+    .map(|v| {
+        v.chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect::<String>()
+    });
+    match named {
+        Some(user) if !user.is_empty() => format!("dashboard ({user})"),
+        _ => "dashboard".to_owned(),
+    }
+}
+
+/// Text for a URL's query: unreserved characters kept, the rest %XX.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_survives_the_query_string() {
+        assert_eq!(percent_encode("a b/c→"), "a%20b%2Fc%E2%86%92");
+    }
+
+    #[test]
+    fn the_actor_is_the_dashboard_and_the_proxys_user() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(actor(&headers), "dashboard");
+        headers.insert(
+            "x-forwarded-email",
+            HeaderValue::from_static("alice@example.com"),
+        );
+        assert_eq!(actor(&headers), "dashboard (alice@example.com)");
+    }
+}

@@ -1,0 +1,333 @@
+//! What the dashboard shows, kept in memory by watches: namespaces, the
+//! three kinds of workloads, the activity Leases and kdev's Events. A page
+//! is rendered from these stores without a request to the API server; a
+//! change to any of them wakes the live updates.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::envs::workload::{self, Workload};
+use crate::envs::{self, Env};
+use crate::k8s::{self, Kube};
+use kdev_contract::envs as contract;
+
+/// The namespace label the dashboard's owner filter reads.
+pub const OWNER_LABEL: &str = "kdev.dev/owner";
+
+/// The reporting controllers whose Events say who slept or woke an
+/// environment: `kdev sleep`/`wake` and the dashboard ("kdev"), and the
+/// scheduler ("kdev-controller").
+const REPORTERS: [&str; 2] = ["kdev", "kdev-controller"];
+
+/// The stores, and a counter bumped on every change to any of them.
+#[derive(Clone)]
+pub struct View {
+    namespaces: Store<Namespace>,
+    deployments: Store<Deployment>,
+    statefulsets: Store<StatefulSet>,
+    cronjobs: Store<CronJob>,
+    leases: Store<Lease>,
+    events: Vec<Store<Event>>,
+    pub changed: watch::Receiver<u64>,
+}
+
+/// One environment as the dashboard shows it.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub env: Env,
+    pub owner: Option<String>,
+    /// The latest sleep or wake said in an Event: when, what, by whom.
+    pub last: Option<Last>,
+    /// Kept awake until then (`kdev.dev/keep-awake-until`).
+    pub keep_awake: Option<String>,
+    /// Why the environment may not be acted on, if it may not.
+    pub excluded: Option<String>,
+    /// What the page showed, for telling a stale action from a fresh one.
+    pub seen: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Last {
+    pub at: String,
+    pub reason: String,
+    pub note: String,
+}
+
+/// Starts the watches; the stores fill as they list. The futures run until
+/// the process ends (each watch retries with back-off on errors).
+pub fn start(kube: &Kube) -> (View, Vec<futures::future::BoxFuture<'static, ()>>) {
+    let (tx, changed) = watch::channel(0u64);
+    let mut tasks = Vec::new();
+    let client = &kube.client;
+    let namespaces = watched(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        &tx,
+        &mut tasks,
+    );
+    let deployments = watched(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+        &tx,
+        &mut tasks,
+    );
+    let statefulsets = watched(
+        Api::<StatefulSet>::all(client.clone()),
+        watcher::Config::default(),
+        &tx,
+        &mut tasks,
+    );
+    let cronjobs = watched(
+        Api::<CronJob>::all(client.clone()),
+        watcher::Config::default(),
+        &tx,
+        &mut tasks,
+    );
+    let leases = watched(
+        Api::<Lease>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            kdev_contract::session::ROLE_LABEL,
+            k8s::activity::ROLE_ACTIVITY
+        )),
+        &tx,
+        &mut tasks,
+    );
+    let events = REPORTERS
+        .iter()
+        .map(|reporter| {
+            watched(
+                Api::<Event>::all(client.clone()),
+                watcher::Config::default().fields(&format!("reportingComponent={reporter}")),
+                &tx,
+                &mut tasks,
+            )
+        })
+        .collect();
+    let view = View {
+        namespaces,
+        deployments,
+        statefulsets,
+        cronjobs,
+        leases,
+        events,
+        changed,
+    };
+    (view, tasks)
+}
+
+/// A store kept by a watch of `api`; every change bumps `tx`.
+fn watched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: &watch::Sender<u64>,
+    tasks: &mut Vec<futures::future::BoxFuture<'static, ()>>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let tx = tx.clone();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let stream = watcher(api, config)
+        .default_backoff()
+        // What is never shown is not kept: a thousand Deployments' field
+        // managers are most of their bytes.
+        .modify(|object| {
+            object.managed_fields_mut().clear();
+            object
+                .annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .reflect(writer);
+    tasks.push(Box::pin(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    tx.send_modify(|n| *n += 1);
+                }
+                Err(err) => {
+                    tracing::warn!(%kind, error = %err, "dashboard watch failed; retrying");
+                }
+            }
+        }
+    }));
+    reader
+}
+
+impl View {
+    /// Whether every store holds its first full list.
+    pub async fn ready(&self) {
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.statefulsets.wait_until_ready().await;
+        let _ = self.cronjobs.wait_until_ready().await;
+        let _ = self.leases.wait_until_ready().await;
+        for events in &self.events {
+            let _ = events.wait_until_ready().await;
+        }
+    }
+
+    /// The annotations of namespace `name`, as last seen.
+    pub fn namespace_annotations(&self, name: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(&reflector::ObjectRef::new(name))
+            .map(|ns| ns.annotations().clone())
+            .unwrap_or_default()
+    }
+
+    /// Every environment (a namespace with workloads, the cluster's own
+    /// left out), sorted by name; `only` keeps those names.
+    pub fn rows(&self, now: jiff::Timestamp, only: Option<&[String]>) -> Vec<Row> {
+        let mut workloads: BTreeMap<String, Vec<Workload>> = BTreeMap::new();
+        let mut add = |w: Workload| workloads.entry(w.namespace.clone()).or_default().push(w);
+        for d in self.deployments.state() {
+            add(workload::view(d.as_ref()));
+        }
+        for s in self.statefulsets.state() {
+            add(workload::view(s.as_ref()));
+        }
+        for c in self.cronjobs.state() {
+            add(workload::view(c.as_ref()));
+        }
+        let leases: BTreeMap<String, std::sync::Arc<Lease>> = self
+            .leases
+            .state()
+            .into_iter()
+            .filter(|l| l.name_any() == contract::ACTIVITY_LEASE)
+            .filter_map(|l| Some((l.namespace()?, l)))
+            .collect();
+        let mut last: BTreeMap<String, Last> = BTreeMap::new();
+        for store in &self.events {
+            for event in store.state() {
+                let reason = event.reason.clone().unwrap_or_default();
+                if !envs::HISTORY_REASONS.contains(&reason.as_str()) {
+                    continue;
+                }
+                let Some(ns) = event.namespace() else {
+                    continue;
+                };
+                let at = event_time(&event);
+                if last.get(&ns).is_some_and(|l| l.at >= at) {
+                    continue;
+                }
+                last.insert(
+                    ns,
+                    Last {
+                        at,
+                        reason,
+                        note: event.message.clone().unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        let mut rows: Vec<Row> = self
+            .namespaces
+            .state()
+            .into_iter()
+            .filter_map(|ns| {
+                let name = ns.name_any();
+                if only.is_some_and(|only| !only.contains(&name)) {
+                    return None;
+                }
+                if envs::SYSTEM_NAMESPACES.contains(&name.as_str()) {
+                    return None;
+                }
+                let mut listed = workloads.remove(&name)?;
+                listed.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+                let annotations = ns.annotations();
+                let mut env = envs::judge(&name, annotations, &listed, now);
+                env.last_activity = leases
+                    .get(&name)
+                    .and_then(|l| k8s::activity::last(l))
+                    .map(|(at, who)| format!("{at} ({who})"));
+                Some(row(
+                    env,
+                    annotations,
+                    ns.labels().get(OWNER_LABEL).cloned(),
+                    last.remove(&name),
+                    now,
+                ))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.env.namespace.cmp(&b.env.namespace));
+        rows
+    }
+}
+
+/// When an Event last happened.
+fn event_time(event: &Event) -> String {
+    event
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| t.0.to_string())
+        .or_else(|| event.event_time.as_ref().map(|t| t.0.to_string()))
+        .or_else(|| event.last_timestamp.as_ref().map(|t| t.0.to_string()))
+        .unwrap_or_default()
+}
+
+/// One row from an environment's judgement and its namespace.
+pub fn row(
+    env: Env,
+    annotations: &BTreeMap<String, String>,
+    owner: Option<String>,
+    last: Option<Last>,
+    now: jiff::Timestamp,
+) -> Row {
+    let keep_awake = annotations.get(contract::KEEP_AWAKE_ANNOTATION).cloned();
+    let excluded = contract::exclusion(annotations, &BTreeMap::new(), now)
+        .map(|why| format!("namespace {}: {why}", env.namespace))
+        .or_else(|| {
+            let all_excluded =
+                !env.workloads.is_empty() && env.workloads.iter().all(|w| w.excluded.is_some());
+            all_excluded.then(|| {
+                format!(
+                    "every workload of {} is excluded ({})",
+                    env.namespace,
+                    env.workloads[0].excluded.clone().unwrap_or_default()
+                )
+            })
+        });
+    let seen = fingerprint(&env, keep_awake.as_deref());
+    Row {
+        env,
+        owner,
+        last,
+        keep_awake,
+        excluded,
+        seen,
+    }
+}
+
+/// What an action's form carries back: the sizes and sleep records the page
+/// showed and the keep-awake time. Readiness is left out: pods turning
+/// Ready do not make a wake stale.
+pub fn fingerprint(env: &Env, keep_awake: Option<&str>) -> String {
+    let mut text = String::new();
+    for w in &env.workloads {
+        text.push_str(&format!(
+            "{}/{}={}:{:?};",
+            w.kind.short(),
+            w.name,
+            w.size,
+            w.original
+        ));
+    }
+    text.push_str(keep_awake.unwrap_or("-"));
+    format!("{:016x}", kdev_contract::hash::fnv1a(text.as_bytes()))
+}

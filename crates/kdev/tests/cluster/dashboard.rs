@@ -1,0 +1,884 @@
+//! The environments dashboard against the real local control plane: every
+//! endpoint and action over HTTP (states, guarded writes, rejections, the
+//! Events written, the rights it acts with), and a real browser.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::{TestNamespace, event_notes, eventually, free_port, kubectl, with_namespace};
+use crate::swap_support::{Controller, deploy, simple_deployment};
+
+/// An HTTP answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.0 exchange on 127.0.0.1 (the server closes after the body).
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Reply> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Some(Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// A form body from pairs.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let enc: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        char::from(b).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={enc}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The account the test's dashboard acts as, created in `ns`.
+pub const ACCOUNT: &str = "dashboard";
+
+/// A dashboard of the test's own: a controller serving it on a free port,
+/// its actions written as ServiceAccount `dashboard` of the namespace, which
+/// may wake there (kdev-env-starter, bound in the namespace) and, with
+/// `keeper`, sleep and keep awake (kdev-env-keeper).
+pub async fn dashboard(ns: &TestNamespace, keeper: bool) -> (Controller, u16) {
+    // The two ClusterRoles as deploy/ ships them (the same for every test).
+    let deploy_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let applied = kubectl()
+        .args(["apply", "--server-side", "--force-conflicts"])
+        .arg("-f")
+        .arg(deploy_dir.join("env-starter.yaml"))
+        .arg("-f")
+        .arg(deploy_dir.join("env-keeper.yaml"))
+        .output()
+        .expect("run kubectl apply");
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let account: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": ACCOUNT } })).expect("an account");
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &account)
+        .await
+        .expect("create the dashboard's account");
+    bind(ns, "kdev-env-starter").await;
+    if keeper {
+        bind(ns, "kdev-env-keeper").await;
+    }
+    let port = free_port();
+    let user = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
+    let listen = format!("127.0.0.1:{port}");
+    let controller = Controller::launch(
+        ns,
+        &ns.kubeconfig,
+        &[
+            "--dashboard",
+            "--dashboard-listen",
+            &listen,
+            "--dashboard-as",
+            &user,
+        ],
+        &[],
+    );
+    (controller, port)
+}
+
+/// Binds ClusterRole `role` to the dashboard's account in the namespace.
+pub async fn bind(ns: &TestNamespace, role: &str) {
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "ServiceAccount", "name": ACCOUNT, "namespace": ns.name }]
+    }))
+    .expect("a binding");
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create the binding");
+}
+
+/// Labels the namespace as owned by `owner` (the dashboard's filter).
+pub async fn own(ns: &TestNamespace, owner: &str) {
+    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "kdev.dev/owner": owner } } })),
+        )
+        .await
+        .expect("label the namespace");
+}
+
+/// The environment as `/api/envs` shows it, once it shows it.
+pub async fn env_of(port: u16, ns: &TestNamespace) -> Value {
+    eventually(
+        Duration::from_secs(30),
+        "the dashboard to list the environment",
+        || async {
+            let reply = request(
+                port,
+                "GET",
+                &format!("/api/envs?owner={}", ns.name),
+                &[],
+                "",
+            )
+            .await?;
+            let list = serde_json::from_slice::<Value>(&reply.body).ok()?;
+            list.as_array()?
+                .iter()
+                .find(|e| e["namespace"] == ns.name.as_str())
+                .cloned()
+        },
+    )
+    .await
+}
+
+/// The page's form token.
+pub async fn csrf(port: u16) -> String {
+    let page = request(port, "GET", "/", &[], "")
+        .await
+        .expect("the page")
+        .text();
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form token on the page");
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').expect("a closing quote")].to_owned()
+}
+
+/// Posts an action, asking for JSON.
+async fn act(port: u16, ns: &str, pairs: &[(&str, &str)]) -> (u16, String) {
+    let reply = request(
+        port,
+        "POST",
+        &format!("/envs/{ns}"),
+        &[("Accept", "application/json")],
+        &form(pairs),
+    )
+    .await
+    .expect("the dashboard answers");
+    let json = reply.json();
+    (
+        reply.status,
+        json["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn replicas(ns: &TestNamespace, name: &str) -> i32 {
+    let d = ns
+        .api::<Deployment>()
+        .get(name)
+        .await
+        .expect("read deployment");
+    d.spec.and_then(|s| s.replicas).unwrap_or(1)
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_acts_as_its_own_account_and_refuses_what_it_must() {
+    with_namespace("dash-http", |ns| async move {
+        own(&ns, &ns.name).await;
+        deploy(&ns, simple_deployment("web", 2, &[8080])).await;
+        let (controller, port) = dashboard(&ns, false).await;
+        let env = env_of(port, &ns).await;
+        assert_eq!(env["state"], "awake", "{env} {}", controller.log());
+        let token = csrf(port).await;
+        let seen = env["seen"].as_str().expect("a seen token").to_owned();
+        let name = ns.name.as_str();
+
+        // The page: every environment's row, the filter carried back, gzip
+        // when asked, and the server's own time said.
+        let page = request(
+            port,
+            "GET",
+            &format!("/?owner={name}"),
+            &[("Accept-Encoding", "gzip")],
+            "",
+        )
+        .await
+        .expect("the page");
+        assert_eq!(page.status, 200);
+        assert_eq!(page.header("content-encoding"), Some("gzip"));
+        assert!(
+            page.header("server-timing")
+                .is_some_and(|t| t.starts_with("render;dur="))
+        );
+        let mut html = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&page.body[..]), &mut html)
+            .expect("gzip");
+        assert!(
+            html.contains(&format!("<tr id=\"env-{name}\" data-state=\"awake\"")),
+            "{html}"
+        );
+        assert!(html.contains("1 environment: 1 awake"), "{html}");
+        // A selector the API server refuses is said, not a blank page.
+        let bad = request(port, "GET", "/?selector=a%20b%20c", &[], "")
+            .await
+            .expect("the page");
+        assert!(bad.text().contains("was refused"), "{}", bad.text());
+        let bad = request(port, "GET", "/api/envs?selector=a%20b%20c", &[], "")
+            .await
+            .expect("json");
+        assert_eq!(bad.status, 400, "{}", bad.text());
+
+        // Refused before anything is written: no token, no reason, a stale
+        // page, an unknown action, a time in the past.
+        let base = [
+            ("seen", seen.as_str()),
+            ("csrf", token.as_str()),
+            ("reason", "testing"),
+        ];
+        let (status, said) = act(
+            port,
+            name,
+            &[("action", "sleep"), ("seen", &seen), ("reason", "x")],
+        )
+        .await;
+        assert_eq!(status, 403, "{said}");
+        let (status, said) = act(
+            port,
+            name,
+            &[("action", "sleep"), ("seen", &seen), ("csrf", &token)],
+        )
+        .await;
+        assert_eq!(status, 400, "{said}");
+        assert!(said.contains("say why"), "{said}");
+        let (status, said) = act(
+            port,
+            name,
+            &[
+                ("action", "sleep"),
+                ("seen", "0"),
+                ("csrf", &token),
+                ("reason", "x"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 409, "{said}");
+        assert!(said.contains("someone else acted first"), "{said}");
+        let (status, said) = act(port, name, &[&base[..], &[("action", "explode")]].concat()).await;
+        assert_eq!(status, 400, "{said}");
+        let (status, said) = act(
+            port,
+            name,
+            &[
+                &base[..],
+                &[("action", "keep-awake"), ("until", "2020-01-01T00:00:00Z")],
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(status, 400, "{said}");
+        assert!(said.contains("has passed"), "{said}");
+        let cross = request(
+            port,
+            "POST",
+            &format!("/envs/{name}"),
+            &[("Sec-Fetch-Site", "cross-site")],
+            &form(&[&base[..], &[("action", "sleep")]].concat()),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(cross.status, 403, "{}", cross.text());
+        assert_eq!(replicas(&ns, "web").await, 2, "nothing written");
+
+        // With kdev-env-starter alone the account may not record a sleep:
+        // refused, saying which account and which Role, nothing changed.
+        let (status, said) = act(port, name, &[&base[..], &[("action", "sleep")]].concat()).await;
+        assert_eq!(status, 403, "{said}");
+        assert!(said.contains("needs kdev-env-keeper"), "{said}");
+        assert_eq!(replicas(&ns, "web").await, 2, "{said}");
+
+        // With kdev-env-keeper: the sleep, its record, and an Event with
+        // the reason and who.
+        bind(&ns, "kdev-env-keeper").await;
+        let (status, said) = act(
+            port,
+            name,
+            &[
+                ("action", "sleep"),
+                ("seen", &seen),
+                ("csrf", &token),
+                ("reason", "lunch break"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{said} {}", controller.log());
+        assert_eq!(replicas(&ns, "web").await, 0, "{said}");
+        let notes = event_notes(&ns, "Slept").await;
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("by dashboard: lunch break")),
+            "{notes:?}"
+        );
+        let env = eventually(
+            Duration::from_secs(30),
+            "the page to show the sleep",
+            || async {
+                let env = env_of(port, &ns).await;
+                (env["state"] == "asleep").then_some(env)
+            },
+        )
+        .await;
+        assert_eq!(env["workloads"][0]["original"], 2, "{env}");
+
+        // Live updates: a change by someone else reaches an open page.
+        let mut live = Live::open(port, &format!("/events?owner={name}")).await;
+        let first = live.next().await;
+        assert!(
+            first["rows"].as_str().unwrap().contains("asleep"),
+            "{first}"
+        );
+
+        // The wake with kdev-env-starter alone: through the scale
+        // subresource, exactly back to 2.
+        let dbs: Api<RoleBinding> = ns.api();
+        dbs.delete("kdev-env-keeper", &DeleteParams::default())
+            .await
+            .expect("unbind");
+        let seen = env["seen"].as_str().unwrap().to_owned();
+        let (status, said) = act(
+            port,
+            name,
+            &[
+                ("action", "wake"),
+                ("seen", &seen),
+                ("csrf", &token),
+                ("reason", "demo at 3"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{said} {}", controller.log());
+        assert_eq!(replicas(&ns, "web").await, 2, "{said}");
+        let woke = live
+            .until(|d| {
+                d["rows"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("2/2 ready") || r.contains("/2 ready"))
+            })
+            .await;
+        assert!(
+            !woke["rows"]
+                .as_str()
+                .unwrap()
+                .contains("data-state=\"asleep\""),
+            "{woke}"
+        );
+        let notes = event_notes(&ns, "Woke").await;
+        assert!(
+            notes.iter().any(|n| n.contains("by dashboard: demo at 3")),
+            "{notes:?}"
+        );
+
+        // Keep awake: the namespace's time and an Event of its own.
+        bind(&ns, "kdev-env-keeper").await;
+        let env = env_of(port, &ns).await;
+        let seen = env["seen"].as_str().unwrap().to_owned();
+        let (status, said) = act(
+            port,
+            name,
+            &[
+                ("action", "keep-awake"),
+                ("until", "4h"),
+                ("seen", &seen),
+                ("csrf", &token),
+                ("reason", "release"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{said}");
+        let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+        let annotations = namespaces
+            .get(name)
+            .await
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap_or_default();
+        assert!(
+            annotations.contains_key("kdev.dev/keep-awake-until"),
+            "{annotations:?}"
+        );
+        let notes = eventually(Duration::from_secs(10), "the KeptAwake Event", || async {
+            let notes = event_notes(&ns, "KeptAwake").await;
+            (!notes.is_empty()).then_some(notes)
+        })
+        .await;
+        assert!(notes[0].contains("by dashboard: release"), "{notes:?}");
+
+        // The page sent without script: a redirect carrying the message.
+        let env = env_of(port, &ns).await;
+        let seen = env["seen"].as_str().unwrap().to_owned();
+        let reply = request(
+            port,
+            "POST",
+            &format!("/envs/{name}"),
+            &[],
+            &form(&[
+                ("action", "wake"),
+                ("seen", &seen),
+                ("csrf", &token),
+                ("reason", "again"),
+            ]),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(reply.status, 303, "{}", reply.text());
+        assert!(
+            reply
+                .header("location")
+                .is_some_and(|l| l.starts_with("/?said="))
+        );
+
+        // Excluded: refused, nothing written.
+        namespaces
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({ "metadata": { "annotations": { "kdev.dev/exclude": "true" } } }),
+                ),
+            )
+            .await
+            .expect("exclude");
+        let env = eventually(Duration::from_secs(30), "the exclusion to show", || async {
+            let env = env_of(port, &ns).await;
+            env["excluded"].is_string().then_some(env)
+        })
+        .await;
+        let seen = env["seen"].as_str().unwrap().to_owned();
+        let (status, said) = act(
+            port,
+            name,
+            &[
+                ("action", "sleep"),
+                ("seen", &seen),
+                ("csrf", &token),
+                ("reason", "x"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 409, "{said}");
+        assert!(said.contains("excluded"), "{said}");
+        assert_eq!(replicas(&ns, "web").await, 2);
+        drop(live);
+        controller.stop();
+    })
+    .await;
+}
+
+/// A workload a swap session holds: every action on its environment is
+/// refused, and nothing is written. (The environment is another namespace
+/// than the controller's reaper watches, so the marks stay as written.)
+#[tokio::test]
+async fn an_environment_held_by_a_swap_is_not_acted_on() {
+    with_namespace("dash-ctl", |ctl| async move {
+        let (controller, port) = dashboard(&ctl, true).await;
+        with_namespace("dash-held", |ns| async move {
+            own(&ns, &ns.name).await;
+            let mut web = simple_deployment("web", 0, &[8080]);
+            web["metadata"]["annotations"] = json!({
+                "kdev.dev/session": "alice-1234",
+                "kdev.dev/original-replicas": "2"
+            });
+            deploy(&ns, web).await;
+            let env = env_of(port, &ns).await;
+            assert_eq!(env["workloads"][0]["swapSession"], "alice-1234", "{env}");
+            let token = csrf(port).await;
+            let seen = env["seen"].as_str().unwrap().to_owned();
+            let (status, said) = act(
+                port,
+                &ns.name,
+                &[
+                    ("action", "wake"),
+                    ("seen", &seen),
+                    ("csrf", &token),
+                    ("reason", "x"),
+                ],
+            )
+            .await;
+            assert_eq!(status, 409, "{said}");
+            assert!(
+                said.contains("held by kdev swap session alice-1234"),
+                "{said}"
+            );
+            assert_eq!(replicas(&ns, "web").await, 0);
+            let (status, _) = act(
+                port,
+                "no-such-namespace",
+                &[
+                    ("action", "wake"),
+                    ("seen", &seen),
+                    ("csrf", &token),
+                    ("reason", "x"),
+                ],
+            )
+            .await;
+            assert_eq!(status, 404);
+        })
+        .await;
+        controller.stop();
+    })
+    .await;
+}
+
+/// deploy/dashboard's rights, as the API server judges them: the
+/// controller impersonates the dashboard's account and no other; that
+/// account may scale and patch workloads, and read no Secret.
+#[tokio::test]
+async fn deploy_dashboard_grants_the_dashboard_nothing_but_its_actions() {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    with_namespace("dash-rbac", |ns| async move {
+        let _guard = crate::envs::ClusterScoped(
+            [
+                "clusterrole/kdev-controller-dashboard",
+                "clusterrolebinding/kdev-controller-dashboard",
+                "clusterrolebinding/kdev-dashboard-starter",
+                "clusterrolebinding/kdev-dashboard-keeper",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let applied = crate::support::kubectl_apply(
+            &crate::support::render_deploy(&ns.name, &["dashboard"]),
+            &["--server-side", "--force-conflicts"],
+        );
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        let reviews: Api<SubjectAccessReview> = Api::all(ns.client.clone());
+        let may = |user: String, verb: &str, group: &str, resource: &str, sub: &str, name: &str| {
+            let reviews = reviews.clone();
+            let ns = ns.name.clone();
+            let review: SubjectAccessReview = serde_json::from_value(json!({
+                "spec": {
+                    "user": user,
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                    "resourceAttributes": {
+                        "namespace": ns, "verb": verb, "group": group,
+                        "resource": resource, "subresource": sub, "name": name
+                    }
+                }
+            }))
+            .expect("a review");
+            async move {
+                let answer = reviews.create(&PostParams::default(), &review).await.expect("review");
+                answer.status.map(|s| s.allowed).unwrap_or(false)
+            }
+        };
+        let controller = format!("system:serviceaccount:{}:kdev-controller", ns.name);
+        let dashboard = format!("system:serviceaccount:{}:kdev-dashboard", ns.name);
+        assert!(may(controller.clone(), "impersonate", "", "serviceaccounts", "", "kdev-dashboard").await);
+        assert!(!may(controller.clone(), "impersonate", "", "serviceaccounts", "", "default").await);
+        assert!(!may(controller.clone(), "get", "", "secrets", "", "").await);
+        assert!(may(dashboard.clone(), "patch", "apps", "deployments", "scale", "web").await);
+        assert!(may(dashboard.clone(), "patch", "apps", "deployments", "", "web").await);
+        assert!(may(dashboard.clone(), "create", "events.k8s.io", "events", "", "").await);
+        for (verb, group, resource) in [
+            ("get", "", "secrets"),
+            ("list", "", "secrets"),
+            ("delete", "apps", "deployments"),
+            ("create", "", "pods"),
+            ("update", "apps", "deployments"),
+            ("create", "rbac.authorization.k8s.io", "rolebindings"),
+        ] {
+            assert!(
+                !may(dashboard.clone(), verb, group, resource, "", "").await,
+                "the dashboard's account may {verb} {resource}"
+            );
+        }
+    })
+    .await;
+}
+
+/// A server-sent event stream, read as it comes.
+pub struct Live {
+    stream: tokio::net::TcpStream,
+    buffer: String,
+}
+
+impl Live {
+    pub async fn open(port: u16, path: &str) -> Self {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let head =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("send");
+        Self {
+            stream,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `envs` event's data.
+    pub async fn next(&mut self) -> Value {
+        use tokio::io::AsyncReadExt as _;
+        let read = async {
+            loop {
+                if let Some(at) = self.buffer.find("data: ")
+                    && let Some(end) = self.buffer[at..].find('\n')
+                {
+                    let data = self.buffer[at + 6..at + end].to_owned();
+                    self.buffer.drain(..at + end);
+                    return serde_json::from_str::<Value>(&data).expect("JSON data");
+                }
+                let mut chunk = [0u8; 65536];
+                let n = self.stream.read(&mut chunk).await.expect("read the stream");
+                assert!(n > 0, "the live updates ended");
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("a live update within a minute")
+    }
+
+    /// Events until one satisfies `ok`.
+    pub async fn until(&mut self, ok: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let data = self.next().await;
+            if ok(&data) {
+                return data;
+            }
+        }
+    }
+}
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver is not on PATH: install Debian's chromium and chromium-driver \
+                 (.ci/run does); the browser test needs them",
+            );
+        // Up once it accepts connections (its answers keep the connection
+        // open, so a read-to-end request would not return).
+        eventually(
+            Duration::from_secs(30),
+            "chromedriver to listen",
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the browser test's screenshots go (under target/, never committed).
+fn screenshot_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("create the screenshot dir");
+    dir
+}
+
+/// Headless Chromium, driven through WebDriver, on a real environment on
+/// the real node: it sees the environment asleep, types a reason, presses
+/// Wake, sees the pods come up (a readiness delay makes "waking" last) and
+/// the environment awake, and the cluster has the workload back at its size.
+#[tokio::test]
+async fn a_browser_wakes_an_environment_and_watches_its_pods_come_up() {
+    use fantoccini::{ClientBuilder, Locator};
+    with_namespace("dash-browser", |ns| async move {
+        crate::real_node::require_real_node(&ns).await;
+        own(&ns, &ns.name).await;
+        crate::real_node::busybox_web(&ns, "web", 2, "hello from the dashboard test").await;
+        let probe = json!({ "spec": { "template": { "spec": { "containers": [{
+            "name": "app",
+            "readinessProbe": { "httpGet": { "path": "/", "port": 8080 }, "initialDelaySeconds": 3, "periodSeconds": 1 }
+        }] } } } });
+        ns.api::<Deployment>()
+            .patch("web", &PatchParams::default(), &Patch::Strategic(probe))
+            .await
+            .expect("add a readiness delay");
+        let slept = crate::support::kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["sleep", "-n", &ns.name, "--no-wake-on-request", "--reason", "before the browser test"])
+            .output()
+            .expect("run kdev sleep");
+        assert!(slept.status.success(), "{}", String::from_utf8_lossy(&slept.stderr));
+        let (controller, port) = dashboard(&ns, true).await;
+        let env = env_of(port, &ns).await;
+        assert_eq!(env["state"], "asleep", "{env}");
+
+        let driver = Driver::start().await;
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"] }),
+        );
+        let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .expect("start headless Chromium through chromedriver");
+        eprintln!("browser: started");
+        let shots = screenshot_dir();
+        let shoot = |name: &'static str| {
+            let browser = browser.clone();
+            let path = shots.join(name);
+            async move {
+                let png = browser.screenshot().await.expect("a screenshot");
+                std::fs::write(&path, png).expect("save the screenshot");
+            }
+        };
+        let name = ns.name.clone();
+        browser
+            .goto(&format!("http://127.0.0.1:{port}/?owner={name}"))
+            .await
+            .expect("open the dashboard");
+        let row = format!("#env-{name}");
+        browser
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(&format!("{row}[data-state=asleep]")))
+            .await
+            .expect("the environment asleep on the page");
+        shoot("1-asleep.png").await;
+        browser
+            .find(Locator::Css(&format!("#r-{name}")))
+            .await
+            .expect("the reason field")
+            .send_keys("checking the dashboard")
+            .await
+            .expect("type a reason");
+        browser
+            .find(Locator::Css(&format!("{row} button[value=wake]")))
+            .await
+            .expect("the Wake button")
+            .click()
+            .await
+            .expect("press Wake");
+        let waking = browser
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Css(&format!("{row}[data-state=waking] progress")))
+            .await;
+        if let Err(err) = waking {
+            let page = browser.source().await.unwrap_or_default();
+            panic!("the wake's progress on the page: {err}; the page: {page}; {}", controller.log());
+        }
+        shoot("2-waking.png").await;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(90))
+            .for_element(Locator::Css(&format!("{row}[data-state=awake]")))
+            .await
+            .unwrap_or_else(|err| panic!("the environment awake on the page: {err}; {}", controller.log()));
+        shoot("3-awake.png").await;
+        let said = browser
+            .find(Locator::Id("said"))
+            .await
+            .expect("the status line")
+            .text()
+            .await
+            .expect("its text");
+        assert!(said.contains("deployment/web"), "{said}");
+        assert_eq!(replicas(&ns, "web").await, 2);
+        let ready = ns.api::<Deployment>().get("web").await.unwrap().status.unwrap().ready_replicas;
+        assert_eq!(ready, Some(2));
+        // The same page on a phone's screen.
+        browser.set_window_size(390, 844).await.expect("resize");
+        shoot("4-phone.png").await;
+        eprintln!("dashboard screenshots: {}", shots.display());
+        browser.close().await.expect("close the browser");
+        controller.stop();
+    })
+    .await;
+}
