@@ -593,11 +593,13 @@ async fn an_environment_held_by_a_swap_is_not_acted_on() {
     .await;
 }
 
-/// deploy/dashboard's rights, as the API server judges them: the
-/// controller impersonates the dashboard's account and no other; that
-/// account may scale and patch workloads, and read no Secret.
+/// deploy/dashboard as shipped, on the real node: the API server's judgement
+/// of its rights (the controller impersonates the dashboard's account and
+/// no other; that account may scale and patch workloads and read no
+/// Secret), then the controller running in the cluster with them, opened
+/// by `kdev envs dashboard` through a port-forward, and a wake through it.
 #[tokio::test]
-async fn deploy_dashboard_grants_the_dashboard_nothing_but_its_actions() {
+async fn deploy_dashboard_grants_nothing_but_its_actions_and_kdev_envs_dashboard_opens_it() {
     use k8s_openapi::api::authorization::v1::SubjectAccessReview;
     with_namespace("dash-rbac", |ns| async move {
         let _guard = crate::envs::ClusterScoped(
@@ -656,6 +658,73 @@ async fn deploy_dashboard_grants_the_dashboard_nothing_but_its_actions() {
                 "the dashboard's account may {verb} {resource}"
             );
         }
+
+        // The controller in the cluster, on the real node, with the agent
+        // image scripts/test loads (a static kdev), as deploy/ runs it.
+        crate::real_node::require_real_node(&ns).await;
+        let place = json!({ "spec": { "replicas": 1, "template": { "spec": crate::real_node::on_real_node() } } });
+        ns.api::<Deployment>()
+            .patch("kdev-controller", &PatchParams::default(), &Patch::Merge(place))
+            .await
+            .expect("put the controller on the real node");
+        eventually(Duration::from_secs(120), "the controller pod Ready", || async {
+            let d = ns.api::<Deployment>().get("kdev-controller").await.ok()?;
+            let status = d.status?;
+            (status.ready_replicas == Some(1) && status.replicas == Some(1)).then_some(())
+        })
+        .await;
+        // deploy/ marks the controller's own namespace (here this one)
+        // excluded; this test's environment is not.
+        let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+        namespaces
+            .patch(
+                &ns.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { "kdev.dev/exclude": null } } })),
+            )
+            .await
+            .expect("include the namespace");
+        own(&ns, &ns.name).await;
+        deploy(&ns, simple_deployment("web", 1, &[8080])).await;
+        let port = free_port();
+        let mut open = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdev"))
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["envs", "dashboard", "--controller-namespace", &ns.name, "--no-browser"])
+            .args(["--port", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run kdev envs dashboard");
+        let stdout = open.stdout.take().expect("its stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("kdev envs dashboard prints its URL")
+            .expect("read")
+            .expect("a line");
+        assert!(line.starts_with(&format!("dashboard: http://127.0.0.1:{port}/")), "{line}");
+        let env = env_of(port, &ns).await;
+        assert_eq!(env["state"], "awake", "{env}");
+        // A sleep and a wake through the port-forward, written by the
+        // controller in the cluster as kdev-dashboard.
+        let token = csrf(port).await;
+        let seen = env["seen"].as_str().unwrap().to_owned();
+        let (status, said) = act(port, &ns.name, &[("action", "sleep"), ("seen", &seen), ("csrf", &token), ("reason", "in-cluster")]).await;
+        assert_eq!(status, 200, "{said}");
+        assert_eq!(replicas(&ns, "web").await, 0, "{said}");
+        let env = eventually(Duration::from_secs(30), "the sleep on the page", || async {
+            let env = env_of(port, &ns).await;
+            (env["state"] == "asleep").then_some(env)
+        })
+        .await;
+        let seen = env["seen"].as_str().unwrap().to_owned();
+        let (status, said) = act(port, &ns.name, &[("action", "wake"), ("seen", &seen), ("csrf", &token), ("reason", "in-cluster")]).await;
+        assert_eq!(status, 200, "{said}");
+        assert_eq!(replicas(&ns, "web").await, 1, "{said}");
+        let notes = event_notes(&ns, "Woke").await;
+        assert!(notes.iter().any(|n| n.contains("by dashboard: in-cluster")), "{notes:?}");
+        drop(open);
     })
     .await;
 }
