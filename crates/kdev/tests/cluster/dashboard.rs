@@ -48,38 +48,61 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Option<Reply> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        head.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(body.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Some(Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
+    // Boxed: its state is large, and every test awaits it many times.
+    Box::pin(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.ok()?;
+        stream.write_all(body.as_bytes()).await.ok()?;
+        // Read to the end of the body its Content-Length gives: a port-forward
+        // need not pass the server's close on.
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if length.is_some_and(|length| raw.len() >= split + 4 + length) {
+                    break;
+                }
+            }
+        }
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Some(Reply {
+            status,
+            headers,
+            body: raw[split + 4..].to_vec(),
+        })
     })
+    .await
 }
 
 /// A form body from pairs.
@@ -545,7 +568,7 @@ async fn the_dashboard_lists_acts_as_its_own_account_and_refuses_what_it_must() 
 async fn an_environment_held_by_a_swap_is_not_acted_on() {
     with_namespace("dash-ctl", |ctl| async move {
         let (controller, port) = dashboard(&ctl, true).await;
-        with_namespace("dash-held", |ns| async move {
+        Box::pin(with_namespace("dash-held", |ns| async move {
             own(&ns, &ns.name).await;
             let mut web = simple_deployment("web", 0, &[8080]);
             web["metadata"]["annotations"] = json!({
@@ -586,7 +609,7 @@ async fn an_environment_held_by_a_swap_is_not_acted_on() {
             )
             .await;
             assert_eq!(status, 404);
-        })
+        }))
         .await;
         controller.stop();
     })
@@ -659,74 +682,128 @@ async fn deploy_dashboard_grants_nothing_but_its_actions_and_kdev_envs_dashboard
             );
         }
 
-        // The controller in the cluster, on the real node, with the agent
-        // image scripts/test loads (a static kdev), as deploy/ runs it.
-        crate::real_node::require_real_node(&ns).await;
-        let place = json!({ "spec": { "replicas": 1, "template": { "spec": crate::real_node::on_real_node() } } });
-        ns.api::<Deployment>()
-            .patch("kdev-controller", &PatchParams::default(), &Patch::Merge(place))
-            .await
-            .expect("put the controller on the real node");
-        eventually(Duration::from_secs(120), "the controller pod Ready", || async {
-            let d = ns.api::<Deployment>().get("kdev-controller").await.ok()?;
-            let status = d.status?;
-            (status.ready_replicas == Some(1) && status.replicas == Some(1)).then_some(())
-        })
-        .await;
-        // deploy/ marks the controller's own namespace (here this one)
-        // excluded; this test's environment is not.
-        let namespaces: Api<Namespace> = Api::all(ns.client.clone());
-        namespaces
-            .patch(
-                &ns.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "annotations": { "kdev.dev/exclude": null } } })),
-            )
-            .await
-            .expect("include the namespace");
-        own(&ns, &ns.name).await;
-        deploy(&ns, simple_deployment("web", 1, &[8080])).await;
-        let port = free_port();
-        let mut open = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdev"))
-            .arg("--kubeconfig")
-            .arg(&ns.kubeconfig)
-            .args(["envs", "dashboard", "--controller-namespace", &ns.name, "--no-browser"])
-            .args(["--port", &port.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run kdev envs dashboard");
-        let stdout = open.stdout.take().expect("its stdout");
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("kdev envs dashboard prints its URL")
-            .expect("read")
-            .expect("a line");
-        assert!(line.starts_with(&format!("dashboard: http://127.0.0.1:{port}/")), "{line}");
-        let env = env_of(port, &ns).await;
-        assert_eq!(env["state"], "awake", "{env}");
-        // A sleep and a wake through the port-forward, written by the
-        // controller in the cluster as kdev-dashboard.
-        let token = csrf(port).await;
-        let seen = env["seen"].as_str().unwrap().to_owned();
-        let (status, said) = act(port, &ns.name, &[("action", "sleep"), ("seen", &seen), ("csrf", &token), ("reason", "in-cluster")]).await;
-        assert_eq!(status, 200, "{said}");
-        assert_eq!(replicas(&ns, "web").await, 0, "{said}");
-        let env = eventually(Duration::from_secs(30), "the sleep on the page", || async {
-            let env = env_of(port, &ns).await;
-            (env["state"] == "asleep").then_some(env)
-        })
-        .await;
-        let seen = env["seen"].as_str().unwrap().to_owned();
-        let (status, said) = act(port, &ns.name, &[("action", "wake"), ("seen", &seen), ("csrf", &token), ("reason", "in-cluster")]).await;
-        assert_eq!(status, 200, "{said}");
-        assert_eq!(replicas(&ns, "web").await, 1, "{said}");
-        let notes = event_notes(&ns, "Woke").await;
-        assert!(notes.iter().any(|n| n.contains("by dashboard: in-cluster")), "{notes:?}");
-        drop(open);
+        // Boxed: the whole test's future is too large for the test thread's stack.
+        Box::pin(opened_by_kdev_envs_dashboard(&ns)).await;
     })
     .await;
+}
+
+/// The controller of `deploy/` (rendered into the namespace) on the real
+/// node, opened by `kdev envs dashboard`, a sleep and a wake through it.
+async fn opened_by_kdev_envs_dashboard(ns: &TestNamespace) {
+    // The controller in the cluster, on the real node, with the agent
+    // image scripts/test loads (a static kdev), as deploy/ runs it.
+    crate::real_node::require_real_node(ns).await;
+    let place = json!({ "spec": { "replicas": 1, "template": { "spec": crate::real_node::on_real_node() } } });
+    ns.api::<Deployment>()
+        .patch(
+            "kdev-controller",
+            &PatchParams::default(),
+            &Patch::Merge(place),
+        )
+        .await
+        .expect("put the controller on the real node");
+    eventually(
+        Duration::from_secs(120),
+        "the controller pod Ready",
+        || async {
+            // The rollout done: the first apply's pods (on kwok's node, Ready
+            // without a process) gone, the one on the real node Ready.
+            let d = ns.api::<Deployment>().get("kdev-controller").await.ok()?;
+            let generation = d.metadata.generation;
+            let status = d.status?;
+            (status.observed_generation == generation
+                && status.updated_replicas == Some(1)
+                && status.ready_replicas == Some(1)
+                && status.replicas == Some(1))
+            .then_some(())
+        },
+    )
+    .await;
+    // deploy/ marks the controller's own namespace (here this one)
+    // excluded; this test's environment is not.
+    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "kdev.dev/exclude": null } } })),
+        )
+        .await
+        .expect("include the namespace");
+    own(ns, &ns.name).await;
+    deploy(ns, simple_deployment("web", 1, &[8080])).await;
+    let port = free_port();
+    let mut open = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .arg("--kubeconfig")
+        .arg(&ns.kubeconfig)
+        .args([
+            "envs",
+            "dashboard",
+            "--controller-namespace",
+            &ns.name,
+            "--no-browser",
+        ])
+        .args(["--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kdev envs dashboard");
+    let stdout = open.stdout.take().expect("its stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("kdev envs dashboard prints its URL")
+        .expect("read")
+        .expect("a line");
+    assert!(
+        line.starts_with(&format!("dashboard: http://127.0.0.1:{port}/")),
+        "{line}"
+    );
+    let env = env_of(port, &ns).await;
+    assert_eq!(env["state"], "awake", "{env}");
+    // A sleep and a wake through the port-forward, written by the
+    // controller in the cluster as kdev-dashboard.
+    let token = csrf(port).await;
+    let seen = env["seen"].as_str().unwrap().to_owned();
+    let (status, said) = act(
+        port,
+        &ns.name,
+        &[
+            ("action", "sleep"),
+            ("seen", &seen),
+            ("csrf", &token),
+            ("reason", "in-cluster"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{said}");
+    assert_eq!(replicas(ns, "web").await, 0, "{said}");
+    let env = eventually(Duration::from_secs(30), "the sleep on the page", || async {
+        let env = env_of(port, &ns).await;
+        (env["state"] == "asleep").then_some(env)
+    })
+    .await;
+    let seen = env["seen"].as_str().unwrap().to_owned();
+    let (status, said) = act(
+        port,
+        &ns.name,
+        &[
+            ("action", "wake"),
+            ("seen", &seen),
+            ("csrf", &token),
+            ("reason", "in-cluster"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{said}");
+    assert_eq!(replicas(ns, "web").await, 1, "{said}");
+    let notes = event_notes(ns, "Woke").await;
+    assert!(
+        notes.iter().any(|n| n.contains("by dashboard: in-cluster")),
+        "{notes:?}"
+    );
+    drop(open);
 }
 
 /// A server-sent event stream, read as it comes.
