@@ -760,12 +760,12 @@ async fn opened_by_kdev_envs_dashboard(ns: &TestNamespace) {
         line.starts_with(&format!("dashboard: http://127.0.0.1:{port}/")),
         "{line}"
     );
-    let env = env_of(port, &ns).await;
+    let env = env_of(port, ns).await;
     assert_eq!(env["state"], "awake", "{env}");
     // A sleep and a wake through the port-forward, written by the
     // controller in the cluster as kdev-dashboard.
     let token = csrf(port).await;
-    let seen = env["seen"].as_str().unwrap().to_owned();
+    let seen = env["seen"].as_str().expect("a seen token").to_owned();
     let (status, said) = act(
         port,
         &ns.name,
@@ -780,11 +780,11 @@ async fn opened_by_kdev_envs_dashboard(ns: &TestNamespace) {
     assert_eq!(status, 200, "{said}");
     assert_eq!(replicas(ns, "web").await, 0, "{said}");
     let env = eventually(Duration::from_secs(30), "the sleep on the page", || async {
-        let env = env_of(port, &ns).await;
+        let env = env_of(port, ns).await;
         (env["state"] == "asleep").then_some(env)
     })
     .await;
-    let seen = env["seen"].as_str().unwrap().to_owned();
+    let seen = env["seen"].as_str().expect("a seen token").to_owned();
     let (status, said) = act(
         port,
         &ns.name,
