@@ -528,8 +528,10 @@ async fn watch_reruns_the_test_a_change_touches_and_restarts_the_controller_for_
     configmap_test(work.path(), "one", "1");
     configmap_test(work.path(), "two", "1");
     write(work.path(), "src/main.rs", "fn main() {}\n");
-    // The controller records each start, then waits.
-    let starts = work.path().join("starts");
+    // The controller records each start, then waits. Outside the watched
+    // folder: its write must not be a change that reruns the suite.
+    let records = tempfile::tempdir().expect("tempdir");
+    let starts = records.path().join("starts");
     let controller = format!("echo $$ >> {}; exec sleep 600", starts.display());
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdev"));
     command
@@ -549,7 +551,11 @@ async fn watch_reruns_the_test_a_change_touches_and_restarts_the_controller_for_
             &controller,
         ]);
     let mut run = Lines::start(command);
-    run.until("watching").await;
+    // The summary (stdout) and "watching" (stderr) may come in either order.
+    run.until("2 passed, 0 failed").await;
+    if !run.seen.iter().any(|l| l.contains("watching")) {
+        run.until("watching").await;
+    }
     let first = run.seen.join("\n");
     assert!(
         first.contains("PASS one") && first.contains("PASS two"),
@@ -562,7 +568,7 @@ async fn watch_reruns_the_test_a_change_touches_and_restarts_the_controller_for_
         "two/00-assert.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"2\"\n---\napiVersion: kuttl.dev/v1beta1\nkind: TestAssert\ntimeout: 2\n",
     );
-    let rerun = run.until("failed, 0 skipped").await.join("\n");
+    let rerun = run.until("0 passed, 1 failed").await.join("\n");
     assert!(rerun.contains("FAIL two"), "{rerun}");
     assert!(
         rerun.contains("data.a: expected \"2\", got \"1\""),
