@@ -85,7 +85,11 @@ pub async fn wait(
             let list = pods
                 .list(&ListParams::default().labels("k8s-app=kube-dns"))
                 .await?;
-            Ok(list.items.iter().any(pod_ready).then_some(()))
+            Ok(list
+                .items
+                .iter()
+                .any(crate::k8s::objects::pod_ready)
+                .then_some(()))
         })
         .await?;
         step.done();
@@ -123,13 +127,6 @@ pub async fn wait(
     .await?;
     step.done();
     Ok(())
-}
-
-fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 pub fn is_ready(node: &Node) -> bool {

@@ -129,7 +129,7 @@ async fn ready_controller(kube: &Kube, open: &Open) -> anyhow::Result<String> {
     }
     list.items
         .iter()
-        .filter(|pod| serving(pod) && ready(pod))
+        .filter(|pod| serving(pod) && k8s::objects::pod_ready(pod))
         .map(|pod| pod.name_any())
         .next()
         .ok_or_else(|| {
@@ -138,17 +138,6 @@ async fn ready_controller(kube: &Kube, open: &Open) -> anyhow::Result<String> {
                 open.namespace,
                 open.namespace
             )
-        })
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
         })
 }
 

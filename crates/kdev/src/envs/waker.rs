@@ -524,13 +524,8 @@ fn ready_ip(pod: &Pod) -> Option<IpAddr> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
+    crate::k8s::objects::pod_ready(pod).then_some(())?;
     let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    ready.then_some(())?;
     status.pod_ip.as_deref()?.parse().ok()
 }
 

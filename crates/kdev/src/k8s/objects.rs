@@ -141,6 +141,14 @@ pub fn lease_record(lease: &Lease) -> LeaseRecord {
     }
 }
 
+/// Whether the pod's `Ready` condition is true.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,11 +373,7 @@ impl Session {
             // Ready, not only Running: until the proxy is a ready endpoint,
             // kube-proxy keeps sending Service traffic to the terminating
             // original pods (its fallback when no endpoint is ready).
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = crate::k8s::objects::pod_ready(pod);
             if phase == Some("Running") && ready {
                 return Check::Done(pod.clone());
             }
