@@ -76,7 +76,7 @@ pub async fn run(flags: &k8s::Flags, open: Open) -> anyhow::Result<ExitCode> {
                             Ok(forward) => forward,
                             Err(err) => {
                                 eprintln!(
-                                    "kdev: port-forward to pod {}/{pod} failed: {err}",
+                                    "kdev: port-forward to pod {}/{pod} failed: {err:#}",
                                     open.namespace
                                 );
                                 continue;
@@ -84,7 +84,7 @@ pub async fn run(flags: &k8s::Flags, open: Open) -> anyhow::Result<ExitCode> {
                         }
                     }
                     Err(err) => {
-                        eprintln!("kdev: port-forward failed ({first}) and {err:#}");
+                        eprintln!("kdev: port-forward failed ({first:#}) and {err:#}");
                         continue;
                     }
                 },

@@ -1713,3 +1713,118 @@ async fn the_guard_example_runs_on_this_machine_as_its_service_account_with_its_
     })
     .await;
 }
+
+/// Sends `payload` through `forward` in odd-sized, flushed writes while
+/// reading the echo; returns what came back.
+async fn echo_through(forward: kdev::k8s::portforward::PortForward, payload: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt as _;
+    let (mut read, mut write) = tokio::io::split(forward);
+    let writer = async {
+        // Pieces around the tunnel's message limit and tiny ones.
+        let sizes = [1usize, 7, 300 * 1024, 12, 256 * 1024, 65_536, 3];
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at == payload.len() {
+                break;
+            }
+            let end = (at + size).min(payload.len());
+            write.write_all(&payload[at..end]).await.expect("send");
+            write.flush().await.expect("flush");
+            at = end;
+        }
+        write
+    };
+    let reader = async {
+        let mut echoed = Vec::with_capacity(payload.len());
+        let mut buf = vec![0u8; 64 * 1024];
+        while echoed.len() < payload.len() {
+            let n = read.read(&mut buf).await.expect("receive");
+            if n == 0 {
+                break;
+            }
+            echoed.extend_from_slice(&buf[..n]);
+        }
+        echoed
+    };
+    let (_write, echoed) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("the echo within 60 s");
+    echoed
+}
+
+#[tokio::test]
+async fn kdevs_port_forward_speaks_spdy_like_kubectl_and_the_channel_protocol_exactly() {
+    use kdev::k8s::portforward::{self, Protocol};
+    with_namespace("pf", |ns| async move {
+        require_real_node(&ns).await;
+        let mut spec = busybox_spec("exec nc -ll -p 8080 -e cat");
+        spec["restartPolicy"] = json!("Always");
+        create_pod(&ns, "echo", spec).await;
+        eventually(Duration::from_secs(60), "the echo pod to run", || async {
+            (phase(&ns, "echo").await.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+        let client = ns.client.clone();
+        let namespace = ns.name.clone();
+
+        // This API server takes kubectl's protocol: no silent fallback.
+        let forward = portforward::open(&client, &namespace, "echo", 8080)
+            .await
+            .expect("a port-forward");
+        assert_eq!(forward.protocol(), Protocol::Spdy);
+        drop(forward);
+
+        let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        for protocol in [Protocol::Spdy, Protocol::Channel] {
+            // nc may take a moment to listen after the container starts.
+            eventually(
+                Duration::from_secs(30),
+                "an echo through the port-forward",
+                || async {
+                    let forward =
+                        portforward::open_with(&client, &namespace, "echo", 8080, protocol)
+                            .await
+                            .ok()?;
+                    assert_eq!(forward.protocol(), protocol);
+                    let echoed = echo_through(forward, &payload[..16]).await;
+                    (echoed == payload[..16]).then_some(())
+                },
+            )
+            .await;
+            let forward = portforward::open_with(&client, &namespace, "echo", 8080, protocol)
+                .await
+                .expect("a port-forward");
+            let echoed = echo_through(forward, &payload).await;
+            assert!(
+                echoed == payload,
+                "{protocol:?}: {} of {} bytes came back, or corrupted",
+                echoed.len(),
+                payload.len()
+            );
+
+            // Nothing listens on 9: the read fails and says why.
+            let mut closed = portforward::open_with(&client, &namespace, "echo", 9, protocol)
+                .await
+                .expect("the port-forward opens; the runtime's dial fails");
+            let mut buf = [0u8; 16];
+            let err = tokio::time::timeout(Duration::from_secs(20), closed.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect_err("a read from a closed port fails");
+            assert!(err.to_string().contains("refused"), "{protocol:?}: {err}");
+        }
+
+        // An unknown pod is refused by the API server, named, not retried
+        // with the other protocol.
+        let missing = portforward::open(&client, &namespace, "no-such-pod", 8080)
+            .await
+            .err()
+            .expect("no port-forward to a missing pod");
+        assert!(format!("{missing:#}").contains("not found"), "{missing:#}");
+    })
+    .await;
+}
