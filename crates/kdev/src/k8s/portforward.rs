@@ -295,7 +295,7 @@ impl Framing {
     /// The next thing the received bytes say, `None` until more arrive.
     fn next(&mut self) -> io::Result<Option<Incoming>> {
         match self {
-            Framing::Channel(channel) => loop {
+            Framing::Channel(channel) => {
                 let Some(message) = channel.message.take() else {
                     return Ok(None);
                 };
@@ -304,11 +304,11 @@ impl Framing {
                     &mut channel.data_started,
                     &mut channel.error_started,
                 ) {
-                    Received::Data(payload) => return Ok(Some(Incoming::Data(payload))),
-                    Received::Error(text) => return Err(broken(text)),
-                    Received::Nothing => {}
+                    Received::Data(payload) => Ok(Some(Incoming::Data(payload))),
+                    Received::Error(text) => Err(broken(text)),
+                    Received::Nothing => Ok(None),
                 }
-            },
+            }
             Framing::Spdy(state) => loop {
                 let event = state.parser.next_event().map_err(|err| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("port-forward: {err}"))

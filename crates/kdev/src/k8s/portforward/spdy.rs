@@ -82,9 +82,7 @@ impl Encoder {
             }
         }
         let compressed = self.compress(&block);
-        out.put_u16(0x8000 | VERSION);
-        out.put_u16(SYN_STREAM);
-        put_flags_and_length(out, 0, compressed.len() + 10);
+        out.put_slice(&control_header(SYN_STREAM, 0, compressed.len() + 10));
         out.put_u32(stream & 0x7fff_ffff);
         out.put_u32(0); // associated-to stream
         out.put_u8(0); // priority 0 (the highest), unused bits
@@ -121,8 +119,23 @@ impl Encoder {
 
 /// A data frame's header: `len` bytes of payload for `stream` follow.
 pub fn data_header(stream: u32, flags: u8, len: usize) -> [u8; DATA_HEADER] {
-    let mut header = [0u8; DATA_HEADER];
-    header[..4].copy_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    frame_header(stream & 0x7fff_ffff, flags, len)
+}
+
+/// A control frame's header: its type, flags and the length of its body.
+fn control_header(kind: u16, flags: u8, len: usize) -> [u8; 8] {
+    frame_header(
+        0x8000_0000 | (u32::from(VERSION) << 16) | u32::from(kind),
+        flags,
+        len,
+    )
+}
+
+/// Every frame's 8 bytes: a first word (the stream, or the control bit,
+/// version and type), then the flags and a 24-bit length.
+fn frame_header(first: u32, flags: u8, len: usize) -> [u8; 8] {
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&first.to_be_bytes());
     let word = (u32::from(flags) << 24) | (len.min(MAX_DATA) as u32);
     header[4..].copy_from_slice(&word.to_be_bytes());
     header
@@ -136,15 +149,9 @@ pub fn data_fin() -> [u8; DATA_HEADER] {
 /// The answer to the server's ping `id`: the same frame back.
 pub fn ping(id: u32) -> [u8; 12] {
     let mut frame = [0u8; 12];
-    frame[..2].copy_from_slice(&(0x8000 | VERSION).to_be_bytes());
-    frame[2..4].copy_from_slice(&PING.to_be_bytes());
-    frame[4..8].copy_from_slice(&4u32.to_be_bytes());
+    frame[..8].copy_from_slice(&control_header(PING, 0, 4));
     frame[8..].copy_from_slice(&id.to_be_bytes());
     frame
-}
-
-fn put_flags_and_length(out: &mut BytesMut, flags: u8, len: usize) {
-    out.put_u32((u32::from(flags) << 24) | (len.min(MAX_DATA) as u32));
 }
 
 /// What one frame (or part of a data frame) from the server says.
@@ -282,12 +289,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn control(kind: u16, flags: u8, body: &[u8]) -> Vec<u8> {
-        let mut frame = BytesMut::new();
-        frame.put_u16(0x8000 | VERSION);
-        frame.put_u16(kind);
-        put_flags_and_length(&mut frame, flags, body.len());
-        frame.put_slice(body);
-        frame.to_vec()
+        let mut frame = control_header(kind, flags, body.len()).to_vec();
+        frame.extend_from_slice(body);
+        frame
     }
 
     fn events(parser: &mut Parser) -> Vec<Event> {
