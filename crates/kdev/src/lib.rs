@@ -17,6 +17,7 @@ pub mod controller;
 pub mod dashboard;
 pub mod envs;
 pub mod error;
+pub mod faults;
 pub mod fswatch;
 pub mod host;
 pub mod image;

@@ -411,3 +411,53 @@ fn kdev_test_names_what_its_cluster_and_deploy_options_lack_and_exits_2() {
         stderr(&out)
     );
 }
+
+/// The test hooks (`crate::faults`) exist in the binaries the tests build
+/// and in no other. The release build is the agent's, which
+/// `scripts/build-agent` (run by `scripts/test`) makes without the tests'
+/// feature, as every release is made.
+#[test]
+fn release_builds_ignore_the_test_hooks() {
+    let release = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/kdev");
+    assert!(
+        release.exists(),
+        "{} is missing: run scripts/build-agent (scripts/test does) to build the release binary",
+        release.display()
+    );
+    // A crash point that does not exist is refused before any request, but
+    // only by a binary that reads the hook.
+    let run = |binary: &std::path::Path| {
+        Command::new(binary)
+            .args([
+                "swap",
+                "deploy/web",
+                "--kubeconfig",
+                "/nonexistent/config",
+                "--",
+                "true",
+            ])
+            .env("KDEV_SWAP_CRASH_AFTER", "0")
+            .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+            .output()
+            .expect("run kdev")
+    };
+    let tested = run(std::path::Path::new(env!("CARGO_BIN_EXE_kdev")));
+    assert_eq!(tested.status.code(), Some(2), "{}", stderr(&tested));
+    assert!(
+        stderr(&tested).contains("KDEV_SWAP_CRASH_AFTER"),
+        "{}",
+        stderr(&tested)
+    );
+    let released = run(&release);
+    assert!(
+        !stderr(&released).contains("KDEV_SWAP_CRASH_AFTER"),
+        "a release build read a test hook: {}",
+        stderr(&released)
+    );
+    assert!(
+        stderr(&released).contains("/nonexistent/config"),
+        "{}",
+        stderr(&released)
+    );
+}

@@ -48,9 +48,6 @@ use crate::k8s::objects::lease_record;
 use crate::k8s::{Kube, backoff};
 use crate::swap::restore::{self, Target};
 
-/// With this set, the reaper returns once its caches have synced (tests only).
-pub const END_AFTER_SYNC: &str = "KDEV_FAULT_END_REAPER_AFTER_SYNC";
-
 /// How long the reaper sleeps when no Lease can expire and nothing changes.
 const IDLE: Duration = Duration::from_secs(300);
 
@@ -161,7 +158,7 @@ pub async fn run(
         deployments.wait_until_ready().await?;
         synced.send_replace(true);
         tracing::info!("reaper caches synced");
-        if std::env::var_os(END_AFTER_SYNC).is_some() {
+        if crate::faults::var(crate::faults::END_REAPER_AFTER_SYNC).is_some() {
             // Fault injection: how the tests prove that a reaper that stops
             // ends the controller.
             return Ok(());

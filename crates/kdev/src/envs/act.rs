@@ -14,6 +14,7 @@ use kube::{Api, ResourceExt as _};
 use serde::Serialize;
 
 use super::workload::{self, Kind, Ref, Scalable, Workload};
+use crate::faults;
 use crate::k8s::Kube;
 use crate::k8s::guarded::{self, Decision};
 use kdev_contract::envs::{self, SleepRecord};
@@ -65,7 +66,7 @@ pub struct Report {
     /// One per workload.
     pub changes: Vec<Change>,
     /// After a sleep, per namespace: what wakes it on request.
-    pub wakers: Vec<super::waker::Placed>,
+    pub wakers: Vec<super::place::Placed>,
 }
 
 /// What happened to one workload.
@@ -155,25 +156,23 @@ impl Change {
     }
 }
 
-/// Testing the crash sweep: `KDEV_ENVS_CRASH_AFTER=N` kills this process
-/// (SIGKILL) right after its N-th write of an environment's transition:
-/// each workload written, the wakers placed, and (the controller's) the
-/// applied state recorded, in that order. Whatever N, the next run must
-/// complete the transition exactly.
-pub const CRASH_AFTER_ENV: &str = "KDEV_ENVS_CRASH_AFTER";
-
 /// Counts a write; kills the process at the injected crash point.
+///
+/// Testing the crash sweep: a test build's `KDEV_ENVS_CRASH_AFTER=N`
+/// ([`crate::faults`]) kills this process (SIGKILL) right after its N-th
+/// write of an environment's transition: each workload written, the wakers
+/// placed, and (the controller's) the applied state recorded, in that order.
+/// Whatever N, the next run must complete the transition exactly.
 pub fn written() {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};
     static AT: OnceLock<Option<u32>> = OnceLock::new();
     static COUNT: AtomicU32 = AtomicU32::new(0);
-    let Some(at) = *AT.get_or_init(|| std::env::var(CRASH_AFTER_ENV).ok()?.parse().ok()) else {
+    let Some(at) = *AT.get_or_init(|| faults::var(faults::ENVS_CRASH_AFTER)?.parse().ok()) else {
         return;
     };
     if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == at {
-        eprintln!("kdev: crash injected after write {at}");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        faults::crash(&format!("write {at}"));
     }
 }
 
@@ -406,9 +405,9 @@ pub async fn place_wakers(
     config: &Config,
     namespace: &str,
     ns_annotations: &BTreeMap<String, String>,
-) -> Option<super::waker::Placed> {
+) -> Option<super::place::Placed> {
     let image = config.waker.as_deref()?;
-    let off = |error: String| super::waker::Placed {
+    let off = |error: String| super::place::Placed {
         namespace: namespace.to_owned(),
         wakers: Vec::new(),
         error: Some(error),
@@ -436,7 +435,7 @@ pub async fn place_wakers(
         },
         None => Vec::new(),
     };
-    Some(super::waker::place(kube, namespace, image, &wake).await)
+    Some(super::place::place(kube, namespace, image, &wake).await)
 }
 
 struct Step<'a> {

@@ -256,14 +256,14 @@ async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Ou
     }
 }
 
-/// With `KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT` set, a restorer kills itself
-/// (SIGKILL) right after it restored a Deployment and before it deleted the
-/// Lease: how the tests prove a restorer dying mid-restore loses nothing.
+/// With a test build's `KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT` set, a restorer
+/// kills itself (SIGKILL) right after it restored a Deployment and before it
+/// deleted the Lease: how the tests prove a restorer dying mid-restore loses
+/// nothing.
 fn crash_point_after_deployment(outcome: &Outcome) {
-    if std::env::var_os("KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT").is_some()
+    if crate::faults::var(crate::faults::RESTORE_CRASH_AFTER_DEPLOYMENT).is_some()
         && matches!(outcome, Outcome::ScaledBack { .. })
     {
-        eprintln!("kdev: crash injected after restoring the deployment");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        crate::faults::crash("restoring the deployment");
     }
 }

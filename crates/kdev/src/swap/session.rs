@@ -52,6 +52,7 @@ use serde_json::json;
 
 use super::proxy;
 use super::restore::{self, Outcome, Target};
+use crate::faults;
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::wait::{self, Check};
 use crate::k8s::{Kube, is_conflict, is_not_found};
@@ -88,17 +89,15 @@ impl Step {
 }
 
 /// Kills this process with SIGKILL right after a chosen step: the crash
-/// sweep's way of proving every step is safe to die after. Off unless
-/// `KDEV_SWAP_CRASH_AFTER` is set.
+/// sweep's way of proving every step is safe to die after. Off unless a
+/// test build has `KDEV_SWAP_CRASH_AFTER` set ([`crate::faults`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CrashAfter(Option<u32>);
 
 impl CrashAfter {
-    pub const ENV: &'static str = "KDEV_SWAP_CRASH_AFTER";
-
     pub fn from_env() -> anyhow::Result<Self> {
-        match std::env::var(Self::ENV) {
-            Ok(value) => {
+        match faults::var(faults::SWAP_CRASH_AFTER) {
+            Some(value) => {
                 let step: u32 = value
                     .parse()
                     .ok()
@@ -106,20 +105,18 @@ impl CrashAfter {
                     .ok_or_else(|| {
                         crate::error::usage(format!(
                             "{}={value:?} is not a step from 1 to 10",
-                            Self::ENV
+                            faults::SWAP_CRASH_AFTER
                         ))
                     })?;
                 Ok(Self(Some(step)))
             }
-            Err(_) => Ok(Self(None)),
+            None => Ok(Self(None)),
         }
     }
 
     pub fn reached(&self, step: Step) {
         if self.0 == Some(step as u32) {
-            eprintln!("kdev: crash injected after step {} ({step:?})", step as u32);
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            faults::crash(&format!("step {} ({step:?})", step as u32));
         }
     }
 }
@@ -148,10 +145,11 @@ pub struct Session {
     pub redirected_webhooks: std::sync::atomic::AtomicBool,
 }
 
-/// The tunnel token: random, unless `KDEV_SWAP_TOKEN` (64 hex digits) fixes
-/// it, which is how tests give a stand-in agent the token in advance.
+/// The tunnel token: random, unless a test build's `KDEV_SWAP_TOKEN` (64
+/// hex digits) fixes it, which is how tests give a stand-in agent the token
+/// in advance.
 fn new_token() -> anyhow::Result<[u8; auth::TOKEN_LEN]> {
-    if let Ok(hex) = std::env::var("KDEV_SWAP_TOKEN") {
+    if let Some(hex) = faults::var(faults::SWAP_TOKEN) {
         let bytes: Option<Vec<u8>> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
