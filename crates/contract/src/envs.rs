@@ -85,8 +85,8 @@ pub fn idle_after(
     if raw == "never" {
         return Ok(None);
     }
-    match raw.parse::<jiff::SignedDuration>() {
-        Ok(idle) if idle.is_positive() => Ok(Some(idle)),
+    match crate::duration::parse(raw).map(jiff::SignedDuration::try_from) {
+        Ok(Ok(idle)) if idle.is_positive() => Ok(Some(idle)),
         _ => Err(BadValue {
             key: IDLE_AFTER_ANNOTATION,
             value: raw.chars().take(100).collect(),

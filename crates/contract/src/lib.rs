@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod envs;
 pub mod hash;
 pub mod keys;

@@ -7,7 +7,6 @@ mod agent;
 mod cleanup;
 mod cluster;
 mod controller;
-mod duration;
 mod envs;
 mod image;
 mod logs;
@@ -23,13 +22,13 @@ pub use self::agent::AgentArgs;
 pub use self::cleanup::{SessionsArgs, SweepArgs};
 pub use self::cluster::{ClusterArgs, ClusterCommand};
 pub use self::controller::ControllerArgs;
-pub use self::duration::parse_duration;
 pub use self::envs::{ChangeArgs, EnvsArgs, WakerServeArgs};
 pub use self::image::{ImageArgs, ImageCommand};
 pub use self::logs::LogsArgs;
 pub use self::swap::SwapArgs;
 pub use self::test::TestArgs;
 use crate::k8s;
+pub use kdev_contract::duration::parse as parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -468,82 +468,10 @@ impl<'a> Fields<'a> {
                 Some(secs) => Ok(Some(Duration::from_secs(secs))),
                 None => Err(self.error(key, format!("`{key}` must be a whole number of seconds"))),
             },
-            Some(Value::String(s)) => parse_go_duration(s)
+            Some(Value::String(s)) => kdev_contract::duration::parse(s)
                 .map(Some)
                 .map_err(|e| self.error(key, format!("`{key}`: {e}"))),
             Some(_) => Err(self.error(key, format!("`{key}` must be a duration like 30s"))),
-        }
-    }
-}
-
-/// Go's `time.ParseDuration` for the units tests use (h, m, s, ms, us, ns).
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like 30s, 1m30s or 500ms");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        let secs = number * scale;
-        if !secs.is_finite() || secs > 1e9 {
-            return Err(bad());
-        }
-        total += Duration::from_secs_f64(secs);
-    }
-    Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "30", "s", "3x", "1m-1s", "..s", "1e400s"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn any_text_is_an_error_or_a_duration_never_a_panic(text in "\\PC{0,20}") {
-            let _ = parse_go_duration(&text);
-        }
-
-        #[test]
-        fn duration_shaped_text_never_panics(text in "[0-9.]{0,4}(h|m|s|ms|us|µs|ns|x)?[0-9.]{0,3}(s|m)?") {
-            let _ = parse_go_duration(&text);
         }
     }
 }
