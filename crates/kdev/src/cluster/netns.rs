@@ -28,7 +28,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 /// Where `ip netns` keeps named namespaces.
@@ -150,20 +149,40 @@ async fn serve_connect(listener: UnixListener, netns: String) -> anyhow::Result<
     }
 }
 
-/// One `CONNECT host:port HTTP/1.1` request: dial inside the namespace, say
-/// 200, then splice.
+/// One connection of CONNECT requests: hyper reads the request (its head
+/// bounded by hyper's buffer limit), kdev dials the target inside the
+/// namespace, answers 200 and splices the upgraded connection to it; or
+/// answers 502 saying why the dial failed, and 400 to anything but CONNECT.
 async fn connect_one(stream: UnixStream, netns: String) -> anyhow::Result<()> {
-    let mut reader = BufReader::new(stream);
-    let mut request = String::new();
-    reader.read_line(&mut request).await?;
-    let target = parse_connect(&request)?;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).await? == 0 || header == "\r\n" || header == "\n" {
-            break;
+    let service = hyper::service::service_fn(move |request| {
+        let netns = netns.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer_connect(request, netns).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
+        .context("failed to serve a CONNECT request")
+}
+
+type Reply = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+fn reply(status: hyper::StatusCode, body: String) -> Reply {
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+async fn answer_connect(request: hyper::Request<hyper::body::Incoming>, netns: String) -> Reply {
+    let target = match connect_target(request.method(), request.uri()) {
+        Ok(target) => target,
+        Err(err) => {
+            return reply(
+                hyper::StatusCode::BAD_REQUEST,
+                format!("kdev node proxy: {err:#}\n"),
+            );
         }
-    }
-    let mut client = reader.into_inner();
+    };
     // kwok's fake kubelet listens on the host's loopback (its nodes'
     // InternalIP is 127.0.0.1); everything else lives in the namespace.
     let dialed = if is_loopback(&target) {
@@ -175,21 +194,22 @@ async fn connect_one(stream: UnixStream, netns: String) -> anyhow::Result<()> {
     };
     match dialed {
         Ok(mut server) => {
-            client
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await?;
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            tokio::spawn(async move {
+                match hyper::upgrade::on(request).await {
+                    Ok(upgraded) => {
+                        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "a CONNECT was not upgraded"),
+                }
+            });
+            reply(hyper::StatusCode::OK, String::new())
         }
-        Err(err) => {
-            let body = format!("kdev node proxy: failed to reach {target}: {err:#}\n");
-            let reply = format!(
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            client.write_all(reply.as_bytes()).await?;
-        }
+        Err(err) => reply(
+            hyper::StatusCode::BAD_GATEWAY,
+            format!("kdev node proxy: failed to reach {target}: {err:#}\n"),
+        ),
     }
-    Ok(())
 }
 
 /// True for a `127.x.x.x:port` or `[::1]:port` target.
@@ -199,61 +219,145 @@ fn is_loopback(target: &str) -> bool {
         .is_ok_and(|addr| addr.ip().is_loopback())
 }
 
-/// The target of a `CONNECT host:port HTTP/1.x` request line.
-pub fn parse_connect(line: &str) -> anyhow::Result<String> {
-    let mut parts = line.split_whitespace();
-    let (Some("CONNECT"), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        anyhow::bail!("not a CONNECT request: {:?}", line.trim_end());
-    };
+/// The `host:port` a request asks to be connected to: only CONNECT, only
+/// in authority form.
+pub fn connect_target(method: &hyper::Method, uri: &hyper::Uri) -> anyhow::Result<String> {
     anyhow::ensure!(
-        version.starts_with("HTTP/1."),
-        "unsupported protocol {version:?}"
+        method == hyper::Method::CONNECT,
+        "only CONNECT is served here, not {method}"
     );
-    let (host, port) = target
-        .rsplit_once(':')
-        .with_context(|| format!("CONNECT target {target:?} has no port"))?;
+    let authority = uri
+        .authority()
+        .filter(|_| {
+            uri.scheme().is_none()
+                && uri
+                    .path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+        })
+        .with_context(|| format!("CONNECT target {uri} is not host:port"))?;
     anyhow::ensure!(
-        !host.is_empty() && port.parse::<u16>().is_ok(),
-        "CONNECT target {target:?} is not host:port"
+        !authority.host().is_empty() && authority.port_u16().is_some(),
+        "CONNECT target {authority} is not host:port"
     );
-    Ok(target.to_owned())
+    Ok(authority.as_str().to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn target(line: &str) -> anyhow::Result<String> {
+        let mut parts = line.splitn(2, ' ');
+        let method: hyper::Method = parts.next().unwrap_or("").parse()?;
+        let uri: hyper::Uri = parts.next().unwrap_or("").parse()?;
+        connect_target(&method, &uri)
+    }
 
     #[test]
-    fn connect_lines_parse() {
+    fn connect_targets_are_host_and_port() {
         assert_eq!(
-            parse_connect("CONNECT 10.200.0.1:10250 HTTP/1.1\r\n").expect("valid"),
+            target("CONNECT 10.200.0.1:10250").expect("valid"),
             "10.200.0.1:10250"
         );
         assert_eq!(
-            parse_connect("CONNECT [fd00::1]:443 HTTP/1.1\r\n").expect("valid"),
+            target("CONNECT [fd00::1]:443").expect("valid"),
             "[fd00::1]:443"
         );
         assert!(is_loopback("127.0.0.1:32762"));
         assert!(!is_loopback("10.200.0.1:10250"));
         assert!(!is_loopback("localhost:1"));
         for bad in [
-            "GET / HTTP/1.1",
-            "CONNECT host HTTP/1.1",
-            "CONNECT :80 HTTP/1.1",
-            "CONNECT a:b HTTP/1.1",
-            "CONNECT a:1 SPDY/3",
+            "GET 10.0.0.1:80",
+            "CONNECT host",
+            "CONNECT :80",
+            "CONNECT a:b",
+            "CONNECT http://a:1/x",
+            "CONNECT /",
             "",
         ] {
-            assert!(parse_connect(bad).is_err(), "{bad}");
+            assert!(target(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Serves one connection of the proxy on one end of a socket pair.
+    fn proxy() -> UnixStream {
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        tokio::spawn(connect_one(theirs, "kdev-no-such-netns".into()));
+        ours
+    }
+
+    #[tokio::test]
+    async fn a_connect_to_a_loopback_target_is_spliced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).await.expect("read");
+            conn.write_all(&buf).await.expect("echo");
+        });
+        let mut client = proxy();
+        let head = format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        client.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            client
+                .read_exact(&mut byte)
+                .await
+                .expect("the answer's head");
+            answer.push(byte[0]);
+        }
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        client.write_all(b"hello").await.expect("write");
+        let mut echoed = [0u8; 5];
+        client.read_exact(&mut echoed).await.expect("echo");
+        assert_eq!(&echoed, b"hello");
+    }
+
+    /// Regression: the hand-written reader read the request line and headers
+    /// with an unbounded `read_line`, so one endless line grew its buffer
+    /// without limit.
+    #[tokio::test]
+    async fn an_endless_request_head_is_refused_not_buffered() {
+        let mut client = proxy();
+        let mut line = b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nX-Long: ".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 4 << 20));
+        // The proxy stops reading and closes (or answers 431) long before
+        // the 4 MiB are written.
+        let written = client.write_all(&line).await;
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            written.is_err() || answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_connect_gets_400() {
+        let mut client = proxy();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("only CONNECT"), "{answer}");
     }
 
     proptest::proptest! {
         #[test]
-        fn connect_lines_never_panic(line in proptest::prelude::any::<String>()) {
-            let _ = parse_connect(&line);
+        fn connect_targets_never_panic(line in proptest::prelude::any::<String>()) {
+            let _ = target(&line);
         }
     }
 }
