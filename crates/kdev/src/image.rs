@@ -472,8 +472,7 @@ pub async fn push(
     // ring everywhere (kube does). Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = reference.resolve_registry().to_owned();
-    let host = registry.split(':').next().unwrap_or_default();
-    let plain = insecure || host == "localhost" || host.starts_with("127.");
+    let plain = insecure || is_loopback_registry(&registry);
     let client = oci_client::Client::new(ClientConfig {
         protocol: if plain {
             ClientProtocol::HttpsExcept(vec![registry.clone()])
@@ -494,6 +493,25 @@ pub async fn push(
     step.done();
     println!("{target} {local_digest}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// True when a registry's `host[:port]` is this machine's loopback:
+/// `localhost`, an address in 127.0.0.0/8, or `[::1]`. The host is parsed,
+/// never matched by prefix: `127.example.com` is a name like any other.
+pub fn is_loopback_registry(registry: &str) -> bool {
+    let Ok(authority) = registry.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let host = authority.host();
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The files of an OCI layout tar, by path.
@@ -620,7 +638,39 @@ mod tests {
         );
     }
 
+    /// Regression: "local" was a host starting with `127.`, so
+    /// `127.example.com` got plain HTTP and `[::1]` did not.
+    #[test]
+    fn only_loopback_registries_are_spoken_to_over_plain_http() {
+        for local in [
+            "localhost:5000",
+            "LOCALHOST",
+            "127.0.0.1:5000",
+            "127.8.9.1",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback_registry(local), "{local}");
+        }
+        for remote in [
+            "127.example.com:5000",
+            "127.0.0.1.nip.io",
+            "localhost.example.com",
+            "10.0.0.1:5000",
+            "[fd00::1]:5000",
+            "ghcr.io",
+            "",
+            "a b",
+        ] {
+            assert!(!is_loopback_registry(remote), "{remote}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn registry_hosts_never_panic(registry in proptest::prelude::any::<String>()) {
+            let _ = is_loopback_registry(&registry);
+        }
+
         #[test]
         fn elf_headers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1];
