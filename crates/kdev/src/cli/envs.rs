@@ -289,7 +289,7 @@ pub struct WakerServeArgs {
     #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     pub drain: std::time::Duration,
     /// Where readiness is answered, for `kdev __agent-ready`.
-    #[arg(long, default_value = crate::envs::waker::HEALTH)]
+    #[arg(long, default_value = crate::envs::place::HEALTH)]
     pub health: std::net::SocketAddr,
 }
 
