@@ -217,21 +217,20 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     };
     let (renew_task, mut lost) = spawn_renewal(session.clone());
 
-    let outcome = match swap_and_run(
-        &kube,
-        session.clone(),
-        &deployment,
-        &container,
+    let target = Target {
+        deployment,
+        container,
         routes,
         forwards,
-        &args,
+        config: args,
         started,
-        &mut lost,
-        &mut signals,
-        watch.as_mut(),
-    )
-    .await
-    {
+    };
+    let mut ends = Ends {
+        lost: &mut lost,
+        signals: &mut signals,
+        watch: watch.as_mut(),
+    };
+    let outcome = match swap_and_run(&kube, session.clone(), target, &mut ends).await {
         Ok(end) => end,
         Err(err) => {
             // Undo what was done; if even that fails, the Lease expires and
@@ -263,25 +262,51 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What `run` resolved before it changed anything in the cluster: the
+/// swap's target and settings, carried as one value.
+struct Target {
+    deployment: Deployment,
+    container: Container,
+    /// Remote port → local port.
+    routes: BTreeMap<u16, u16>,
+    forwards: Vec<Forward>,
+    config: Config,
+    /// When the claim began, for the "swapped in" figure.
+    started: Instant,
+}
+
+/// What can end or restart a running swap besides its command: the
+/// session's loss, a signal, and (with `--watch`) a change of its files.
+struct Ends<'a> {
+    lost: &'a mut mpsc::Receiver<String>,
+    signals: &'a mut Signals,
+    watch: Option<&'a mut reload::Reload>,
+}
+
 /// Steps 2 to 7, up to the command's exit (or the session's loss). A signal
 /// before the command starts ends here with [`End::Interrupted`]; the caller
 /// then restores, as at any end.
-#[allow(clippy::too_many_arguments)]
 async fn swap_and_run(
     kube: &Kube,
     session: Arc<Session>,
-    deployment: &Deployment,
-    container: &Container,
-    routes: BTreeMap<u16, u16>,
-    forwards: Vec<Forward>,
-    args: &Config,
-    started: Instant,
-    lost: &mut mpsc::Receiver<String>,
-    signals: &mut Signals,
-    mut watch: Option<&mut reload::Reload>,
+    target: Target,
+    ends: &mut Ends<'_>,
 ) -> anyhow::Result<End> {
+    let Target {
+        deployment,
+        container,
+        routes,
+        forwards,
+        config: args,
+        started,
+    } = target;
+    let Ends {
+        lost,
+        signals,
+        watch,
+    } = ends;
     let prepared = tokio::select! {
-        prepared = prepare(kube, &session, deployment, container, &routes, forwards, args) => prepared?,
+        prepared = prepare(kube, &session, &deployment, &container, &routes, forwards, &args) => prepared?,
         signal = signals.recv() => {
             eprintln!("kdev: {signal} during start-up: undoing the swap");
             return Ok(End::Interrupted(signal));
@@ -348,7 +373,7 @@ async fn swap_and_run(
                 eprintln!("kdev: the command exited ({status}); it starts again at the next change");
                 child = None;
             }
-            ready = next_change(&mut watch) => {
+            ready = next_change(watch) => {
                 let ready = ready?;
                 let stopped = Instant::now();
                 if let Some(running) = child.as_mut() {
