@@ -15,6 +15,7 @@
 //! (`KDEV_HOME` defaults to `~/.cache/kdev`).
 
 mod binaries;
+pub mod hostshare;
 mod kwokctl;
 pub mod netns;
 pub mod node;

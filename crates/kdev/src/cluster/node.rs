@@ -56,21 +56,6 @@ pub const BUSYBOX_IMAGE: &str = "kdev.local/busybox:1.35";
 /// CoreDNS, as the static pod runs it.
 pub const COREDNS_IMAGE: &str = "kdev.local/coredns:1.15.0";
 
-/// Host-wide sysctls the kubelet sets at start; recorded before and put
-/// back on `down`.
-const KUBELET_SYSCTLS: &[&str] = &[
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "vm/overcommit_memory",
-];
-
-/// Host paths the kubelet uses whatever it is told; removed on `down`.
-const KUBELET_HOST_PATHS: &[&str] = &[
-    "/var/lib/kubelet/device-plugins",
-    "/var/lib/kubelet/plugins_registry",
-    "/var/lib/kubelet/pod-resources",
-];
-
 /// The binaries a real node runs.
 #[derive(Clone, Debug)]
 pub struct NodeBinaries {
@@ -239,18 +224,9 @@ impl Node<'_> {
     fn write_files(&self) -> anyhow::Result<()> {
         create_cgroup_root(self.cluster)?;
         let dir = self.dir();
-        let saved: serde_json::Map<String, serde_json::Value> = KUBELET_SYSCTLS
-            .iter()
-            .filter_map(|key| {
-                let value = std::fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
-                Some((key.to_string(), value.trim().into()))
-            })
-            .collect();
-        std::fs::write(
-            dir.join("sysctls.json"),
-            serde_json::Value::Object(saved).to_string(),
-        )
-        .context("failed to record the host's sysctls")?;
+        // Before the kubelet first runs: what it changes host-wide is
+        // recorded once for every real node on this host.
+        super::hostshare::Host::system().join(self.cluster, &dir)?;
         for sub in ["cni", "manifests", "logs", "kubelet", "pods", "containerd"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("failed to create {}", dir.join(sub).display()))?;
@@ -262,7 +238,7 @@ impl Node<'_> {
                 .with_context(|| format!("failed to write {}", path.display()))
         };
         write("containerd.toml", containerd_config(&dir, self.binaries))?;
-        write("cni/10-kdev.conflist", cni_config())?;
+        write("cni/10-kdev.conflist", cni_config(&dir))?;
         write(
             "kubeconfig.yaml",
             kubeconfig(&format!("https://{API_ADDRESS}:{}", self.api_port), &pki),
@@ -564,15 +540,6 @@ pub async fn down(cluster_dir: &Path, cluster: &str) -> anyhow::Result<()> {
     for cgroup in cgroups_under(cluster) {
         let _ = std::fs::remove_dir(&cgroup);
     }
-    if let Ok(text) = std::fs::read_to_string(node.join("sysctls.json"))
-        && let Ok(saved) = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&text)
-    {
-        for (key, value) in saved {
-            if KUBELET_SYSCTLS.contains(&key.as_str()) {
-                let _ = std::fs::write(Path::new("/proc/sys").join(&key), value);
-            }
-        }
-    }
     // Mounts under the node's folder (pod volumes, overlay snapshots, netns
     // bind mounts), deepest first.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -591,10 +558,9 @@ pub async fn down(cluster_dir: &Path, cluster: &str) -> anyhow::Result<()> {
         run("ip", &["netns", "delete", &netns]).await?;
     }
     if node.exists() {
-        for path in KUBELET_HOST_PATHS {
-            let _ = std::fs::remove_dir_all(path);
-        }
-        let _ = std::fs::remove_dir("/var/lib/kubelet");
+        // The host-wide sysctls and paths go back only when no other real
+        // node uses them.
+        super::hostshare::Host::system().leave(cluster, &node)?;
     }
     Ok(())
 }
@@ -640,7 +606,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
     )
 }
 
-fn cni_config() -> String {
+/// The CNI network; host-local keeps its IP reservations in the node's
+/// folder (not the host-wide /var/lib/cni/networks), so they go with it.
+fn cni_config(dir: &Path) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "kdev",
@@ -651,7 +619,12 @@ fn cni_config() -> String {
                 "isGateway": true,
                 "ipMasq": true,
                 "hairpinMode": true,
-                "ipam": { "type": "host-local", "ranges": [[{ "subnet": POD_CIDR }]], "routes": [{ "dst": "0.0.0.0/0" }] }
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": dir.join("cni").join("networks"),
+                    "ranges": [[{ "subnet": POD_CIDR }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
             },
             { "type": "portmap", "capabilities": { "portMappings": true } },
             { "type": "loopback" }
@@ -780,8 +753,12 @@ mod tests {
                 .expect("path")
                 .starts_with("/tmp/kdev-test-cluster/")
         );
-        let cni: serde_json::Value = serde_json::from_str(&cni_config()).expect("cni is JSON");
+        let cni: serde_json::Value = serde_json::from_str(&cni_config(dir)).expect("cni is JSON");
         assert_eq!(cni["plugins"][0]["type"], "bridge");
+        assert_eq!(
+            cni["plugins"][0]["ipam"]["dataDir"], "/tmp/kdev-test-cluster/node/cni/networks",
+            "IP reservations live in the node's folder"
+        );
         let egress = Node::egress_config(Path::new("/tmp/kdev-test-cluster"));
         assert!(egress.contains("udsName: /tmp/kdev-test-cluster/node/egress.sock"));
         assert!(corefile(dir).contains("kubeconfig /tmp/kdev-test-cluster/node/kubeconfig.yaml"));

@@ -180,11 +180,18 @@ async fn exec_into_a_real_container_runs_there() {
 #[test]
 fn a_real_node_cluster_leaves_nothing_behind() {
     let name = unique_name("realnode");
-    let sysctls = [
-        "/proc/sys/kernel/panic",
-        "/proc/sys/kernel/panic_on_oops",
-        "/proc/sys/vm/overcommit_memory",
-    ];
+    // The test cluster's own real node runs meanwhile: this second node's
+    // `down` must leave what that one shares with it (the regression: it
+    // deleted the kubelets' shared host paths and put back sysctls the
+    // first kubelet had set).
+    let sysctls: Vec<String> = kdev::cluster::hostshare::SYSCTLS
+        .iter()
+        .map(|key| format!("/proc/sys/{key}"))
+        .collect();
+    let shared_paths: Vec<bool> = kdev::cluster::hostshare::HOST_PATHS
+        .iter()
+        .map(|p| std::path::Path::new(p).exists())
+        .collect();
     let before: Vec<String> = sysctls
         .iter()
         .map(|p| std::fs::read_to_string(p).expect("read sysctl"))
@@ -275,6 +282,33 @@ fn a_real_node_cluster_leaves_nothing_behind() {
         .map(|p| std::fs::read_to_string(p).expect("read sysctl"))
         .collect();
     assert_eq!(before, after, "the kubelet's sysctls were not put back");
+    let shared_after: Vec<bool> = kdev::cluster::hostshare::HOST_PATHS
+        .iter()
+        .map(|p| std::path::Path::new(p).exists())
+        .collect();
+    assert_eq!(
+        shared_paths,
+        shared_after,
+        "the kubelets' shared host paths {:?} changed",
+        kdev::cluster::hostshare::HOST_PATHS
+    );
+    let links: Vec<_> = std::fs::read_dir(kdev::cluster::hostshare::CONTAINER_LOG_LINKS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&dir)))
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        links.is_empty(),
+        "links into the gone node are left: {links:?}"
+    );
+    // host-local kept the sleeper's IP reservation in the node's folder
+    // (gone with it), not in the host-wide default.
+    let reserved = std::fs::read_dir("/var/lib/cni/networks/kdev")
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(reserved, 0, "IP reservations in /var/lib/cni/networks/kdev");
 }
 
 /// `kdev image build` twice gives the same bytes; `kdev image load` puts it
