@@ -58,7 +58,8 @@ impl Drop for Replica {
 #[tokio::test]
 async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
     with_namespace("ctrl", |ns| async move {
-        let applied = kubectl_apply(&render_deploy(&ns.name, &[]), &[]);
+        let deployed = render_deploy(&ns.name, &[]);
+        let applied = kubectl_apply(&deployed.manifests, &[]);
         assert!(
             applied.status.success(),
             "apply deploy/: {}",

@@ -625,18 +625,9 @@ async fn an_environment_held_by_a_swap_is_not_acted_on() {
 async fn deploy_dashboard_grants_nothing_but_its_actions_and_kdev_envs_dashboard_opens_it() {
     use k8s_openapi::api::authorization::v1::SubjectAccessReview;
     with_namespace("dash-rbac", |ns| async move {
-        let _guard = crate::envs::ClusterScoped(
-            [
-                "clusterrole/kdev-controller-dashboard",
-                "clusterrolebinding/kdev-controller-dashboard",
-                "clusterrolebinding/kdev-dashboard-starter",
-                "clusterrolebinding/kdev-dashboard-keeper",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
+        let deployed = crate::support::render_deploy(&ns.name, &["dashboard"]);
         let applied = crate::support::kubectl_apply(
-            &crate::support::render_deploy(&ns.name, &["dashboard"]),
+            &deployed.manifests,
             &["--server-side", "--force-conflicts"],
         );
         assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));

@@ -11,7 +11,7 @@ async fn deploy_manifests_pass_server_side_dry_run() {
             &ns.name,
             &["telepresence", "envs", "dashboard", "dashboard-auth-proxy"],
         );
-        let applied = kubectl_apply(&manifests, &["--dry-run=server", "-o", "json"]);
+        let applied = kubectl_apply(&manifests.manifests, &["--dry-run=server", "-o", "json"]);
         assert!(
             applied.status.success(),
             "server-side dry run rejected deploy/: {}",
@@ -52,7 +52,8 @@ async fn deploy_manifests_pass_server_side_dry_run() {
             .collect();
         assert!(args.contains(&"--telepresence"), "{args:?}");
         assert!(args.contains(&"--schedules"), "{args:?}");
-        for role in ["kdev-controller-envs", "kdev-env-starter", "kdev-env-waker"] {
+        let envs_role = format!("kdev-controller-envs-{}", ns.name);
+        for role in [envs_role.as_str(), "kdev-env-starter", "kdev-env-waker"] {
             assert!(
                 items
                     .iter()
@@ -62,7 +63,7 @@ async fn deploy_manifests_pass_server_side_dry_run() {
         }
         assert!(
             items.iter().any(|i| i["kind"] == "ClusterRole"
-                && i["metadata"]["name"] == "kdev-controller-telepresence"),
+                && i["metadata"]["name"] == format!("kdev-controller-telepresence-{}", ns.name)),
             "the telepresence ClusterRole"
         );
         let security = &container["securityContext"];

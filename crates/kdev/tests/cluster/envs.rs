@@ -708,16 +708,8 @@ async fn a_bad_schedule_is_a_warning_event_and_changes_nothing() {
 #[tokio::test]
 async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
     with_namespace("envs-rbac", |ns| async move {
-        let _guard = ClusterScoped(
-            [
-                "clusterrole/kdev-controller-envs",
-                "clusterrolebinding/kdev-controller-envs",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
-        let applied =
-            crate::support::kubectl_apply(&crate::support::render_deploy(&ns.name, &["envs"]), &[]);
+        let deployed = crate::support::render_deploy(&ns.name, &["envs"]);
+        let applied = crate::support::kubectl_apply(&deployed.manifests, &[]);
         assert!(
             applied.status.success(),
             "{}",

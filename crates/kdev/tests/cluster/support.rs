@@ -166,11 +166,26 @@ where
     }
 }
 
-/// deploy/ rendered by kustomize with every object moved into `namespace`,
-/// with the optional components named in `components` (e.g. "telepresence").
-/// kustomize takes only relative resource paths, so deploy/ is copied beside
-/// the overlay.
-pub fn render_deploy(namespace: &str, components: &[&str]) -> Vec<u8> {
+/// deploy/ rendered by kustomize for one test, with the optional components
+/// named in `components` (e.g. "telepresence"): every namespaced object
+/// moved into `namespace`, and every cluster-scoped object that grants to
+/// this test's accounts given a name of the test's own, so tests running at
+/// once never rewrite or delete each other's:
+///
+/// - ClusterRoleBindings, and the controller's own ClusterRoles
+///   (`kdev-controller…`), become `<name>-<namespace>`, and every binding's
+///   `roleRef` follows the rename;
+/// - the environment roles (`kdev-env-starter`, `-keeper`, `-waker`) keep
+///   their names: kdev binds them by name at run time. Every test applies
+///   them with the same content, and no test deletes them;
+/// - the controller's Deployment gets `--watch-namespace <namespace>`, so
+///   a controller a test runs from deploy/ never reaps, sleeps or wakes
+///   another test's objects.
+///
+/// The renamed objects are deleted when the returned value is dropped
+/// (and carry an owner reference to the test's Namespace, so the garbage
+/// collector removes them even after a test that was killed).
+pub fn render_deploy(namespace: &str, components: &[&str]) -> RenderedDeploy {
     let overlay = tempfile::tempdir().expect("temp dir");
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     copy_yaml_tree(&deploy, &overlay.path().join("base"));
@@ -193,7 +208,95 @@ pub fn render_deploy(namespace: &str, components: &[&str]) -> Vec<u8> {
         "kustomize failed: {}",
         String::from_utf8_lossy(&rendered.stderr)
     );
-    rendered.stdout
+    // YAML to a JSON List, by kubectl itself (nothing is sent to the server).
+    let mut to_json = kubectl()
+        .args(["create", "--dry-run=client", "-o", "json", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl create --dry-run=client");
+    to_json
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(&rendered.stdout)
+        .expect("write manifests");
+    let json = to_json.wait_with_output().expect("kubectl finishes");
+    assert!(
+        json.status.success(),
+        "kubectl could not read deploy/: {}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let mut list: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("kubectl prints JSON");
+    let uid = kubectl()
+        .args([
+            "get",
+            "namespace",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .output()
+        .expect("read the test namespace");
+    let owner = serde_json::json!([{
+        "apiVersion": "v1", "kind": "Namespace", "name": namespace,
+        "uid": String::from_utf8_lossy(&uid.stdout).trim(),
+    }]);
+    let renamed = |name: &str| format!("{name}-{namespace}");
+    let own_role = |name: &str| name.starts_with("kdev-controller");
+    let mut cluster_scoped = Vec::new();
+    for item in list["items"].as_array_mut().expect("a List of items") {
+        let kind = item["kind"].as_str().unwrap_or_default().to_owned();
+        let name = item["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if kind == "Deployment" && name == "kdev-controller" {
+            let args = &mut item["spec"]["template"]["spec"]["containers"][0]["args"];
+            let args = args.as_array_mut().expect("the controller's args");
+            args.push("--watch-namespace".into());
+            args.push(namespace.into());
+        }
+        if kind == "ClusterRoleBinding" || kind == "RoleBinding" {
+            let role = item["roleRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if item["roleRef"]["kind"] == "ClusterRole" && own_role(&role) {
+                item["roleRef"]["name"] = renamed(&role).into();
+            }
+        }
+        if kind == "ClusterRoleBinding" || (kind == "ClusterRole" && own_role(&name)) {
+            item["metadata"]["name"] = renamed(&name).into();
+            item["metadata"]["ownerReferences"] = owner.clone();
+            cluster_scoped.push(format!("{}/{}", kind.to_lowercase(), renamed(&name)));
+        }
+    }
+    RenderedDeploy {
+        manifests: serde_json::to_vec(&list).expect("serialize"),
+        cluster_scoped,
+    }
+}
+
+/// deploy/ for one test (see [`render_deploy`]); its cluster-scoped objects
+/// go when this is dropped.
+pub struct RenderedDeploy {
+    /// A JSON List for `kubectl apply -f -`.
+    pub manifests: Vec<u8>,
+    /// `kind/name` of the cluster-scoped objects named for this test.
+    pub cluster_scoped: Vec<String>,
+}
+
+impl Drop for RenderedDeploy {
+    fn drop(&mut self) {
+        for object in &self.cluster_scoped {
+            let _ = kubectl()
+                .args(["delete", object, "--ignore-not-found", "--wait=false"])
+                .output();
+        }
+    }
 }
 
 fn copy_yaml_tree(from: &std::path::Path, to: &std::path::Path) {
