@@ -53,6 +53,10 @@ pub struct Dashboard {
     pub act_as: Option<String>,
     /// The wakers' image for environments it puts to sleep.
     pub waker: Option<String>,
+    /// External host names it is served as (`--dashboard-host`).
+    pub hosts: Vec<String>,
+    /// The auth proxy's unix socket (`--dashboard-proxy-socket`).
+    pub proxy_socket: Option<std::path::PathBuf>,
 }
 
 pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
@@ -109,6 +113,8 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
                     listen: dashboard.listen,
                     act_as,
                     waker: dashboard.waker,
+                    hosts: dashboard.hosts,
+                    proxy_socket: dashboard.proxy_socket,
                 },
             ),
         );

@@ -13,8 +13,13 @@
 //!
 //! It listens on loopback by default: whoever may port-forward to the
 //! controller reaches it (`kdev envs dashboard`), or an auth proxy the team
-//! puts in front (`deploy/dashboard-auth-proxy`).
+//! puts in front (`deploy/dashboard-auth-proxy`), which reaches it on a
+//! unix socket of its own in the pod (`--dashboard-proxy-socket`): only
+//! requests on that socket may name the signed-in user (`X-Forwarded-Email`,
+//! `X-Forwarded-User`), since a port-forward reaches every TCP port of the
+//! pod but no socket file. What every request must pass is in [`guard`].
 
+pub mod guard;
 pub mod open;
 pub mod page;
 pub mod view;
@@ -46,6 +51,12 @@ pub struct Options {
     pub act_as: String,
     /// The wakers' image for environments put to sleep; `None` places none.
     pub waker: Option<String>,
+    /// External host names it is served as (behind an auth proxy), beside
+    /// the loopback names.
+    pub hosts: Vec<String>,
+    /// A unix socket for an auth proxy in the pod, whose requests may name
+    /// the signed-in user.
+    pub proxy_socket: Option<std::path::PathBuf>,
 }
 
 /// The longest reason an action takes (an Event's note holds 1 kB).
@@ -60,8 +71,11 @@ struct App {
     acting: Kube,
     act_as: String,
     waker: Option<String>,
-    /// Carried by every form: a page from elsewhere cannot act.
-    csrf: String,
+    /// The external hosts it answers to, beside loopback names.
+    hosts: std::sync::Arc<Vec<String>>,
+    /// Whether the requests are the auth proxy's (its socket): only then do
+    /// its user headers name who acted.
+    proxied: bool,
 }
 
 /// Serves until the listener fails. The watches run alongside.
@@ -78,24 +92,76 @@ pub async fn serve(
         acting,
         act_as: options.act_as,
         waker: options.waker,
-        csrf: uuid::Uuid::new_v4().simple().to_string(),
+        hosts: std::sync::Arc::new(options.hosts),
+        proxied: false,
     };
-    let router = Router::new()
-        .route("/", get(index))
-        .route("/api/envs", get(api_envs))
-        .route("/events", get(events))
-        .route("/envs/{namespace}", axum::routing::post(act_on))
-        .with_state(app);
+    let proxied = match &options.proxy_socket {
+        Some(path) => {
+            // A socket left by an earlier run of this pod would refuse the bind.
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path).map_err(|err| {
+                anyhow::anyhow!(
+                    "failed to listen on {} (--dashboard-proxy-socket): {err}",
+                    path.display()
+                )
+            })?;
+            let router = router(App {
+                proxied: true,
+                ..app.clone()
+            });
+            futures::future::Either::Left(async move {
+                axum::serve(listener, router)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("the dashboard's proxy socket stopped: {err}"))
+            })
+        }
+        None => futures::future::Either::Right(std::future::pending()),
+    };
     let server = async {
-        axum::serve(listener, router)
+        axum::serve(listener, router(app))
             .await
             .map_err(|err| anyhow::anyhow!("the dashboard server stopped: {err}"))
     };
     let watches = futures::future::join_all(watches);
     tokio::select! {
         served = server => served,
+        served = proxied => served,
         _ = watches => Err(anyhow::anyhow!("the dashboard's watches ended")),
     }
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/envs", get(api_envs))
+        .route("/events", get(events))
+        .route("/envs/{namespace}", axum::routing::post(act_on))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), checked))
+        .with_state(app)
+}
+
+/// Every request: answered only when its Host names the dashboard
+/// ([`guard::allowed_host`]); every answer hardened ([`guard::harden`]).
+async fn checked(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let mut response = if guard::allowed_host(host, &app.hosts) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this dashboard is not served under that host name; open it as 127.0.0.1 (kdev envs dashboard) or a host named with --dashboard-host\n",
+        )
+            .into_response()
+    };
+    guard::harden(response.headers_mut());
+    response
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +225,8 @@ async fn index(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
+    let cookie = guard::cookie_token(&headers);
+    let token = cookie.clone().unwrap_or_else(guard::new_token);
     let (rows, problem) = app.rows(&filter).await;
     let html = page::page(&page::Page {
         rows: &rows,
@@ -166,7 +234,7 @@ async fn index(
         owner: &filter.owner,
         said: (!filter.said.is_empty()).then_some(filter.said.as_str()),
         problem: problem.as_deref(),
-        csrf: &app.csrf,
+        csrf: &token,
     });
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
@@ -190,6 +258,11 @@ async fn index(
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if cookie.is_none()
+        && let Ok(value) = HeaderValue::from_str(&guard::set_cookie(&token))
+    {
+        headers.insert(header::SET_COOKIE, value);
+    }
     // Read by scripts/bench-dashboard: the server's own time for the page.
     if let Ok(value) = HeaderValue::from_str(&format!(
         "render;dur={:.1}",
@@ -259,28 +332,35 @@ async fn api_envs(State(app): State<App>, Query(filter): Query<Filter>) -> Respo
 async fn events(
     State(app): State<App>,
     Query(filter): Query<Filter>,
+    headers: HeaderMap,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let changed = app.view.changed.clone();
+    // The rows' forms carry the page's token (a stream without the cookie
+    // gets forms that cannot act).
+    let token = guard::cookie_token(&headers).unwrap_or_default();
     let stream = futures::stream::unfold(
         (app, filter, changed, String::new(), true),
-        |(app, filter, mut changed, last, first)| async move {
-            loop {
-                if !first || !last.is_empty() {
-                    if changed.changed().await.is_err() {
-                        return None;
+        move |(app, filter, mut changed, last, first)| {
+            let token = token.clone();
+            async move {
+                loop {
+                    if !first || !last.is_empty() {
+                        if changed.changed().await.is_err() {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        changed.borrow_and_update();
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    changed.borrow_and_update();
-                }
-                let (rows, _) = app.rows(&filter).await;
-                let data = serde_json::json!({
-                    "summary": page::summary(&rows),
-                    "rows": page::rows(&rows, &app.csrf),
-                })
-                .to_string();
-                if data != last {
-                    let event = SseEvent::default().event("envs").data(data.clone());
-                    return Some((Ok(event), (app, filter, changed, data, false)));
+                    let (rows, _) = app.rows(&filter).await;
+                    let data = serde_json::json!({
+                        "summary": page::summary(&rows),
+                        "rows": page::rows(&rows, &token),
+                    })
+                    .to_string();
+                    if data != last {
+                        let event = SseEvent::default().event("envs").data(data.clone());
+                        return Some((Ok(event), (app, filter, changed, data, false)));
+                    }
                 }
             }
         },
@@ -355,16 +435,18 @@ async fn act_on(
 impl App {
     async fn act(&self, namespace: &str, headers: &HeaderMap, form: &ActForm) -> Answer {
         // A form from another site (a page the user has open elsewhere
-        // posting to this port) carries neither the token nor a same-origin
-        // fetch mark.
-        let cross_site = headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "cross-site");
-        if cross_site || form.csrf != self.csrf {
+        // posting to this port) has a foreign origin, and cannot carry the
+        // page's cookie and token together.
+        if let Some(why) = guard::foreign_origin(headers) {
             return Answer::new(
                 StatusCode::FORBIDDEN,
-                "this form did not come from this dashboard page (or the controller restarted since it was loaded); reload the page and try again",
+                format!("{why}; actions are taken only from the dashboard's own page"),
+            );
+        }
+        if !guard::token_matches(headers, &form.csrf) {
+            return Answer::new(
+                StatusCode::FORBIDDEN,
+                "this form did not come from this dashboard page (its token does not match the page's cookie); reload the page and try again",
             );
         }
         let direction = match form.action.as_str() {
@@ -447,7 +529,7 @@ impl App {
                 format!("{namespace} is excluded from sleeping and waking: {why}"),
             );
         }
-        let who = actor(headers);
+        let who = actor(headers, self.proxied);
         let config = Config {
             direction,
             selection: Selection {
@@ -579,8 +661,13 @@ impl App {
 }
 
 /// Who acted, for the Event: the dashboard, and the user an auth proxy in
-/// front of it names (oauth2-proxy's headers), when there is one.
-fn actor(headers: &HeaderMap) -> String {
+/// front of it names (oauth2-proxy's headers) when the request came through
+/// the proxy's own socket (`proxied`); anyone else's such headers are
+/// ignored.
+fn actor(headers: &HeaderMap, proxied: bool) -> String {
+    if !proxied {
+        return "dashboard".to_owned();
+    }
     let named = [
         "x-forwarded-email",
         "x-forwarded-user",
@@ -623,14 +710,17 @@ mod tests {
         assert_eq!(percent_encode("a b/c→"), "a%20b%2Fc%E2%86%92");
     }
 
+    /// Regression: the user headers were believed from anyone, so whoever
+    /// could port-forward wrote "by dashboard (ceo@corp)" into Events.
     #[test]
-    fn the_actor_is_the_dashboard_and_the_proxys_user() {
+    fn the_actor_is_the_dashboard_and_only_the_proxys_user() {
         let mut headers = HeaderMap::new();
-        assert_eq!(actor(&headers), "dashboard");
+        assert_eq!(actor(&headers, true), "dashboard");
         headers.insert(
             "x-forwarded-email",
             HeaderValue::from_static("alice@example.com"),
         );
-        assert_eq!(actor(&headers), "dashboard (alice@example.com)");
+        assert_eq!(actor(&headers, true), "dashboard (alice@example.com)");
+        assert_eq!(actor(&headers, false), "dashboard");
     }
 }

@@ -56,6 +56,12 @@ pub struct ControllerArgs {
     /// With --dashboard: the user its actions are written as (default: ServiceAccount kdev-dashboard of the controller's namespace).
     #[arg(long, value_name = "USER")]
     pub dashboard_as: Option<String>,
+    /// With --dashboard: a host name it is served as besides loopback (an auth proxy's external host); repeatable. Requests naming any other host are refused.
+    #[arg(long = "dashboard-host", value_name = "HOST")]
+    pub dashboard_hosts: Vec<String>,
+    /// With --dashboard: also listen on this unix socket for an auth proxy in the pod; only its requests may name the signed-in user (X-Forwarded-Email/User).
+    #[arg(long, value_name = "PATH")]
+    pub dashboard_proxy_socket: Option<std::path::PathBuf>,
     /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
     #[arg(long, hide = true, value_name = "TIME")]
     pub clock_start: Option<String>,
@@ -102,6 +108,8 @@ impl ControllerArgs {
             dashboard: self.dashboard.then(|| crate::controller::Dashboard {
                 listen: self.dashboard_listen,
                 act_as: self.dashboard_as.clone(),
+                hosts: self.dashboard_hosts.clone(),
+                proxy_socket: self.dashboard_proxy_socket.clone(),
                 // Wakers are placed with the scheduler's rights.
                 waker: if self.schedules { waker.clone() } else { None },
             }),

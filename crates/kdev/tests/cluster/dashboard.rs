@@ -41,6 +41,7 @@ impl Reply {
 }
 
 /// One HTTP/1.0 exchange on 127.0.0.1 (the server closes after the body).
+/// The Host is 127.0.0.1:PORT unless `headers` name one.
 pub async fn request(
     port: u16,
     method: &str,
@@ -48,13 +49,50 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Option<Reply> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    exchange(
+        stream,
+        &format!("127.0.0.1:{port}"),
+        method,
+        path,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// The same exchange on a unix socket (the auth proxy's way in).
+pub async fn request_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Reply> {
+    let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+    exchange(stream, "127.0.0.1", method, path, headers, body).await
+}
+
+async fn exchange<S>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     // Boxed: its state is large, and every test awaits it many times.
     Box::pin(async move {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+        let mut head = format!("{method} {path} HTTP/1.0\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {host}\r\n"));
+        }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -240,13 +278,20 @@ pub async fn csrf(port: u16) -> String {
     rest[..rest.find('"').expect("a closing quote")].to_owned()
 }
 
-/// Posts an action, asking for JSON.
+/// Posts an action, asking for JSON, with the page's cookie for the form's
+/// token (as the browser that loaded the page sends it).
 async fn act(port: u16, ns: &str, pairs: &[(&str, &str)]) -> (u16, String) {
+    let token = pairs
+        .iter()
+        .find(|(k, _)| *k == "csrf")
+        .map(|(_, v)| *v)
+        .unwrap_or_default();
+    let cookie = format!("kdev-dashboard-token={token}");
     let reply = request(
         port,
         "POST",
         &format!("/envs/{ns}"),
-        &[("Accept", "application/json")],
+        &[("Accept", "application/json"), ("Cookie", &cookie)],
         &form(pairs),
     )
     .await
@@ -503,11 +548,12 @@ async fn the_dashboard_lists_acts_as_its_own_account_and_refuses_what_it_must() 
         // The page sent without script: a redirect carrying the message.
         let env = env_of(port, &ns).await;
         let seen = env["seen"].as_str().unwrap().to_owned();
+        let cookie = format!("kdev-dashboard-token={token}");
         let reply = request(
             port,
             "POST",
             &format!("/envs/{name}"),
-            &[],
+            &[("Cookie", &cookie)],
             &form(&[
                 ("action", "wake"),
                 ("seen", &seen),
@@ -612,6 +658,164 @@ async fn an_environment_held_by_a_swap_is_not_acted_on() {
         }))
         .await;
         controller.stop();
+    })
+    .await;
+}
+
+/// Two replicas behind one Service: a page loaded from one replica acts
+/// through the other (regression: each process had a token of its own, so
+/// about half the actions failed). A page asked for under another host name
+/// gets no token and no action (DNS rebinding), a post from another origin
+/// is refused, every answer forbids framing, and only requests on the auth
+/// proxy's socket may name the user in the Event.
+#[tokio::test]
+async fn any_replica_takes_any_replicas_page_and_foreign_hosts_origins_and_user_headers_are_refused()
+ {
+    with_namespace("dash-guard", |ns| async move {
+        let (first, port) = dashboard(&ns, true).await;
+        let sockets = tempfile::tempdir().expect("temp dir");
+        let socket = sockets.path().join("proxy.sock");
+        let second_port = free_port();
+        let user = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
+        let second = Controller::launch(
+            &ns,
+            &ns.kubeconfig,
+            &[
+                "--dashboard",
+                "--dashboard-listen",
+                &format!("127.0.0.1:{second_port}"),
+                "--dashboard-as",
+                &user,
+                "--dashboard-proxy-socket",
+                socket.to_str().expect("utf-8"),
+            ],
+            &[],
+        );
+        own(&ns, &ns.name).await;
+        deploy(&ns, simple_deployment("web", 2, &[8080])).await;
+        let name = ns.name.as_str();
+        let env = env_of(second_port, &ns).await;
+        let seen = env["seen"].as_str().expect("seen").to_owned();
+        let token = csrf(port).await;
+        let cookie = format!("kdev-dashboard-token={token}");
+        let sleep = form(&[
+            ("action", "sleep"),
+            ("seen", &seen),
+            ("csrf", &token),
+            ("reason", "from the other replica"),
+        ]);
+
+        let evil = request(port, "GET", "/", &[("Host", "evil.test")], "")
+            .await
+            .expect("an answer");
+        assert_eq!(evil.status, 421, "{}", evil.text());
+        assert!(evil.header("set-cookie").is_none(), "a token for evil.test");
+        assert!(!evil.text().contains("csrf"), "{}", evil.text());
+        let evil = request(
+            second_port,
+            "POST",
+            &format!("/envs/{name}"),
+            &[("Host", "evil.test:80"), ("Cookie", &cookie)],
+            &sleep,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(evil.status, 421, "{}", evil.text());
+        for answer in [
+            evil,
+            request(port, "GET", "/", &[], "").await.expect("the page"),
+        ] {
+            assert_eq!(
+                answer.header("content-security-policy"),
+                Some("frame-ancestors 'none'")
+            );
+            assert_eq!(answer.header("x-frame-options"), Some("DENY"));
+        }
+        let foreign = request(
+            second_port,
+            "POST",
+            &format!("/envs/{name}"),
+            &[("Origin", "http://evil.test"), ("Cookie", &cookie)],
+            &sleep,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(foreign.status, 403, "{}", foreign.text());
+        let no_cookie = request(
+            second_port,
+            "POST",
+            &format!("/envs/{name}"),
+            &[("Accept", "application/json")],
+            &sleep,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(no_cookie.status, 403, "{}", no_cookie.text());
+        assert_eq!(replicas(&ns, "web").await, 2, "nothing written");
+
+        // The first replica's page, acted on through the second, with user
+        // headers anyone can send on a port-forward: believed from nobody.
+        let origin = format!("http://127.0.0.1:{second_port}");
+        let done = request(
+            second_port,
+            "POST",
+            &format!("/envs/{name}"),
+            &[
+                ("Accept", "application/json"),
+                ("Cookie", &cookie),
+                ("Origin", &origin),
+                ("X-Forwarded-Email", "ceo@example.com"),
+            ],
+            &sleep,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(done.status, 200, "{}", done.text());
+        assert_eq!(replicas(&ns, "web").await, 0);
+        let notes = eventually(Duration::from_secs(10), "the sleep's Event", || async {
+            let notes = event_notes(&ns, "Slept").await;
+            (!notes.is_empty()).then_some(notes)
+        })
+        .await;
+        assert!(
+            notes[0].contains("by dashboard: from the other replica"),
+            "{notes:?}"
+        );
+        assert!(!notes.iter().any(|n| n.contains("ceo@")), "{notes:?}");
+
+        // Through the auth proxy's socket the signed-in user is named.
+        let env = env_of(second_port, &ns).await;
+        let seen = env["seen"].as_str().expect("seen").to_owned();
+        let woke = request_unix(
+            &socket,
+            "POST",
+            &format!("/envs/{name}"),
+            &[
+                ("Accept", "application/json"),
+                ("Cookie", &cookie),
+                ("X-Forwarded-Email", "alice@example.com"),
+            ],
+            &form(&[
+                ("action", "wake"),
+                ("seen", &seen),
+                ("csrf", &token),
+                ("reason", "signed in"),
+            ]),
+        )
+        .await
+        .expect("an answer on the proxy's socket");
+        assert_eq!(woke.status, 200, "{}", woke.text());
+        let notes = eventually(Duration::from_secs(10), "the wake's Event", || async {
+            let notes = event_notes(&ns, "Woke").await;
+            (!notes.is_empty()).then_some(notes)
+        })
+        .await;
+        assert!(
+            notes[0].contains("by dashboard (alice@example.com): signed in"),
+            "{notes:?}"
+        );
+        second.stop();
+        first.stop();
     })
     .await;
 }
