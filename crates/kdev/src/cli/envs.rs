@@ -296,7 +296,7 @@ pub struct WakerServeArgs {
 impl WakerServeArgs {
     pub fn resolve(self) -> anyhow::Result<crate::envs::waker::Serve> {
         Ok(crate::envs::waker::Serve {
-            workload: self.workload,
+            workload: workload::parse_ref(&self.workload)?,
             selector: self.selector,
             ports: self.ports,
             wake: self

@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kdev_contract::session::{ROLE_LABEL, ROLE_SESSION};
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -93,6 +93,10 @@ struct Context {
     deployments: Store<PartialObjectMeta<Deployment>>,
     statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     cronjobs: Store<PartialObjectMeta<CronJob>>,
+    /// Sleeping environments in which this leader has seen a live waker:
+    /// the ones whose wakers it puts back when they are gone. (A sleep
+    /// without wakers, `kdev sleep --no-wake-on-request`, never gets any.)
+    with_wakers: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,7 @@ pub async fn run(
             deployments,
             statefulsets,
             cronjobs,
+            with_wakers: Default::default(),
         });
         let api: Api<Namespace> = Api::all(kube.client.clone());
         let config = match &options.namespace {
@@ -140,9 +145,19 @@ pub async fn run(
         // a reason to look at its namespace again; its status, its size or
         // kdev's records on it changing are not.
         let in_namespace = |ns: Option<String>| ns.map(|ns| ObjectRef::<Namespace>::new(&ns));
+        // A waker gone while its environment sleeps (a drain, an
+        // eviction, a delete) is a reason to look again: it is put back.
+        let wakers: Api<Pod> = match &options.namespace {
+            Some(ns) => Api::namespaced(kube.client.clone(), ns),
+            None => Api::all(kube.client.clone()),
+        };
+        let waker_pods = watcher::Config::default().labels(&crate::envs::place::waker_selector());
         let controller = Controller::new(api, config)
             .watches(leases, activity, move |lease: Lease| {
                 in_namespace(lease.namespace())
+            })
+            .watches(wakers, waker_pods, move |pod: Pod| {
+                in_namespace(pod.namespace())
             })
             .watches_stream(deployment_changes, move |w| in_namespace(w.namespace()))
             .watches_stream(statefulset_changes, move |w| in_namespace(w.namespace()))
@@ -257,6 +272,9 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
     let own = own_schedules(&context, &namespace, now)
         .await
         .map_err(Failed)?;
+    if !woke_now {
+        wakers_back(&context, &namespace).await.map_err(Failed)?;
+    }
     next = [next, own].into_iter().flatten().min();
     match contract::idle_after(namespace.annotations(), context.options.idle_after) {
         Ok(Some(idle)) => {
@@ -284,6 +302,90 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
         }
         None => Action::await_change(),
     })
+}
+
+/// Puts back the wakers of a sleeping environment when they are gone (a
+/// drain or an eviction took them: wakers are bare Pods, marked safe to
+/// evict so they never hold a node up). Only with wakers on (`--schedules`
+/// without `--no-wake-on-request`), and only in a sleeping environment
+/// where this leader saw a live waker and now sees none pending or
+/// running.
+async fn wakers_back(context: &Context, namespace: &Namespace) -> anyhow::Result<()> {
+    if context.options.waker.is_none() {
+        return Ok(());
+    }
+    let name = namespace.name_any();
+    let asleep = |annotations: &BTreeMap<String, String>| {
+        annotations.contains_key(contract::SLEEP_ANNOTATION)
+    };
+    let sleeping =
+        context
+            .deployments
+            .state()
+            .iter()
+            .any(|w| w.namespace().as_deref() == Some(name.as_str()) && asleep(w.annotations()))
+            || context.statefulsets.state().iter().any(|w| {
+                w.namespace().as_deref() == Some(name.as_str()) && asleep(w.annotations())
+            });
+    // A poisoned lock only means another reconcile panicked; the set is
+    // still a set.
+    let seen = || {
+        context
+            .with_wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if !sleeping {
+        seen().remove(&name);
+        return Ok(());
+    }
+    let pods: Api<Pod> = Api::namespaced(context.kube.client.clone(), &name);
+    let wakers = pods
+        .list(&ListParams::default().labels(&crate::envs::place::waker_selector()))
+        .await
+        .map_err(|err| {
+            context
+                .kube
+                .explain(err, format!("list the wakers in {name}"))
+        })?;
+    let live = wakers.items.iter().any(|pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && !matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+    });
+    if live {
+        if seen().insert(name.clone()) {
+            tracing::info!(
+                namespace = name,
+                "the environment sleeps with wakers; a gone one is put back"
+            );
+        }
+        return Ok(());
+    }
+    if !seen().contains(&name) {
+        return Ok(());
+    }
+    let config = act::Config {
+        direction: Direction::Sleep,
+        selection: Selection::default(),
+        dry_run: false,
+        reason: None,
+        json: false,
+        actor: Some("kdev-controller".into()),
+        grace: None,
+        waker: context.options.waker.clone(),
+    };
+    if let Some(placed) =
+        act::place_wakers(&context.kube, &config, &name, namespace.annotations()).await
+    {
+        tracing::info!(namespace = name, "wakers put back: {}", placed.line());
+        if let Some(error) = placed.error {
+            anyhow::bail!("failed to put back the wakers of {name}: {error}");
+        }
+    }
+    Ok(())
 }
 
 /// Namespaces the controller's default schedule never applies to.

@@ -38,6 +38,9 @@ pub fn waker_selector() -> String {
     format!("{ROLE_LABEL}={ROLE_WAKER}")
 }
 
+/// The cluster autoscaler's annotation for a pod it may evict.
+pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+
 /// Where a waker answers readiness (its exec probe asks `kdev __agent-ready`).
 pub const HEALTH: &str = "127.0.0.1:7356";
 
@@ -338,6 +341,14 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
         metadata: ObjectMeta {
             generate_name: Some(format!("kdev-waker-{kind}-{}-", sleeper.reference.name)),
             labels: Some(labels),
+            // A bare Pod blocks the cluster autoscaler from removing its
+            // node, which is what sleeping is for; a waker holds nothing
+            // that an eviction loses.
+            annotations: Some(
+                [(SAFE_TO_EVICT.to_owned(), "true".to_owned())]
+                    .into_iter()
+                    .collect(),
+            ),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
@@ -430,6 +441,11 @@ mod tests {
         let labels = pod.metadata.labels.clone().expect("labels");
         assert_eq!(labels["app"], "web");
         assert_eq!(labels[ROLE_LABEL], ROLE_WAKER);
+        let annotations = pod.metadata.annotations.clone().expect("annotations");
+        assert_eq!(
+            annotations[SAFE_TO_EVICT], "true",
+            "wakers do not block scale-down"
+        );
         assert!(!labels.contains_key("pod-template-hash"));
         let spec = pod.spec.expect("spec");
         let container = &spec.containers[0];

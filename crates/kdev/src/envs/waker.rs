@@ -2,22 +2,34 @@
 //! [`super::place`] put behind a sleeping workload's Services.
 //!
 //! # Expected flow
-//! 1. `serve`: the first connection on any port wakes the environment
-//!    through [`super::act`] with the starter's rights (the scale
-//!    subresource). Every connection is held (its first bytes kept) until a
-//!    watch of the workload's pods shows one Ready, then handed to that
-//!    pod, bytes replayed.
-//! 2. Once a pod is Ready the waker steps aside: its readiness fails (so
+//! 1. `serve`: the first connection on any port asks for a wake; the wake
+//!    runs through [`super::act`] with the starter's rights (the scale
+//!    subresource), apart from any connection. A wake that fails is tried
+//!    again with kdev's back-off while connections wait, and at once when
+//!    a new one arrives after it gave up.
+//! 2. Every connection is held (its first bytes kept, within bounds) until
+//!    its hand-over target exists: the workload sized above 0 (watched) and
+//!    one of its pods Ready and not terminating. The pods a sleep leaves
+//!    behind (a StatefulSet shrinks one at a time; a preStop delays the
+//!    end) are never a target while the size is 0. The connection is then
+//!    handed to that pod, bytes replayed.
+//! 3. Once there is a target the waker steps aside: its readiness fails (so
 //!    the Service stops sending it connections), it forwards whatever
 //!    still arrives for a few seconds, waits for the connections it
 //!    carries to end and exits 0. The next sleep replaces it.
 //!
 //! # Guarantees
 //! - A held connection never hangs: after `--hold` it gets an HTTP 503
-//!   saying why (when it spoke HTTP) or is closed.
+//!   (when it spoke HTTP) or is closed.
+//! - Memory is bounded: at most [`MAX_HELD`] connections and
+//!   [`MAX_HELD_BYTES`] of their bytes are held; beyond that a connection
+//!   is answered 503 (or closed) at once and counted.
+//! - Anonymous clients learn nothing of the cluster: their answers are
+//!   generic; why a wake failed goes to the waker's log and an Event.
 //! - The waker acts with its own ServiceAccount, whose Role
-//!   ([`super::place`]) allows only scaling and reading pods.
+//!   ([`super::place`]) allows only scaling and reading workloads and pods.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,23 +37,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_contract::session::ROLE_LABEL;
-use kube::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Resource as _, ResourceExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 
 use super::act::{self, Direction, Selection};
 use super::workload::{Kind, Ref};
-use crate::k8s::Kube;
+use crate::k8s::{Kube, backoff};
 
 /// What a waker serves (from `kdev __waker`'s flags).
 #[derive(Clone, Debug)]
 pub struct Serve {
-    /// The sleeping workload, for messages.
-    pub workload: String,
+    /// The sleeping workload it stands for.
+    pub workload: Ref,
     /// Its pods (a label selector query).
     pub selector: String,
     pub ports: Vec<u16>,
@@ -55,20 +69,57 @@ pub struct Serve {
     pub health: SocketAddr,
 }
 
+/// Most connections held at once.
+pub const MAX_HELD: usize = 256;
+/// Most bytes of one connection kept while it waits.
+const HELD_BYTES: usize = 1 << 20;
+/// What one read of a held connection takes.
+const CHUNK: usize = 16 * 1024;
+/// Most bytes of all held connections together (the pod has 64 MiB).
+pub const MAX_HELD_BYTES: usize = 16 << 20;
+
 /// A pod of the workload, seen Ready by the watch at `seen`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ReadyPod {
     ip: IpAddr,
     seen: Instant,
 }
 
+/// What the watches know of where connections may go.
+#[derive(Debug, Default)]
+struct Handover {
+    /// The workload's size is above 0 (woken, by this waker or anyone).
+    sized: bool,
+    /// Its pods that are Ready and not terminating, by name.
+    pods: BTreeMap<String, ReadyPod>,
+}
+
+impl Handover {
+    /// Where held connections go now: a Ready pod, once the workload is
+    /// sized above 0; none while it is at 0, whatever pods are left.
+    fn target(&self) -> Option<ReadyPod> {
+        if !self.sized {
+            return None;
+        }
+        self.pods.values().min_by_key(|pod| pod.seen).copied()
+    }
+}
+
 struct Shared {
     kube: Kube,
     config: Serve,
+    /// A connection wants the environment awake.
+    wanted: Notify,
+    /// Who asked first, for the wake's reason ("a request from IP to port N").
+    asked_by: Mutex<Option<String>>,
+    /// The wake was written and held (no failure left).
     woken: AtomicBool,
-    wake_error: Mutex<Option<String>>,
     in_flight: AtomicUsize,
+    held_bytes: AtomicUsize,
+    refused: AtomicUsize,
     measured: AtomicBool,
+    /// The last wake failure told to the log and an Event (each new one once).
+    told: Mutex<Option<String>>,
 }
 
 /// Runs a waker until it has stepped aside.
@@ -84,16 +135,35 @@ pub async fn serve(kube: Kube, config: Serve) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("failed to listen on port {port}"))?;
         listeners.push((*port, listener));
     }
-    let (ready_tx, ready_rx) = watch::channel::<Option<ReadyPod>>(None);
-    let watching = tokio::spawn(watch_ready(kube.clone(), config.selector.clone(), ready_tx));
+    let (target_tx, target_rx) = watch::channel::<Option<ReadyPod>>(None);
+    let handover = Arc::new(Mutex::new(Handover::default()));
     let shared = Arc::new(Shared {
-        kube,
+        kube: kube.clone(),
         config: config.clone(),
+        wanted: Notify::new(),
+        asked_by: Mutex::new(None),
         woken: AtomicBool::new(false),
-        wake_error: Mutex::new(None),
         in_flight: AtomicUsize::new(0),
+        held_bytes: AtomicUsize::new(0),
+        refused: AtomicUsize::new(0),
         measured: AtomicBool::new(false),
+        told: Mutex::new(None),
     });
+    let watching = [
+        tokio::spawn(watch_pods(
+            kube.clone(),
+            config.selector.clone(),
+            handover.clone(),
+            target_tx.clone(),
+        )),
+        tokio::spawn(watch_size(
+            kube.clone(),
+            config.workload.clone(),
+            handover,
+            target_tx,
+        )),
+        tokio::spawn(wake_when_wanted(shared.clone())),
+    ];
     let answering = tokio::spawn(async move {
         while let Ok((socket, _)) = health.accept().await {
             drop(socket);
@@ -101,58 +171,127 @@ pub async fn serve(kube: Kube, config: Serve) -> anyhow::Result<ExitCode> {
     });
     for (port, listener) in listeners {
         let shared = shared.clone();
-        let ready = ready_rx.clone();
+        let target = target_rx.clone();
         tokio::spawn(async move {
+            let mut delays = backoff::delays();
             loop {
-                let Ok((socket, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = socket.set_nodelay(true);
-                tokio::spawn(hold(shared.clone(), socket, peer, port, ready.clone()));
+                match listener.accept().await {
+                    Ok((socket, peer)) => {
+                        delays = backoff::delays();
+                        let _ = socket.set_nodelay(true);
+                        tokio::spawn(hold(shared.clone(), socket, peer, port, target.clone()));
+                    }
+                    Err(err) => {
+                        // Out of file descriptors, say: wait instead of spinning.
+                        let delay = delays.next().unwrap_or(backoff::MAX);
+                        tracing::warn!(error = %err, ?delay, port, "failed to accept a connection");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
             }
         });
     }
     tracing::info!(workload = %config.workload, ports = ?config.ports, "waker ready");
-    let mut ready = ready_rx.clone();
-    let pod = ready
+    let mut target = target_rx.clone();
+    let pod = target
         .wait_for(Option::is_some)
         .await
         .ok()
         .and_then(|pod| *pod)
-        .ok_or_else(|| anyhow::anyhow!("the watch of {}'s pods ended", config.workload))?;
-    tracing::info!(ip = %pod.ip, "a pod of {} is Ready; stepping aside", config.workload);
+        .ok_or_else(|| anyhow::anyhow!("the watches of {} ended", config.workload))?;
+    tracing::info!(ip = %pod.ip, "{} is sized and a pod of it is Ready; stepping aside", config.workload);
     answering.abort();
     tokio::time::sleep(config.drain).await;
     let deadline = Instant::now() + Duration::from_secs(600);
     while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    watching.abort();
-    tracing::info!("waker done");
+    for task in watching {
+        task.abort();
+    }
+    let refused = shared.refused.load(Ordering::SeqCst);
+    tracing::info!(refused, "waker done");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Publishes the first pod of the workload seen Ready (not a kdev pod).
-async fn watch_ready(kube: Kube, selector: String, tx: watch::Sender<Option<ReadyPod>>) {
+/// Keeps the Ready, not terminating pods of the workload (not kdev's own).
+async fn watch_pods(
+    kube: Kube,
+    selector: String,
+    handover: Arc<Mutex<Handover>>,
+    target: watch::Sender<Option<ReadyPod>>,
+) {
     let api: Api<Pod> = Api::namespaced(kube.client.clone(), &kube.namespace);
     let config = watcher::Config::default().labels(&format!("{selector},!{ROLE_LABEL}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = watcher(api, config).backoff(backoff::watcher()).boxed();
     while let Some(event) = events.next().await {
-        let pod = match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
-            Ok(_) => continue,
+        let mut handover = handover.lock().await;
+        match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                let name = pod.name_any();
+                match ready_ip(&pod) {
+                    Some(ip) => {
+                        let seen = handover
+                            .pods
+                            .get(&name)
+                            .map_or_else(Instant::now, |p| p.seen);
+                        handover.pods.insert(name, ReadyPod { ip, seen });
+                    }
+                    None => {
+                        handover.pods.remove(&name);
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                handover.pods.remove(&pod.name_any());
+            }
+            Ok(watcher::Event::Init) => handover.pods.clear(),
+            Ok(watcher::Event::InitDone) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "watching the workload's pods");
                 continue;
             }
-        };
-        if let Some(ip) = ready_ip(&pod)
-            && tx.borrow().is_none()
-        {
-            tx.send_replace(Some(ReadyPod {
-                ip,
-                seen: Instant::now(),
-            }));
+        }
+        target.send_replace(handover.target());
+    }
+}
+
+/// Keeps whether the workload's size is above 0.
+async fn watch_size(
+    kube: Kube,
+    workload: Ref,
+    handover: Arc<Mutex<Handover>>,
+    target: watch::Sender<Option<ReadyPod>>,
+) {
+    let fields = format!("metadata.name={}", workload.name);
+    let config = watcher::Config::default().fields(&fields);
+    let sizes = match workload.kind {
+        Kind::StatefulSet => {
+            let api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), &kube.namespace);
+            watcher(api, config)
+                .backoff(backoff::watcher())
+                .applied_objects()
+                .map(|set| set.map(|s| s.spec.and_then(|s| s.replicas).unwrap_or(1)))
+                .boxed()
+        }
+        _ => {
+            let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &kube.namespace);
+            watcher(api, config)
+                .backoff(backoff::watcher())
+                .applied_objects()
+                .map(|d| d.map(|d| d.spec.and_then(|s| s.replicas).unwrap_or(1)))
+                .boxed()
+        }
+    };
+    let mut sizes = sizes;
+    while let Some(size) = sizes.next().await {
+        match size {
+            Ok(size) => {
+                let mut handover = handover.lock().await;
+                handover.sized = size > 0;
+                target.send_replace(handover.target());
+            }
+            Err(err) => tracing::warn!(error = %err, "watching {workload}"),
         }
     }
 }
@@ -167,53 +306,98 @@ fn ready_ip(pod: &Pod) -> Option<IpAddr> {
     status.pod_ip.as_deref()?.parse().ok()
 }
 
-/// Counts a connection while it lives.
-struct InFlight(Arc<Shared>);
+/// Counts a connection while it lives, and the bytes it holds.
+struct InFlight {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+impl InFlight {
+    /// Takes room for `more` held bytes among all connections', or says
+    /// there is none.
+    fn reserve(&mut self, more: usize) -> bool {
+        let total = self.shared.held_bytes.fetch_add(more, Ordering::SeqCst) + more;
+        if total > MAX_HELD_BYTES {
+            self.shared.held_bytes.fetch_sub(more, Ordering::SeqCst);
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+
+    /// The held bytes went on to the pod.
+    fn release(&mut self) {
+        self.shared
+            .held_bytes
+            .fetch_sub(std::mem::take(&mut self.bytes), Ordering::SeqCst);
     }
 }
 
-/// Most of a request kept while it waits.
-const HELD_BYTES: usize = 1 << 20;
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.release();
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 async fn hold(
     shared: Arc<Shared>,
     mut socket: TcpStream,
     peer: SocketAddr,
     port: u16,
-    mut ready: watch::Receiver<Option<ReadyPod>>,
+    mut target: watch::Receiver<Option<ReadyPod>>,
 ) {
-    shared.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _counted = InFlight(shared.clone());
     let accepted = Instant::now();
-    if !shared.woken.swap(true, Ordering::SeqCst) {
-        tokio::spawn(wake(shared.clone(), peer, port));
+    if shared.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_HELD {
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        overflow(&shared, &mut socket, &[], "too many connections held").await;
+        return;
+    }
+    let mut counted = InFlight {
+        shared: shared.clone(),
+        bytes: 0,
+    };
+    if !shared.woken.load(Ordering::SeqCst) {
+        tracing::debug!(%peer, port, "a connection asks for a wake");
+        shared
+            .asked_by
+            .lock()
+            .await
+            .get_or_insert_with(|| format!("a request from {} to port {port}", peer.ip()));
+        shared.wanted.notify_one();
     }
     let mut held = Vec::new();
     let mut sent_all = false;
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut chunk = vec![0u8; CHUNK];
     let give_up = tokio::time::sleep(shared.config.hold);
     tokio::pin!(give_up);
     let pod = loop {
         tokio::select! {
-            found = async { ready.wait_for(Option::is_some).await.ok().and_then(|pod| *pod) } => {
+            found = async { target.wait_for(Option::is_some).await.ok().and_then(|pod| *pod) } => {
                 match found {
                     Some(pod) => break pod,
                     None => {
-                        refuse(&shared, &mut socket, &held, "the watch of its pods ended").await;
+                        refuse(&shared, &mut socket, &held, "the watches of the workload ended").await;
                         return;
                     }
                 }
             },
             // A client that has sent all it will (a half-close, as `nc`
             // does after its input) still waits for the answer.
-            read = socket.read(&mut chunk), if !sent_all && held.len() < HELD_BYTES => match read {
+            // One connection keeps at most HELD_BYTES; past that it is
+            // not read until it is handed over (TCP holds the rest).
+            read = socket.read(&mut chunk[..(HELD_BYTES - counted.bytes).min(CHUNK)]),
+                if !sent_all && counted.bytes < HELD_BYTES => match read {
                 Ok(0) => sent_all = true,
                 Err(_) => return,
-                Ok(n) => held.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    if !counted.reserve(n) {
+                        drop(counted);
+                        overflow(&shared, &mut socket, &held, "the held requests fill the waker's memory").await;
+                        return;
+                    }
+                    held.extend_from_slice(&chunk[..n]);
+                }
             },
             () = &mut give_up => {
                 let why = format!(
@@ -256,6 +440,8 @@ async fn hold(
     if upstream_socket.write_all(&held).await.is_err() {
         return;
     }
+    drop(held);
+    counted.release();
     let (mut client_in, mut client_out) = socket.into_split();
     let (mut pod_in, mut pod_out) = upstream_socket.into_split();
     let up = async {
@@ -285,22 +471,48 @@ async fn hold(
     tokio::join!(up, down);
 }
 
-/// Wakes the environment, once, for the first connection.
-async fn wake(shared: Arc<Shared>, peer: SocketAddr, port: u16) {
+/// Wakes the environment when a connection asks, apart from any
+/// connection (one that goes away does not cut the wake off). A failure is
+/// tried again with kdev's back-off while connections wait, and at once
+/// when a new one asks after they all went.
+async fn wake_when_wanted(shared: Arc<Shared>) {
+    shared.wanted.notified().await;
+    let mut delays = backoff::delays();
+    loop {
+        match wake_once(&shared).await {
+            Ok(()) => {
+                shared.woken.store(true, Ordering::SeqCst);
+                tracing::info!("the environment was woken");
+                return;
+            }
+            Err(why) => tell_failure(&shared, why).await,
+        }
+        let delay = delays.next().unwrap_or(backoff::MAX);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {
+                if shared.in_flight.load(Ordering::SeqCst) == 0 {
+                    // Nobody waits: try again when somebody asks.
+                    shared.wanted.notified().await;
+                    delays = backoff::delays();
+                }
+            }
+            () = shared.wanted.notified() => {}
+        }
+    }
+}
+
+/// One wake of what a request wakes; the failure's text when it failed.
+async fn wake_once(shared: &Shared) -> Result<(), String> {
     let kube = &shared.kube;
     let namespace = kube.namespace.clone();
     let workloads = if shared.config.wake.is_empty() {
-        match super::workload::in_namespace(kube, &namespace).await {
-            Ok(all) => all
-                .iter()
-                .filter(|w| w.kind != Kind::CronJob)
-                .map(|w| w.reference())
-                .collect(),
-            Err(err) => {
-                *shared.wake_error.lock().await = Some(format!("{err:#}"));
-                return;
-            }
-        }
+        super::workload::in_namespace(kube, &namespace)
+            .await
+            .map_err(|err| format!("{err:#}"))?
+            .iter()
+            .filter(|w| w.kind != Kind::CronJob)
+            .map(|w| w.reference())
+            .collect()
     } else {
         shared.config.wake.clone()
     };
@@ -312,30 +524,78 @@ async fn wake(shared: Arc<Shared>, peer: SocketAddr, port: u16) {
             ..Selection::default()
         },
         dry_run: false,
-        reason: Some(format!("a request from {} to port {port}", peer.ip())),
+        reason: shared.asked_by.lock().await.clone(),
         json: false,
         actor: Some("kdev-waker".into()),
         grace: None,
         waker: None,
     };
-    match act::run(kube, &config).await {
-        Ok(report) => {
-            let mut failed = Vec::new();
-            for change in &report.changes {
-                tracing::info!("{}", change.line());
-                if matches!(change.done, act::Done::Failed { .. }) {
-                    failed.push(change.line());
-                }
-            }
-            if !failed.is_empty() {
-                *shared.wake_error.lock().await = Some(failed.join("; "));
-            }
-        }
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "failed to wake the environment");
-            *shared.wake_error.lock().await = Some(format!("{err:#}"));
+    let report = act::run(kube, &config)
+        .await
+        .map_err(|err| format!("{err:#}"))?;
+    let mut failed = Vec::new();
+    for change in &report.changes {
+        tracing::info!("{}", change.line());
+        if matches!(change.done, act::Done::Failed { .. }) {
+            failed.push(change.line());
         }
     }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// Says why a wake failed, once per distinct reason: in the log, and in a
+/// Warning Event on the workload (what `kdev envs --history` and
+/// `kubectl get events` show). Never to the clients.
+async fn tell_failure(shared: &Shared, why: String) {
+    let mut told = shared.told.lock().await;
+    tracing::warn!(error = %why, "failed to wake the environment; trying again");
+    if told.as_deref() == Some(why.as_str()) {
+        return;
+    }
+    let recorder = Recorder::new(
+        shared.kube.client.clone(),
+        Reporter {
+            controller: "kdev".into(),
+            instance: Some("kdev-waker".into()),
+        },
+    );
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        kind: Some(
+            match shared.config.workload.kind {
+                Kind::StatefulSet => StatefulSet::kind(&()),
+                _ => Deployment::kind(&()),
+            }
+            .into_owned(),
+        ),
+        api_version: Some("apps/v1".into()),
+        name: Some(shared.config.workload.name.clone()),
+        namespace: Some(shared.kube.namespace.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "WakeFailed".into(),
+        note: Some(why.chars().take(1000).collect()),
+        action: "Wake".into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %err, "failed to record the failed wake as an Event");
+    }
+    *told = Some(why);
+}
+
+/// A connection beyond the waker's bounds: answered at once and counted.
+async fn overflow(shared: &Shared, socket: &mut TcpStream, held: &[u8], why: &str) {
+    let refused = shared.refused.fetch_add(1, Ordering::SeqCst) + 1;
+    if refused == 1 || refused.is_multiple_of(100) {
+        tracing::warn!(refused, "refused a connection: {why}");
+    }
+    answer(socket, held).await;
 }
 
 /// Whether held bytes begin an HTTP/1 request.
@@ -354,23 +614,28 @@ fn speaks_http(held: &[u8]) -> bool {
     METHODS.iter().any(|m| held.starts_with(m))
 }
 
-/// The clear failure a held connection gets: an HTTP 503 saying why, or a
-/// close for other protocols.
+/// The clear failure a held connection gets: why goes to the log; the
+/// client gets a generic answer.
 async fn refuse(shared: &Shared, socket: &mut TcpStream, held: &[u8], why: &str) {
-    let namespace = &shared.kube.namespace;
-    let wake_error = shared.wake_error.lock().await.clone();
-    let mut message = format!("kdev: environment {namespace} is waking, but {why}");
-    if let Some(error) = wake_error {
-        message.push_str(&format!("; the wake failed: {error}"));
-    }
-    message.push_str(&format!(
-        ". Try again in a moment; `kdev envs -n {namespace}` shows its state.\n"
-    ));
-    tracing::warn!("{}", message.trim_end());
+    tracing::warn!(
+        namespace = %shared.kube.namespace,
+        "a held connection gets no answer from {}: {why}",
+        shared.config.workload
+    );
+    answer(socket, held).await;
+}
+
+/// The message anonymous clients get: nothing of the cluster's insides.
+pub const WAKING: &str =
+    "This service is waking up from sleep and is not ready yet. Try again in a moment.\n";
+
+/// An HTTP 503 saying the service is waking (when the client spoke HTTP),
+/// or a close for other protocols.
+async fn answer(socket: &mut TcpStream, held: &[u8]) {
     if speaks_http(held) {
         let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{message}",
-            message.len()
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{WAKING}",
+            WAKING.len()
         );
         let _ = socket.write_all(response.as_bytes()).await;
     }
@@ -386,5 +651,31 @@ mod tests {
         assert!(speaks_http(b"GET / HTTP/1.1\r\n"));
         assert!(!speaks_http(b"\x16\x03\x01"), "TLS is not answered in HTTP");
         assert!(!speaks_http(b""));
+    }
+
+    fn pod(ip: &str, age: u64) -> ReadyPod {
+        ReadyPod {
+            ip: ip.parse().expect("an address"),
+            seen: Instant::now() - Duration::from_secs(age),
+        }
+    }
+
+    /// Regression: the waker stepped aside for the first Ready pod it saw,
+    /// one a StatefulSet had not yet shrunk away, so nothing woke the
+    /// environment and the Service lost its waker.
+    #[test]
+    fn no_target_while_the_workload_is_sized_zero_whatever_pods_are_left() {
+        let mut handover = Handover::default();
+        handover.pods.insert("db-0".into(), pod("10.0.0.5", 30));
+        assert_eq!(handover.target(), None, "a pod left over from the sleep");
+        handover.sized = true;
+        assert_eq!(handover.target(), Some(handover.pods["db-0"]));
+        handover.pods.insert("db-1".into(), pod("10.0.0.6", 1));
+        assert_eq!(
+            handover.target().map(|p| p.ip),
+            Some("10.0.0.5".parse().expect("ip"))
+        );
+        handover.pods.clear();
+        assert_eq!(handover.target(), None, "sized, but nothing Ready yet");
     }
 }

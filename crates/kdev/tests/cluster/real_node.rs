@@ -1217,6 +1217,129 @@ async fn a_sleeping_environment_on_the_real_node_wakes_on_its_first_request() {
     .await;
 }
 
+/// Regression: the waker stepped aside for a pod left over from the sleep.
+/// A StatefulSet shrinks one pod at a time and a preStop delays each end, so
+/// while it went to sleep its older pods were still Ready: the waker saw
+/// one, stepped aside and exited, and nothing woke the environment on a
+/// request. Here 3 replicas with a 20 s preStop: the waker stays until the
+/// last old pod is gone, then a client's one request wakes the set and gets
+/// a woken pod's answer.
+#[tokio::test]
+async fn a_waker_waits_out_a_statefulsets_slow_shrink_and_wakes_it_on_a_request() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    with_namespace("real-sts-waker", |ns| async move {
+        require_real_node(&ns).await;
+        let role = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/env-waker.yaml"),
+        )
+        .expect("read deploy/env-waker.yaml");
+        let applied = crate::support::kubectl_apply(&role, &[]);
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        let mut template = json!({
+            "metadata": { "labels": { "app": "db" } },
+            "spec": {
+                "terminationGracePeriodSeconds": 40,
+                "securityContext": { "runAsUser": 65534 },
+                "containers": [{
+                    "name": "db",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "mkdir -p /tmp/www && echo answered-by-$HOSTNAME > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
+                    "ports": [{ "containerPort": 8080 }],
+                    "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 1 },
+                    "lifecycle": { "preStop": { "exec": { "command": ["sleep", "20"] } } }
+                }]
+            }
+        });
+        template["spec"]["nodeSelector"] = on_real_node()["nodeSelector"].clone();
+        template["spec"]["tolerations"] = on_real_node()["tolerations"].clone();
+        let set: StatefulSet = serde_json::from_value(json!({
+            "metadata": { "name": "db" },
+            "spec": {
+                "replicas": 3,
+                "serviceName": "db",
+                "selector": { "matchLabels": { "app": "db" } },
+                "template": template
+            }
+        }))
+        .expect("a StatefulSet");
+        ns.api::<StatefulSet>()
+            .create(&PostParams::default(), &set)
+            .await
+            .expect("create the StatefulSet");
+        let service = serde_json::from_value(json!({
+            "metadata": { "name": "db" },
+            "spec": { "selector": { "app": "db" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+        }))
+        .expect("a Service");
+        ns.api::<k8s_openapi::api::core::v1::Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create the Service");
+        eventually(Duration::from_secs(120), "3 Ready pods of db", || async {
+            let set: StatefulSet = ns.api().get("db").await.ok()?;
+            (set.status?.ready_replicas? == 3).then_some(())
+        })
+        .await;
+
+        let out = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "sleep"])
+            .output()
+            .expect("run kdev");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("statefulset/db ← service db"), "{said}");
+        let role_of = |pod: &Pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kdev.dev/role").cloned())
+        };
+        // The shrink takes a minute (one pod at a time, 20 s each); the
+        // waker is there, Ready, all along and after.
+        let waker = eventually(Duration::from_secs(60), "the waker to run", || async {
+            let pods = ns.api::<Pod>().list(&Default::default()).await.ok()?;
+            pods.items
+                .iter()
+                .find(|p| role_of(p).as_deref() == Some("env-waker"))
+                .and_then(|p| p.metadata.name.clone())
+        })
+        .await;
+        eventually(Duration::from_secs(150), "every old pod of db to be gone", || async {
+            let pods = ns.api::<Pod>().list(&Default::default()).await.ok()?;
+            let waker_phase = pods
+                .items
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(waker.as_str()))
+                .and_then(|p| p.status.as_ref()?.phase.clone());
+            assert_ne!(
+                waker_phase.as_deref(),
+                Some("Succeeded"),
+                "the waker stepped aside while db was shrinking"
+            );
+            pods.items.iter().all(|p| role_of(p).is_some()).then_some(())
+        })
+        .await;
+        assert_eq!(phase(&ns, &waker).await.as_deref(), Some("Running"));
+
+        // One request, sent once, wakes the set and is answered by it.
+        busybox_pod(
+            &ns,
+            "client",
+            "printf 'GET / HTTP/1.0\\r\\nHost: db\\r\\n\\r\\n' | nc -w 90 db 80",
+        )
+        .await;
+        let (ended, log) = finished(&ns, "client").await;
+        assert_eq!(ended, "Succeeded", "{log}");
+        assert!(log.contains("answered-by-db-"), "{log}");
+        let set: StatefulSet = ns.api().get("db").await.expect("db");
+        assert_eq!(set.spec.and_then(|s| s.replicas), Some(3));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_swapped_process_acts_as_the_deployments_service_account_whose_token_dies_with_the_session()
  {

@@ -228,8 +228,12 @@ pub fn render_deploy(namespace: &str, components: &[&str]) -> RenderedDeploy {
         "kubectl could not read deploy/: {}",
         String::from_utf8_lossy(&json.stderr)
     );
-    let mut list: serde_json::Value =
-        serde_json::from_slice(&json.stdout).expect("kubectl prints JSON");
+    // One JSON object per document, one after another.
+    let items: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&json.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("kubectl prints JSON");
+    let mut list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
     let uid = kubectl()
         .args([
             "get",
