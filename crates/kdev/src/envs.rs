@@ -517,38 +517,107 @@ async fn namespace_annotations(
 }
 
 fn print_table(envs: &[Env]) {
+    print!("{}", table(envs, jiff::Timestamp::now()));
+}
+
+/// `kdev envs`' table, as kubectl prints one: columns as wide as their
+/// contents, times relative to `now` (`3h ago`, `in 20m`), so a row fits a
+/// 120-column terminal. `-o json` has every field in full (the exact times,
+/// which annotation set the next change).
+fn table(envs: &[Env], now: jiff::Timestamp) -> String {
     if envs.is_empty() {
-        println!("no environments (namespaces with Deployments, StatefulSets or CronJobs)");
-        return;
+        return "no environments (namespaces with Deployments, StatefulSets or CronJobs)\n"
+            .to_owned();
     }
-    println!(
-        "{:<24} {:<8} {:<12} {:<40} {:<40} LAST ACTIVITY",
-        "NAMESPACE", "STATE", "WORKLOADS", "NEXT", "SLEPT"
-    );
+    // "<RFC 3339> …" with the time shown relative to now, and people as
+    // their user name (`alice`, not `alice@alices-laptop.local`).
+    let relative = |text: &str| -> String {
+        let (at, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let rest: Vec<&str> = rest
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(' ')
+            .map(|word| word.split_once('@').map_or(word, |(user, _)| user))
+            .collect();
+        match at.parse::<jiff::Timestamp>() {
+            Ok(at) => format!("{} {}", age(at, now), rest.join(" "))
+                .trim_end()
+                .to_owned(),
+            Err(_) => text.to_owned(),
+        }
+    };
+    let mut rows = vec![[
+        "NAMESPACE".to_owned(),
+        "STATE".to_owned(),
+        "REPLICAS".to_owned(),
+        "NEXT".to_owned(),
+        "SLEPT".to_owned(),
+        "LAST ACTIVITY".to_owned(),
+    ]];
     for env in envs {
-        let now: i32 = env.workloads.iter().map(|w| w.size).sum();
+        let now_size: i32 = env.workloads.iter().map(|w| w.size).sum();
         let original: i32 = env
             .workloads
             .iter()
             .map(|w| w.original.unwrap_or(w.size))
             .sum();
         let next = match (&env.next, &env.problem) {
-            (_, Some(problem)) => format!("schedule error: {problem}"),
-            (Some(next), None) => format!("{} at {} ({})", next.to, next.at, next.why),
+            (_, Some(_)) => "schedule error (see -o json)".to_owned(),
+            (Some(next), None) => match next.at.parse::<jiff::Timestamp>() {
+                Ok(at) => format!("{} {}", next.to, age(at, now)),
+                Err(_) => format!("{} at {}", next.to, next.at),
+            },
             (None, None) => "-".to_owned(),
         };
-        println!(
-            "{:<24} {:<8} {:<12} {:<40} {:<40} {}",
-            env.namespace,
+        rows.push([
+            env.namespace.clone(),
             serde_json::to_value(env.state)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            format!("{now}/{original}"),
+            format!("{now_size}/{original}"),
             next,
-            env.slept.as_deref().unwrap_or("-"),
-            env.last_activity.as_deref().unwrap_or("-")
-        );
+            env.slept
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), relative),
+            env.last_activity
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), relative),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// How far `at` is from `now`, as kubectl shows ages: `45s ago`, `3h ago`,
+/// `in 20m`, `in 2d`.
+fn age(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let seconds = now.as_second() - at.as_second();
+    let span = seconds.unsigned_abs();
+    let short = match span {
+        0..120 => format!("{span}s"),
+        120..7_200 => format!("{}m", span / 60),
+        7_200..172_800 => format!("{}h", span / 3_600),
+        _ => format!("{}d", span / 86_400),
+    };
+    if seconds >= 0 {
+        format!("{short} ago")
+    } else {
+        format!("in {short}")
     }
 }
 
@@ -582,6 +651,42 @@ mod tests {
             by: "alice@laptop".into(),
         };
         (contract::SLEEP_ANNOTATION, record.annotation().1)
+    }
+
+    /// Regression: the table's fixed columns (24 + 8 + 12 + 40 + 40 and
+    /// the activity) wrapped in a 120-column terminal.
+    #[test]
+    fn the_table_fits_120_columns() {
+        let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let env = Env {
+            namespace: "team-payments-feature-x".into(),
+            state: State::Asleep,
+            workloads: Vec::new(),
+            next: Some(Next {
+                at: "2026-12-03T07:00:00Z".into(),
+                to: "awake",
+                why: "kdev.dev/uptime on namespace team-payments-feature-x".into(),
+            }),
+            problem: None,
+            slept: Some("2026-12-01T19:00:00Z by alice@alices-laptop.local".into()),
+            last_activity: Some(
+                "2026-12-01T18:55:00Z (kdev logs by alice@alices-laptop.local)".into(),
+            ),
+        };
+        let shown = table(&[env], now);
+        for line in shown.lines() {
+            assert!(
+                line.chars().count() <= 120,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(shown.contains("awake in 19h"), "{shown}");
+        assert!(shown.contains("17h ago by alice "), "{shown}");
+        assert!(shown.contains("17h ago kdev logs by alice"), "{shown}");
+        assert_eq!(age("2026-12-02T11:59:15Z".parse().unwrap(), now), "45s ago");
+        assert_eq!(age("2026-12-02T12:20:00Z".parse().unwrap(), now), "in 20m");
+        assert_eq!(age("2026-11-29T12:00:00Z".parse().unwrap(), now), "3d ago");
     }
 
     #[test]
