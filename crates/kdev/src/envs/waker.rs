@@ -76,7 +76,19 @@ const HELD_BYTES: usize = 1 << 20;
 /// What one read of a held connection takes.
 const CHUNK: usize = 16 * 1024;
 /// Most bytes of all held connections together (the pod has 64 MiB).
-pub const MAX_HELD_BYTES: usize = 16 << 20;
+pub const MAX_HELD_BYTES: usize = 8 << 20;
+
+/// A held connection's bytes, as read: chunks of exactly what arrived, so
+/// memory is what was held and never a doubled buffer's spare room.
+#[derive(Default)]
+struct Held(Vec<Vec<u8>>);
+
+impl Held {
+    /// Its first bytes (enough to tell HTTP).
+    fn start(&self) -> Vec<u8> {
+        self.0.iter().flatten().take(16).copied().collect()
+    }
+}
 
 /// A pod of the workload, seen Ready by the watch at `seen`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,7 +362,13 @@ async fn hold(
     let accepted = Instant::now();
     if shared.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_HELD {
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-        overflow(&shared, &mut socket, &[], "too many connections held").await;
+        overflow(
+            &shared,
+            &mut socket,
+            &Held::default(),
+            "too many connections held",
+        )
+        .await;
         return;
     }
     let mut counted = InFlight {
@@ -366,7 +384,7 @@ async fn hold(
             .get_or_insert_with(|| format!("a request from {} to port {port}", peer.ip()));
         shared.wanted.notify_one();
     }
-    let mut held = Vec::new();
+    let mut held = Held::default();
     let mut sent_all = false;
     let mut chunk = vec![0u8; CHUNK];
     let give_up = tokio::time::sleep(shared.config.hold);
@@ -396,7 +414,7 @@ async fn hold(
                         overflow(&shared, &mut socket, &held, "the held requests fill the waker's memory").await;
                         return;
                     }
-                    held.extend_from_slice(&chunk[..n]);
+                    held.0.push(chunk[..n].to_vec());
                 }
             },
             () = &mut give_up => {
@@ -437,8 +455,10 @@ async fn hold(
         }
     };
     let _ = upstream_socket.set_nodelay(true);
-    if upstream_socket.write_all(&held).await.is_err() {
-        return;
+    for part in &held.0 {
+        if upstream_socket.write_all(part).await.is_err() {
+            return;
+        }
     }
     drop(held);
     counted.release();
@@ -590,7 +610,7 @@ async fn tell_failure(shared: &Shared, why: String) {
 }
 
 /// A connection beyond the waker's bounds: answered at once and counted.
-async fn overflow(shared: &Shared, socket: &mut TcpStream, held: &[u8], why: &str) {
+async fn overflow(shared: &Shared, socket: &mut TcpStream, held: &Held, why: &str) {
     let refused = shared.refused.fetch_add(1, Ordering::SeqCst) + 1;
     if refused == 1 || refused.is_multiple_of(100) {
         tracing::warn!(refused, "refused a connection: {why}");
@@ -616,7 +636,7 @@ fn speaks_http(held: &[u8]) -> bool {
 
 /// The clear failure a held connection gets: why goes to the log; the
 /// client gets a generic answer.
-async fn refuse(shared: &Shared, socket: &mut TcpStream, held: &[u8], why: &str) {
+async fn refuse(shared: &Shared, socket: &mut TcpStream, held: &Held, why: &str) {
     tracing::warn!(
         namespace = %shared.kube.namespace,
         "a held connection gets no answer from {}: {why}",
@@ -631,8 +651,8 @@ pub const WAKING: &str =
 
 /// An HTTP 503 saying the service is waking (when the client spoke HTTP),
 /// or a close for other protocols.
-async fn answer(socket: &mut TcpStream, held: &[u8]) {
-    if speaks_http(held) {
+async fn answer(socket: &mut TcpStream, held: &Held) {
+    if speaks_http(&held.start()) {
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{WAKING}",
             WAKING.len()
