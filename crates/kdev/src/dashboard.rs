@@ -76,6 +76,17 @@ struct App {
     /// Whether the requests are the auth proxy's (its socket): only then do
     /// its user headers name who acted.
     proxied: bool,
+    /// Every action's outcome, for the live streams: an action runs to its
+    /// end even when its request is gone, and says so here.
+    said: tokio::sync::broadcast::Sender<Said>,
+}
+
+/// An action's outcome, as the live stream sends it (event `said`).
+#[derive(Clone, Debug, Serialize)]
+struct Said {
+    namespace: String,
+    ok: bool,
+    message: String,
 }
 
 /// Serves until the listener fails. The watches run alongside.
@@ -94,6 +105,7 @@ pub async fn serve(
         waker: options.waker,
         hosts: std::sync::Arc::new(options.hosts),
         proxied: false,
+        said: tokio::sync::broadcast::channel(64).0,
     };
     let proxied = match &options.proxy_socket {
         Some(path) => {
@@ -335,6 +347,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let changed = app.view.changed.clone();
+    let app_said = app.said.subscribe();
     // The rows' forms carry the page's token (a stream without the cookie
     // gets forms that cannot act).
     let token = guard::cookie_token(&headers).unwrap_or_default();
@@ -365,7 +378,20 @@ async fn events(
             }
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let said = futures::stream::unfold(app_said, |mut said| async move {
+        loop {
+            match said.recv().await {
+                Ok(outcome) => {
+                    let data = serde_json::to_string(&outcome).unwrap_or_default();
+                    let event = SseEvent::default().event("said").data(data);
+                    return Some((Ok(event), said));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(futures::stream::select(stream, said)).keep_alive(KeepAlive::default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,7 +432,29 @@ async fn act_on(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
-    let answer = app.act(&namespace, &headers, &form).await;
+    // The action is a task of its own: a client that goes away (a closed
+    // tab, a proxy's timeout, a rollout of the proxy) does not cut it off
+    // half-way. Its outcome goes to the live streams as well.
+    let task = {
+        let app = app.clone();
+        let headers = headers.clone();
+        tokio::spawn(async move {
+            let answer = app.act(&namespace, &headers, &form).await;
+            let _ = app.said.send(Said {
+                namespace,
+                ok: answer.status.is_success(),
+                message: answer.message.clone(),
+            });
+            answer
+        })
+    };
+    let answer = match task.await {
+        Ok(answer) => answer,
+        Err(err) => Answer::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the action failed unexpectedly: {err}"),
+        ),
+    };
     let ok = answer.status.is_success();
     if json {
         return (

@@ -216,7 +216,8 @@ if(!o){body.appendChild(r);return;}o.dataset.state=r.dataset.state;var a=o.query
 for(var i=0;i<a.length&&i<b.length;i++){if(a[i].innerHTML!==b[i].innerHTML)a[i].innerHTML=b[i].innerHTML;}\
 var s=o.querySelector('input[name=seen]'),n=r.querySelector('input[name=seen]');if(s&&n)s.value=n.value;});\
 Array.prototype.slice.call(body.children).forEach(function(r){if(!seen[r.id])r.remove();});sum.textContent=d.summary;}\
-if(window.EventSource){var es=new EventSource('/events'+location.search);es.addEventListener('envs',function(e){apply(JSON.parse(e.data));});}\
+if(window.EventSource){var es=new EventSource('/events'+location.search);es.addEventListener('envs',function(e){apply(JSON.parse(e.data));});\
+es.addEventListener('said',function(e){said.textContent=JSON.parse(e.data).message;});}\
 document.addEventListener('submit',function(e){var f=e.target,to=f.getAttribute('action');if(!to||f.getAttribute('method')!=='post')return;e.preventDefault();\
 var data=new URLSearchParams(new FormData(f));if(e.submitter&&e.submitter.name)data.set(e.submitter.name,e.submitter.value);\
 said.textContent='Working...';fetch(to,{method:'POST',body:data,headers:{'Accept':'application/json'}})\

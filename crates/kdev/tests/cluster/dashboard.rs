@@ -820,6 +820,89 @@ async fn any_replica_takes_any_replicas_page_and_foreign_hosts_origins_and_user_
     .await;
 }
 
+/// Regression: an action ran inside its HTTP request, so a client that went
+/// away (a closed tab, a proxy's timeout) could cut it off half-way. Now a
+/// post whose connection closes at once still sleeps the environment, and
+/// the outcome reaches the page's live stream.
+#[tokio::test]
+async fn an_action_runs_to_its_end_when_its_request_is_gone_and_the_live_stream_says_so() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    with_namespace("dash-cut", |ns| async move {
+        let (controller, port) = dashboard(&ns, true).await;
+        own(&ns, &ns.name).await;
+        deploy(&ns, simple_deployment("web", 2, &[8080])).await;
+        let env = env_of(port, &ns).await;
+        let seen = env["seen"].as_str().expect("seen").to_owned();
+        let token = csrf(port).await;
+        let cookie = format!("kdev-dashboard-token={token}");
+        let mut live = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        live.write_all(
+            format!(
+                "GET /events?owner={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n",
+                ns.name
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("open the live stream");
+        // Its first rows: the stream is listening before the action.
+        let mut seen_on_stream = String::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut chunk = [0u8; 8192];
+            while !seen_on_stream.contains("event: envs") {
+                let n = live.read(&mut chunk).await.expect("the live stream");
+                assert!(n > 0, "the live stream ended: {seen_on_stream}");
+                seen_on_stream.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        })
+        .await
+        .expect("the live stream's first rows");
+        seen_on_stream.clear();
+        let body = form(&[
+            ("action", "sleep"),
+            ("seen", &seen),
+            ("csrf", &token),
+            ("reason", "cut off"),
+        ]);
+        {
+            let mut post = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let head = format!(
+                "POST /envs/{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                ns.name,
+                body.len()
+            );
+            post.write_all(head.as_bytes()).await.expect("post");
+            // Gone without waiting for the answer.
+        }
+        eventually(Duration::from_secs(30), "the sleep to finish", || async {
+            (replicas(&ns, "web").await == 0).then_some(())
+        })
+        .await;
+        let said = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = live.read(&mut chunk).await.expect("the live stream");
+                assert!(n > 0, "the live stream ended: {seen_on_stream}");
+                seen_on_stream.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                if let Some(at) = seen_on_stream.find("event: said") {
+                    return seen_on_stream[at..].to_owned();
+                }
+            }
+        })
+        .await
+        .expect("an outcome on the live stream");
+        assert!(said.contains(&ns.name), "{said}");
+        assert!(said.contains("\"ok\":true"), "{said}");
+        controller.stop();
+    })
+    .await;
+}
+
 /// deploy/dashboard as shipped, on the real node: the API server's judgement
 /// of its rights (the controller impersonates the dashboard's account and
 /// no other; that account may scale and patch workloads and read no

@@ -769,6 +769,50 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         assert_eq!(wakers.len(), 1, "one waker, for the api behind its Service");
         let labels = wakers[0].labels();
         assert_eq!(labels["app"], "api", "{labels:?}");
+        // deploy/envs' admission policy: the controller's account may create
+        // waker Pods (above) and nothing else, not even where it may create
+        // Pods (regression: it could create any Pod in any namespace, so
+        // run as any ServiceAccount and mount any Secret).
+        let client = crate::support::client_for(&as_controller).await;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns.name);
+        let plain: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": { "name": "plain" },
+            "spec": { "containers": [{ "name": "c", "image": "example.invalid/any:1" }] }
+        }))
+        .expect("a pod");
+        let refused = pods
+            .create(&PostParams::default(), &plain)
+            .await
+            .expect_err("a plain pod is refused");
+        assert!(
+            refused.to_string().contains("creates only waker Pods"),
+            "{refused}"
+        );
+        let mut disguised = wakers[0].clone();
+        disguised.metadata = kube::api::ObjectMeta {
+            name: Some("disguised".into()),
+            labels: wakers[0].metadata.labels.clone(),
+            ..Default::default()
+        };
+        if let Some(spec) = disguised.spec.as_mut() {
+            spec.service_account_name = Some("default".into());
+            spec.service_account = None;
+            spec.node_name = None;
+            // The API server mounts the token of the account asked for.
+            spec.volumes = None;
+            for container in &mut spec.containers {
+                container.volume_mounts = None;
+            }
+        }
+        disguised.status = None;
+        let refused = pods
+            .create(&PostParams::default(), &disguised)
+            .await
+            .expect_err("a waker-labelled pod of another account is refused");
+        assert!(
+            refused.to_string().contains("ServiceAccount kdev-waker"),
+            "{refused}"
+        );
         let notes = notes_when(&ns, "Slept", |n| {
             n.iter().any(|n| n.contains("kdev.dev/downtime"))
         })
