@@ -775,9 +775,18 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         // run as any ServiceAccount and mount any Secret).
         let client = crate::support::client_for(&as_controller).await;
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns.name);
+        // Unprivileged, so the namespace's restricted Pod Security admits
+        // it and the policy is what judges it.
         let plain: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
             "metadata": { "name": "plain" },
-            "spec": { "containers": [{ "name": "c", "image": "example.invalid/any:1" }] }
+            "spec": {
+                "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": { "type": "RuntimeDefault" } },
+                "containers": [{
+                    "name": "c",
+                    "image": "example.invalid/any:1",
+                    "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+                }]
+            }
         }))
         .expect("a pod");
         let refused = pods
