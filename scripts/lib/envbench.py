@@ -38,7 +38,11 @@ def namespace_name(i):
 def create(base, namespaces, per_namespace):
     def one_namespace(i):
         ns = namespace_name(i)
-        call(f"{base}/api/v1/namespaces", "POST", {"metadata": {"name": ns}})
+        call(
+            f"{base}/api/v1/namespaces",
+            "POST",
+            {"metadata": {"name": ns, "labels": {"kdev.dev/environment": "bench"}}},
+        )
         for j in range(per_namespace):
             name = f"app-{j:03d}"
             call(

@@ -13,6 +13,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The label that makes a namespace an environment, for the controller,
+/// the dashboard and `kdev sleep -A` (their `--environments` selector by
+/// default): environments are opted into, never every namespace.
+pub const ENVIRONMENT_LABEL: &str = "kdev.dev/environment";
+
+/// Namespaces that are never an environment, whatever their labels: the
+/// cluster's own; `--protected` adds more.
+pub const PROTECTED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
 /// The record of a sleep, on the workload (JSON, see [`SleepRecord`]).
 pub const SLEEP_ANNOTATION: &str = "kdev.dev/sleep";
 /// Opt-out: any value but "false" keeps the object (or a whole namespace)

@@ -21,6 +21,7 @@ pub mod hash;
 pub mod keys;
 pub mod lease;
 pub mod schedule;
+pub mod selector;
 pub mod session;
 pub mod tunnel;
 pub mod webhook;

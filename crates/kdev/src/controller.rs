@@ -57,6 +57,8 @@ pub struct Dashboard {
     pub hosts: Vec<String>,
     /// The auth proxy's unix socket (`--dashboard-proxy-socket`).
     pub proxy_socket: Option<std::path::PathBuf>,
+    /// Which namespaces it shows and acts on.
+    pub scope: crate::envs::Scope,
 }
 
 pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
@@ -115,6 +117,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
                     waker: dashboard.waker,
                     hosts: dashboard.hosts,
                     proxy_socket: dashboard.proxy_socket,
+                    scope: dashboard.scope,
                 },
             ),
         );

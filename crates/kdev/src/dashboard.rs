@@ -33,8 +33,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::ListParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +55,13 @@ pub struct Options {
     /// A unix socket for an auth proxy in the pod, whose requests may name
     /// the signed-in user.
     pub proxy_socket: Option<std::path::PathBuf>,
+    /// Which namespaces are environments: the only ones shown and acted on.
+    pub scope: envs::Scope,
 }
+
+/// The most live views (`/events` streams) served at once; one more is
+/// refused with 503. Each holds a connection and a copy of its last update.
+pub const MAX_LIVE_VIEWS: usize = 256;
 
 /// The longest reason an action takes (an Event's note holds 1 kB).
 const MAX_REASON: usize = 200;
@@ -79,6 +83,18 @@ struct App {
     /// Every action's outcome, for the live streams: an action runs to its
     /// end even when its request is gone, and says so here.
     said: tokio::sync::broadcast::Sender<Said>,
+    /// The live views' updates, rendered once per change and distinct
+    /// filter, whatever the number of views showing it.
+    renders: std::sync::Arc<std::sync::Mutex<Renders>>,
+    /// Permits for live views ([`MAX_LIVE_VIEWS`]).
+    live_views: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// The updates rendered for the view's change number `change`, by filter.
+#[derive(Default)]
+struct Renders {
+    change: u64,
+    by_filter: std::collections::HashMap<(String, String), std::sync::Arc<String>>,
 }
 
 /// An action's outcome, as the live stream sends it (event `said`).
@@ -95,7 +111,7 @@ pub async fn serve(
     kube: Kube,
     options: Options,
 ) -> anyhow::Result<()> {
-    let (view, watches) = view::start(&kube);
+    let (view, watches) = view::start(&kube, &options.scope);
     let acting = kube.impersonating(&options.act_as)?;
     let app = App {
         view,
@@ -106,6 +122,8 @@ pub async fn serve(
         hosts: std::sync::Arc::new(options.hosts),
         proxied: false,
         said: tokio::sync::broadcast::channel(64).0,
+        renders: Default::default(),
+        live_views: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_VIEWS)),
     };
     let proxied = match &options.proxy_socket {
         Some(path) => {
@@ -188,46 +206,65 @@ struct Filter {
 }
 
 impl App {
-    /// The rows the filter keeps, or why the filter was refused. A label
-    /// selector is the API server's to read: kdev does not parse its own.
+    /// The rows the filter keeps, or why the filter was refused. The label
+    /// selector is judged here against the watched namespaces' labels: no
+    /// request to the API server, however many views or changes.
     async fn rows(&self, filter: &Filter) -> (Vec<Row>, Option<String>) {
         self.view.ready().await;
         let now = jiff::Timestamp::now();
-        let mut selector = filter.selector.trim().to_owned();
-        if !filter.owner.trim().is_empty() {
-            if !selector.is_empty() {
-                selector.push(',');
-            }
-            selector.push_str(&format!("{}={}", view::OWNER_LABEL, filter.owner.trim()));
+        match filter.selector() {
+            Ok(selector) => (
+                self.view
+                    .rows(now, |_, labels| selector.matches(labels)),
+                None,
+            ),
+            Err(problem) => (Vec::new(), Some(problem)),
         }
-        if selector.is_empty() {
-            return (self.view.rows(now, None), None);
-        }
-        let api: kube::Api<Namespace> = kube::Api::all(self.kube.client.clone());
-        match api
-            .list_metadata(&ListParams::default().labels(&selector))
-            .await
+    }
+
+    /// The live update for `filter` at change number `change`: rendered
+    /// by the first view that asks, shared by the others (it carries no
+    /// form token; the page's script gives new rows the page's).
+    async fn update(&self, filter: &Filter, change: u64) -> std::sync::Arc<String> {
+        let key = (filter.selector.trim().to_owned(), filter.owner.trim().to_owned());
+        if let Ok(renders) = self.renders.lock()
+            && renders.change == change
+            && let Some(data) = renders.by_filter.get(&key)
         {
-            Ok(list) => {
-                let names: Vec<String> = list
-                    .items
-                    .into_iter()
-                    .filter_map(|ns| ns.metadata.name)
-                    .collect();
-                (self.view.rows(now, Some(&names)), None)
-            }
-            Err(kube::Error::Api(status)) => (
-                Vec::new(),
-                Some(format!(
-                    "the label selector {selector:?} was refused: {}",
-                    status.message
-                )),
-            ),
-            Err(err) => (
-                Vec::new(),
-                Some(format!("failed to list namespaces for {selector:?}: {err}")),
-            ),
+            return data.clone();
         }
+        let (rows, _) = self.rows(filter).await;
+        let data = std::sync::Arc::new(
+            serde_json::json!({
+                "summary": page::summary(&rows),
+                "rows": page::rows(&rows, ""),
+            })
+            .to_string(),
+        );
+        if let Ok(mut renders) = self.renders.lock() {
+            if renders.change != change {
+                renders.change = change;
+                renders.by_filter.clear();
+            }
+            renders.by_filter.insert(key, data.clone());
+        }
+        data
+    }
+}
+
+impl Filter {
+    /// The selector and the owner as one label selector.
+    fn selector(&self) -> Result<kdev_contract::selector::Selector, String> {
+        let mut text = self.selector.trim().to_owned();
+        let owner = self.owner.trim();
+        if !owner.is_empty() {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(&format!("{}={owner}", view::OWNER_LABEL));
+        }
+        text.parse()
+            .map_err(|err| format!("the label selector {text:?} is not valid: {err}"))
     }
 }
 
@@ -340,39 +377,50 @@ async fn api_envs(State(app): State<App>, Query(filter): Query<Filter>) -> Respo
 
 /// Live updates: the rows again whenever a watched object changed (changes
 /// within 100 ms go out as one update), as server-sent events named `envs`
-/// carrying `{"summary": …, "rows": …}`.
+/// carrying `{"summary": …, "rows": …}`. At most [`MAX_LIVE_VIEWS`] at once.
 async fn events(
     State(app): State<App>,
     Query(filter): Query<Filter>,
-    headers: HeaderMap,
+) -> Response {
+    let Ok(permit) = app.live_views.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "30")],
+            format!(
+                "this dashboard already serves {MAX_LIVE_VIEWS} live views; close some of its tabs, or reload later\n"
+            ),
+        )
+            .into_response();
+    };
+    live(app, filter, permit).into_response()
+}
+
+fn live(
+    app: App,
+    filter: Filter,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let changed = app.view.changed.clone();
     let app_said = app.said.subscribe();
-    // The rows' forms carry the page's token (a stream without the cookie
-    // gets forms that cannot act).
-    let token = guard::cookie_token(&headers).unwrap_or_default();
+    // The view's permit goes with its stream: released when it ends.
     let stream = futures::stream::unfold(
-        (app, filter, changed, String::new(), true),
-        move |(app, filter, mut changed, last, first)| {
-            let token = token.clone();
+        (app, filter, changed, None, true, permit),
+        move |(app, filter, mut changed, last, first, permit)| {
             async move {
+                let mut last: Option<std::sync::Arc<String>> = last;
                 loop {
-                    if !first || !last.is_empty() {
+                    if !first || last.is_some() {
                         if changed.changed().await.is_err() {
                             return None;
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        changed.borrow_and_update();
                     }
-                    let (rows, _) = app.rows(&filter).await;
-                    let data = serde_json::json!({
-                        "summary": page::summary(&rows),
-                        "rows": page::rows(&rows, &token),
-                    })
-                    .to_string();
-                    if data != last {
-                        let event = SseEvent::default().event("envs").data(data.clone());
-                        return Some((Ok(event), (app, filter, changed, data, false)));
+                    let change = *changed.borrow_and_update();
+                    let data = app.update(&filter, change).await;
+                    if last.as_ref().is_none_or(|last| *last != data) {
+                        let event = SseEvent::default().event("envs").data(data.as_str());
+                        last = Some(data);
+                        return Some((Ok(event), (app, filter, changed, last, false, permit)));
                     }
                 }
             }
@@ -541,13 +589,13 @@ impl App {
         self.view.ready().await;
         let Some(row) = self
             .view
-            .rows(jiff::Timestamp::now(), Some(&[namespace.to_owned()]))
+            .rows(jiff::Timestamp::now(), |name, _| name == namespace)
             .pop()
         else {
             return Answer::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "{namespace} is not an environment here (no namespace of that name with Deployments, StatefulSets or CronJobs)"
+                    "{namespace} is not an environment here (no namespace of that name with Deployments, StatefulSets or CronJobs, labelled as an environment and not protected)"
                 ),
             );
         };

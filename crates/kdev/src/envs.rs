@@ -316,8 +316,76 @@ pub struct Env {
     pub last_activity: Option<String>,
 }
 
-/// Namespaces that are the cluster's own, never an environment unless named.
-pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+/// Which namespaces are environments: those whose labels match a selector
+/// (by default they carry [`contract::ENVIRONMENT_LABEL`]), never a
+/// protected one. Bulk selections (`-A`, `-l`), the scheduler and the
+/// dashboard act within it; a namespace named outright is taken as named,
+/// unless it is protected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub selector: kdev_contract::selector::Selector,
+    pub protected: std::collections::BTreeSet<String>,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::new(
+            contract::ENVIRONMENT_LABEL
+                .parse()
+                .expect("the environment label is a valid selector"),
+            [],
+        )
+    }
+}
+
+impl Scope {
+    /// The selector, and the protected namespaces beyond the cluster's own.
+    pub fn new(
+        selector: kdev_contract::selector::Selector,
+        protected: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut all: std::collections::BTreeSet<String> = contract::PROTECTED_NAMESPACES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        all.extend(protected);
+        Self {
+            selector,
+            protected: all,
+        }
+    }
+
+    pub fn is_protected(&self, namespace: &str) -> bool {
+        self.protected.contains(namespace)
+    }
+
+    /// Whether a namespace with these labels is an environment.
+    pub fn admits(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        !self.is_protected(namespace) && self.selector.matches(labels)
+    }
+
+    /// The label selector to list environments with, narrowed by `more`
+    /// (a user's `-l`): both must hold.
+    pub fn label_selector(&self, more: Option<&str>) -> String {
+        let own = self.selector.to_string();
+        match more.filter(|m| !m.trim().is_empty()) {
+            Some(more) if own.is_empty() => more.to_owned(),
+            Some(more) => format!("{own},{more}"),
+            None => own,
+        }
+    }
+
+    /// Refuses a namespace named outright that is protected.
+    pub fn check_named(&self, namespace: &str) -> anyhow::Result<()> {
+        if self.is_protected(namespace) {
+            return Err(crate::error::usage(format!(
+                "namespace {namespace} is protected: kdev never puts it to sleep or wakes it (protected: {})",
+                self.protected.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Judges one environment from its namespace's annotations and workloads.
 pub fn judge(
@@ -429,10 +497,12 @@ pub async fn list(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<Exit
         }
     } else {
         let namespaces: Api<Namespace> = Api::all(kube.client.clone());
-        let mut params = kube::api::ListParams::default();
-        if let Some(selector) = &config.selection.selector {
-            params = params.labels(selector);
-        }
+        let params = kube::api::ListParams::default().labels(
+            &config
+                .selection
+                .scope
+                .label_selector(config.selection.selector.as_deref()),
+        );
         let activity = kube::api::ListParams::default().labels(&format!(
             "{}={}",
             kdev_contract::session::ROLE_LABEL,
@@ -461,7 +531,7 @@ pub async fn list(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<Exit
             .collect();
         for ns in namespaces.items {
             let name = ns.name_any();
-            if SYSTEM_NAMESPACES.contains(&name.as_str()) {
+            if config.selection.scope.is_protected(&name) {
                 continue;
             }
             let Some(listed) = workloads.remove(&name) else {
@@ -623,6 +693,29 @@ fn age(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn environments_are_labelled_namespaces_and_never_the_clusters_own() {
+        let scope = Scope::default();
+        let labelled: BTreeMap<String, String> =
+            [("kdev.dev/environment".to_owned(), "team-a".to_owned())].into();
+        assert!(scope.admits("team-a", &labelled));
+        assert!(!scope.admits("ingress-nginx", &BTreeMap::new()));
+        assert!(!scope.admits("kube-system", &labelled));
+        assert_eq!(scope.label_selector(None), "kdev.dev/environment");
+        assert_eq!(
+            scope.label_selector(Some("team=a")),
+            "kdev.dev/environment,team=a"
+        );
+        let everything = Scope::new(String::new().parse().unwrap(), ["payments".to_owned()]);
+        assert!(everything.admits("ingress-nginx", &BTreeMap::new()));
+        assert!(!everything.admits("payments", &BTreeMap::new()));
+        assert_eq!(everything.label_selector(Some("team=a")), "team=a");
+        let err = everything.check_named("kube-node-lease").unwrap_err();
+        assert!(err.to_string().contains("is protected"), "{err}");
+        assert!(everything.check_named("team-a").is_ok());
+    }
+
     use super::*;
 
     fn workload(name: &str, size: i32, ready: i32, annotations: &[(&str, &str)]) -> Workload {

@@ -231,6 +231,30 @@ fn logs_bad_input_is_a_usage_error_naming_the_flag_before_any_request() {
     }
 }
 
+/// Environments are opted into: a protected namespace named outright, or a
+/// selector that is not one, is refused before any request.
+#[test]
+fn envs_bad_scope_is_a_usage_error_before_any_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = kubeconfig(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    for (args, says) in [
+        (&["-n", "kube-system", "sleep"][..], "namespace kube-system is protected"),
+        (&["-n", "team-a", "wake", "--protected", "team-a"], "namespace team-a is protected"),
+        (&["envs", "sleep-now", "kube-public"], "namespace kube-public is protected"),
+        (&["sleep", "-A", "--environments", "team in a"], "--environments \"team in a\" is not a label selector"),
+        (&["wake", "-l", "team=(x"], "-l \"team=(x\" is not a label selector"),
+        (&["envs", "-l", "!"], "is not a label selector"),
+        (&["sleep", "-A", "--protected", "Bad_Name"], "--protected"),
+    ] {
+        let mut all = vec!["--kubeconfig", config];
+        all.extend_from_slice(args);
+        let out = kdev(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
 /// Regression: `--since 99999999999999999999h` panicked (exit 101) in the
 /// duration parser instead of being a usage error.
 #[test]

@@ -62,6 +62,8 @@ pub struct ControllerArgs {
     /// With --dashboard: also listen on this unix socket for an auth proxy in the pod; only its requests may name the signed-in user (X-Forwarded-Email/User).
     #[arg(long, value_name = "PATH")]
     pub dashboard_proxy_socket: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub scope: super::envs::ScopeArgs,
     /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
     #[arg(long, hide = true, value_name = "TIME")]
     pub clock_start: Option<String>,
@@ -99,6 +101,7 @@ impl ControllerArgs {
             uptime: spec("--default-uptime", &self.default_uptime)?,
             downtime: spec("--default-downtime", &self.default_downtime)?,
         };
+        let scope = self.scope.resolve()?;
         let waker = (!self.no_wake_on_request).then(|| {
             self.agent_image
                 .clone()
@@ -112,6 +115,7 @@ impl ControllerArgs {
                 proxy_socket: self.dashboard_proxy_socket.clone(),
                 // Wakers are placed with the scheduler's rights.
                 waker: if self.schedules { waker.clone() } else { None },
+                scope: scope.clone(),
             }),
             listen: self.listen,
             lease_namespace: self.lease_namespace,
@@ -129,6 +133,7 @@ impl ControllerArgs {
                         .idle_after
                         .and_then(|d| jiff::SignedDuration::try_from(d).ok()),
                     waker: waker.clone(),
+                    scope,
                 }),
         })
     }

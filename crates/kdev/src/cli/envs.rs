@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::cleanup::OutputArg;
-use crate::envs::{Config, Direction, EnvsAction, ListConfig, Selection, workload};
+use crate::envs::{Config, Direction, EnvsAction, ListConfig, Scope, Selection, workload};
 use crate::error;
 
 #[derive(Debug, Args)]
@@ -31,6 +31,8 @@ pub struct ChangeArgs {
     pub output: OutputArg,
     #[command(flatten)]
     pub wakers: WakerArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 }
 
 /// How a sleep wakes on request.
@@ -53,6 +55,46 @@ impl WakerArgs {
     }
 }
 
+/// Which namespaces are environments.
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// Namespaces whose labels match this selector are environments: what -A, -l, the scheduler and the dashboard act on ("" for every namespace).
+    #[arg(
+        long,
+        env = "KDEV_ENVIRONMENTS",
+        default_value = kdev_contract::envs::ENVIRONMENT_LABEL,
+        value_name = "SELECTOR"
+    )]
+    pub environments: String,
+    /// A namespace never put to sleep or woken, besides kube-system, kube-public and kube-node-lease; repeatable.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub protected: Vec<String>,
+}
+
+impl ScopeArgs {
+    pub fn resolve(&self) -> anyhow::Result<Scope> {
+        let selector = self.environments.parse().map_err(|err| {
+            error::usage(format!(
+                "--environments {:?} is not a label selector: {err}",
+                self.environments
+            ))
+        })?;
+        for namespace in &self.protected {
+            crate::k8s::validate_dns_label("--protected", namespace)?;
+        }
+        Ok(Scope::new(selector, self.protected.iter().cloned()))
+    }
+}
+
+/// Checks a user's `-l` before any request, as kubectl does.
+fn check_selector(selector: &Option<String>) -> anyhow::Result<()> {
+    if let Some(text) = selector {
+        text.parse::<kdev_contract::selector::Selector>()
+            .map_err(|err| error::usage(format!("-l {text:?} is not a label selector: {err}")))?;
+    }
+    Ok(())
+}
+
 impl ChangeArgs {
     pub fn resolve(self, direction: Direction, namespaces: &[String]) -> anyhow::Result<Config> {
         let workloads = self
@@ -70,12 +112,18 @@ impl ChangeArgs {
                 "-A (every environment) and -l SELECTOR exclude each other",
             ));
         }
+        check_selector(&self.selector)?;
+        let scope = self.scope.resolve()?;
+        for namespace in namespaces {
+            scope.check_named(namespace)?;
+        }
         Ok(Config {
             direction,
             selection: Selection {
                 namespaces: namespaces.to_vec(),
                 selector: self.selector,
                 all: self.all,
+                scope,
                 workloads,
                 except_own_schedules: false,
             },
@@ -106,6 +154,8 @@ pub struct EnvsArgs {
     /// List the environments' sleeps and wakes (their Events, which the API server keeps for an hour by default) instead.
     #[arg(long)]
     pub history: bool,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,12 +233,16 @@ impl EnvsArgs {
 
     pub fn resolve(self, namespaces: &[String]) -> anyhow::Result<EnvsAction> {
         let json = self.output == OutputArg::Json;
+        check_selector(&self.selector)?;
+        let scope = self.scope.resolve()?;
         let change = |direction, namespace: String, reason, dry_run| -> anyhow::Result<Config> {
             crate::k8s::validate_dns_label("namespace", &namespace)?;
+            scope.check_named(&namespace)?;
             Ok(Config {
                 direction,
                 selection: Selection {
                     namespaces: vec![namespace],
+                    scope: scope.clone(),
                     ..Selection::default()
                 },
                 dry_run,
@@ -226,6 +280,7 @@ impl EnvsArgs {
                     namespaces: namespaces.to_vec(),
                     selector: self.selector,
                     all: false,
+                    scope,
                     workloads: Vec::new(),
                     except_own_schedules: false,
                 },

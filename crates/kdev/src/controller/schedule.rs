@@ -78,6 +78,8 @@ pub struct Options {
     pub idle_after: Option<jiff::SignedDuration>,
     /// The schedule of namespaces without one of their own.
     pub defaults: contract::Defaults,
+    /// Which namespaces are environments (`--environments`, `--protected`).
+    pub scope: crate::envs::Scope,
 }
 
 /// How many environments change at once.
@@ -129,10 +131,15 @@ pub async fn run(
             with_wakers: Default::default(),
         });
         let api: Api<Namespace> = Api::all(kube.client.clone());
-        let config = match &options.namespace {
+        // Only environments: the API server filters by the selector, and a
+        // namespace that loses its label leaves the store.
+        let mut config = match &options.namespace {
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
             None => watcher::Config::default(),
         };
+        if !options.scope.selector.is_everything() {
+            config = config.labels(&options.scope.selector.to_string());
+        }
         // Activity (the kdev-activity Leases) restarts an environment's
         // inactivity clock: a change of one is a reason to look again.
         let leases: Api<Lease> = match &options.namespace {
@@ -229,14 +236,13 @@ fn schedule_annotations<K: kube::Resource>(object: &K) -> Option<u64> {
 async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<Action, Failed> {
     context.metrics.env_checked();
     let name = namespace.name_any();
+    if context.options.scope.is_protected(&name) {
+        return Ok(Action::await_change());
+    }
     let now = context.options.clock.now();
     let mut next = None;
     let mut woke_now = false;
-    let defaults = if SYSTEM_NAMESPACES.contains(&name.as_str()) {
-        &contract::Defaults::default()
-    } else {
-        &context.options.defaults
-    };
+    let defaults = &context.options.defaults;
     match Schedule::read_or(namespace.annotations(), defaults) {
         Ok(Some(schedule)) => {
             let applied = namespace
@@ -387,9 +393,6 @@ async fn wakers_back(context: &Context, namespace: &Namespace) -> anyhow::Result
     }
     Ok(())
 }
-
-/// Namespaces the controller's default schedule never applies to.
-const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Workloads with a schedule of their own move at its edges, apart from
 /// their namespace: the state applied is recorded on each. Returns the

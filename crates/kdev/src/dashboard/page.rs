@@ -207,12 +207,15 @@ form.filters{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin:.5rem 
 @media (max-width:50rem){thead{position:absolute;left:-9999px}tr,th,td{display:block}tr{border-bottom:2px solid #111;padding:.5rem 0}th,td{border:0;padding:.2rem 0}}";
 
 /// Applies live updates (cells marked `data-live` of each row, the rows
-/// added and gone) and sends the forms without a reload. (A form's
+/// added and gone) and sends the forms without a reload. An update is the
+/// same for every view with the same filter, so it carries no form token:
+/// a row it adds gets the page's (its `kdev-csrf` meta). (A form's
 /// `action` property is its button named "action"; the attribute is read.)
-const SCRIPT: &str = "(function(){var body=document.getElementById('envs'),said=document.getElementById('said'),sum=document.getElementById('summary');\
+const SCRIPT: &str = "(function(){var body=document.getElementById('envs'),said=document.getElementById('said'),sum=document.getElementById('summary'),\
+token=document.querySelector('meta[name=kdev-csrf]').content;\
 function apply(d){var t=document.createElement('tbody');t.innerHTML=d.rows;var seen={};\
 Array.prototype.slice.call(t.children).forEach(function(r){seen[r.id]=1;var o=document.getElementById(r.id);\
-if(!o){body.appendChild(r);return;}o.dataset.state=r.dataset.state;var a=o.querySelectorAll('[data-live]'),b=r.querySelectorAll('[data-live]');\
+if(!o){var c=r.querySelector('input[name=csrf]');if(c)c.value=token;body.appendChild(r);return;}o.dataset.state=r.dataset.state;var a=o.querySelectorAll('[data-live]'),b=r.querySelectorAll('[data-live]');\
 for(var i=0;i<a.length&&i<b.length;i++){if(a[i].innerHTML!==b[i].innerHTML)a[i].innerHTML=b[i].innerHTML;}\
 var s=o.querySelector('input[name=seen]'),n=r.querySelector('input[name=seen]');if(s&&n)s.value=n.value;});\
 Array.prototype.slice.call(body.children).forEach(function(r){if(!seen[r.id])r.remove();});sum.textContent=d.summary;}\
@@ -231,12 +234,14 @@ pub fn page(page: &Page<'_>) -> String {
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<meta name=\"kdev-csrf\" content=\"{}\">\
 <title>kdev environments</title><style>{STYLE}</style></head><body>\
 <header><h1>Dev environments</h1><p id=\"summary\">{}</p></header>\
 <form class=\"filters\" method=\"get\" action=\"/\"><div><label for=\"selector\">Namespace label selector</label>\
 <input id=\"selector\" name=\"selector\" value=\"{}\" placeholder=\"team=payments\"></div>\
 <div><label for=\"owner\">Owner ({})</label><input id=\"owner\" name=\"owner\" value=\"{}\"></div>\
 <button>Filter</button></form><p id=\"said\" role=\"status\" aria-live=\"polite\">{}</p>",
+        esc(page.csrf),
         esc(&summary(page.rows)),
         esc(page.selector),
         super::view::OWNER_LABEL,

@@ -18,7 +18,7 @@ use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::envs::workload::{self, Workload};
+use crate::envs::workload::{self, Scalable, Workload};
 use crate::envs::{self, Env};
 use crate::k8s::{self, Kube};
 use kdev_contract::envs as contract;
@@ -40,6 +40,8 @@ pub struct View {
     cronjobs: Store<CronJob>,
     leases: Store<Lease>,
     events: Vec<Store<Event>>,
+    /// Which namespaces are environments.
+    scope: std::sync::Arc<envs::Scope>,
     pub changed: watch::Receiver<u64>,
 }
 
@@ -66,32 +68,49 @@ pub struct Last {
 }
 
 /// Starts the watches; the stores fill as they list. The futures run until
-/// the process ends (each watch retries with back-off on errors).
-pub fn start(kube: &Kube) -> (View, Vec<futures::future::BoxFuture<'static, ()>>) {
+/// the process ends (each watch retries with back-off on errors). Only
+/// environments' namespaces are watched (the API server filters them by
+/// the scope's selector); workloads everywhere, as only what a row shows.
+pub fn start(
+    kube: &Kube,
+    scope: &envs::Scope,
+) -> (View, Vec<futures::future::BoxFuture<'static, ()>>) {
     let (tx, changed) = watch::channel(0u64);
     let mut tasks = Vec::new();
     let client = &kube.client;
+    let mut environments = watcher::Config::default();
+    if !scope.selector.is_everything() {
+        environments = environments.labels(&scope.selector.to_string());
+    }
     let namespaces = watched(
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+        environments,
+        |ns: &mut Namespace| {
+            ns.spec = None;
+            ns.status = None;
+            strip_meta(ns);
+        },
         &tx,
         &mut tasks,
     );
     let deployments = watched(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
+        Scalable::keep_viewed,
         &tx,
         &mut tasks,
     );
     let statefulsets = watched(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
+        Scalable::keep_viewed,
         &tx,
         &mut tasks,
     );
     let cronjobs = watched(
         Api::<CronJob>::all(client.clone()),
         watcher::Config::default(),
+        Scalable::keep_viewed,
         &tx,
         &mut tasks,
     );
@@ -102,6 +121,7 @@ pub fn start(kube: &Kube) -> (View, Vec<futures::future::BoxFuture<'static, ()>>
             kdev_contract::session::ROLE_LABEL,
             k8s::activity::ROLE_ACTIVITY
         )),
+        strip_meta,
         &tx,
         &mut tasks,
     );
@@ -111,6 +131,7 @@ pub fn start(kube: &Kube) -> (View, Vec<futures::future::BoxFuture<'static, ()>>
             watched(
                 Api::<Event>::all(client.clone()),
                 watcher::Config::default().fields(&format!("reportingComponent={reporter}")),
+                strip_meta,
                 &tx,
                 &mut tasks,
             )
@@ -123,15 +144,27 @@ pub fn start(kube: &Kube) -> (View, Vec<futures::future::BoxFuture<'static, ()>>
         cronjobs,
         leases,
         events,
+        scope: std::sync::Arc::new(scope.clone()),
         changed,
     };
     (view, tasks)
 }
 
-/// A store kept by a watch of `api`; every change bumps `tx`.
+/// What is never shown is not kept: a thousand objects' field managers are
+/// most of their bytes.
+fn strip_meta<K: Resource>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// A store kept by a watch of `api`, each object cut down by `keep` before
+/// it is stored; every change bumps `tx`.
 fn watched<K>(
     api: Api<K>,
     config: watcher::Config,
+    keep: fn(&mut K),
     tx: &watch::Sender<u64>,
     tasks: &mut Vec<futures::future::BoxFuture<'static, ()>>,
 ) -> Store<K>
@@ -144,14 +177,7 @@ where
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = watcher(api, config)
         .default_backoff()
-        // What is never shown is not kept: a thousand Deployments' field
-        // managers are most of their bytes.
-        .modify(|object| {
-            object.managed_fields_mut().clear();
-            object
-                .annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
+        .modify(keep)
         .reflect(writer);
     tasks.push(Box::pin(async move {
         let mut stream = std::pin::pin!(stream);
@@ -190,9 +216,13 @@ impl View {
             .unwrap_or_default()
     }
 
-    /// Every environment (a namespace with workloads, the cluster's own
-    /// left out), sorted by name; `only` keeps those names.
-    pub fn rows(&self, now: jiff::Timestamp, only: Option<&[String]>) -> Vec<Row> {
+    /// Every environment (a namespace of the scope with workloads), sorted
+    /// by name; `keep` judges each by its name and labels.
+    pub fn rows(
+        &self,
+        now: jiff::Timestamp,
+        keep: impl Fn(&str, &BTreeMap<String, String>) -> bool,
+    ) -> Vec<Row> {
         let mut workloads: BTreeMap<String, Vec<Workload>> = BTreeMap::new();
         let mut add = |w: Workload| workloads.entry(w.namespace.clone()).or_default().push(w);
         for d in self.deployments.state() {
@@ -241,10 +271,7 @@ impl View {
             .into_iter()
             .filter_map(|ns| {
                 let name = ns.name_any();
-                if only.is_some_and(|only| !only.contains(&name)) {
-                    return None;
-                }
-                if envs::SYSTEM_NAMESPACES.contains(&name.as_str()) {
+                if !self.scope.admits(&name, ns.labels()) || !keep(&name, ns.labels()) {
                     return None;
                 }
                 let mut listed = workloads.remove(&name)?;

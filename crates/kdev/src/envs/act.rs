@@ -34,8 +34,10 @@ pub struct Selection {
     pub namespaces: Vec<String>,
     /// A label selector on namespaces.
     pub selector: Option<String>,
-    /// Every namespace.
+    /// Every environment.
     pub all: bool,
+    /// Which namespaces `all` and `selector` choose among.
+    pub scope: super::Scope,
     /// Single workloads, in the one namespace given.
     pub workloads: Vec<Ref>,
     /// Whole environments only: leave out workloads that have a schedule
@@ -186,15 +188,18 @@ pub async fn namespaces(kube: &Kube, selection: &Selection) -> anyhow::Result<Ve
         });
     }
     let api: Api<Namespace> = Api::all(kube.client.clone());
-    let mut params = ListParams::default();
-    if let Some(selector) = &selection.selector {
-        params = params.labels(selector);
-    }
+    let scope = &selection.scope;
+    let params = ListParams::default().labels(&scope.label_selector(selection.selector.as_deref()));
     let list = api
         .list(&params)
         .await
         .map_err(|err| kube.explain(err, "list namespaces"))?;
-    Ok(list.items.iter().map(|ns| ns.name_any()).collect())
+    Ok(list
+        .items
+        .iter()
+        .map(|ns| ns.name_any())
+        .filter(|name| !scope.is_protected(name))
+        .collect())
 }
 
 async fn namespace_annotations(kube: &Kube, namespace: &str) -> BTreeMap<String, String> {

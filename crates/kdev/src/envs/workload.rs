@@ -117,6 +117,9 @@ pub trait Scalable:
     fn ready(&self) -> i32;
     /// The patch that sets the size (merged with the annotations by the caller).
     fn size_patch(size: i32) -> serde_json::Value;
+    /// Drops all that [`view`] does not read (the pod template, most of the
+    /// status): what a cache of thousands keeps.
+    fn keep_viewed(&mut self);
 }
 
 impl Scalable for Deployment {
@@ -132,6 +135,28 @@ impl Scalable for Deployment {
     }
     fn size_patch(size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "replicas": size } })
+    }
+    fn keep_viewed(&mut self) {
+        use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+        self.spec = self.spec.take().map(|s| DeploymentSpec {
+            replicas: s.replicas,
+            ..DeploymentSpec::default()
+        });
+        self.status = self.status.take().map(|s| DeploymentStatus {
+            ready_replicas: s.ready_replicas,
+            ..DeploymentStatus::default()
+        });
+        keep_viewed_meta(self.meta_mut());
+    }
+}
+
+/// Of the metadata, what [`view`] and the dashboard read.
+fn keep_viewed_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
@@ -149,6 +174,18 @@ impl Scalable for StatefulSet {
     fn size_patch(size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "replicas": size } })
     }
+    fn keep_viewed(&mut self) {
+        use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+        self.spec = self.spec.take().map(|s| StatefulSetSpec {
+            replicas: s.replicas,
+            ..StatefulSetSpec::default()
+        });
+        self.status = self.status.take().map(|s| StatefulSetStatus {
+            ready_replicas: s.ready_replicas,
+            ..StatefulSetStatus::default()
+        });
+        keep_viewed_meta(self.meta_mut());
+    }
 }
 
 impl Scalable for CronJob {
@@ -162,6 +199,15 @@ impl Scalable for CronJob {
     }
     fn size_patch(size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "suspend": size == 0 } })
+    }
+    fn keep_viewed(&mut self) {
+        use k8s_openapi::api::batch::v1::CronJobSpec;
+        self.spec = CronJobSpec {
+            suspend: self.spec.suspend,
+            ..CronJobSpec::default()
+        };
+        self.status = None;
+        keep_viewed_meta(self.meta_mut());
     }
 }
 

@@ -353,7 +353,7 @@ async fn the_dashboard_lists_acts_as_its_own_account_and_refuses_what_it_must() 
         let bad = request(port, "GET", "/?selector=a%20b%20c", &[], "")
             .await
             .expect("the page");
-        assert!(bad.text().contains("was refused"), "{}", bad.text());
+        assert!(bad.text().contains("is not valid"), "{}", bad.text());
         let bad = request(port, "GET", "/api/envs?selector=a%20b%20c", &[], "")
             .await
             .expect("json");
@@ -610,6 +610,115 @@ async fn the_dashboard_lists_acts_as_its_own_account_and_refuses_what_it_must() 
 /// A workload a swap session holds: every action on its environment is
 /// refused, and nothing is written. (The environment is another namespace
 /// than the controller's reaper watches, so the marks stay as written.)
+/// Regression: every namespace but kube-* was an environment, so the
+/// dashboard could put ingress-nginx or a policy webhook to sleep. Now only
+/// namespaces labelled kdev.dev/environment are shown or acted on, and the
+/// live views are capped.
+#[tokio::test]
+async fn only_labelled_namespaces_are_environments_and_live_views_are_capped() {
+    with_namespace("dash-scope", |ns| async move {
+        with_namespace("dash-other", |other| async move {
+            // `other` is a plain namespace: not an environment.
+            label(&other, json!({ "kdev.dev/environment": null })).await;
+            own(&ns, &ns.name).await;
+            deploy(&ns, simple_deployment("web", 1, &[8080])).await;
+            deploy(&other, simple_deployment("web", 1, &[8080])).await;
+            let (controller, port) = dashboard(&ns, true).await;
+            env_of(port, &ns).await;
+            let listed = |port: u16, name: String| async move {
+                let reply = request(port, "GET", "/api/envs", &[], "").await?;
+                let list = serde_json::from_slice::<Value>(&reply.body).ok()?;
+                Some(
+                    list.as_array()?
+                        .iter()
+                        .any(|e| e["namespace"] == name.as_str()),
+                )
+            };
+            assert_eq!(listed(port, other.name.clone()).await, Some(false));
+            let token = csrf(port).await;
+            let (status, message) = act(
+                port,
+                &other.name,
+                &[("action", "sleep"), ("reason", "test"), ("seen", "x"), ("csrf", &token)],
+            )
+            .await;
+            assert_eq!(status, 404, "{message}");
+            assert!(message.contains("labelled as an environment"), "{message}");
+            assert_eq!(replicas(&other, "web").await, 1);
+            // Labelled, it is one; the label gone, it is not, live.
+            label(&other, json!({ "kdev.dev/environment": "team" })).await;
+            eventually(Duration::from_secs(20), "the labelled namespace listed", || {
+                let name = other.name.clone();
+                async move { listed(port, name).await.filter(|l| *l).map(|_| ()) }
+            })
+            .await;
+            label(&other, json!({ "kdev.dev/environment": null })).await;
+            eventually(Duration::from_secs(20), "the unlabelled namespace gone", || {
+                let name = other.name.clone();
+                async move { listed(port, name).await.filter(|l| !*l).map(|_| ()) }
+            })
+            .await;
+
+            // Live views: up to the cap, then 503 at once; one closed
+            // makes room for another.
+            let cap = kdev::dashboard::MAX_LIVE_VIEWS;
+            let mut views = Vec::new();
+            for _ in 0..cap {
+                views.push(open_live_view(port).await);
+            }
+            for view in &views {
+                assert!(view.1.starts_with("HTTP/1.1 200"), "{}", view.1);
+            }
+            let (_extra, refused) = open_live_view(port).await;
+            assert!(refused.starts_with("HTTP/1.1 503"), "{refused}\n{}", controller.log());
+            drop(views.pop());
+            let again = eventually(Duration::from_secs(10), "room for a live view", || async {
+                let (stream, head) = open_live_view(port).await;
+                head.starts_with("HTTP/1.1 200").then_some(stream)
+            })
+            .await;
+            drop(again);
+        })
+        .await;
+    })
+    .await;
+}
+
+/// Opens `/events` and reads its status line (the stream stays open while
+/// the socket is kept).
+async fn open_live_view(port: u16) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the dashboard");
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("ask for a live view");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Merges `labels` into the namespace's labels (null removes one).
+async fn label(ns: &TestNamespace, labels: Value) {
+    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": labels } })),
+        )
+        .await
+        .expect("label the namespace");
+}
+
 #[tokio::test]
 async fn an_environment_held_by_a_swap_is_not_acted_on() {
     with_namespace("dash-ctl", |ctl| async move {
@@ -960,8 +1069,65 @@ async fn deploy_dashboard_grants_nothing_but_its_actions_and_kdev_envs_dashboard
             );
         }
 
+        // deploy/dashboard's admission policy: the cluster-wide roles reach
+        // environments only (regression: the dashboard could put any
+        // namespace to sleep, ingress-nginx included).
+        Box::pin(acts_only_in_environments(&ns)).await;
         // Boxed: the whole test's future is too large for the test thread's stack.
         Box::pin(opened_by_kdev_envs_dashboard(&ns)).await;
+    })
+    .await;
+}
+
+/// As deploy/dashboard's account: scaling and annotating in an environment
+/// is allowed; the same in a plain namespace is refused by the policy.
+async fn acts_only_in_environments(ns: &TestNamespace) {
+    with_namespace("dash-plain", |other| async move {
+        label(&other, json!({ "kdev.dev/environment": null })).await;
+        deploy(ns, simple_deployment("scoped", 1, &[8080])).await;
+        deploy(&other, simple_deployment("scoped", 1, &[8080])).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let account = format!("system:serviceaccount:{}:kdev-dashboard", ns.name);
+        let client = crate::support::client_for(&crate::support::kubeconfig_as(&account, dir.path())).await;
+        let scale = Patch::Merge(json!({ "spec": { "replicas": 0 } }));
+        let annotate = Patch::Merge(json!({ "metadata": { "annotations": { "kdev.dev/keep-awake-until": "2026-12-31T00:00:00Z" } } }));
+        let in_env: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        in_env
+            .patch_scale("scoped", &PatchParams::default(), &scale)
+            .await
+            .expect("the dashboard's account scales in an environment");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .patch(&ns.name, &PatchParams::default(), &annotate)
+            .await
+            .expect("the dashboard's account keeps an environment awake");
+        let plain: Api<Deployment> = Api::namespaced(client.clone(), &other.name);
+        let refused = plain
+            .patch_scale("scoped", &PatchParams::default(), &scale)
+            .await
+            .expect_err("the dashboard's account may not scale outside environments");
+        assert!(
+            refused.to_string().contains("is not a dev environment"),
+            "{refused}"
+        );
+        let refused = namespaces
+            .patch(&other.name, &PatchParams::default(), &annotate)
+            .await
+            .expect_err("the dashboard's account may not annotate a plain namespace");
+        assert!(
+            refused.to_string().contains("is not a dev environment"),
+            "{refused}"
+        );
+        // Nor make it an environment by labelling it in the same write.
+        let refused = namespaces
+            .patch(
+                &other.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": { "kdev.dev/environment": "x" } } })),
+            )
+            .await
+            .expect_err("the dashboard's account may not label a namespace into an environment");
+        assert!(refused.to_string().contains("is not a dev environment"), "{refused}");
     })
     .await;
 }

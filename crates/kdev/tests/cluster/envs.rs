@@ -670,6 +670,82 @@ async fn the_controller_sleeps_and_wakes_an_environment_at_its_schedules_edges()
     .await;
 }
 
+/// Regression: every namespace but kube-* was an environment. Now a
+/// namespace is one only when labelled (kdev.dev/environment by default):
+/// bulk sleeps, the listing and the scheduler pass the others by, and the
+/// cluster's own are refused even when named.
+#[tokio::test]
+async fn only_labelled_namespaces_are_environments_and_protected_ones_are_refused() {
+    with_namespace("envs-scope", |ns| async move {
+        with_namespace("envs-plain", |plain| async move {
+            let mark = json!({ "kdev.dev/scope-test": ns.name.clone() });
+            annotate_namespace(&ns, json!({}), mark.clone()).await;
+            let mut unlabel = mark.clone();
+            unlabel["kdev.dev/environment"] = Value::Null;
+            annotate_namespace(&plain, json!({}), unlabel).await;
+            create_deployment(&ns, "web", 1, json!({})).await;
+            create_deployment(&plain, "web", 1, json!({})).await;
+            let both = format!("kdev.dev/scope-test={}", ns.name);
+
+            // -l: the environment among the two, not the plain one.
+            ok(run(&kubeconfig(), &ns.name, &["sleep", "-l", &both]));
+            assert_eq!(replicas(&ns, "web").await.0, 0);
+            assert_eq!(replicas(&plain, "web").await.0, 1);
+            let listed: Value = serde_json::from_str(&ok(run(
+                &kubeconfig(),
+                &ns.name,
+                &["envs", "-l", &both, "-o", "json"],
+            )))
+            .expect("json");
+            let names: Vec<&str> = listed
+                .as_array()
+                .expect("a list")
+                .iter()
+                .filter_map(|e| e["namespace"].as_str())
+                .collect();
+            assert_eq!(names, [ns.name.as_str()]);
+            // --environments "" makes every namespace one (kube-* aside).
+            ok(run(&kubeconfig(), &ns.name, &["wake", "-l", &both, "--environments", ""]));
+            assert_eq!(replicas(&ns, "web").await.0, 1);
+            // Named outright, a plain namespace is taken as named.
+            ok(run(&kubeconfig(), &plain.name, &["sleep"]));
+            assert_eq!(replicas(&plain, "web").await.0, 0);
+            ok(run(&kubeconfig(), &plain.name, &["wake"]));
+            // The cluster's own never, even named.
+            let out = run(&kubeconfig(), "kube-system", &["sleep", "--dry-run"]);
+            assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+            // The scheduler: in its downtime from the start, it leaves the
+            // plain namespace alone, and sleeps it once it is labelled.
+            annotate_namespace(
+                &plain,
+                json!({ "kdev.dev/downtime": "Wed 19:00-07:00 UTC" }),
+                json!({}),
+            )
+            .await;
+            let controller = scheduler(&plain, &plain.kubeconfig, "2026-12-02T20:00:00Z");
+            eventually(Duration::from_secs(30), "the scheduler ready", || async {
+                crate::support::http_get(controller.port, "/readyz")
+                    .await
+                    .filter(|(status, _)| *status == 200)
+            })
+            .await;
+            // A negative has no event to wait for: it is given the time a
+            // labelled namespace takes to sleep (below) several times over.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert_eq!(replicas(&plain, "web").await.0, 1, "{}", controller.log());
+            assert_eq!(env_checks(controller.port).await.unwrap_or(0), 0, "{}", controller.log());
+            annotate_namespace(&plain, json!({}), json!({ "kdev.dev/environment": "team" })).await;
+            eventually(Duration::from_secs(20), "the labelled namespace to sleep", || async {
+                (replicas(&plain, "web").await.0 == 0).then_some(())
+            })
+            .await;
+        })
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_bad_schedule_is_a_warning_event_and_changes_nothing() {
     with_namespace("envs-bad-schedule", |ns| async move {
@@ -959,13 +1035,16 @@ async fn a_waker_wakes_on_the_first_connection_and_fails_clearly_after_its_hold(
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start the waker");
+        // The hold runs from the accept, which comes before the request is
+        // written: time from before the connection (regression: timed from
+        // the write, 3 s measured as 2.9995 s).
+        let asked = std::time::Instant::now();
         let mut socket = eventually(Duration::from_secs(10), "the waker to listen", || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .ok()
         })
         .await;
-        let asked = std::time::Instant::now();
         socket
             .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
             .await

@@ -99,7 +99,18 @@ where
             &Namespace {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    labels: Some([("kdev.dev/test".to_owned(), "true".to_owned())].into()),
+                    // Every test's namespace is an environment, as a
+                    // team's would be (kdev.dev/environment).
+                    labels: Some(
+                        [
+                            ("kdev.dev/test".to_owned(), "true".to_owned()),
+                            (
+                                kdev_contract::envs::ENVIRONMENT_LABEL.to_owned(),
+                                "test".to_owned(),
+                            ),
+                        ]
+                        .into(),
+                    ),
                     ..ObjectMeta::default()
                 },
                 ..Namespace::default()
