@@ -41,7 +41,13 @@ def create(base, namespaces, per_namespace):
         call(
             f"{base}/api/v1/namespaces",
             "POST",
-            {"metadata": {"name": ns, "labels": {"kdev.dev/environment": "bench"}}},
+            {
+                "metadata": {
+                    "name": ns,
+                    # An environment, in one of ten groups a filter can pick.
+                    "labels": {"kdev.dev/environment": "bench", "bench-group": f"g{i % 10}"},
+                }
+            },
         )
         for j in range(per_namespace):
             name = f"app-{j:03d}"

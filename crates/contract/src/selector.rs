@@ -181,7 +181,10 @@ impl Parser<'_> {
                 check_key(&key)?;
                 Ok(key)
             }
-            Some(other) => Err(error(format!("expected a label key, found {}", describe(other)))),
+            Some(other) => Err(error(format!(
+                "expected a label key, found {}",
+                describe(other)
+            ))),
             None => Err(error("expected a label key, found the end")),
         }
     }
@@ -250,7 +253,9 @@ impl Parser<'_> {
 
     fn set(&mut self, key: &str) -> Result<Vec<String>, ParseError> {
         if self.next() != Some(&Token::Open) {
-            return Err(error(format!("{key}: 'in' and 'notin' take a list in parentheses")));
+            return Err(error(format!(
+                "{key}: 'in' and 'notin' take a list in parentheses"
+            )));
         }
         let mut values = Vec::new();
         loop {
@@ -258,7 +263,11 @@ impl Parser<'_> {
             match self.next() {
                 Some(Token::Comma) => {}
                 Some(Token::Close) => break,
-                _ => return Err(error(format!("{key}: the list of values is not closed with ')'"))),
+                _ => {
+                    return Err(error(format!(
+                        "{key}: the list of values is not closed with ')'"
+                    )));
+                }
             }
         }
         Ok(values)
@@ -324,8 +333,12 @@ impl Selector {
                 Op::DoesNotExist => value.is_none(),
                 Op::In(values) => value.is_some_and(|v| values.contains(v)),
                 Op::NotIn(values) => value.is_none_or(|v| !values.contains(v)),
-                Op::Greater(n) => value.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-                Op::Less(n) => value.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+                Op::Greater(n) => value
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                Op::Less(n) => value
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
             }
         })
     }
@@ -377,7 +390,12 @@ mod tests {
 
     #[test]
     fn every_form_matches_as_the_api_server_does() {
-        let web = labels(&[("team", "a"), ("tier", "web"), ("size", "3"), ("kdev.dev/environment", "")]);
+        let web = labels(&[
+            ("team", "a"),
+            ("tier", "web"),
+            ("size", "3"),
+            ("kdev.dev/environment", ""),
+        ]);
         let cases = [
             ("", true),
             ("team", true),
@@ -424,7 +442,11 @@ mod tests {
 
     #[test]
     fn the_text_it_prints_parses_back_the_same() {
-        for text in ["a,!b,c=d,e!=f,g in (h,i),j notin (k),l>1,m<2", "x.io/y=", ""] {
+        for text in [
+            "a,!b,c=d,e!=f,g in (h,i),j notin (k),l>1,m<2",
+            "x.io/y=",
+            "",
+        ] {
             let selector = parse(text);
             assert_eq!(parse(&selector.to_string()), selector);
         }

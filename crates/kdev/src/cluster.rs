@@ -16,6 +16,7 @@
 
 mod binaries;
 pub mod hostshare;
+mod identity;
 mod kwokctl;
 pub mod netns;
 pub mod node;
@@ -246,7 +247,8 @@ impl LocalCluster {
                 api_port: self.api_port()?,
                 tainted: nodes == Nodes::Both,
             };
-            if let Err(err) = node.up().await {
+            let admin = ready::client(&self.kubeconfig_path()).await?;
+            if let Err(err) = node.up(&admin).await {
                 return Err(err.context(format!(
                     "the real node did not start; its logs are in {}; `kdev cluster down --name {}` removes it",
                     self.dir().join("node/logs").display(),

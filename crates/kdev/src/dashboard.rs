@@ -94,7 +94,7 @@ struct App {
 #[derive(Default)]
 struct Renders {
     change: u64,
-    by_filter: std::collections::HashMap<(String, String), std::sync::Arc<String>>,
+    by_filter: std::collections::HashMap<(String, String, usize), std::sync::Arc<String>>,
 }
 
 /// An action's outcome, as the live stream sends it (event `said`).
@@ -203,6 +203,9 @@ struct Filter {
     /// The message of the action just done (no-script form posts).
     #[serde(default)]
     said: String,
+    /// Which page of rows ([`page::PAGE_ROWS`] each), from 1.
+    #[serde(default)]
+    page: Option<usize>,
 }
 
 impl App {
@@ -214,8 +217,7 @@ impl App {
         let now = jiff::Timestamp::now();
         match filter.selector() {
             Ok(selector) => (
-                self.view
-                    .rows(now, |_, labels| selector.matches(labels)),
+                self.view.rows(now, |_, labels| selector.matches(labels)),
                 None,
             ),
             Err(problem) => (Vec::new(), Some(problem)),
@@ -226,7 +228,11 @@ impl App {
     /// by the first view that asks, shared by the others (it carries no
     /// form token; the page's script gives new rows the page's).
     async fn update(&self, filter: &Filter, change: u64) -> std::sync::Arc<String> {
-        let key = (filter.selector.trim().to_owned(), filter.owner.trim().to_owned());
+        let key = (
+            filter.selector.trim().to_owned(),
+            filter.owner.trim().to_owned(),
+            filter.page.unwrap_or(1),
+        );
         if let Ok(renders) = self.renders.lock()
             && renders.change == change
             && let Some(data) = renders.by_filter.get(&key)
@@ -237,7 +243,7 @@ impl App {
         let data = std::sync::Arc::new(
             serde_json::json!({
                 "summary": page::summary(&rows),
-                "rows": page::rows(&rows, ""),
+                "rows": page::rows(page::window(&rows, filter.page.unwrap_or(1)), ""),
             })
             .to_string(),
         );
@@ -284,6 +290,7 @@ async fn index(
         said: (!filter.said.is_empty()).then_some(filter.said.as_str()),
         problem: problem.as_deref(),
         csrf: &token,
+        page: filter.page.unwrap_or(1),
     });
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
@@ -378,10 +385,7 @@ async fn api_envs(State(app): State<App>, Query(filter): Query<Filter>) -> Respo
 /// Live updates: the rows again whenever a watched object changed (changes
 /// within 100 ms go out as one update), as server-sent events named `envs`
 /// carrying `{"summary": …, "rows": …}`. At most [`MAX_LIVE_VIEWS`] at once.
-async fn events(
-    State(app): State<App>,
-    Query(filter): Query<Filter>,
-) -> Response {
+async fn events(State(app): State<App>, Query(filter): Query<Filter>) -> Response {
     let Ok(permit) = app.live_views.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -405,23 +409,21 @@ fn live(
     // The view's permit goes with its stream: released when it ends.
     let stream = futures::stream::unfold(
         (app, filter, changed, None, true, permit),
-        move |(app, filter, mut changed, last, first, permit)| {
-            async move {
-                let mut last: Option<std::sync::Arc<String>> = last;
-                loop {
-                    if !first || last.is_some() {
-                        if changed.changed().await.is_err() {
-                            return None;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+        move |(app, filter, mut changed, last, first, permit)| async move {
+            let mut last: Option<std::sync::Arc<String>> = last;
+            loop {
+                if !first || last.is_some() {
+                    if changed.changed().await.is_err() {
+                        return None;
                     }
-                    let change = *changed.borrow_and_update();
-                    let data = app.update(&filter, change).await;
-                    if last.as_ref().is_none_or(|last| *last != data) {
-                        let event = SseEvent::default().event("envs").data(data.as_str());
-                        last = Some(data);
-                        return Some((Ok(event), (app, filter, changed, last, false, permit)));
-                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let change = *changed.borrow_and_update();
+                let data = app.update(&filter, change).await;
+                if last.as_ref().is_none_or(|last| *last != data) {
+                    let event = SseEvent::default().event("envs").data(data.as_str());
+                    last = Some(data);
+                    return Some((Ok(event), (app, filter, changed, last, false, permit)));
                 }
             }
         },
@@ -784,7 +786,7 @@ fn actor(headers: &HeaderMap, proxied: bool) -> String {
 }
 
 /// Text for a URL's query: unreserved characters kept, the rest %XX.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         match b {

@@ -380,7 +380,11 @@ impl Scope {
         if self.is_protected(namespace) {
             return Err(crate::error::usage(format!(
                 "namespace {namespace} is protected: kdev never puts it to sleep or wakes it (protected: {})",
-                self.protected.iter().cloned().collect::<Vec<_>>().join(", ")
+                self.protected
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         Ok(())

@@ -239,11 +239,26 @@ fn envs_bad_scope_is_a_usage_error_before_any_request() {
     let config = kubeconfig(dir.path());
     let config = config.to_str().expect("utf-8 path");
     for (args, says) in [
-        (&["-n", "kube-system", "sleep"][..], "namespace kube-system is protected"),
-        (&["-n", "team-a", "wake", "--protected", "team-a"], "namespace team-a is protected"),
-        (&["envs", "sleep-now", "kube-public"], "namespace kube-public is protected"),
-        (&["sleep", "-A", "--environments", "team in a"], "--environments \"team in a\" is not a label selector"),
-        (&["wake", "-l", "team=(x"], "-l \"team=(x\" is not a label selector"),
+        (
+            &["-n", "kube-system", "sleep"][..],
+            "namespace kube-system is protected",
+        ),
+        (
+            &["-n", "team-a", "wake", "--protected", "team-a"],
+            "namespace team-a is protected",
+        ),
+        (
+            &["envs", "sleep-now", "kube-public"],
+            "namespace kube-public is protected",
+        ),
+        (
+            &["sleep", "-A", "--environments", "team in a"],
+            "--environments \"team in a\" is not a label selector",
+        ),
+        (
+            &["wake", "-l", "team=(x"],
+            "-l \"team=(x\" is not a label selector",
+        ),
         (&["envs", "-l", "!"], "is not a label selector"),
         (&["sleep", "-A", "--protected", "Bad_Name"], "--protected"),
     ] {

@@ -98,7 +98,8 @@ spec:
 
 /// Extra component flags for a cluster with a real node: the API server
 /// reaches nodes and Services through the node proxy (its egress), prefers
-/// InternalIPs, and authenticates to the kubelet with the admin certificate;
+/// InternalIPs, authenticates to the kubelet with the admin certificate
+/// (the kubelet authenticates to it with a node certificate of its own);
 /// kwok fakes only the nodes `kwokctl scale node` made.
 pub fn real_node_args(cluster_dir: &Path, egress: &Path) -> Vec<String> {
     let pki = cluster_dir.join("pki");
@@ -108,6 +109,9 @@ pub fn real_node_args(cluster_dir: &Path, egress: &Path) -> Vec<String> {
             egress.display()
         ),
         "kube-apiserver=kubelet-preferred-address-types=InternalIP,Hostname".into(),
+        // The real node's kubelet is system:node:kdev-node: it may change
+        // its own Node and its own pods only.
+        "kube-apiserver=enable-admission-plugins=NodeRestriction".into(),
         format!(
             "kube-apiserver=kubelet-client-certificate={}",
             pki.join("admin.crt").display()

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::netns;
+use super::{identity, netns};
 use crate::image;
 
 /// The node's name in the cluster.
@@ -135,7 +135,9 @@ impl Node<'_> {
 
     /// Steps 1 to 4 of the module's flow. Returns once the kubelet runs;
     /// the caller waits for the Node to be Ready.
-    pub async fn up(&self) -> anyhow::Result<()> {
+    /// `admin`: a client with the admin's rights, for what the node's
+    /// components are granted.
+    pub async fn up(&self, admin: &kube::Client) -> anyhow::Result<()> {
         let netns = Self::netns(self.cluster);
         std::fs::create_dir_all(self.dir())
             .with_context(|| format!("failed to create {}", self.dir().display()))?;
@@ -154,6 +156,7 @@ impl Node<'_> {
         self.wait_for_socket(&self.containerd_socket(), Duration::from_secs(30))
             .await?;
         self.import_images().await?;
+        self.grant_coredns(admin).await?;
         self.start_in_netns(
             &netns,
             "kubelet",
@@ -239,10 +242,50 @@ impl Node<'_> {
         };
         write("containerd.toml", containerd_config(&dir, self.binaries))?;
         write("cni/10-kdev.conflist", cni_config(&dir))?;
-        write(
-            "kubeconfig.yaml",
-            kubeconfig(&format!("https://{API_ADDRESS}:{}", self.api_port), &pki),
-        )?;
+        // Each component is itself to the API server, never the admin:
+        // the kubelet as its node (Node authorizer, NodeRestriction),
+        // kube-proxy as system:kube-proxy, CoreDNS as kdev:coredns.
+        let server = format!("https://{API_ADDRESS}:{}", self.api_port);
+        let ca = pki.join("ca.crt");
+        for (file, folder, user, group) in [
+            (
+                "kubelet",
+                "pki",
+                format!("system:node:{NODE_NAME}"),
+                Some("system:nodes"),
+            ),
+            ("kube-proxy", "pki", "system:kube-proxy".to_owned(), None),
+            (
+                "coredns",
+                "coredns",
+                identity::COREDNS_USER.to_owned(),
+                None,
+            ),
+        ] {
+            let issued = identity::issue(&pki, &identity::Subject { user: &user, group })?;
+            let folder = dir.join(folder);
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("failed to create {}", folder.display()))?;
+            let cert = folder.join(format!("{file}.crt"));
+            let key = folder.join(format!("{file}.key"));
+            write_private(&cert, &issued.cert)?;
+            write_private(&key, &issued.key)?;
+            // CoreDNS's folder is all it mounts: the CA's certificate goes
+            // in it, the CA's key nowhere near it.
+            let ca = if file == "coredns" {
+                let copy = folder.join("ca.crt");
+                std::fs::copy(&ca, &copy).with_context(|| {
+                    format!("failed to copy {} to {}", ca.display(), copy.display())
+                })?;
+                copy
+            } else {
+                ca.clone()
+            };
+            write_private(
+                &folder.join(format!("{file}.kubeconfig")),
+                &kubeconfig(&server, &ca, &cert, &key),
+            )?;
+        }
         write(
             "kubelet.yaml",
             kubelet_config(&dir, &pki, &cgroup_root(self.cluster)),
@@ -254,15 +297,40 @@ impl Node<'_> {
                 "nameserver {DNS_IP}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
             ),
         )?;
-        write("Corefile", corefile(&dir))?;
+        write("coredns/Corefile", corefile(&dir))?;
         write("manifests/coredns.yaml", coredns_pod(&dir))?;
+        Ok(())
+    }
+
+    /// CoreDNS's reads ([`identity::COREDNS_ROLE`]), applied with the
+    /// admin's kubeconfig before CoreDNS starts (again at every `up`).
+    async fn grant_coredns(&self, admin: &kube::Client) -> anyhow::Result<()> {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+        use kube::api::{Api, Patch, PatchParams};
+        let client = admin.clone();
+        let params = PatchParams::apply("kdev-cluster").force();
+        let role: ClusterRole = serde_json::from_str(identity::COREDNS_ROLE)
+            .context("kdev's CoreDNS ClusterRole does not parse")?;
+        let binding: ClusterRoleBinding = serde_json::from_str(identity::COREDNS_BINDING)
+            .context("kdev's CoreDNS ClusterRoleBinding does not parse")?;
+        Api::<ClusterRole>::all(client.clone())
+            .patch(identity::COREDNS_USER, &params, &Patch::Apply(&role))
+            .await
+            .context("failed to grant CoreDNS its reads (ClusterRole kdev:coredns)")?;
+        Api::<ClusterRoleBinding>::all(client)
+            .patch(identity::COREDNS_USER, &params, &Patch::Apply(&binding))
+            .await
+            .context("failed to grant CoreDNS its reads (ClusterRoleBinding kdev:coredns)")?;
         Ok(())
     }
 
     fn kubelet_args(&self) -> Vec<String> {
         let mut args = vec![
             format!("--config={}", self.path("kubelet.yaml").display()),
-            format!("--kubeconfig={}", self.path("kubeconfig.yaml").display()),
+            format!(
+                "--kubeconfig={}",
+                self.path("pki/kubelet.kubeconfig").display()
+            ),
             format!("--hostname-override={NODE_NAME}"),
             format!("--node-ip={NODE_IP}"),
             format!("--root-dir={}", self.path("kubelet").display()),
@@ -633,13 +701,28 @@ fn cni_config(dir: &Path) -> String {
     .to_string()
 }
 
-fn kubeconfig(server: &str, pki: &Path) -> String {
-    let p = pki.display();
+fn kubeconfig(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    let (ca, cert, key) = (ca.display(), cert.display(), key.display());
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kdev\n  cluster:\n    server: {server}\n    certificate-authority: {p}/ca.crt\n\
-         users:\n- name: kdev-node\n  user:\n    client-certificate: {p}/admin.crt\n    client-key: {p}/admin.key\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kdev\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: kdev-node\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n\
          contexts:\n- name: kdev\n  context: {{cluster: kdev, user: kdev-node}}\ncurrent-context: kdev\n"
     )
+}
+
+/// Writes a file only root reads (keys, and what names them).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 fn kubelet_config(dir: &Path, pki: &Path, cgroup_root: &str) -> String {
@@ -686,7 +769,7 @@ fn kube_proxy_config(dir: &Path) -> String {
         "kind": "KubeProxyConfiguration",
         "mode": "iptables",
         "clusterCIDR": POD_CIDR,
-        "clientConnection": { "kubeconfig": format!("{}/kubeconfig.yaml", dir.display()) },
+        "clientConnection": { "kubeconfig": format!("{}/pki/kube-proxy.kubeconfig", dir.display()) },
         "bindAddress": NODE_IP,
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
@@ -700,17 +783,17 @@ fn kube_proxy_config(dir: &Path) -> String {
 
 fn corefile(dir: &Path) -> String {
     format!(
-        ".:53 {{\n    errors\n    health :8181\n    ready :8182\n    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        kubeconfig {}/kubeconfig.yaml\n        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n    }}\n    cache 30\n    loop\n}}\n",
+        ".:53 {{\n    errors\n    health :8181\n    ready :8182\n    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        kubeconfig {}/coredns/coredns.kubeconfig\n        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n    }}\n    cache 30\n    loop\n}}\n",
         dir.display()
     )
 }
 
 /// CoreDNS as a static pod on the node's network (the node's namespace),
-/// reaching the API server through the node's kubeconfig (which names the
-/// cluster's certificates, so the whole cluster folder is mounted, read-only).
+/// reaching the API server as `kdev:coredns`. It mounts its own folder
+/// only, read-only: its Corefile, kubeconfig, certificate and key, and the
+/// CA's certificate (not the cluster folder, which holds the CA's key).
 fn coredns_pod(dir: &Path) -> String {
-    let d = dir.display();
-    let cluster = dir.parent().unwrap_or(dir).display().to_string();
+    let own = dir.join("coredns").display().to_string();
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -723,12 +806,12 @@ fn coredns_pod(dir: &Path) -> String {
                 "name": "coredns",
                 "image": COREDNS_IMAGE,
                 "imagePullPolicy": "Never",
-                "args": ["-conf", format!("{d}/Corefile")],
+                "args": ["-conf", format!("{own}/Corefile")],
                 "securityContext": { "runAsUser": 0, "capabilities": { "add": ["NET_BIND_SERVICE"] } },
                 "readinessProbe": { "httpGet": { "host": "127.0.0.1", "path": "/ready", "port": 8182 }, "periodSeconds": 1 },
-                "volumeMounts": [{ "name": "cluster", "mountPath": cluster, "readOnly": true }]
+                "volumeMounts": [{ "name": "coredns", "mountPath": own, "readOnly": true }]
             }],
-            "volumes": [{ "name": "cluster", "hostPath": { "path": cluster, "type": "Directory" } }],
+            "volumes": [{ "name": "coredns", "hostPath": { "path": own, "type": "Directory" } }],
             "tolerations": [{ "operator": "Exists" }]
         }
     })
@@ -761,6 +844,14 @@ mod tests {
         );
         let egress = Node::egress_config(Path::new("/tmp/kdev-test-cluster"));
         assert!(egress.contains("udsName: /tmp/kdev-test-cluster/node/egress.sock"));
-        assert!(corefile(dir).contains("kubeconfig /tmp/kdev-test-cluster/node/kubeconfig.yaml"));
+        assert!(
+            corefile(dir)
+                .contains("kubeconfig /tmp/kdev-test-cluster/node/coredns/coredns.kubeconfig")
+        );
+        let pod: serde_json::Value = serde_json::from_str(&coredns_pod(dir)).expect("pod is JSON");
+        assert_eq!(
+            pod["spec"]["volumes"][0]["hostPath"]["path"], "/tmp/kdev-test-cluster/node/coredns",
+            "CoreDNS mounts its own folder only, not the cluster's (the CA's key)"
+        );
     }
 }

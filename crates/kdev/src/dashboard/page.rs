@@ -7,9 +7,28 @@ use std::fmt::Write as _;
 use super::view::Row;
 use crate::envs::State;
 
+/// The most rows a page shows; `?page=N` shows the others. The summary
+/// counts them all.
+pub const PAGE_ROWS: usize = 100;
+
+/// The rows of page `page` (1-based; past the last, the last).
+pub fn window(rows: &[Row], page: usize) -> &[Row] {
+    let page = page.clamp(1, pages(rows.len()));
+    let start = (page - 1) * PAGE_ROWS;
+    &rows[start.min(rows.len())..(start + PAGE_ROWS).min(rows.len())]
+}
+
+/// How many pages `total` rows take (at least one).
+pub fn pages(total: usize) -> usize {
+    total.div_ceil(PAGE_ROWS).max(1)
+}
+
 /// What a page is rendered with besides its rows.
 pub struct Page<'a> {
+    /// Every row the filters keep; the page shows its window of them.
     pub rows: &'a [Row],
+    /// Which window (1-based).
+    pub page: usize,
     /// The filters as given (shown back in the form).
     pub selector: &'a str,
     pub owner: &'a str,
@@ -251,13 +270,42 @@ pub fn page(page: &Page<'_>) -> String {
     if let Some(problem) = page.problem {
         let _ = write!(out, "<p class=\"bad\" role=\"alert\">{}</p>", esc(problem));
     }
+    let shown = window(page.rows, page.page);
+    let last = pages(page.rows.len());
+    if last > 1 {
+        let at = page.page.clamp(1, last);
+        let link = |n: usize, text: &str| {
+            format!(
+                "<a href=\"/?selector={}&amp;owner={}&amp;page={n}\">{text}</a>",
+                esc(&super::percent_encode(page.selector)),
+                esc(&super::percent_encode(page.owner)),
+            )
+        };
+        let first = (at - 1) * PAGE_ROWS + 1;
+        let _ = write!(
+            out,
+            "<nav class=\"sub\" aria-label=\"Pages\">Environments {first} to {} of {} (page {at} of {last}) {} {}</nav>",
+            first + shown.len() - 1,
+            page.rows.len(),
+            if at > 1 {
+                link(at - 1, "Previous")
+            } else {
+                String::new()
+            },
+            if at < last {
+                link(at + 1, "Next")
+            } else {
+                String::new()
+            },
+        );
+    }
     let _ = write!(
         out,
         "<table><caption class=\"sub\">Each environment is a namespace; an action asks for a reason, which goes into its Event.</caption>\
 <thead><tr><th scope=\"col\">Environment</th><th scope=\"col\">State</th><th scope=\"col\">Workloads (ready/size)</th>\
 <th scope=\"col\">Last sleep or wake</th><th scope=\"col\">Next</th><th scope=\"col\">Act</th></tr></thead>\
 <tbody id=\"envs\">{}</tbody></table><script>{SCRIPT}</script></body></html>",
-        rows(page.rows, page.csrf)
+        rows(shown, page.csrf)
     );
     out
 }
@@ -314,6 +362,38 @@ mod tests {
     }
 
     #[test]
+    fn a_page_shows_its_window_and_the_summary_counts_all() {
+        let many: Vec<Row> = (0..250)
+            .map(|i| env_row(&format!("ns-{i:03}"), 1, 1))
+            .collect();
+        assert_eq!(window(&many, 1).len(), PAGE_ROWS);
+        assert_eq!(window(&many, 3).len(), 50);
+        assert_eq!(window(&many, 9)[0].env.namespace, "ns-200");
+        assert_eq!(window(&many, 0)[0].env.namespace, "ns-000");
+        assert_eq!(window(&[], 2).len(), 0);
+        let html = page(&Page {
+            rows: &many,
+            selector: "team=a b",
+            owner: "",
+            said: None,
+            problem: None,
+            csrf: "t",
+            page: 2,
+        });
+        assert!(html.contains("250 environments: 250 awake"), "{html}");
+        assert!(
+            html.contains("Environments 101 to 200 of 250 (page 2 of 3)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("selector=team%3Da%20b&amp;owner=&amp;page=3\">Next"),
+            "{html}"
+        );
+        assert!(html.contains("id=\"env-ns-150\""), "{html}");
+        assert!(!html.contains("id=\"env-ns-050\""), "{html}");
+    }
+
+    #[test]
     fn the_summary_counts_states() {
         let rows = [env_row("a", 1, 1), env_row("b", 1, 1), env_row("c", 2, 0)];
         assert_eq!(summary(&rows), "3 environments: 2 awake, 1 waking");
@@ -330,6 +410,7 @@ mod tests {
             said: Some("woke team-a"),
             problem: None,
             csrf: "t",
+            page: 1,
         });
         assert!(html.starts_with("<!doctype html><html lang=\"en\">"));
         assert!(html.contains("value=\"team=&quot;x&quot;\""), "{html}");

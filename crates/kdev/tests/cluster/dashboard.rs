@@ -639,7 +639,12 @@ async fn only_labelled_namespaces_are_environments_and_live_views_are_capped() {
             let (status, message) = act(
                 port,
                 &other.name,
-                &[("action", "sleep"), ("reason", "test"), ("seen", "x"), ("csrf", &token)],
+                &[
+                    ("action", "sleep"),
+                    ("reason", "test"),
+                    ("seen", "x"),
+                    ("csrf", &token),
+                ],
             )
             .await;
             assert_eq!(status, 404, "{message}");
@@ -647,16 +652,24 @@ async fn only_labelled_namespaces_are_environments_and_live_views_are_capped() {
             assert_eq!(replicas(&other, "web").await, 1);
             // Labelled, it is one; the label gone, it is not, live.
             label(&other, json!({ "kdev.dev/environment": "team" })).await;
-            eventually(Duration::from_secs(20), "the labelled namespace listed", || {
-                let name = other.name.clone();
-                async move { listed(port, name).await.filter(|l| *l).map(|_| ()) }
-            })
+            eventually(
+                Duration::from_secs(20),
+                "the labelled namespace listed",
+                || {
+                    let name = other.name.clone();
+                    async move { listed(port, name).await.filter(|l| *l).map(|_| ()) }
+                },
+            )
             .await;
             label(&other, json!({ "kdev.dev/environment": null })).await;
-            eventually(Duration::from_secs(20), "the unlabelled namespace gone", || {
-                let name = other.name.clone();
-                async move { listed(port, name).await.filter(|l| !*l).map(|_| ()) }
-            })
+            eventually(
+                Duration::from_secs(20),
+                "the unlabelled namespace gone",
+                || {
+                    let name = other.name.clone();
+                    async move { listed(port, name).await.filter(|l| !*l).map(|_| ()) }
+                },
+            )
             .await;
 
             // Live views: up to the cap, then 503 at once; one closed
@@ -670,7 +683,11 @@ async fn only_labelled_namespaces_are_environments_and_live_views_are_capped() {
                 assert!(view.1.starts_with("HTTP/1.1 200"), "{}", view.1);
             }
             let (_extra, refused) = open_live_view(port).await;
-            assert!(refused.starts_with("HTTP/1.1 503"), "{refused}\n{}", controller.log());
+            assert!(
+                refused.starts_with("HTTP/1.1 503"),
+                "{refused}\n{}",
+                controller.log()
+            );
             drop(views.pop());
             let again = eventually(Duration::from_secs(10), "room for a live view", || async {
                 let (stream, head) = open_live_view(port).await;

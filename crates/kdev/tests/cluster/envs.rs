@@ -705,7 +705,11 @@ async fn only_labelled_namespaces_are_environments_and_protected_ones_are_refuse
                 .collect();
             assert_eq!(names, [ns.name.as_str()]);
             // --environments "" makes every namespace one (kube-* aside).
-            ok(run(&kubeconfig(), &ns.name, &["wake", "-l", &both, "--environments", ""]));
+            ok(run(
+                &kubeconfig(),
+                &ns.name,
+                &["wake", "-l", &both, "--environments", ""],
+            ));
             assert_eq!(replicas(&ns, "web").await.0, 1);
             // Named outright, a plain namespace is taken as named.
             ok(run(&kubeconfig(), &plain.name, &["sleep"]));
@@ -713,7 +717,12 @@ async fn only_labelled_namespaces_are_environments_and_protected_ones_are_refuse
             ok(run(&kubeconfig(), &plain.name, &["wake"]));
             // The cluster's own never, even named.
             let out = run(&kubeconfig(), "kube-system", &["sleep", "--dry-run"]);
-            assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
 
             // The scheduler: in its downtime from the start, it leaves the
             // plain namespace alone, and sleeps it once it is labelled.
@@ -734,11 +743,18 @@ async fn only_labelled_namespaces_are_environments_and_protected_ones_are_refuse
             // labelled namespace takes to sleep (below) several times over.
             tokio::time::sleep(Duration::from_secs(3)).await;
             assert_eq!(replicas(&plain, "web").await.0, 1, "{}", controller.log());
-            assert_eq!(env_checks(controller.port).await.unwrap_or(0), 0, "{}", controller.log());
+            assert_eq!(
+                env_checks(controller.port).await.unwrap_or(0),
+                0,
+                "{}",
+                controller.log()
+            );
             annotate_namespace(&plain, json!({}), json!({ "kdev.dev/environment": "team" })).await;
-            eventually(Duration::from_secs(20), "the labelled namespace to sleep", || async {
-                (replicas(&plain, "web").await.0 == 0).then_some(())
-            })
+            eventually(
+                Duration::from_secs(20),
+                "the labelled namespace to sleep",
+                || async { (replicas(&plain, "web").await.0 == 0).then_some(()) },
+            )
             .await;
         })
         .await;

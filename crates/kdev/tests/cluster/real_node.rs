@@ -127,6 +127,91 @@ async fn a_pod_on_the_real_node_reaches_a_service_by_its_dns_name() {
 
 /// Host-network pods (and the node itself) reach Services too: the node's
 /// namespace routes the Service range so kube-proxy's rules apply.
+/// Regression: the kubelet, kube-proxy and CoreDNS used the admin's
+/// certificate, and CoreDNS mounted the cluster folder with the CA's key.
+/// Each is now itself: the kubelet is its node (NodeRestriction on), and
+/// none may read Secrets it has no pod for; CoreDNS mounts its own folder.
+#[tokio::test]
+async fn the_nodes_components_are_themselves_and_coredns_mounts_no_ca_key() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{ListParams, Patch, PatchParams};
+    with_namespace("real-identity", |ns| async move {
+        require_real_node(&ns).await;
+        let node_dir = ns.kubeconfig.parent().expect("cluster folder").join("node");
+        // A component's kubeconfig names the API server as the node's
+        // network namespace reaches it; from here it is the admin's address.
+        let admin = kube::config::Kubeconfig::read_from(&ns.kubeconfig).expect("the kubeconfig");
+        let server = admin.clusters[0].cluster.as_ref().and_then(|c| c.server.clone());
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let as_component = |file: &str| {
+            let path = node_dir.join(file);
+            let here = scratch.path().join(file.replace('/', "-"));
+            let server = server.clone();
+            async move {
+                let mut config = kube::config::Kubeconfig::read_from(&path).expect("a component's kubeconfig");
+                if let Some(cluster) = config.clusters[0].cluster.as_mut() {
+                    cluster.server = server;
+                }
+                // JSON is YAML too.
+                std::fs::write(&here, serde_json::to_string(&config).expect("json")).expect("write");
+                crate::support::client_for(&here).await
+            }
+        };
+        let kubelet = as_component("pki/kubelet.kubeconfig").await;
+        let nodes: Api<Node> = Api::all(kubelet.clone());
+        nodes.get("kdev-node").await.expect("the kubelet reads its own Node");
+        // NodeRestriction: a kubelet may not give itself the labels kept
+        // for the cluster's admins.
+        let refused = nodes
+            .patch(
+                "kdev-node",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": { "node-restriction.kubernetes.io/x": "y" } } })),
+            )
+            .await
+            .expect_err("NodeRestriction refuses the label");
+        assert!(refused.to_string().contains("node-restriction"), "{refused}");
+        for (file, who) in [
+            ("pki/kubelet.kubeconfig", "the kubelet"),
+            ("pki/kube-proxy.kubeconfig", "kube-proxy"),
+            ("coredns/coredns.kubeconfig", "CoreDNS"),
+        ] {
+            let client = as_component(file).await;
+            let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
+            let refused = secrets
+                .list(&ListParams::default())
+                .await
+                .expect_err("no component may list Secrets");
+            assert!(refused.to_string().contains("forbidden"), "{who}: {refused}");
+        }
+        let coredns = as_component("coredns/coredns.kubeconfig").await;
+        let services: Api<k8s_openapi::api::core::v1::Service> = Api::all(coredns);
+        services
+            .list(&ListParams::default())
+            .await
+            .expect("CoreDNS reads Services");
+
+        // CoreDNS's static pod mounts its own folder, which holds no key
+        // but its own.
+        let pods: Api<Pod> = Api::namespaced(ns.client.clone(), "kube-system");
+        let pod = pods.get("coredns-kdev-node").await.expect("CoreDNS's pod");
+        let volumes = pod.spec.and_then(|s| s.volumes).unwrap_or_default();
+        let paths: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| Some(v.host_path.as_ref()?.path.clone()))
+            .collect();
+        assert_eq!(paths, [node_dir.join("coredns").display().to_string()]);
+        let mut keys: Vec<String> = std::fs::read_dir(node_dir.join("coredns"))
+            .expect("CoreDNS's folder")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".key"))
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["coredns.key"]);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_host_network_pod_reaches_a_service_by_its_dns_name() {
     with_namespace("real-hostnet", |ns| async move {
