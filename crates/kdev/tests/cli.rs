@@ -499,4 +499,15 @@ fn release_builds_ignore_the_test_hooks() {
         "{}",
         stderr(&released)
     );
+    // Nor does it take the scheduler's testing clock.
+    let clock = Command::new(&release)
+        .args(["controller", "--clock-start", "2026-12-02T18:59:58Z"])
+        .output()
+        .expect("run kdev");
+    assert_eq!(clock.status.code(), Some(2), "{}", stderr(&clock));
+    assert!(
+        stderr(&clock).contains("--clock-start"),
+        "{}",
+        stderr(&clock)
+    );
 }

@@ -64,7 +64,8 @@ pub struct ControllerArgs {
     pub dashboard_proxy_socket: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub scope: super::envs::ScopeArgs,
-    /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace.
+    /// Testing: the scheduler's clock starts at this instant (RFC 3339) and runs at the real pace. Only in test builds.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, value_name = "TIME")]
     pub clock_start: Option<String>,
 }
@@ -77,7 +78,14 @@ impl ControllerArgs {
         if let Some(ns) = &self.watch_namespace {
             crate::k8s::validate_dns_label("--watch-namespace", ns)?;
         }
-        let clock = match &self.clock_start {
+        for host in &self.dashboard_hosts {
+            check_host(host)?;
+        }
+        #[cfg(feature = "test-hooks")]
+        let clock_start = &self.clock_start;
+        #[cfg(not(feature = "test-hooks"))]
+        let clock_start: &Option<String> = &None;
+        let clock = match clock_start {
             Some(text) => {
                 let start: jiff::Timestamp = text.parse().map_err(|err| {
                     crate::error::usage(format!(
@@ -136,5 +144,77 @@ impl ControllerArgs {
                     scope,
                 }),
         })
+    }
+}
+
+/// `--dashboard-host`: a host name or IP address as a browser sends it in
+/// `Host`, optionally with a port; anything else could never match.
+fn check_host(text: &str) -> anyhow::Result<()> {
+    let host = match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+            port.parse::<u16>().map_err(|_| {
+                crate::error::usage(format!("--dashboard-host {text:?}: {port:?} is not a port"))
+            })?;
+            host
+        }
+        _ => text,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if name_ok || host.parse::<std::net::IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        Err(crate::error::usage(format!(
+            "--dashboard-host {text:?} is not a host name (kdev.example.com), an IP address or either with a port"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn dashboard_hosts_are_names_or_addresses_with_an_optional_port() {
+        for good in [
+            "kdev.example.com",
+            "kdev.example.com:8443",
+            "10.0.0.1",
+            "[::1]:8081",
+            "::1",
+            "localhost",
+        ] {
+            assert!(check_host(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "https://kdev.example.com",
+            "kdev example",
+            "kdev.example.com:x",
+            "a..b",
+            "-a.b",
+            "kdev.example.com/",
+        ] {
+            let err = check_host(bad).expect_err(bad).to_string();
+            assert!(err.contains("--dashboard-host"), "{bad}: {err}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_host_text_is_an_error_or_accepted_never_a_panic(text in ".{0,80}") {
+            let _ = check_host(&text);
+        }
     }
 }
