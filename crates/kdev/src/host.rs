@@ -1,4 +1,10 @@
-//! Who and where kdev runs, for Lease holders and leader identities.
+//! Who and where kdev runs, for Lease holders and leader identities, and
+//! the private files it writes there.
+
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use anyhow::Context as _;
 
 /// The machine's host name.
 pub fn hostname() -> String {
@@ -91,6 +97,37 @@ fn parse_stat(stat: &str) -> Option<(&str, u64)> {
     let state = fields.next()?;
     let start = fields.nth(18)?.parse().ok()?;
     Some((state, start))
+}
+
+/// Creates `dir` and its parents with mode 0700.
+pub fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("failed to create {}", dir.display()))
+}
+
+/// Writes `bytes` to `path` (its folders made private), created with
+/// `mode` so that a Secret's bytes are never readable by others, not even
+/// for a moment; an existing file gets the mode too.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent() {
+        make_private_dir(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode & 0o777)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
+        .with_context(|| format!("failed to set the mode of {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 #[cfg(test)]

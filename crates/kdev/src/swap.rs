@@ -672,20 +672,12 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 }
 
 fn write_env_file(path: &std::path::Path, vars: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to write --env-file {}", path.display()))?;
+    let mut text = String::new();
     for (key, value) in vars {
-        writeln!(file, "{key}={}", quote_env(value))
-            .with_context(|| format!("failed to write {}", path.display()))?;
+        text.push_str(&format!("{key}={}\n", quote_env(value)));
     }
-    Ok(())
+    crate::host::write_file(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("failed to write --env-file {}", path.display()))
 }
 
 /// Quotes a value for a dotenv file when it needs it.

@@ -262,14 +262,16 @@ impl Node<'_> {
                 None,
             ),
         ] {
+            let write_private_file =
+                |path: &Path, text: &str| crate::host::write_file(path, text.as_bytes(), 0o600);
             let issued = identity::issue(&pki, &identity::Subject { user: &user, group })?;
             let folder = dir.join(folder);
             std::fs::create_dir_all(&folder)
                 .with_context(|| format!("failed to create {}", folder.display()))?;
             let cert = folder.join(format!("{file}.crt"));
             let key = folder.join(format!("{file}.key"));
-            write_private(&cert, &issued.cert)?;
-            write_private(&key, &issued.key)?;
+            write_private_file(&cert, &issued.cert)?;
+            write_private_file(&key, &issued.key)?;
             // CoreDNS's folder is all it mounts: the CA's certificate goes
             // in it, the CA's key nowhere near it.
             let ca = if file == "coredns" {
@@ -281,7 +283,7 @@ impl Node<'_> {
             } else {
                 ca.clone()
             };
-            write_private(
+            write_private_file(
                 &folder.join(format!("{file}.kubeconfig")),
                 &kubeconfig(&server, &ca, &cert, &key),
             )?;
@@ -708,21 +710,6 @@ fn kubeconfig(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
          users:\n- name: kdev-node\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n\
          contexts:\n- name: kdev\n  context: {{cluster: kdev, user: kdev-node}}\ncurrent-context: kdev\n"
     )
-}
-
-/// Writes a file only root reads (keys, and what names them).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 fn kubelet_config(dir: &Path, pki: &Path, cgroup_root: &str) -> String {

@@ -14,10 +14,8 @@
 //! an error message.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod, PodSpec,
     ResourceFieldSelector, Secret, Volume,
@@ -25,6 +23,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 
+use crate::host::{make_private_dir, write_file};
 use crate::k8s::Kube;
 
 /// What the local process gets.
@@ -629,37 +628,6 @@ pub fn under_root(root: &Path, path: &str) -> anyhow::Result<PathBuf> {
         anyhow::bail!("refusing to write {path:?}: it leaves the mount root");
     }
     Ok(root.join(relative))
-}
-
-/// Creates `dir` and its parents with mode 0700.
-pub fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("failed to create {}", dir.display()))
-}
-
-/// Writes `bytes` to `path` (its folders made private), created with
-/// `mode` so that a Secret's bytes are never readable by others, not even
-/// for a moment; an existing file gets the mode too.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        make_private_dir(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode & 0o777)
-        .open(path)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
-        .with_context(|| format!("failed to set the mode of {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 #[cfg(test)]

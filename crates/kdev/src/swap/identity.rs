@@ -42,7 +42,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
 
-use super::env::make_private_dir;
+use crate::host::make_private_dir;
 use crate::k8s::Kube;
 
 /// `--as-service-account` / `--no-service-account`.
@@ -300,7 +300,7 @@ fn host_port(url: &http::Uri) -> (String, u16) {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    super::env::write_file(path, bytes, 0o600)
+    crate::host::write_file(path, bytes, 0o600)
 }
 
 #[cfg(test)]

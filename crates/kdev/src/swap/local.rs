@@ -61,7 +61,7 @@ impl MountRoot {
         } else {
             None
         };
-        super::env::make_private_dir(&path)?;
+        crate::host::make_private_dir(&path)?;
         Ok(Self { path, record })
     }
 }

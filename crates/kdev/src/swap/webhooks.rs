@@ -174,14 +174,14 @@ pub async fn redirect(
     let issued = issue(&names)?;
     let (dir, files) = cert_files(kube, template, container).await;
     let full = super::env::under_root(root, &dir)?;
-    super::env::make_private_dir(&full)?;
+    crate::host::make_private_dir(&full)?;
     for (key, bytes) in [
         ("tls.crt", issued.cert.as_bytes()),
         ("tls.key", issued.key.as_bytes()),
         ("ca.crt", issued.ca.as_bytes()),
     ] {
         let name = files.get(key).map(String::as_str).unwrap_or(key);
-        super::env::write_file(&full.join(name), bytes, 0o600)?;
+        crate::host::write_file(&full.join(name), bytes, 0o600)?;
     }
     out.cert_dir = Some(full);
 
