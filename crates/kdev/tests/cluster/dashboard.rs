@@ -1108,6 +1108,18 @@ async fn acts_only_in_environments(ns: &TestNamespace) {
         let client = crate::support::client_for(&crate::support::kubeconfig_as(&account, dir.path())).await;
         let scale = Patch::Merge(json!({ "spec": { "replicas": 0 } }));
         let annotate = Patch::Merge(json!({ "metadata": { "annotations": { "kdev.dev/keep-awake-until": "2026-12-31T00:00:00Z" } } }));
+        // An admission policy is in force a moment after it is created:
+        // wait for it with dry runs, which it judges too.
+        let plain: Api<Deployment> = Api::namespaced(client.clone(), &other.name);
+        eventually(Duration::from_secs(30), "the dashboard policy in force", || async {
+            plain
+                .patch_scale("scoped", &PatchParams::default().dry_run(), &scale)
+                .await
+                .err()
+                .filter(|err| err.to_string().contains("is not a dev environment"))
+                .map(|_| ())
+        })
+        .await;
         let in_env: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
         in_env
             .patch_scale("scoped", &PatchParams::default(), &scale)
@@ -1118,7 +1130,6 @@ async fn acts_only_in_environments(ns: &TestNamespace) {
             .patch(&ns.name, &PatchParams::default(), &annotate)
             .await
             .expect("the dashboard's account keeps an environment awake");
-        let plain: Api<Deployment> = Api::namespaced(client.clone(), &other.name);
         let refused = plain
             .patch_scale("scoped", &PatchParams::default(), &scale)
             .await
