@@ -881,6 +881,16 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
             }
         }))
         .expect("a pod");
+        // The policy is in force a moment after it is applied: wait for it
+        // with dry runs, which it judges too.
+        eventually(Duration::from_secs(30), "the waker policy in force", || async {
+            pods.create(&PostParams { dry_run: true, ..Default::default() }, &plain)
+                .await
+                .err()
+                .filter(|err| err.to_string().contains("creates only waker Pods"))
+                .map(|_| ())
+        })
+        .await;
         let refused = pods
             .create(&PostParams::default(), &plain)
             .await
