@@ -103,6 +103,9 @@ pub enum Command {
     /// Start a program that dies with its parent (how `kdev swap` starts the local command).
     #[command(hide = true, name = "__exec-child")]
     ExecChild(ExecChildArgs),
+    /// Set up a command's network view inside its own namespaces (how `kdev swap` starts it).
+    #[command(hide = true, name = "__netview")]
+    Netview(NetviewArgs),
     /// Exit 0 when the agent answers on its readiness port (the proxy Pod's exec probe).
     #[command(hide = true, name = "__agent-ready")]
     AgentReady {
@@ -154,9 +157,54 @@ pub struct ExecChildArgs {
     /// The process id this program must die with.
     #[arg(long)]
     pub parent: i32,
+    /// Enter a user namespace of its own first, mapping this UID:GID to the
+    /// namespace's parent's root (the network view's command).
+    #[arg(long, value_parser = parse_map_user)]
+    pub map_user: Option<(u32, u32)>,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+fn parse_map_user(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text.split_once(':').ok_or("expected UID:GID")?;
+    Ok((
+        uid.parse()
+            .map_err(|_| format!("{uid:?} is not a user id"))?,
+        gid.parse()
+            .map_err(|_| format!("{gid:?} is not a group id"))?,
+    ))
+}
+
+#[derive(Debug, Args)]
+pub struct NetviewArgs {
+    /// The process id the helper must die with.
+    #[arg(long)]
+    pub parent: i32,
+    /// kdev's control socket.
+    #[arg(long)]
+    pub control: PathBuf,
+    /// The resolv.conf the command reads.
+    #[arg(long)]
+    pub resolv_conf: PathBuf,
+    /// The nsswitch.conf the command reads.
+    #[arg(long)]
+    pub nsswitch_conf: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+impl NetviewArgs {
+    pub fn resolve(self) -> crate::netview::helper::Args {
+        crate::netview::helper::Args {
+            parent: self.parent,
+            control: self.control,
+            resolv_conf: self.resolv_conf,
+            nsswitch_conf: self.nsswitch_conf,
+            command: self.command,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ pub mod host;
 pub mod image;
 pub mod k8s;
 pub mod logs;
+pub mod netview;
 pub mod progress;
 pub mod swap;
 pub mod testing;
@@ -47,6 +48,16 @@ pub fn main() -> ExitCode {
         Command::Controller(_) | Command::Agent(_) | Command::Waker(_) | Command::NodeProxy(_)
     );
     init_tracing(cli.global.verbose, service);
+    // These change namespaces, which the kernel refuses to a threaded
+    // process: they run before the async runtime starts its threads.
+    match cli.command {
+        Command::ExecChild(args) => {
+            return swap::child::exec(args.parent, args.map_user, &args.command)
+                .unwrap_or_else(|err| report(&err, cli.global.verbose));
+        }
+        Command::Netview(args) => return netview::helper::main(args.resolve()),
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = args.resolve()?;
             envs::waker::serve(k8s::connect(&flags).await?, config).await
         }
-        Command::ExecChild(args) => swap::child::exec(args.parent, &args.command),
+        Command::ExecChild(_) | Command::Netview(_) => unreachable!("started before the runtime"),
         Command::NodeProxy(args) => cluster::netns::run(args.resolve()).await,
         Command::Swap(args) => swap::run(&flags, args.resolve()?).await,
         Command::Logs(args) => logs::run(&flags, args.resolve(&cli.global.namespace)?).await,

@@ -42,12 +42,30 @@ pub fn command(command: &[String]) -> anyhow::Result<tokio::process::Command> {
 
 /// `kdev __exec-child`: becomes `command`, dying with `parent`. Returns only
 /// when that fails.
-pub fn exec(parent: i32, command: &[String]) -> anyhow::Result<ExitCode> {
+pub fn exec(
+    parent: i32,
+    map_user: Option<(u32, u32)>,
+    command: &[String],
+) -> anyhow::Result<ExitCode> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|err| anyhow::anyhow!("failed to tie the command to kdev's life: {err}"))?;
     if nix::unistd::getppid().as_raw() != parent {
         // kdev died before the request took effect: do not start at all.
         return Ok(ExitCode::from(CANNOT_START));
+    }
+    if let Some((uid, gid)) = map_user {
+        // Inside the network view: root of the view's namespace is the
+        // real user; this namespace makes the command that user again,
+        // holding no capability over the view.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|err| {
+            anyhow::anyhow!("failed to enter the command's user namespace: {err}")
+        })?;
+        crate::netview::helper::map_user(uid, 0, gid, 0)?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+            .map_err(|err| anyhow::anyhow!("failed to tie the command to kdev's life: {err}"))?;
+        if nix::unistd::getppid().as_raw() != parent {
+            return Ok(ExitCode::from(CANNOT_START));
+        }
     }
     let args: Result<Vec<CString>, _> =
         command.iter().map(|a| CString::new(a.as_bytes())).collect();
