@@ -13,6 +13,11 @@
 //!   in the cluster; the agent dials it and answers with a [`ConnectReply`].
 //! - [`Header::Ping`] (CLI → agent): the agent echoes 8 bytes back; the CLI's
 //!   keepalive, since a port-forward can die without closing.
+//! - [`Header::Dns`] (CLI → agent): the stream is DNS over TCP to the pod's
+//!   own nameserver (the first `nameserver` of the agent's `resolv.conf`);
+//!   the agent dials it and answers with a [`ConnectReply`]. The local
+//!   command's network view asks its names this way, so they are answered as
+//!   the pod's are. An agent older than this kind closes the stream.
 //!
 //! After the header (and reply) the stream carries raw bytes both ways.
 //!
@@ -70,6 +75,7 @@ pub mod auth {
 const KIND_INBOUND: u8 = 1;
 const KIND_CONNECT: u8 = 2;
 const KIND_PING: u8 = 3;
+const KIND_DNS: u8 = 4;
 
 /// The longest host name a Connect may carry (DNS names are at most 253).
 pub const MAX_HOST_LEN: usize = 253;
@@ -79,6 +85,7 @@ pub enum Header {
     Inbound { port: u16 },
     Connect { host: String, port: u16 },
     Ping,
+    Dns,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +124,7 @@ impl Header {
                 (KIND_CONNECT, payload)
             }
             Header::Ping => (KIND_PING, Vec::new()),
+            Header::Dns => (KIND_DNS, Vec::new()),
         };
         let mut out = vec![VERSION, kind];
         // Payloads are at most 2 + MAX_HOST_LEN bytes (hosts are checked on
@@ -162,6 +170,8 @@ impl Header {
             }
             KIND_PING if len == 0 => Header::Ping,
             KIND_PING => return Err(DecodeError::Malformed("ping carries a payload")),
+            KIND_DNS if len == 0 => Header::Dns,
+            KIND_DNS => return Err(DecodeError::Malformed("dns carries a payload")),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok((header, total))
@@ -223,6 +233,7 @@ mod tests {
                 port: 5432,
             },
             Header::Ping,
+            Header::Dns,
         ] {
             let mut bytes = header.encode();
             let len = bytes.len();
@@ -291,7 +302,7 @@ mod tests {
 
         #[test]
         fn any_header_round_trips(host in "[a-z0-9.-]{1,200}", port in proptest::prelude::any::<u16>()) {
-            for header in [Header::Inbound { port }, Header::Connect { host: host.clone(), port }, Header::Ping] {
+            for header in [Header::Inbound { port }, Header::Connect { host: host.clone(), port }, Header::Ping, Header::Dns] {
                 let bytes = header.encode();
                 proptest::prop_assert_eq!(Header::decode(&bytes), Ok((header, bytes.len())));
             }

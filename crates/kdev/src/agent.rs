@@ -230,28 +230,60 @@ async fn serve_stream(
                 Some(ip) => dial(SocketAddr::new(*ip, port)).await,
                 None => dial((host.as_str(), port)).await,
             };
-            match target {
-                Ok(socket) => {
-                    if stream
-                        .write_all(&ConnectReply::Connected.encode())
-                        .await
-                        .is_ok()
-                    {
-                        tunnel::splice(stream, socket).await;
-                    }
-                }
-                Err(err) => {
-                    let message = format!("failed to connect to {host}:{port}: {err}");
-                    tracing::info!("{message}");
-                    let _ = stream
-                        .write_all(&ConnectReply::Failed(message).encode())
-                        .await;
-                    let _ = stream.shutdown().await;
-                }
-            }
+            answer_connect(stream, target, &host, port).await;
+        }
+        Header::Dns => {
+            let target = match pod_nameserver(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ) {
+                Some(ip) => dial(SocketAddr::new(ip, 53)).await,
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the pod's /etc/resolv.conf names no nameserver",
+                )),
+            };
+            answer_connect(stream, target, "the pod's nameserver", 53).await;
         }
         Header::Inbound { port } => {
             tracing::warn!(port, "the CLI sent an inbound header; ignoring the stream");
+        }
+    }
+}
+
+/// The first `nameserver` of a `resolv.conf`: the DNS the pod asks.
+pub fn pod_nameserver(resolv_conf: &str) -> Option<IpAddr> {
+    resolv_conf.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Tells the CLI how a dial went and, when it connected, carries the bytes.
+async fn answer_connect(
+    mut stream: tunnel::Stream,
+    target: std::io::Result<TcpStream>,
+    host: &str,
+    port: u16,
+) {
+    match target {
+        Ok(socket) => {
+            if stream
+                .write_all(&ConnectReply::Connected.encode())
+                .await
+                .is_ok()
+            {
+                tunnel::splice(stream, socket).await;
+            }
+        }
+        Err(err) => {
+            let message = format!("failed to connect to {host}:{port}: {err}");
+            tracing::info!("{message}");
+            let _ = stream
+                .write_all(&ConnectReply::Failed(message).encode())
+                .await;
+            let _ = stream.shutdown().await;
         }
     }
 }
@@ -267,6 +299,24 @@ async fn dial(target: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpStre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pods_nameserver_is_the_first_one_its_resolv_conf_names() {
+        let conf = "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.0.0.10\nnameserver 10.0.0.11\noptions ndots:5\n";
+        assert_eq!(pod_nameserver(conf), Some(IpAddr::from([10, 0, 0, 10])));
+        assert_eq!(
+            pod_nameserver("nameserver\nnameserver fd00::a\n"),
+            Some("fd00::a".parse().unwrap())
+        );
+        assert_eq!(pod_nameserver("options ndots:5\n"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_resolv_conf_is_read_without_panicking(text in ".{0,300}") {
+            let _ = pod_nameserver(&text);
+        }
+    }
 
     #[test]
     fn ports_parse() {

@@ -53,16 +53,49 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// Opens connections in the cluster (the session's agent does).
 pub trait Dial: Send + Sync + 'static {
+    /// A TCP connection to `to`, made in the cluster.
     fn dial(&self, to: SocketAddrV4) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>>;
+    /// A TCP connection to the pod's own nameserver, for DNS over TCP.
+    fn dns(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>>;
 }
+
+/// The `nameserver` of the view's `resolv.conf`: the address NodeLocal
+/// DNSCache uses, so it reads as a local cache. Every DNS datagram goes to
+/// kdev whatever its address; TCP to this one goes to the pod's nameserver.
+pub const VIEW_NAMESERVER: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 
 /// How the view reaches the cluster.
 #[derive(Clone)]
 pub struct Network {
     pub routes: Routes,
     pub cluster: Arc<dyn Dial>,
-    /// The cluster's DNS Service (a pod's `nameserver`), port 53.
-    pub nameserver: SocketAddrV4,
+    /// Private addresses the cluster's DNS answered with: they go to the
+    /// cluster too (a headless Service's pods, a private zone the cluster
+    /// sees). Public ones stay on the laptop, as the rest of the internet.
+    pub learned: Arc<std::sync::RwLock<std::collections::BTreeSet<Ipv4Addr>>>,
+}
+
+impl Network {
+    pub fn new(routes: Routes, cluster: Arc<dyn Dial>) -> Self {
+        Self {
+            routes,
+            cluster,
+            learned: Arc::default(),
+        }
+    }
+
+    fn via(&self, to: SocketAddrV4) -> Via {
+        let learned = self
+            .learned
+            .read()
+            .map(|learned| learned.contains(to.ip()))
+            .unwrap_or(false);
+        if learned {
+            Via::Cluster
+        } else {
+            self.routes.via(to)
+        }
+    }
 }
 
 /// How often the command's listening ports are looked at.
@@ -76,7 +109,7 @@ pub fn serve(sandbox: Sandbox, network: Network) -> tokio::task::JoinHandle<()> 
             dns::serve(
                 sandbox.dns.clone(),
                 network.cluster.clone(),
-                network.nameserver
+                network.learned.clone()
             ),
             mirror_ports(&sandbox.inside),
         );
@@ -102,13 +135,18 @@ async fn capture_loop(capture: &tokio::net::TcpListener, network: &Network) {
         };
         let network = network.clone();
         tokio::spawn(async move {
-            let via = network.routes.via(to);
-            let outside: std::io::Result<Box<dyn Io>> = match via {
-                Via::Laptop => tokio::net::TcpStream::connect(to)
-                    .await
-                    .map(|stream| Box::new(stream) as Box<dyn Io>),
-                Via::Cluster => network.cluster.dial(to).await,
-            };
+            let via = network.via(to);
+            let outside: std::io::Result<Box<dyn Io>> =
+                if to == SocketAddrV4::new(VIEW_NAMESERVER, 53) {
+                    network.cluster.dns().await
+                } else {
+                    match via {
+                        Via::Laptop => tokio::net::TcpStream::connect(to)
+                            .await
+                            .map(|stream| Box::new(stream) as Box<dyn Io>),
+                        Via::Cluster => network.cluster.dial(to).await,
+                    }
+                };
             match outside {
                 Ok(outside) => splice(inside, outside).await,
                 Err(err) => {

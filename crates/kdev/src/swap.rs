@@ -16,6 +16,7 @@ pub mod env;
 pub mod identity;
 pub mod link;
 pub mod local;
+pub mod network;
 pub mod proxy;
 pub mod reload;
 pub mod restore;
@@ -64,7 +65,21 @@ pub struct Config {
     pub identity: identity::Choice,
     /// `--watch`, `--watch-ignore`, `--build`.
     pub reload: reload::Config,
+    /// `--network`, `--cluster-cidr`.
+    pub network: NetworkMode,
     pub command: Vec<String>,
+}
+
+/// The command's network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// This machine's, as any process's (`--network host`).
+    Host,
+    /// A pod's, in namespaces of its own ([`crate::netview`]), with these
+    /// ranges routed to the cluster beside those kdev finds.
+    View {
+        cluster_cidrs: Vec<crate::netview::Cidr>,
+    },
 }
 
 /// Resolves `--port` values against the container: container port → local port.
@@ -322,6 +337,7 @@ async fn swap_and_run(
         original_replicas,
         forward_lines,
         identity,
+        network,
         _link,
         _forwards,
     } = prepared;
@@ -349,15 +365,26 @@ async fn swap_and_run(
         );
     }
 
-    let start = || -> anyhow::Result<tokio::process::Child> {
-        child::command(&args.command)?
-            .envs(&environment)
-            .spawn()
-            .with_context(|| format!("failed to start {:?}", args.command[0]))
-    };
+    let mut view = network.as_ref().map(|(setting, _)| setting.clone());
+    if let Some(setting) = &view {
+        eprintln!(
+            "kdev:   network: the cluster's names and addresses ({}) through the session; the rest of this machine's as before (--network host to turn off)",
+            setting
+                .network
+                .routes
+                .cluster
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // The command's connections, DNS and ports while it runs in the view.
+    let mut serving: Option<AbortOnDrop> = None;
     // Started from this task (the thread of `main`'s block_on), as the
     // command's death signal requires (see [`child`]).
-    let mut child = Some(start()?);
+    let mut child =
+        Some(start_command(&args.command, &environment, &mut view, &mut serving).await?);
     session.crash().reached(Step::CommandStarted);
     if watch.is_some() {
         eprintln!("kdev: restarting the command when its files change (Ctrl-C ends the session)");
@@ -379,7 +406,7 @@ async fn swap_and_run(
                 if let Some(running) = child.as_mut() {
                     stop_child(running, Signal::SIGTERM).await?;
                 }
-                child = Some(start()?);
+                child = Some(start_command(&args.command, &environment, &mut view, &mut serving).await?);
                 eprintln!(
                     "kdev: restarted the command ({} changed{}; the old one stopped in {:.2}s)",
                     ready.changed.len(),
@@ -411,6 +438,41 @@ async fn swap_and_run(
     Ok(end)
 }
 
+/// Starts the command: in its network view when there is one; when the
+/// view cannot be set up on this machine, says why once and runs the
+/// command on the machine's network from then on.
+async fn start_command(
+    command: &[String],
+    environment: &BTreeMap<String, String>,
+    view: &mut Option<network::Setting>,
+    serving: &mut Option<AbortOnDrop>,
+) -> anyhow::Result<tokio::process::Child> {
+    *serving = None;
+    if let Some(setting) = view.as_ref() {
+        match crate::netview::Sandbox::start(command, &setting.view, &setting.dir, |helper| {
+            helper.envs(environment);
+        })
+        .await
+        {
+            Ok((sandbox, child)) => {
+                *serving = Some(AbortOnDrop(crate::netview::serve(
+                    sandbox,
+                    setting.network.clone(),
+                )));
+                return Ok(child);
+            }
+            Err(err) => {
+                eprintln!("kdev: the command uses this machine's network: {err:#}");
+                *view = None;
+            }
+        }
+    }
+    child::command(command)?
+        .envs(environment)
+        .spawn()
+        .with_context(|| format!("failed to start {:?}", command[0]))
+}
+
 /// The command's exit, or never while none runs.
 async fn wait_for(
     child: &mut Option<tokio::process::Child>,
@@ -438,6 +500,8 @@ struct Prepared {
     forward_lines: Vec<String>,
     /// The ServiceAccount the command acts as, while the session lasts.
     identity: Option<identity::Established>,
+    /// With `--network view`: the view and the folder for its files.
+    network: Option<(network::Setting, MountRoot)>,
     _link: AbortOnDrop,
     _forwards: Vec<AbortOnDrop>,
 }
@@ -489,6 +553,17 @@ async fn prepare(
     }
 
     let root = MountRoot::create(args.mount.clone(), &session.id)?;
+    let network = match &args.network {
+        NetworkMode::Host => None,
+        NetworkMode::View { cluster_cidrs } => {
+            let ranges = network::cluster_ranges(kube, &proxy, cluster_cidrs).await;
+            let dir = MountRoot::create(None, &format!("{}-network", session.id))?;
+            Some((
+                network::Setting::new(kube, current.clone(), ranges, dir.path.clone()),
+                dir,
+            ))
+        }
+    };
     let template = patched
         .spec
         .as_ref()
@@ -578,6 +653,7 @@ async fn prepare(
         original_replicas,
         forward_lines,
         identity,
+        network,
         _link: link_guard,
         _forwards: forward_tasks,
     })

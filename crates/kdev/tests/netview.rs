@@ -14,7 +14,6 @@ use hickory_proto::rr::{RData, Record, rdata::A};
 use kdev::netview::{self, Dial, Io, Network, Routes, Sandbox, View, resolv::ResolvConf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const NAMESERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 53);
 const ECHO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 80);
 
 /// The cluster as the agent would reach it: a DNS server that knows one
@@ -22,6 +21,7 @@ const ECHO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 80);
 #[derive(Default)]
 struct StandIn {
     dialled: Mutex<Vec<SocketAddrV4>>,
+    dns_streams: std::sync::atomic::AtomicUsize,
 }
 
 impl Dial for StandIn {
@@ -30,9 +30,6 @@ impl Dial for StandIn {
         Box::pin(async move {
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
             match to {
-                NAMESERVER => {
-                    tokio::spawn(dns_over_tcp(theirs));
-                }
                 ECHO => {
                     tokio::spawn(async move {
                         let mut theirs = theirs;
@@ -45,6 +42,16 @@ impl Dial for StandIn {
                 }
                 _ => return Err(std::io::ErrorKind::ConnectionRefused.into()),
             }
+            Ok(Box::new(ours) as Box<dyn Io>)
+        })
+    }
+
+    fn dns(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
+        self.dns_streams
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(dns_over_tcp(theirs));
             Ok(Box::new(ours) as Box<dyn Io>)
         })
     }
@@ -141,7 +148,7 @@ async fn the_command_sees_the_cluster_and_the_laptop(user: Option<u32>) {
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).expect("chown the folder");
     }
     let view = View {
-        resolv: ResolvConf::for_pod("shop", "cluster.local", *NAMESERVER.ip()),
+        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
     };
     let command: Vec<String> = ["python3", "-c", SCRIPT]
         .into_iter()
@@ -165,13 +172,12 @@ async fn the_command_sees_the_cluster_and_the_laptop(user: Option<u32>) {
     let stand_in = Arc::new(StandIn::default());
     let serving = netview::serve(
         sandbox,
-        Network {
-            routes: Routes {
+        Network::new(
+            Routes {
                 cluster: vec!["10.0.0.0/24".parse().expect("a range")],
             },
-            cluster: stand_in.clone(),
-            nameserver: NAMESERVER,
-        },
+            stand_in.clone(),
+        ),
     );
 
     let stdout = helper.stdout.take().expect("stdout");
@@ -219,8 +225,11 @@ async fn the_command_sees_the_cluster_and_the_laptop(user: Option<u32>) {
 
     let dialled = stand_in.dialled.lock().expect("the dial record").clone();
     assert!(
-        dialled.contains(&NAMESERVER),
-        "names were asked of the cluster: {dialled:?}"
+        stand_in
+            .dns_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "names were asked of the cluster"
     );
     assert!(
         dialled.contains(&ECHO),
@@ -248,7 +257,7 @@ async fn the_users_command_sees_the_cluster_and_the_laptop() {
 async fn the_command_dies_with_its_helper() {
     let dir = tempfile::tempdir().expect("temp dir");
     let view = View {
-        resolv: ResolvConf::for_pod("shop", "cluster.local", *NAMESERVER.ip()),
+        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
     };
     let command = vec!["sleep".to_owned(), "600".to_owned()];
     let (sandbox, mut helper) = Sandbox::start_with(
@@ -285,4 +294,37 @@ async fn the_command_dies_with_its_helper() {
         assert!(Instant::now() < deadline, "the command outlived its helper");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A signal a process sends the helper (kdev stopping the command) reaches
+/// the command, and the command's status comes back as the helper's: a
+/// `sleep` ended by SIGTERM is 143, as a shell reports it.
+#[tokio::test]
+async fn a_signal_to_the_helper_reaches_the_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let view = View {
+        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
+    };
+    let command = vec!["sleep".to_owned(), "600".to_owned()];
+    let (sandbox, mut helper) = Sandbox::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kdev")),
+        &command,
+        &view,
+        dir.path(),
+        |cmd| {
+            cmd.kill_on_drop(true);
+        },
+    )
+    .await
+    .expect("the view starts");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sandbox.inside.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), helper.wait())
+        .await
+        .expect("the command ends within 5 s of SIGTERM")
+        .expect("wait");
+    assert_eq!(status.code(), Some(143), "{status}");
 }

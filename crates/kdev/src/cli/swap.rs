@@ -55,9 +55,26 @@ pub struct SwapArgs {
     /// Run this (with sh -c) before the command starts, and after each change before it restarts; a failed build keeps the running command serving.
     #[arg(long, value_name = "CMD")]
     pub build: Option<String>,
+    /// The command's network: `view` gives it the pod's (the cluster's names and addresses, through the session, in namespaces of its own; this machine's loopback and internet as before); `host` is this machine's only.
+    #[arg(long, value_enum, default_value = "view")]
+    pub network: Network,
+    /// With --network view: also reach this IPv4 range through the cluster (repeatable), beside the Service and pod ranges kdev finds.
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub cluster_cidrs: Vec<crate::netview::Cidr>,
     /// The command to run locally in place of the container.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `--network`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Network {
+    View,
+    Host,
+}
+
+fn parse_cidr(text: &str) -> Result<crate::netview::Cidr, String> {
+    text.parse()
 }
 
 impl SwapArgs {
@@ -86,6 +103,15 @@ impl SwapArgs {
                 paths: self.watch,
                 ignore: self.watch_ignore,
                 build: self.build,
+            },
+            network: match self.network {
+                Network::Host if !self.cluster_cidrs.is_empty() => {
+                    return Err(usage("--cluster-cidr needs --network view (the default)"));
+                }
+                Network::Host => crate::swap::NetworkMode::Host,
+                Network::View => crate::swap::NetworkMode::View {
+                    cluster_cidrs: self.cluster_cidrs,
+                },
             },
             command: self.command,
         })

@@ -7,8 +7,9 @@
 //! cluster does not answer within [`TIMEOUT`] gets SERVFAIL, so the
 //! command's resolver moves on instead of waiting out its own timeouts.
 
-use std::net::SocketAddrV4;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -27,7 +28,7 @@ const MAX_DATAGRAM: usize = 65_535;
 pub async fn serve(
     socket: Arc<tokio::net::UdpSocket>,
     cluster: Arc<dyn Dial>,
-    nameserver: SocketAddrV4,
+    learned: Arc<RwLock<BTreeSet<Ipv4Addr>>>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -44,14 +45,18 @@ pub async fn serve(
         };
         let socket = socket.clone();
         let cluster = cluster.clone();
+        let learned = learned.clone();
         tokio::spawn(async move {
-            let answer = match tokio::time::timeout(
-                TIMEOUT,
-                exchange(&*cluster, nameserver, &query),
-            )
-            .await
-            {
-                Ok(Ok(answer)) => answer,
+            let answer = match tokio::time::timeout(TIMEOUT, exchange(&*cluster, &query)).await {
+                Ok(Ok(answer)) => {
+                    let private = private_addresses(&answer);
+                    if !private.is_empty()
+                        && let Ok(mut learned) = learned.write()
+                    {
+                        learned.extend(private);
+                    }
+                    answer
+                }
                 Ok(Err(err)) => {
                     tracing::debug!(error = %err, "a DNS query through the cluster failed");
                     servfail
@@ -64,12 +69,8 @@ pub async fn serve(
 }
 
 /// One query over DNS's TCP framing (a two-byte length before each message).
-pub async fn exchange(
-    cluster: &dyn Dial,
-    nameserver: SocketAddrV4,
-    query: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    let mut stream = cluster.dial(nameserver).await?;
+pub async fn exchange(cluster: &dyn Dial, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = cluster.dns().await?;
     let len = u16::try_from(query.len()).map_err(|_| std::io::Error::other("query too long"))?;
     let mut framed = len.to_be_bytes().to_vec();
     framed.extend_from_slice(query);
@@ -80,6 +81,23 @@ pub async fn exchange(
     let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
     stream.read_exact(&mut answer).await?;
     Ok(answer)
+}
+
+/// The private IPv4 addresses (RFC 1918, and 100.64.0.0/10 that some
+/// clusters' pods use) an answer gives for its names.
+pub fn private_addresses(answer: &[u8]) -> Vec<Ipv4Addr> {
+    let Ok(answer) = Message::from_vec(answer) else {
+        return Vec::new();
+    };
+    answer
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .filter(|ip| ip.is_private() || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64))
+        .collect()
 }
 
 /// The SERVFAIL answer to `query`, or `None` when `query` is not a DNS query.
@@ -130,6 +148,23 @@ mod tests {
     }
 
     #[test]
+    fn private_answers_are_learned_and_public_ones_are_not() {
+        let mut answer = Message::response(1, OpCode::Query);
+        for ip in [[10, 244, 0, 7], [93, 184, 216, 34], [100, 64, 1, 2]] {
+            answer.answers.push(hickory_proto::rr::Record::from_rdata(
+                Name::from_ascii("kafka-0.kafka.shop.svc.cluster.local.").unwrap(),
+                5,
+                hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(Ipv4Addr::from(ip))),
+            ));
+        }
+        assert_eq!(
+            private_addresses(&answer.to_vec().unwrap()),
+            vec![Ipv4Addr::new(10, 244, 0, 7), Ipv4Addr::new(100, 64, 1, 2)]
+        );
+        assert!(private_addresses(b"junk").is_empty());
+    }
+
+    #[test]
     fn what_is_not_a_query_gets_no_answer() {
         assert!(servfail_for(b"GET / HTTP/1.1\r\n").is_none());
         let answer = servfail_for(&query("a.")).unwrap();
@@ -140,6 +175,7 @@ mod tests {
         #[test]
         fn any_datagram_gets_an_answer_or_none_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = servfail_for(&bytes);
+            let _ = private_addresses(&bytes);
         }
     }
 }

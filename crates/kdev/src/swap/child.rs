@@ -80,6 +80,13 @@ pub fn exec(
         eprintln!("kdev: no command to start");
         return Ok(ExitCode::from(CANNOT_START));
     };
+    // The network view's helper reads its signals from a descriptor, with
+    // them blocked; the command starts with none blocked, as from a shell.
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     // execvp returns only on failure.
     let Err(err) = nix::unistd::execvp(program, &args);
     eprintln!("kdev: failed to start {:?}: {}", command[0], err.desc());

@@ -2070,3 +2070,184 @@ async fn kdevs_port_forward_speaks_spdy_like_kubectl_and_the_channel_protocol_ex
     })
     .await;
 }
+
+/// The command of a swap (the default `--network view`) sees the cluster's
+/// network as a pod does and the laptop as before: a Service by its short
+/// name, `name.namespace` and full name; a Service in another namespace; a
+/// ClusterIP and a pod IP; a missing name fails at once; the laptop's
+/// 127.0.0.1; the laptop reaches the port it listens on, and a pod reaches
+/// it through the Service. With `--network host` names of the cluster do
+/// not resolve, as before.
+#[tokio::test]
+async fn a_swapped_command_lives_in_the_clusters_network_and_still_on_the_laptop() {
+    use crate::swap_support::{Swap, assert_restored};
+    with_namespace("real-netview", |ns| async move {
+        require_real_node(&ns).await;
+        busybox_web(&ns, "web", 1, "from-the-cluster").await;
+        busybox_web(&ns, "app", 1, "from-the-app-pod").await;
+        let services = ns.api::<k8s_openapi::api::core::v1::Service>();
+        let cluster_ip = services
+            .get("web")
+            .await
+            .expect("the web Service")
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .expect("a ClusterIP");
+        let pod_ip = eventually(Duration::from_secs(60), "web's pod to have an IP", || async {
+            ns.api::<Pod>()
+                .list(&kube::api::ListParams::default().labels("app=web"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find_map(|pod| pod.status?.pod_ip)
+        })
+        .await;
+
+        // A server on the laptop's loopback.
+        let laptop = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let laptop_port = laptop.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = laptop.accept().await {
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, b"on-the-laptop").await;
+            }
+        });
+        let work = tempfile::tempdir().expect("temp dir");
+        let report = work.path().join("report");
+        let script = work.path().join("probe.py");
+        std::fs::write(&script, NETVIEW_PROBE).expect("write the probe");
+        let listen = crate::support::free_port();
+        let swap = Swap::start(
+            &ns,
+            &["deploy/app", "--port", &format!("8080:{listen}"), "--ttl", "10s"],
+            &[
+                "python3",
+                script.to_str().expect("a UTF-8 path"),
+                report.to_str().expect("a UTF-8 path"),
+                &ns.name,
+                &cluster_ip,
+                &pod_ip,
+                &laptop_port.to_string(),
+                &listen.to_string(),
+            ],
+            &[],
+        );
+        swap.wait_swapped().await;
+        let lines = eventually(Duration::from_secs(60), "the probe's report", || async {
+            let text = std::fs::read_to_string(&report).ok()?;
+            text.contains("listening").then_some(text)
+        })
+        .await;
+        let expect = [
+            "short=from-the-cluster",
+            "name.ns=from-the-cluster",
+            "fqdn=from-the-cluster",
+            "other-namespace=connected",
+            "cluster-ip=from-the-cluster",
+            "pod-ip=from-the-cluster",
+            "missing=NXDOMAIN fast",
+            "laptop=on-the-laptop",
+        ];
+        for line in expect {
+            assert!(lines.contains(line), "expected {line:?} in:\n{lines}\n{}", swap.stderr());
+        }
+
+        // The laptop reaches the command's port on its own loopback...
+        let from_laptop = eventually(Duration::from_secs(10), "the command's port on the laptop", || async {
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await.ok()?;
+            tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut body = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut body).await.ok()?;
+            body.contains("from-the-view").then_some(body)
+        })
+        .await;
+        assert!(from_laptop.contains("from-the-view"));
+        // ...and a pod reaches it through the Service.
+        busybox_pod(&ns, "client", &retried("nc -w 5 app 80")).await;
+        let answer = finished(&ns, "client").await.1;
+        assert!(answer.contains("from-the-view"), "{answer}\n{}", swap.stderr());
+        swap.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut swap = swap;
+        swap.wait_exit(Duration::from_secs(30)).await;
+        assert_restored(&ns, "app", 1, Duration::from_secs(30)).await;
+
+        // --network host: the machine's own resolver knows no cluster names.
+        let host_report = work.path().join("host-report");
+        let host = Swap::start(
+            &ns,
+            &["deploy/app", "--network", "host", "--ttl", "10s"],
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\ntry:\n    socket.getaddrinfo('web', 80); r='resolved'\nexcept socket.gaierror: r='unresolved'\nopen(sys.argv[1],'w').write(r)",
+                host_report.to_str().expect("a UTF-8 path"),
+            ],
+            &[],
+        );
+        let text = eventually(Duration::from_secs(60), "the host-network probe", || async {
+            std::fs::read_to_string(&host_report).ok().filter(|t| !t.is_empty())
+        })
+        .await;
+        assert_eq!(text, "unresolved", "{}", host.stderr());
+        let mut host = host;
+        host.wait_exit(Duration::from_secs(30)).await;
+        assert_restored(&ns, "app", 1, Duration::from_secs(30)).await;
+    })
+    .await;
+}
+
+/// The swapped command of the network-view test: each probe's outcome, one
+/// per line, into the report; then an HTTP server on its port.
+const NETVIEW_PROBE: &str = r#"
+import socket, sys, time, http.server
+report, ns, cluster_ip, pod_ip, laptop_port, listen = sys.argv[1:7]
+out = open(report, "w")
+def say(line):
+    out.write(line + "\n"); out.flush()
+def get(host, port):
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()
+for label, host, port in [("short", "web", 80), ("name.ns", "web." + ns, 80),
+                          ("fqdn", "web." + ns + ".svc.cluster.local", 80),
+                          ("cluster-ip", cluster_ip, 80), ("pod-ip", pod_ip, 8080)]:
+    try:
+        say(label + "=" + get(host, port))
+    except Exception as err:
+        say(label + "=failed " + repr(err))
+try:
+    socket.create_connection(("kubernetes.default", 443), timeout=10).close()
+    say("other-namespace=connected")
+except Exception as err:
+    say("other-namespace=failed " + repr(err))
+start = time.monotonic()
+try:
+    # In the cluster's zone, so the cluster's DNS answers it itself (this
+    # local cluster's DNS has no upstream for other names).
+    socket.getaddrinfo("nothing-here." + ns + ".svc.cluster.local", 80)
+    say("missing=resolved")
+except socket.gaierror as err:
+    fast = time.monotonic() - start < 3
+    say("missing=" + ("NXDOMAIN" if err.errno == socket.EAI_NONAME else repr(err)) + (" fast" if fast else " slow"))
+try:
+    with socket.create_connection(("127.0.0.1", int(laptop_port)), timeout=5) as s:
+        say("laptop=" + s.recv(64).decode())
+except Exception as err:
+    say("laptop=failed " + repr(err))
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"from-the-view\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = http.server.HTTPServer(("127.0.0.1", int(listen)), Handler)
+say("listening")
+server.serve_forever()
+"#;
