@@ -251,26 +251,31 @@ async fn the_users_command_sees_the_cluster_and_the_laptop() {
     the_command_sees_the_cluster_and_the_laptop(None).await;
 }
 
-/// kill -9 of the helper (what kdev's own death brings about, through its
-/// death signal) takes the command with it: nothing is left running.
-#[tokio::test]
-async fn the_command_dies_with_its_helper() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// `sleep 600` in a view: the sandbox and its helper.
+async fn sleeping(dir: &Path) -> (Sandbox, tokio::process::Child) {
     let view = View {
         resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
     };
     let command = vec!["sleep".to_owned(), "600".to_owned()];
-    let (sandbox, mut helper) = Sandbox::start_with(
+    Sandbox::start_with(
         Path::new(env!("CARGO_BIN_EXE_kdev")),
         &command,
         &view,
-        dir.path(),
+        dir,
         |cmd| {
             cmd.kill_on_drop(true);
         },
     )
     .await
-    .expect("the view starts");
+    .expect("the view starts")
+}
+
+/// kill -9 of the helper (what kdev's own death brings about, through its
+/// death signal) takes the command with it: nothing is left running.
+#[tokio::test]
+async fn the_command_dies_with_its_helper() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sandbox, mut helper) = sleeping(dir.path()).await;
     let pid = sandbox.inside.pid;
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .expect("the helper's children");
@@ -302,21 +307,7 @@ async fn the_command_dies_with_its_helper() {
 #[tokio::test]
 async fn a_signal_to_the_helper_reaches_the_command() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let view = View {
-        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
-    };
-    let command = vec!["sleep".to_owned(), "600".to_owned()];
-    let (sandbox, mut helper) = Sandbox::start_with(
-        Path::new(env!("CARGO_BIN_EXE_kdev")),
-        &command,
-        &view,
-        dir.path(),
-        |cmd| {
-            cmd.kill_on_drop(true);
-        },
-    )
-    .await
-    .expect("the view starts");
+    let (sandbox, mut helper) = sleeping(dir.path()).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sandbox.inside.pid as i32),
         nix::sys::signal::Signal::SIGTERM,

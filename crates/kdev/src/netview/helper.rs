@@ -178,42 +178,15 @@ fn set_up(args: &Args) -> anyhow::Result<Sockets> {
         .into_iter()
         .find(|name| on_path(name))
         .context("the network view needs iptables (the nf_tables backend, `iptables-nft`) on PATH; install it or use --network host")?;
-    let mark = format!("{MARK:#x}");
-    let capture = CAPTURE_PORT.to_string();
-    let dns = DNS_PORT.to_string();
+    // Kernel NAT inside: kdev's own (marked) sockets pass; DNS datagrams go
+    // to the DNS socket, every TCP connection to the capture socket.
     for rule in [
-        vec![
-            "-t", "nat", "-A", "OUTPUT", "-m", "mark", "--mark", &mark, "-j", "RETURN",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "udp",
-            "--dport",
-            "53",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &dns,
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &capture,
-        ],
+        format!("-t nat -A OUTPUT -m mark --mark {MARK:#x} -j RETURN"),
+        format!("-t nat -A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports {DNS_PORT}"),
+        format!("-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports {CAPTURE_PORT}"),
     ] {
         let mut step = vec![iptables];
-        step.extend(rule);
+        step.extend(rule.split_whitespace());
         run(&step).context("the network view's NAT rules need the kernel's nf_tables NAT (modules nf_nat and nft_redir, or xt_REDIRECT); load them or use --network host")?;
     }
     mount_view(args)?;
