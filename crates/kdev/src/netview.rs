@@ -98,8 +98,11 @@ impl Network {
     }
 }
 
-/// How often the command's listening ports are looked at.
-const PORT_POLL: Duration = Duration::from_millis(200);
+/// How often the command's listening ports are looked at: a restarted
+/// command serves the laptop this long after it listens at the latest (two
+/// small /proc reads each time; 200 ms made the dev loop's
+/// restart-to-serving 0.27 s instead of 0.06 s).
+const PORT_POLL: Duration = Duration::from_millis(25);
 
 /// Serves the sandbox's connections, DNS and listening ports until aborted.
 pub fn serve(sandbox: Sandbox, network: Network) -> tokio::task::JoinHandle<()> {

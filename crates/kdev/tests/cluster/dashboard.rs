@@ -1005,10 +1005,26 @@ async fn an_action_runs_to_its_end_when_its_request_is_gone_and_the_live_stream_
             post.write_all(head.as_bytes()).await.expect("post");
             // Gone without waiting for the answer.
         }
-        eventually(Duration::from_secs(30), "the sleep to finish", || async {
-            (replicas(&ns, "web").await == 0).then_some(())
+        let slept = tokio::time::timeout(Duration::from_secs(30), async {
+            while replicas(&ns, "web").await != 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         })
         .await;
+        if slept.is_err() {
+            // Seen once in CI (a9a7780): say what the dashboard did.
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(2), live.read(&mut chunk))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            panic!(
+                "the sleep did not finish within 30 s; the live stream said: {}; the controller's log: {}",
+                String::from_utf8_lossy(&chunk[..n]),
+                controller.log()
+            );
+        }
         let said = tokio::time::timeout(Duration::from_secs(30), async {
             let mut chunk = [0u8; 8192];
             loop {
