@@ -511,3 +511,37 @@ fn release_builds_ignore_the_test_hooks() {
         stderr(&clock)
     );
 }
+
+#[test]
+fn a_bad_cluster_range_or_one_without_the_network_view_is_a_usage_error() {
+    let out = kdev(&[
+        "swap",
+        "deploy/web",
+        "--cluster-cidr",
+        "db:5432",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not an IPv4 range"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kdev(&[
+        "swap",
+        "deploy/web",
+        "--network",
+        "host",
+        "--cluster-cidr",
+        "10.96.0.0/12",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--cluster-cidr needs --network view"),
+        "{}",
+        stderr(&out)
+    );
+}
