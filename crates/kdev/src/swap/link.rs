@@ -196,6 +196,15 @@ async fn deliver_inbound(mut inbound: tunnel::Inbound, routes: Routes) {
     }
 }
 
+/// The tunnel, waiting up to `timeout` while it reconnects; `None` when it
+/// is not back by then.
+pub async fn tunnel_within(current: &mut Current, timeout: Duration) -> Option<Mux> {
+    tokio::time::timeout(timeout, current.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|found| found.ok().and_then(|mux| mux.clone()))
+}
+
 /// `--forward`: a local port whose connections the agent makes in the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forward {
@@ -291,13 +300,7 @@ pub async fn serve_forward(
             let mut current = current.clone();
             let forward = forward.clone();
             tokio::spawn(async move {
-                let mux = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    current.wait_for(Option::is_some),
-                )
-                .await
-                .ok()
-                .and_then(|found| found.ok().and_then(|mux| mux.clone()));
+                let mux = tunnel_within(&mut current, Duration::from_secs(10)).await;
                 let Some(mux) = mux else {
                     eprintln!(
                         "kdev: no tunnel for a connection to {}:{}",

@@ -35,17 +35,11 @@ impl AgentDial {
     fn open(&self, header: Header) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
         let mut current = self.current.clone();
         Box::pin(async move {
-            let mux =
-                tokio::time::timeout(Duration::from_secs(10), current.wait_for(Option::is_some))
-                    .await
-                    .ok()
-                    .and_then(|found| found.ok().and_then(|mux| mux.clone()))
-                    .ok_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::NotConnected,
-                            "no tunnel to the agent",
-                        )
-                    })?;
+            let mux = super::link::tunnel_within(&mut current, Duration::from_secs(10))
+                .await
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotConnected, "no tunnel to the agent")
+                })?;
             let mut stream = mux.open_with(&header).await?;
             match tunnel::read_connect_reply(&mut stream).await? {
                 ConnectReply::Connected => Ok(Box::new(stream) as Box<dyn Io>),
