@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -226,6 +227,37 @@ pub async fn bind(ns: &TestNamespace, role: &str) {
         .create(&PostParams::default(), &binding)
         .await
         .expect("create the binding");
+    // The API server's authorizer learns of the binding from a watch of its
+    // own, which lags under load: an action taken at once could be refused.
+    // Wait until a review grants the role's first rule to the account.
+    let role = Api::<ClusterRole>::all(ns.client.clone())
+        .get(role)
+        .await
+        .expect("read the ClusterRole");
+    let rule = &role.rules.as_deref().unwrap_or_default()[0];
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": format!("system:serviceaccount:{}:{ACCOUNT}", ns.name),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", ns.name), "system:authenticated"],
+            "resourceAttributes": {
+                "namespace": ns.name,
+                "verb": rule.verbs[0],
+                "group": rule.api_groups.as_deref().unwrap_or_default()[0],
+                "resource": rule.resources.as_deref().unwrap_or_default()[0],
+            }
+        }
+    }))
+    .expect("a review");
+    let reviews: Api<SubjectAccessReview> = Api::all(ns.client.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the binding to take effect",
+        || async {
+            let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+            answer.status?.allowed.then_some(())
+        },
+    )
+    .await;
 }
 
 /// Labels the namespace as owned by `owner` (the dashboard's filter).
@@ -1052,7 +1084,6 @@ async fn an_action_runs_to_its_end_when_its_request_is_gone_and_the_live_stream_
 /// by `kdev envs dashboard` through a port-forward, and a wake through it.
 #[tokio::test]
 async fn deploy_dashboard_grants_nothing_but_its_actions_and_kdev_envs_dashboard_opens_it() {
-    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
     with_namespace("dash-rbac", |ns| async move {
         let deployed = crate::support::render_deploy(&ns.name, &["dashboard"]);
         let applied = crate::support::kubectl_apply(

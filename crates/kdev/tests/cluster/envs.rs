@@ -1436,9 +1436,19 @@ async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
             );
         }
         // The wake restores it exactly, and `kdev envs` shows it as the
-        // last activity, listed alone or with every environment.
+        // last activity, listed alone or with every environment. The
+        // controller stops first: under load the pods may take longer than
+        // the 6 s of idleness to be Ready, and it would rightly sleep the
+        // environment again.
+        controller.stop();
         ok(run(&kubeconfig(), &ns.name, &["wake"]));
         assert_eq!(replicas(&ns, "web").await.0, 2);
+        // Until its pods are Ready it is shown as waking, rightly.
+        eventually(Duration::from_secs(60), "web's 2 pods Ready", || async {
+            let web = ns.api::<Deployment>().get("web").await.ok()?;
+            (web.status?.ready_replicas == Some(2)).then_some(())
+        })
+        .await;
         let listed = envs_json(&ns).await;
         let activity = listed["lastActivity"].as_str().unwrap_or_default();
         assert!(activity.contains("(kdev wake by "), "{listed}");
@@ -1458,7 +1468,6 @@ async fn an_idle_environment_sleeps_and_activity_starts_the_clock_again() {
             .unwrap_or_else(|| panic!("{} not in {everything}", ns.name));
         assert_eq!(mine["state"], "awake");
         assert_eq!(mine["lastActivity"], listed["lastActivity"]);
-        controller.stop();
     })
     .await;
 }
