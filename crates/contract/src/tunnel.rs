@@ -178,21 +178,68 @@ impl Header {
     }
 }
 
-/// The agent's answer to a [`Header::Connect`]: `0` for connected, or `1`
-/// followed by a u16 BE length and a UTF-8 message.
+/// The agent's answer to a [`Header::Connect`]: `0` for connected, or a
+/// [`Failure`] code followed by a u16 BE length and a UTF-8 message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectReply {
     Connected,
-    Failed(String),
+    Failed(Failure, String),
+}
+
+/// Why a dial failed, as far as the pod's kernel said: the network view
+/// ends the local command's `connect()` the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Anything else (the code of kdev before the codes below existed).
+    Other = 1,
+    /// The far end answered with a reset (nothing listens there).
+    Refused = 2,
+    /// No route to the host or its network.
+    Unreachable = 3,
+    /// Nothing answered in time.
+    TimedOut = 4,
+}
+
+impl Failure {
+    /// The failure a dial's error stands for.
+    pub fn of(kind: std::io::ErrorKind) -> Failure {
+        use std::io::ErrorKind as K;
+        match kind {
+            K::ConnectionRefused => Failure::Refused,
+            K::HostUnreachable | K::NetworkUnreachable => Failure::Unreachable,
+            K::TimedOut => Failure::TimedOut,
+            _ => Failure::Other,
+        }
+    }
+
+    /// The error kind a local `connect()` would have had.
+    pub fn kind(self) -> std::io::ErrorKind {
+        use std::io::ErrorKind as K;
+        match self {
+            Failure::Other | Failure::Refused => K::ConnectionRefused,
+            Failure::Unreachable => K::HostUnreachable,
+            Failure::TimedOut => K::TimedOut,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Failure> {
+        Some(match code {
+            1 => Failure::Other,
+            2 => Failure::Refused,
+            3 => Failure::Unreachable,
+            4 => Failure::TimedOut,
+            _ => return None,
+        })
+    }
 }
 
 impl ConnectReply {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             ConnectReply::Connected => vec![0],
-            ConnectReply::Failed(message) => {
+            ConnectReply::Failed(why, message) => {
                 let message = &message.as_bytes()[..message.len().min(1024)];
-                let mut out = vec![1];
+                let mut out = vec![*why as u8];
                 out.extend_from_slice(&(message.len() as u16).to_be_bytes());
                 out.extend_from_slice(message);
                 out
@@ -204,7 +251,9 @@ impl ConnectReply {
         match buf.first() {
             None => Err(DecodeError::Incomplete(None)),
             Some(0) => Ok((ConnectReply::Connected, 1)),
-            Some(1) => {
+            Some(code) => {
+                let why =
+                    Failure::from_code(*code).ok_or(DecodeError::Malformed("connect reply"))?;
                 if buf.len() < 3 {
                     return Err(DecodeError::Incomplete(None));
                 }
@@ -213,9 +262,8 @@ impl ConnectReply {
                     return Err(DecodeError::Incomplete(Some(total)));
                 }
                 let message = String::from_utf8_lossy(&buf[3..total]).into_owned();
-                Ok((ConnectReply::Failed(message), total))
+                Ok((ConnectReply::Failed(why, message), total))
             }
-            Some(_) => Err(DecodeError::Malformed("connect reply")),
         }
     }
 }
@@ -286,11 +334,35 @@ mod tests {
     fn replies_round_trip() {
         for reply in [
             ConnectReply::Connected,
-            ConnectReply::Failed("connection refused".into()),
+            ConnectReply::Failed(Failure::Refused, "connection refused".into()),
+            ConnectReply::Failed(Failure::Other, "no such host".into()),
+            ConnectReply::Failed(Failure::Unreachable, "no route to host".into()),
+            ConnectReply::Failed(Failure::TimedOut, "timed out".into()),
         ] {
             let bytes = reply.encode();
             assert_eq!(ConnectReply::decode(&bytes), Ok((reply, bytes.len())));
         }
+    }
+
+    /// A reply of kdev before the failure codes (code 1, "other") still
+    /// reads.
+    #[test]
+    fn an_older_failure_reads_as_other() {
+        let bytes = [1, 0, 2, b'n', b'o'];
+        assert_eq!(
+            ConnectReply::decode(&bytes),
+            Ok((ConnectReply::Failed(Failure::Other, "no".into()), 5))
+        );
+    }
+
+    #[test]
+    fn a_dials_error_is_its_failure_and_back() {
+        use std::io::ErrorKind as K;
+        for kind in [K::ConnectionRefused, K::HostUnreachable, K::TimedOut] {
+            assert_eq!(Failure::of(kind).kind(), kind);
+        }
+        assert_eq!(Failure::of(K::NetworkUnreachable), Failure::Unreachable);
+        assert_eq!(Failure::of(K::PermissionDenied), Failure::Other);
     }
 
     proptest::proptest! {

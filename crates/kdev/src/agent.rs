@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kdev_contract::tunnel::{ConnectReply, Header, auth};
+use kdev_contract::tunnel::{ConnectReply, Failure, Header, auth};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -281,7 +281,7 @@ async fn answer_connect(
             let message = format!("failed to connect to {host}:{port}: {err}");
             tracing::info!("{message}");
             let _ = stream
-                .write_all(&ConnectReply::Failed(message).encode())
+                .write_all(&ConnectReply::Failed(Failure::of(err.kind()), message).encode())
                 .await;
             let _ = stream.shutdown().await;
         }

@@ -9,7 +9,9 @@
 //! kdev holds. [`serve`] then decides per connection, by its original
 //! destination ([`route::Routes`]): the laptop's loopback and the internet
 //! are dialled from the laptop as before; the cluster's ranges through the
-//! cluster dialer (the session's agent). DNS goes to the cluster's DNS
+//! cluster dialer (the session's agent). Where the kernel allows, each SYN
+//! waits for that dial ([`queue`]), so the command's `connect()` succeeds,
+//! is refused, or hears nothing, as the far end answered. DNS goes to the cluster's DNS
 //! ([`dns`]). Ports the command listens on inside are listened on at the
 //! laptop's 127.0.0.1 too and passed in ([`ports`]), so a browser, a
 //! debugger and the swap's inbound traffic reach it as before.
@@ -32,6 +34,7 @@ pub mod dns;
 pub mod fdpass;
 pub mod helper;
 pub mod ports;
+pub mod queue;
 pub mod resolv;
 pub mod route;
 pub mod sandbox;
@@ -107,8 +110,23 @@ const PORT_POLL: Duration = Duration::from_millis(25);
 /// Serves the sandbox's connections, DNS and listening ports until aborted.
 pub fn serve(sandbox: Sandbox, network: Network) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let held = Held::default();
+        let queue = match sandbox.queue {
+            Ok(fd) => match queue::Queue::bind(fd).await {
+                Ok(queue) => Some(queue),
+                Err(err) => {
+                    tracing::debug!(error = %err, "the network view holds no SYNs: binding the queue failed");
+                    None
+                }
+            },
+            Err(why) => {
+                tracing::debug!(%why, "the network view holds no SYNs");
+                None
+            }
+        };
         let _ = tokio::join!(
-            capture_loop(&sandbox.capture, &network),
+            hold_loop(queue, &network, &held),
+            capture_loop(&sandbox.capture, &network, &held),
             dns::serve(
                 sandbox.dns.clone(),
                 network.cluster.clone(),
@@ -119,9 +137,128 @@ pub fn serve(sandbox: Sandbox, network: Network) -> tokio::task::JoinHandle<()> 
     })
 }
 
-async fn capture_loop(capture: &tokio::net::TcpListener, network: &Network) {
+/// The longest a SYN waits for its dial (the agent's own dial gives up
+/// after 10 s, its tunnel after 10 s more).
+const HOLD_LIMIT: Duration = Duration::from_secs(25);
+
+/// Connections dialled for a held SYN, until the capture socket accepts
+/// the command's side: keyed by the command's address and the destination.
+#[derive(Clone, Default)]
+struct Held(Arc<std::sync::Mutex<BTreeMap<(SocketAddrV4, SocketAddrV4), Dialled>>>);
+
+enum Dialled {
+    /// Its dial is on: a retransmitted SYN is dropped meanwhile.
+    Dialling,
+    Open(Box<dyn Io>, std::time::Instant),
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(SocketAddrV4, SocketAddrV4), Dialled>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks the dial for `key` begun, unless it already is.
+    fn begin(&self, key: (SocketAddrV4, SocketAddrV4)) -> bool {
+        let mut held = self.lock();
+        // A connection whose handshake never came (the command gave up).
+        held.retain(|_, d| !matches!(d, Dialled::Open(_, at) if at.elapsed() > HOLD_LIMIT));
+        if held.contains_key(&key) {
+            return false;
+        }
+        held.insert(key, Dialled::Dialling);
+        true
+    }
+
+    fn take(&self, key: (SocketAddrV4, SocketAddrV4)) -> Option<Box<dyn Io>> {
+        let mut held = self.lock();
+        match held.remove(&key)? {
+            Dialled::Open(io, _) => Some(io),
+            dialling @ Dialled::Dialling => {
+                held.insert(key, dialling);
+                None
+            }
+        }
+    }
+}
+
+/// Dials for each SYN the kernel holds, then lets it through, or answers
+/// it as the far end did (refused, unreachable, or nothing).
+async fn hold_loop(queue: Option<queue::Queue>, network: &Network, held: &Held) {
+    let Some(mut queue) = queue else {
+        return std::future::pending().await;
+    };
+    let verdicts = queue.verdicts();
     loop {
-        let (inside, _) = match capture.accept().await {
+        let syns = match queue.next().await {
+            Ok(syns) => syns,
+            Err(err) => {
+                // The rule's --queue-bypass lets SYNs through from now on.
+                tracing::debug!(error = %err, "the network view's queue failed");
+                return std::future::pending().await;
+            }
+        };
+        for syn in syns {
+            let key = (syn.from, syn.to);
+            if !held.begin(key) {
+                let _ = verdicts.give(syn.id, queue::Verdict::Drop);
+                continue;
+            }
+            let (verdicts, network, held) = (verdicts.clone(), network.clone(), held.clone());
+            tokio::spawn(async move {
+                let verdict = match tokio::time::timeout(HOLD_LIMIT, open(&network, syn.to)).await {
+                    Ok(Ok(io)) => {
+                        held.lock()
+                            .insert(key, Dialled::Open(io, std::time::Instant::now()));
+                        queue::Verdict::Pass
+                    }
+                    Ok(Err(err)) => {
+                        held.lock().remove(&key);
+                        tracing::debug!(to = %syn.to, error = %err, "a connection of the command failed");
+                        verdict_for(err.kind())
+                    }
+                    Err(_) => {
+                        held.lock().remove(&key);
+                        queue::Verdict::Drop
+                    }
+                };
+                if let Err(err) = verdicts.give(syn.id, verdict) {
+                    tracing::debug!(error = %err, "a verdict failed");
+                    held.lock().remove(&key);
+                }
+            });
+        }
+    }
+}
+
+/// How the pod's `connect()` would have ended when the dial failed so: a
+/// refusal is a reset; a far end that could not be reached or did not
+/// answer sends nothing back.
+fn verdict_for(kind: std::io::ErrorKind) -> queue::Verdict {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::HostUnreachable | K::NetworkUnreachable | K::TimedOut => queue::Verdict::Drop,
+        _ => queue::Verdict::Refuse,
+    }
+}
+
+/// A connection to `to` from where the view says it goes.
+async fn open(network: &Network, to: SocketAddrV4) -> std::io::Result<Box<dyn Io>> {
+    if to == SocketAddrV4::new(VIEW_NAMESERVER, 53) {
+        return network.cluster.dns().await;
+    }
+    match network.via(to) {
+        Via::Laptop => tokio::net::TcpStream::connect(to)
+            .await
+            .map(|stream| Box::new(stream) as Box<dyn Io>),
+        Via::Cluster => network.cluster.dial(to).await,
+    }
+}
+
+async fn capture_loop(capture: &tokio::net::TcpListener, network: &Network, held: &Held) {
+    loop {
+        let (inside, from) = match capture.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::debug!(error = %err, "the network view's capture socket failed");
@@ -136,24 +273,20 @@ async fn capture_loop(capture: &tokio::net::TcpListener, network: &Network) {
                 continue;
             }
         };
+        let SocketAddr::V4(from) = from else { continue };
+        let dialled = held.take((from, to));
         let network = network.clone();
         tokio::spawn(async move {
-            let via = network.via(to);
-            let outside: std::io::Result<Box<dyn Io>> =
-                if to == SocketAddrV4::new(VIEW_NAMESERVER, 53) {
-                    network.cluster.dns().await
-                } else {
-                    match via {
-                        Via::Laptop => tokio::net::TcpStream::connect(to)
-                            .await
-                            .map(|stream| Box::new(stream) as Box<dyn Io>),
-                        Via::Cluster => network.cluster.dial(to).await,
-                    }
-                };
+            // Dialled while its SYN was held; else (no queue here, or its
+            // bypass) now.
+            let outside = match dialled {
+                Some(io) => Ok(io),
+                None => open(&network, to).await,
+            };
             match outside {
                 Ok(outside) => splice(inside, outside).await,
                 Err(err) => {
-                    tracing::debug!(%to, ?via, error = %err, "a connection of the command failed");
+                    tracing::debug!(%to, error = %err, "a connection of the command failed");
                     // A reset, the nearest a completed handshake gets to
                     // "refused".
                     let _ = socket2::SockRef::from(&inside).set_linger(Some(Duration::ZERO));

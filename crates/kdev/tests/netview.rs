@@ -15,6 +15,8 @@ use kdev::netview::{self, Dial, Io, Network, Routes, Sandbox, View, resolv::Reso
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ECHO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 80);
+/// A pod the stand-in cannot reach (no route to it).
+const GONE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 22), 80);
 
 /// The cluster as the agent would reach it: a DNS server that knows one
 /// name, and an echo Service that answers "echo:" and what it read.
@@ -40,6 +42,7 @@ impl Dial for StandIn {
                         let _ = theirs.write_all(&reply).await;
                     });
                 }
+                GONE => return Err(std::io::ErrorKind::HostUnreachable.into()),
                 _ => return Err(std::io::ErrorKind::ConnectionRefused.into()),
             }
             Ok(Box::new(ours) as Box<dyn Io>)
@@ -94,7 +97,9 @@ async fn dns_over_tcp(mut stream: tokio::io::DuplexStream) {
 }
 
 /// The command: reaches the laptop's loopback, the echo Service by its
-/// short name, a name that does not exist, then listens for the laptop.
+/// short name, a name that does not exist; its connect() to a closed port
+/// in the cluster and on the laptop is refused and one to an unreachable
+/// pod hears nothing, as in a pod; then it listens for the laptop.
 const SCRIPT: &str = r#"
 import socket, sys, time
 out = []
@@ -103,6 +108,17 @@ out.append("laptop=" + laptop.recv(64).decode())
 echo = socket.create_connection(("echo", 80), timeout=5)
 echo.sendall(b"hi")
 out.append("service=" + echo.recv(64).decode())
+def connect(name, address, timeout=5):
+    try:
+        socket.create_connection(address, timeout=timeout)
+        out.append(name + "=connected")
+    except TimeoutError:
+        out.append(name + "=timeout")
+    except OSError as err:
+        out.append("%s=%s" % (name, err.errno))
+connect("closed", ("10.0.0.21", 80))
+connect("gone", ("10.0.0.22", 80), timeout=1)
+connect("laptop-closed", ("127.0.0.1", int(sys.argv[3])))
 start = time.monotonic()
 try:
     socket.getaddrinfo("nothing-here", 80)
@@ -153,7 +169,11 @@ async fn the_command_sees_the_cluster_and_the_laptop(user: Option<u32>) {
     let command: Vec<String> = ["python3", "-c", SCRIPT]
         .into_iter()
         .map(String::from)
-        .chain([laptop_port.to_string(), inside_port.to_string()])
+        .chain([
+            laptop_port.to_string(),
+            inside_port.to_string(),
+            free_port().to_string(),
+        ])
         .collect();
     let (sandbox, mut helper) = Sandbox::start_with(
         Path::new(env!("CARGO_BIN_EXE_kdev")),
@@ -189,6 +209,11 @@ async fn the_command_sees_the_cluster_and_the_laptop(user: Option<u32>) {
         .expect("a line");
     assert!(first.contains("laptop=on-the-laptop"), "{first}");
     assert!(first.contains("service=echo:hi"), "{first}");
+    // ECONNREFUSED (111) at connect(), not a connection reset later; an
+    // unreachable pod does not answer.
+    assert!(first.contains("closed=111"), "{first}");
+    assert!(first.contains("gone=timeout"), "{first}");
+    assert!(first.contains("laptop-closed=111"), "{first}");
     assert!(
         first.contains("missing=True in 0."),
         "a name that does not exist fails at once: {first}"

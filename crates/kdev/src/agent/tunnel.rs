@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::task::Poll;
 
+#[cfg(test)]
+use kdev_contract::tunnel::Failure;
 use kdev_contract::tunnel::{ConnectReply, DecodeError, Header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -239,11 +241,11 @@ mod tests {
 
     #[tokio::test]
     async fn connect_replies_are_read_whole() {
-        let failed = ConnectReply::Failed("no route".into()).encode();
+        let failed = ConnectReply::Failed(Failure::Unreachable, "no route".into()).encode();
         let mut reader = &failed[..];
         assert_eq!(
             read_connect_reply(&mut reader).await.expect("reply"),
-            ConnectReply::Failed("no route".into())
+            ConnectReply::Failed(Failure::Unreachable, "no route".into())
         );
         let mut ok = &[0u8][..];
         assert_eq!(

@@ -15,7 +15,10 @@
 //! 4. bind-mounts the view's `resolv.conf` (and an `nsswitch.conf` whose
 //!    hosts line is `files dns`, so a host's systemd-resolved or mDNS module
 //!    does not answer instead) over the host's, in its own mount namespace;
-//! 5. makes the capture and DNS sockets and sends them to kdev;
+//!    When the kernel allows, each SYN the command sends waits in a
+//!    netfilter queue for kdev's verdict ([`super::queue`]);
+//! 5. makes the capture and DNS sockets (and the queue's netlink socket)
+//!    and sends them to kdev;
 //! 6. starts the command through `kdev __exec-child --map-user`, which enters
 //!    one more user namespace mapping root back to the real user, so the
 //!    command runs as itself with no capability;
@@ -50,7 +53,9 @@ pub const DNS_PORT: u16 = 53;
 
 /// Message tags on the control socket.
 pub mod tag {
-    /// helper → kdev: ready; carries the capture and DNS sockets.
+    /// helper → kdev: ready; carries the capture and DNS sockets, and the
+    /// netfilter queue's socket when there is one (else the text says why
+    /// not).
     pub const READY: u8 = b'O';
     /// helper → kdev: set-up failed; the text says why.
     pub const FAILED: u8 = b'E';
@@ -113,14 +118,15 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(127);
         }
     };
-    if fdpass::send(
-        &control,
-        tag::READY,
-        "",
-        &[sockets.capture.as_fd(), sockets.dns.as_fd()],
-    )
-    .is_err()
-    {
+    let mut fds = vec![sockets.capture.as_fd(), sockets.dns.as_fd()];
+    let no_queue = match &sockets.queue {
+        Ok(queue) => {
+            fds.push(queue.as_fd());
+            String::new()
+        }
+        Err(why) => why.clone(),
+    };
+    if fdpass::send(&control, tag::READY, &no_queue, &fds).is_err() {
         return ExitCode::from(1);
     }
     drop(sockets);
@@ -140,6 +146,8 @@ const FORWARDED: [Signal; 6] = [
 struct Sockets {
     capture: std::net::TcpListener,
     dns: std::net::UdpSocket,
+    /// The netfilter queue's socket, or why there is none.
+    queue: Result<std::os::fd::OwnedFd, String>,
 }
 
 fn set_up(args: &Args) -> anyhow::Result<Sockets> {
@@ -189,12 +197,50 @@ fn set_up(args: &Args) -> anyhow::Result<Sockets> {
         step.extend(rule.split_whitespace());
         run(&step).context("the network view's NAT rules need the kernel's nf_tables NAT (modules nf_nat and nft_redir, or xt_REDIRECT); load them or use --network host")?;
     }
+    let queue = hold_syns(iptables);
     mount_view(args)?;
     let capture = std::net::TcpListener::bind(("127.0.0.1", CAPTURE_PORT))
         .context("failed to listen for the command's connections")?;
     let dns = std::net::UdpSocket::bind(("127.0.0.1", DNS_PORT))
         .context("failed to listen for the command's DNS queries")?;
-    Ok(Sockets { capture, dns })
+    Ok(Sockets {
+        capture,
+        dns,
+        queue,
+    })
+}
+
+/// Has the kernel hold each SYN of the command in a netfilter queue until
+/// kdev's verdict ([`super::queue`]), and answers the SYNs kdev marks
+/// refused with a reset, as the far end did. Returns the
+/// netlink socket for the queue, or why there is none: then every
+/// connection is completed by the capture socket and a refused one is
+/// reset after its handshake.
+fn hold_syns(iptables: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use super::queue::{MARK_REFUSED, QUEUE};
+    let rules = [
+        // Answered here, not captured.
+        format!("-t nat -I OUTPUT 1 -m mark --mark {MARK_REFUSED:#x} -j RETURN"),
+        format!(
+            "-A OUTPUT -p tcp -m mark --mark {MARK_REFUSED:#x} -j REJECT --reject-with tcp-reset"
+        ),
+        // Last: with the answers in place. --queue-bypass passes SYNs on
+        // while nothing reads the queue.
+        format!(
+            "-t mangle -A OUTPUT -p tcp --syn -m mark ! --mark {MARK:#x} -j NFQUEUE --queue-num {QUEUE} --queue-bypass"
+        ),
+    ];
+    for rule in &rules {
+        let mut step = vec![iptables];
+        step.extend(rule.split_whitespace());
+        run(&step).map_err(|err| format!("{err:#}"))?;
+    }
+    rustix::net::socket(
+        rustix::net::AddressFamily::NETLINK,
+        rustix::net::SocketType::RAW,
+        Some(rustix::net::netlink::NETFILTER),
+    )
+    .map_err(|err| format!("failed to open a netfilter socket: {err}"))
 }
 
 /// Maps `inside_uid` to `outside_uid` (and the same for groups) in the

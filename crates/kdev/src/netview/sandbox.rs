@@ -29,6 +29,9 @@ pub struct Sandbox {
     pub dns: Arc<tokio::net::UdpSocket>,
     /// Connects from inside, past the NAT.
     pub inside: Inside,
+    /// The netfilter queue's netlink socket, where the kernel holds the
+    /// command's SYNs; or why the kernel could not.
+    pub queue: Result<std::os::fd::OwnedFd, String>,
 }
 
 /// Connections into the command's namespaces (cheap to clone).
@@ -143,9 +146,14 @@ impl Sandbox {
             let _ = child.wait().await;
             anyhow::bail!("the network view could not be set up: {}", message.text);
         }
-        if message.tag != tag::READY || message.fds.len() != 2 {
+        if message.tag != tag::READY || !(2..=3).contains(&message.fds.len()) {
             anyhow::bail!("the network view's helper sent an unexpected answer");
         }
+        let queue = if message.fds.len() == 3 {
+            Ok(message.fds.pop().expect("three descriptors"))
+        } else {
+            Err(message.text.clone())
+        };
         let dns = std::net::UdpSocket::from(message.fds.pop().expect("two descriptors"));
         let capture = std::net::TcpListener::from(message.fds.pop().expect("two descriptors"));
         capture.set_nonblocking(true)?;
@@ -159,6 +167,7 @@ impl Sandbox {
                     pid,
                     control: Arc::new(Mutex::new(stream)),
                 },
+                queue,
             },
             child,
         ))

@@ -324,7 +324,7 @@ pub async fn serve_forward(
                 };
                 match tunnel::read_connect_reply(&mut stream).await {
                     Ok(ConnectReply::Connected) => tunnel::splice(socket, stream).await,
-                    Ok(ConnectReply::Failed(message)) => eprintln!("kdev: the agent {message}"),
+                    Ok(ConnectReply::Failed(_, message)) => eprintln!("kdev: the agent {message}"),
                     Err(err) => eprintln!(
                         "kdev: the tunnel failed while connecting to {}:{}: {err}",
                         forward.host, forward.port

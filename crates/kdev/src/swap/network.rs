@@ -38,15 +38,17 @@ impl AgentDial {
             let mux = super::link::tunnel_within(&mut current, Duration::from_secs(10))
                 .await
                 .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotConnected, "no tunnel to the agent")
+                    std::io::Error::new(
+                        std::io::ErrorKind::HostUnreachable,
+                        "no tunnel to the agent",
+                    )
                 })?;
             let mut stream = mux.open_with(&header).await?;
             match tunnel::read_connect_reply(&mut stream).await? {
                 ConnectReply::Connected => Ok(Box::new(stream) as Box<dyn Io>),
-                ConnectReply::Failed(message) => Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    message,
-                )),
+                // Refused, unreachable or timed out as the pod saw it: the
+                // network view ends the command's connect() the same way.
+                ConnectReply::Failed(why, message) => Err(std::io::Error::new(why.kind(), message)),
             }
         })
     }

@@ -2074,7 +2074,8 @@ async fn kdevs_port_forward_speaks_spdy_like_kubectl_and_the_channel_protocol_ex
 /// The command of a swap (the default `--network view`) sees the cluster's
 /// network as a pod does and the laptop as before: a Service by its short
 /// name, `name.namespace` and full name; a Service in another namespace; a
-/// ClusterIP and a pod IP; a missing name fails at once; the laptop's
+/// ClusterIP and a pod IP; a closed port is refused at connect(); a
+/// missing name fails at once; the laptop's
 /// 127.0.0.1; the laptop reaches the port it listens on, and a pod reaches
 /// it through the Service. With `--network host` names of the cluster do
 /// not resolve, as before.
@@ -2143,6 +2144,7 @@ async fn a_swapped_command_lives_in_the_clusters_network_and_still_on_the_laptop
             "name.ns=from-the-cluster",
             "fqdn=from-the-cluster",
             "other-namespace=connected",
+            "closed-port=refused",
             "cluster-ip=from-the-cluster",
             "pod-ip=from-the-cluster",
             "missing=NXDOMAIN fast",
@@ -2226,6 +2228,15 @@ try:
     say("other-namespace=connected")
 except Exception as err:
     say("other-namespace=failed " + repr(err))
+# Nothing listens on the pod's port 9: connect() itself is refused, as in
+# a pod, not accepted and then reset.
+try:
+    socket.create_connection((pod_ip, 9), timeout=10).close()
+    say("closed-port=connected")
+except ConnectionRefusedError:
+    say("closed-port=refused")
+except Exception as err:
+    say("closed-port=failed " + repr(err))
 start = time.monotonic()
 try:
     # In the cluster's zone, so the cluster's DNS answers it itself (this
