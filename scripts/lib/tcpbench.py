@@ -4,6 +4,8 @@
   serve PORT                 echo server on 127.0.0.1:PORT
   first ADDR SINCE           poll until an echo round trip succeeds; print seconds since SINCE (epoch)
   measure ADDR [MB] [N]      throughput (MB echoed through) and N round-trip latencies
+  connects ADDR N            N new connections, each connect + 1 byte echoed; p50 in ms
+  dns NAME N                 N lookups of NAME (getaddrinfo, as an app does); p50 in ms
 
 ADDR is PORT (on 127.0.0.1) or HOST:PORT.
 """
@@ -99,6 +101,28 @@ def measure(addr, megabytes=64, rounds=500):
     print(f"{megabytes / elapsed:.1f} {statistics.median(samples):.0f} {p99:.0f}")
 
 
+def connects(addr, n):
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        with socket.create_connection(addr, timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                sys.exit("no echo")
+        samples.append((time.perf_counter() - start) * 1e3)
+    print(f"{statistics.median(samples):.2f}")
+
+
+def dns(name, n):
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+        samples.append((time.perf_counter() - start) * 1e3)
+    print(f"{statistics.median(samples):.2f}")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve":
@@ -107,5 +131,9 @@ if __name__ == "__main__":
         first(address(args[0]), float(args[1]))
     elif cmd == "measure":
         measure(address(args[0]), *(int(a) for a in args[1:]))
+    elif cmd == "connects":
+        connects(address(args[0]), int(args[1]))
+    elif cmd == "dns":
+        dns(args[0], int(args[1]))
     else:
         sys.exit(__doc__)
