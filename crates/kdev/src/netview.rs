@@ -284,7 +284,7 @@ async fn capture_loop(capture: &tokio::net::TcpListener, network: &Network, held
                 None => open(&network, to).await,
             };
             match outside {
-                Ok(outside) => splice(inside, outside).await,
+                Ok(outside) => crate::agent::tunnel::splice(inside, outside).await,
                 Err(err) => {
                     tracing::debug!(%to, error = %err, "a connection of the command failed");
                     // A reset, the nearest a completed handshake gets to
@@ -293,15 +293,6 @@ async fn capture_loop(capture: &tokio::net::TcpListener, network: &Network, held
                 }
             }
         });
-    }
-}
-
-async fn splice(
-    mut a: impl AsyncRead + AsyncWrite + Unpin,
-    mut b: impl AsyncRead + AsyncWrite + Unpin,
-) {
-    if let Err(err) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        tracing::debug!(error = %err, "a connection of the command ended with an error");
     }
 }
 
@@ -334,7 +325,7 @@ async fn mirror_ports(inside: &sandbox::Inside) {
                             tokio::spawn(async move {
                                 let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
                                 match control.connect_inside(to).await {
-                                    Ok(inside) => splice(outside, inside).await,
+                                    Ok(inside) => crate::agent::tunnel::splice(outside, inside).await,
                                     Err(err) => tracing::debug!(port, error = %err, "could not pass a connection in"),
                                 }
                             });

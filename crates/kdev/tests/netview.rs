@@ -344,3 +344,183 @@ async fn a_signal_to_the_helper_reaches_the_command() {
         .expect("wait");
     assert_eq!(status.code(), Some(143), "{status}");
 }
+
+/// A statically linked Go program (`CGO_ENABLED=0`: Go's own resolver, no
+/// libc, what `LD_PRELOAD` tools miss) resolves a Service by its short name
+/// through the pod's search list and reaches it, and reaches the laptop's
+/// loopback. Needs Go on PATH (CI has it for the control plane).
+#[tokio::test]
+async fn a_static_go_binary_sees_the_cluster_and_the_laptop() {
+    const PROGRAM: &str = r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+func main() {
+	out := ""
+	laptop, err := net.DialTimeout("tcp", "127.0.0.1:"+os.Args[1], 5*time.Second)
+	if err == nil {
+		b, _ := io.ReadAll(laptop)
+		out += "laptop=" + string(b) + " "
+	} else {
+		out += "laptop=" + err.Error() + " "
+	}
+	addrs, err := net.LookupHost("echo")
+	out += fmt.Sprintf("lookup=%v/%v ", addrs, err)
+	echo, err := net.DialTimeout("tcp", "echo:80", 5*time.Second)
+	if err == nil {
+		echo.Write([]byte("go"))
+		b := make([]byte, 64)
+		n, _ := echo.Read(b)
+		out += "service=" + string(b[:n])
+	} else {
+		out += "service=" + err.Error()
+	}
+	fmt.Println(out)
+}
+"#;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("main.go");
+    std::fs::write(&source, PROGRAM).expect("write the program");
+    let binary = dir.path().join("probe");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("Go on PATH (this test builds a static Go binary)");
+    assert!(
+        built.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // No program interpreter (the dynamic loader) in the ELF: static.
+    let elf = std::fs::read(&binary).expect("read the binary");
+    assert!(
+        !elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
+        "the Go binary is dynamically linked"
+    );
+
+    let (laptop_port, _laptop) = laptop_service().await;
+    let view = View {
+        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
+    };
+    let command = vec![
+        binary.to_string_lossy().into_owned(),
+        laptop_port.to_string(),
+    ];
+    let (sandbox, mut helper) = Sandbox::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kdev")),
+        &command,
+        &view,
+        dir.path(),
+        |cmd| {
+            cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
+        },
+    )
+    .await
+    .expect("the view starts");
+    let stand_in = Arc::new(StandIn::default());
+    let serving = netview::serve(
+        sandbox,
+        Network::new(
+            Routes {
+                cluster: vec!["10.0.0.0/24".parse().expect("a range")],
+            },
+            stand_in.clone(),
+        ),
+    );
+    let mut stdout = helper.stdout.take().expect("stdout");
+    let mut said = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_to_string(&mut said))
+        .await
+        .expect("the program reports within 30 s")
+        .expect("read");
+    assert!(helper.wait().await.expect("wait").success());
+    serving.abort();
+    assert!(said.contains("laptop=on-the-laptop"), "{said}");
+    assert!(said.contains("lookup=[10.0.0.20]/<nil>"), "{said}");
+    assert!(said.contains("service=echo:go"), "{said}");
+}
+
+/// The JVM (its own socket layer, IPv6 sockets carrying IPv4, the system
+/// resolver through libc) resolves a Service by its short name and reaches
+/// it, and reaches the laptop's loopback. Needs `java` (11 or later: a
+/// single source file runs as is).
+#[tokio::test]
+async fn a_jvm_program_sees_the_cluster_and_the_laptop() {
+    const PROGRAM: &str = r#"
+import java.io.*;
+import java.net.*;
+
+public class Probe {
+    public static void main(String[] args) throws Exception {
+        StringBuilder out = new StringBuilder();
+        try (Socket laptop = new Socket()) {
+            laptop.connect(new InetSocketAddress("127.0.0.1", Integer.parseInt(args[0])), 5000);
+            out.append("laptop=").append(new String(laptop.getInputStream().readAllBytes())).append(' ');
+        }
+        out.append("lookup=").append(InetAddress.getByName("echo").getHostAddress()).append(' ');
+        try (Socket echo = new Socket()) {
+            echo.connect(new InetSocketAddress("echo", 80), 5000);
+            echo.getOutputStream().write("jvm".getBytes());
+            byte[] b = new byte[64];
+            int n = echo.getInputStream().read(b);
+            out.append("service=").append(new String(b, 0, n));
+        }
+        System.out.println(out);
+    }
+}
+"#;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("Probe.java");
+    std::fs::write(&source, PROGRAM).expect("write the program");
+    let (laptop_port, _laptop) = laptop_service().await;
+    let view = View {
+        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
+    };
+    let command = vec![
+        "java".to_owned(),
+        source.to_string_lossy().into_owned(),
+        laptop_port.to_string(),
+    ];
+    let (sandbox, mut helper) = Sandbox::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kdev")),
+        &command,
+        &view,
+        dir.path(),
+        |cmd| {
+            cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
+        },
+    )
+    .await
+    .expect("the view starts");
+    let stand_in = Arc::new(StandIn::default());
+    let serving = netview::serve(
+        sandbox,
+        Network::new(
+            Routes {
+                cluster: vec!["10.0.0.0/24".parse().expect("a range")],
+            },
+            stand_in.clone(),
+        ),
+    );
+    let mut stdout = helper.stdout.take().expect("stdout");
+    let mut said = String::new();
+    tokio::time::timeout(Duration::from_secs(60), stdout.read_to_string(&mut said))
+        .await
+        .expect("the program reports within 60 s")
+        .expect("read");
+    let status = helper.wait().await.expect("wait");
+    serving.abort();
+    assert!(status.success(), "java exited {status}: {said}");
+    assert!(said.contains("laptop=on-the-laptop"), "{said}");
+    assert!(said.contains("lookup=10.0.0.20"), "{said}");
+    assert!(said.contains("service=echo:jvm"), "{said}");
+}

@@ -666,6 +666,60 @@ async fn busybox_web_as(
         .expect("create service");
 }
 
+/// A one-pod StatefulSet `name` behind a headless Service of the same name
+/// on the real node, its pod serving `body` on 8080; returns once it is
+/// Ready.
+async fn headless_web(ns: &TestNamespace, name: &str, body: &str) {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let service = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "clusterIP": "None", "selector": { "app": name }, "ports": [{ "port": 8080 }] }
+    }))
+    .expect("a valid service");
+    ns.api::<k8s_openapi::api::core::v1::Service>()
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create the headless service");
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "nodeSelector": on_real_node()["nodeSelector"].clone(),
+                    "tolerations": on_real_node()["tolerations"].clone(),
+                    "securityContext": { "runAsUser": 65534 },
+                    "containers": [{
+                        "name": "app",
+                        "image": BUSYBOX,
+                        "imagePullPolicy": "Never",
+                        "env": [{ "name": "FROM", "value": body }],
+                        "command": ["sh", "-c", "mkdir -p /tmp/www && echo \"$FROM\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
+                        "ports": [{ "containerPort": 8080 }]
+                    }]
+                }
+            }
+        }
+    }))
+    .expect("a valid StatefulSet");
+    let sets = ns.api::<StatefulSet>();
+    sets.create(&PostParams::default(), &set)
+        .await
+        .expect("create the StatefulSet");
+    eventually(
+        Duration::from_secs(60),
+        "the StatefulSet's pod to be Ready",
+        || async {
+            let set = sets.get(name).await.ok()?;
+            (set.status?.ready_replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
+}
+
 /// On the real node with the real agent image: `--forward svc/db:80` reaches
 /// a real pod through the agent's own DNS lookup (kdev's static binary in a
 /// scratch image); 64 connections through the agent and the tunnel come
@@ -2074,7 +2128,9 @@ async fn kdevs_port_forward_speaks_spdy_like_kubectl_and_the_channel_protocol_ex
 /// The command of a swap (the default `--network view`) sees the cluster's
 /// network as a pod does and the laptop as before: a Service by its short
 /// name, `name.namespace` and full name; a Service in another namespace; a
-/// ClusterIP and a pod IP; a closed port is refused at connect(); a
+/// ClusterIP and a pod IP; a headless StatefulSet's pod by name
+/// (`kafka-0.kafka`); an ExternalName; a closed port is refused at
+/// connect(); a
 /// missing name fails at once; the laptop's
 /// 127.0.0.1; the laptop reaches the port it listens on, and a pod reaches
 /// it through the Service. With `--network host` names of the cluster do
@@ -2086,7 +2142,18 @@ async fn a_swapped_command_lives_in_the_clusters_network_and_still_on_the_laptop
         require_real_node(&ns).await;
         busybox_web(&ns, "web", 1, "from-the-cluster").await;
         busybox_web(&ns, "app", 1, "from-the-app-pod").await;
+        headless_web(&ns, "kafka", "from-kafka-0").await;
         let services = ns.api::<k8s_openapi::api::core::v1::Service>();
+        // An ExternalName: a CNAME the cluster's DNS answers.
+        let alias = serde_json::from_value(json!({
+            "metadata": { "name": "alias" },
+            "spec": { "type": "ExternalName", "externalName": format!("web.{}.svc.cluster.local", ns.name) }
+        }))
+        .expect("a valid service");
+        services
+            .create(&PostParams::default(), &alias)
+            .await
+            .expect("create the ExternalName");
         let cluster_ip = services
             .get("web")
             .await
@@ -2144,6 +2211,8 @@ async fn a_swapped_command_lives_in_the_clusters_network_and_still_on_the_laptop
             "name.ns=from-the-cluster",
             "fqdn=from-the-cluster",
             "other-namespace=connected",
+            "headless=from-kafka-0",
+            "external-name=from-the-cluster",
             "closed-port=refused",
             "cluster-ip=from-the-cluster",
             "pod-ip=from-the-cluster",
@@ -2218,7 +2287,8 @@ def get(host, port):
         return data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()
 for label, host, port in [("short", "web", 80), ("name.ns", "web." + ns, 80),
                           ("fqdn", "web." + ns + ".svc.cluster.local", 80),
-                          ("cluster-ip", cluster_ip, 80), ("pod-ip", pod_ip, 8080)]:
+                          ("cluster-ip", cluster_ip, 80), ("pod-ip", pod_ip, 8080),
+                          ("headless", "kafka-0.kafka", 8080), ("external-name", "alias", 80)]:
     try:
         say(label + "=" + get(host, port))
     except Exception as err:
