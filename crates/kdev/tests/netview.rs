@@ -407,43 +407,13 @@ func main() {
         "the Go binary is dynamically linked"
     );
 
-    let (laptop_port, _laptop) = laptop_service().await;
-    let view = View {
-        resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
-    };
-    let command = vec![
-        binary.to_string_lossy().into_owned(),
-        laptop_port.to_string(),
-    ];
-    let (sandbox, mut helper) = Sandbox::start_with(
-        Path::new(env!("CARGO_BIN_EXE_kdev")),
-        &command,
-        &view,
-        dir.path(),
-        |cmd| {
-            cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
-        },
-    )
-    .await
-    .expect("the view starts");
-    let stand_in = Arc::new(StandIn::default());
-    let serving = netview::serve(
-        sandbox,
-        Network::new(
-            Routes {
-                cluster: vec!["10.0.0.0/24".parse().expect("a range")],
-            },
-            stand_in.clone(),
-        ),
-    );
-    let mut stdout = helper.stdout.take().expect("stdout");
-    let mut said = String::new();
-    tokio::time::timeout(Duration::from_secs(30), stdout.read_to_string(&mut said))
-        .await
-        .expect("the program reports within 30 s")
-        .expect("read");
-    assert!(helper.wait().await.expect("wait").success());
-    serving.abort();
+    let said = report_in_view(dir.path(), |laptop_port| {
+        vec![
+            binary.to_string_lossy().into_owned(),
+            laptop_port.to_string(),
+        ]
+    })
+    .await;
     assert!(said.contains("laptop=on-the-laptop"), "{said}");
     assert!(said.contains("lookup=[10.0.0.20]/<nil>"), "{said}");
     assert!(said.contains("service=echo:go"), "{said}");
@@ -481,34 +451,45 @@ public class Probe {
     let dir = tempfile::tempdir().expect("temp dir");
     let source = dir.path().join("Probe.java");
     std::fs::write(&source, PROGRAM).expect("write the program");
+    let said = report_in_view(dir.path(), |laptop_port| {
+        vec![
+            "java".to_owned(),
+            source.to_string_lossy().into_owned(),
+            laptop_port.to_string(),
+        ]
+    })
+    .await;
+    assert!(said.contains("laptop=on-the-laptop"), "{said}");
+    assert!(said.contains("lookup=10.0.0.20"), "{said}");
+    assert!(said.contains("service=echo:jvm"), "{said}");
+}
+
+/// Runs the command `command(laptop_port)` makes in a view of the stand-in
+/// cluster beside a laptop service, and returns what it printed once it
+/// exited with success.
+async fn report_in_view(dir: &Path, command: impl FnOnce(u16) -> Vec<String>) -> String {
     let (laptop_port, _laptop) = laptop_service().await;
     let view = View {
         resolv: ResolvConf::for_pod("shop", "cluster.local", netview::VIEW_NAMESERVER),
     };
-    let command = vec![
-        "java".to_owned(),
-        source.to_string_lossy().into_owned(),
-        laptop_port.to_string(),
-    ];
     let (sandbox, mut helper) = Sandbox::start_with(
         Path::new(env!("CARGO_BIN_EXE_kdev")),
-        &command,
+        &command(laptop_port),
         &view,
-        dir.path(),
+        dir,
         |cmd| {
             cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
         },
     )
     .await
     .expect("the view starts");
-    let stand_in = Arc::new(StandIn::default());
     let serving = netview::serve(
         sandbox,
         Network::new(
             Routes {
                 cluster: vec!["10.0.0.0/24".parse().expect("a range")],
             },
-            stand_in.clone(),
+            Arc::new(StandIn::default()),
         ),
     );
     let mut stdout = helper.stdout.take().expect("stdout");
@@ -519,8 +500,6 @@ public class Probe {
         .expect("read");
     let status = helper.wait().await.expect("wait");
     serving.abort();
-    assert!(status.success(), "java exited {status}: {said}");
-    assert!(said.contains("laptop=on-the-laptop"), "{said}");
-    assert!(said.contains("lookup=10.0.0.20"), "{said}");
-    assert!(said.contains("service=echo:jvm"), "{said}");
+    assert!(status.success(), "the program exited {status}: {said}");
+    said
 }
