@@ -14,6 +14,13 @@
 //!
 //! [`restore_plan`] decides, from a Deployment's replicas and annotations,
 //! what restoring a session does to it.
+//!
+//! A session of `kdev run deploy/NAME` ([`Mode::Run`]) changes nothing of
+//! the Deployment: it has a Lease of its own per session
+//! ([`run_lease_name`], labelled [`ROLE_LABEL`]`=`[`ROLE_RUN_SESSION`]) and an
+//! agent Pod owned by it ([`run_pod_name`], [`ROLE_LABEL`]`=`[`ROLE_RUN_AGENT`])
+//! that carries none of the workload's labels, so no Service routes to it.
+//! Ending it, by anyone, is deleting the Lease.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +44,74 @@ pub const ROLE_LABEL: &str = "kdev.dev/role";
 pub const ROLE_SESSION: &str = "swap-session";
 /// [`ROLE_LABEL`] value of a session's proxy Pod.
 pub const ROLE_PROXY: &str = "swap-proxy";
+/// [`ROLE_LABEL`] value of a `kdev run` session's Lease.
+pub const ROLE_RUN_SESSION: &str = "run-session";
+/// [`ROLE_LABEL`] value of a `kdev run` session's agent Pod.
+pub const ROLE_RUN_AGENT: &str = "run-agent";
+/// A label selector for the Leases of both kinds of session.
+pub const SESSION_LEASES: &str = "kdev.dev/role in (swap-session,run-session)";
+
+/// What a session does to its workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// `kdev swap`: the workload's pods are replaced by a proxy Pod; one
+    /// session per workload.
+    Swap,
+    /// `kdev run`: the workload is left as it is; an egress-only agent Pod;
+    /// any number of sessions per workload.
+    Run,
+}
+
+impl Mode {
+    /// The mode of a session Lease, from its [`ROLE_LABEL`].
+    pub fn of_lease_role(role: &str) -> Option<Self> {
+        match role {
+            ROLE_SESSION => Some(Self::Swap),
+            ROLE_RUN_SESSION => Some(Self::Run),
+            _ => None,
+        }
+    }
+
+    /// [`ROLE_LABEL`] of the session's Lease.
+    pub fn lease_role(self) -> &'static str {
+        match self {
+            Self::Swap => ROLE_SESSION,
+            Self::Run => ROLE_RUN_SESSION,
+        }
+    }
+
+    /// [`ROLE_LABEL`] of the session's Pod.
+    pub fn pod_role(self) -> &'static str {
+        match self {
+            Self::Swap => ROLE_PROXY,
+            Self::Run => ROLE_RUN_AGENT,
+        }
+    }
+
+    /// The name of the session's Lease.
+    pub fn lease_name(self, deployment: &str, session: &str) -> String {
+        match self {
+            Self::Swap => lease_name(deployment),
+            Self::Run => run_lease_name(deployment, session),
+        }
+    }
+
+    /// The name of the session's Pod (and its token Secret).
+    pub fn pod_name(self, deployment: &str, session: &str) -> String {
+        match self {
+            Self::Swap => proxy_pod_name(deployment, session),
+            Self::Run => run_pod_name(deployment, session),
+        }
+    }
+
+    /// The command, as people type it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Swap => "swap",
+            Self::Run => "run",
+        }
+    }
+}
 /// The port the agent in the proxy Pod takes tunnel connections on.
 pub const AGENT_PORT: u16 = 7355;
 /// The name of the agent's container in the proxy Pod.
@@ -55,6 +130,21 @@ pub fn proxy_pod_name(deployment: &str, session: &str) -> String {
     let short: String = session.chars().take(8).collect();
     let head = truncate_with_hash(deployment, 63 - "-kdev-".len() - short.len());
     format!("{head}-kdev-{short}")
+}
+
+/// The Lease of one `kdev run` session of Deployment `deployment`: one per
+/// session, so any number of them coexist.
+pub fn run_lease_name(deployment: &str, session: &str) -> String {
+    let short: String = session.chars().take(8).collect();
+    truncate_with_hash(&format!("kdev-run-{deployment}-{short}"), 253)
+}
+
+/// The agent Pod of one `kdev run` session: readable, unique per session, at
+/// most 63 characters.
+pub fn run_pod_name(deployment: &str, session: &str) -> String {
+    let short: String = session.chars().take(8).collect();
+    let head = truncate_with_hash(deployment, 63 - "-kdev-run-".len() - short.len());
+    format!("{head}-kdev-run-{short}")
 }
 
 fn truncate_with_hash(name: &str, max: usize) -> String {
@@ -266,6 +356,8 @@ mod tests {
             let _ = DeploymentMarks::read(&marks(&session, &replicas));
             proptest::prop_assert!(lease_name(&name).len() <= 253);
             proptest::prop_assert!(proxy_pod_name(&name, &session).len() <= 63);
+            proptest::prop_assert!(run_lease_name(&name, &session).len() <= 253);
+            proptest::prop_assert!(run_pod_name(&name, &session).len() <= 63);
         }
     }
 
@@ -286,5 +378,28 @@ mod tests {
             proxy_pod_name(&format!("{long}x"), "s"),
             proxy_pod_name(&format!("{long}y"), "s")
         );
+    }
+
+    #[test]
+    fn each_run_session_has_its_own_names_and_a_role_of_its_own() {
+        let a = "0123456789abcdef";
+        let b = "fedcba9876543210";
+        assert_eq!(run_lease_name("web", a), "kdev-run-web-01234567");
+        assert_eq!(run_pod_name("web", a), "web-kdev-run-01234567");
+        assert_ne!(
+            Mode::Run.lease_name("web", a),
+            Mode::Run.lease_name("web", b)
+        );
+        assert_eq!(
+            Mode::Swap.lease_name("web", a),
+            Mode::Swap.lease_name("web", b)
+        );
+        let long = "a".repeat(250);
+        assert!(run_pod_name(&long, a).ends_with("-kdev-run-01234567"));
+        for mode in [Mode::Swap, Mode::Run] {
+            assert_eq!(Mode::of_lease_role(mode.lease_role()), Some(mode));
+            assert!(SESSION_LEASES.contains(mode.lease_role()));
+        }
+        assert_eq!(Mode::of_lease_role(ROLE_PROXY), None);
     }
 }

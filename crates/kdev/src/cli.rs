@@ -25,7 +25,7 @@ pub use self::controller::ControllerArgs;
 pub use self::envs::{ChangeArgs, EnvsArgs, WakerServeArgs};
 pub use self::image::{ImageArgs, ImageCommand};
 pub use self::logs::LogsArgs;
-pub use self::swap::SwapArgs;
+pub use self::swap::{RunArgs, SwapArgs};
 pub use self::test::TestArgs;
 use crate::k8s;
 pub use kdev_contract::duration::parse as parse_duration;
@@ -77,11 +77,13 @@ impl GlobalArgs {
 pub enum Command {
     /// Replace a Deployment's container with a local process; the cluster restores itself if kdev dies.
     Swap(SwapArgs),
+    /// Run a command with a Deployment's environment, files, identity and network while the Deployment keeps serving.
+    Run(RunArgs),
     /// Follow the logs of many pods and containers, and files inside them, in one stream.
     Logs(LogsArgs),
-    /// List swap sessions: holder, target, age, state.
+    /// List swap and run sessions: holder, target, age, state.
     Sessions(SessionsArgs),
-    /// Restore expired or orphaned swap sessions now (the reaper's job, for clusters without the controller).
+    /// Restore expired or orphaned swap sessions and end expired run sessions now (the reaper's job, for clusters without the controller).
     Sweep(SweepArgs),
     /// Put dev environments (namespaces) or single workloads to sleep: scale to 0, suspend CronJobs, remember the sizes.
     Sleep(ChangeArgs),

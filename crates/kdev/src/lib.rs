@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if matches!(
         cli.command,
         Command::Swap(_)
+            | Command::Run(_)
             | Command::Logs(_)
             | Command::Sessions(_)
             | Command::Version(_)
@@ -147,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ExecChild(_) | Command::Netview(_) => unreachable!("started before the runtime"),
         Command::NodeProxy(args) => cluster::netns::run(args.resolve()).await,
         Command::Swap(args) => swap::run(&flags, args.resolve()?).await,
+        Command::Run(args) => swap::run(&flags, args.resolve()?).await,
         Command::Logs(args) => logs::run(&flags, args.resolve(&cli.global.namespace)?).await,
         Command::Sweep(args) => cleanup::sweep(&flags, args.resolve()).await,
         Command::Sessions(args) => cleanup::sessions(&flags, args.all_namespaces).await,

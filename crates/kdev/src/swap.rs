@@ -1,6 +1,11 @@
 //! `kdev swap deploy/NAME -- COMMAND`: replace a Deployment's container with
 //! a local process, and never leave the cluster broken.
 //!
+//! `kdev run deploy/NAME -- COMMAND` ([`Mode::Run`]) is the same session
+//! without the workload's traffic: the command gets the container's
+//! environment, files, identity and network view while the Deployment keeps
+//! running untouched; several run sessions of one Deployment coexist.
+//!
 //! - [`session`]: the ordered, crash-safe writes (claim, record, proxy, end).
 //! - [`restore`]: restoring a session from cluster state (CLI, sweep, reaper).
 //! - [`proxy`]: the proxy Pod. [`link`]: the tunnel to its agent.
@@ -44,10 +49,12 @@ use self::local::MountRoot;
 use self::session::{CrashAfter, Session, Step};
 use crate::error::usage;
 use crate::k8s::{self, Kube, is_not_found};
+pub use kdev_contract::session::Mode;
 
-/// `kdev swap`'s configuration, checked before any request.
+/// `kdev swap`'s and `kdev run`'s configuration, checked before any request.
 #[derive(Debug)]
 pub struct Config {
+    pub mode: Mode,
     /// The Deployment's name.
     pub deployment: String,
     /// The container to replace (default: the only one, or the default-container).
@@ -193,7 +200,10 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
         }
     };
     let container = session::choose_container(&deployment, args.container.as_deref())?;
-    let routes = resolve_ports(&container, &args.ports)?;
+    let routes = match args.mode {
+        Mode::Swap => resolve_ports(&container, &args.ports)?,
+        Mode::Run => BTreeMap::new(),
+    };
 
     // The watch and the first build come before anything in the cluster
     // changes: a bad path or a broken build changes nothing.
@@ -210,18 +220,23 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
         );
     }
 
-    sessions::settle_target(&kube, &name).await?;
+    let mode = args.mode;
+    if mode == Mode::Swap {
+        sessions::settle_target(&kube, &name).await?;
+    }
     k8s::activity::record(
         kube.clone(),
         kube.namespace.clone(),
         format!(
-            "kdev swap deployment/{name} by {}",
+            "kdev {} deployment/{name} by {}",
+            mode.verb(),
             crate::host::user_at_host()
         ),
     )
     .await;
     let started = Instant::now();
-    let session = match Session::claim(&kube, &name, &container.name, args.ttl, crash).await? {
+    let session = match Session::claim(&kube, mode, &name, &container.name, args.ttl, crash).await?
+    {
         Ok(session) => Arc::new(session),
         Err(held) => anyhow::bail!(
             "deployment/{name} is already swapped by {} since {} (session {}); one swap per Deployment",
@@ -253,7 +268,8 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
             renew_task.abort();
             if let Err(undo) = session.end().await {
                 eprintln!(
-                    "kdev: could not undo the swap ({undo:#}); it is restored when the session's Lease expires"
+                    "kdev: could not undo the {} ({undo:#}); it is undone when the session's Lease expires",
+                    mode.verb()
                 );
             }
             return Err(err);
@@ -263,7 +279,8 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     session.crash().reached(Step::CommandEnded);
     let restored = session.end().await.with_context(|| {
         format!(
-            "failed to restore deployment/{name}; it is restored when the session's Lease expires (or run `kdev sweep`)"
+            "failed to end the {} session of deployment/{name}; it ends when the session's Lease expires (or run `kdev sweep`)",
+            mode.verb()
         )
     })?;
     eprintln!("kdev: {}", restored.describe(&name));
@@ -343,12 +360,20 @@ async fn swap_and_run(
     } = prepared;
 
     let name = &session.deployment;
-    eprintln!(
-        "kdev: swapped deployment/{name} (container {}, {original_replicas} replicas → 0) in {:.1}s; session {}",
-        container.name,
-        started.elapsed().as_secs_f64(),
-        session.id
-    );
+    match session.mode {
+        Mode::Swap => eprintln!(
+            "kdev: swapped deployment/{name} (container {}, {original_replicas} replicas → 0) in {:.1}s; session {}",
+            container.name,
+            started.elapsed().as_secs_f64(),
+            session.id
+        ),
+        Mode::Run => eprintln!(
+            "kdev: running as deployment/{name} (container {}; its {original_replicas} replicas keep serving) in {:.1}s; session {}",
+            container.name,
+            started.elapsed().as_secs_f64(),
+            session.id
+        ),
+    }
     for (remote, local) in &routes {
         eprintln!("kdev:   port {remote} → 127.0.0.1:{local}");
     }
@@ -616,19 +641,25 @@ async fn prepare(
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    session
-        .redirected_webhooks
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let redirected = webhooks::redirect(
-        kube,
-        &session.id,
-        &session.deployment,
-        &labels,
-        &template,
-        container,
-        &root.path,
-    )
-    .await?;
+    let redirected = match session.mode {
+        Mode::Swap => {
+            session
+                .redirected_webhooks
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            webhooks::redirect(
+                kube,
+                &session.id,
+                &session.deployment,
+                &labels,
+                &template,
+                container,
+                &root.path,
+            )
+            .await?
+        }
+        // The webhooks keep calling the Deployment's pods.
+        Mode::Run => webhooks::Redirected::default(),
+    };
     environment
         .notices
         .extend(redirected.notices.iter().cloned());

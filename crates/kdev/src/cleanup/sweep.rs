@@ -9,15 +9,15 @@ use serde::Serialize;
 use super::telepresence::{self, Verdict};
 use super::{Output, SweepConfig};
 use crate::k8s;
-use crate::swap::restore;
 use crate::swap::sessions::{State, find, judge, reason};
+use crate::swap::{Mode, restore};
 
 /// `kdev sweep`'s exit code when something was left for a person: a
 /// telepresence proxy whose original is ambiguous, unmatched, or whose count
 /// cannot be read.
 pub const EXIT_LEFT_FOR_HUMAN: u8 = 3;
 
-/// One swap session's line in `-o json`.
+/// One session's line in `-o json`.
 #[derive(Serialize)]
 struct SessionReport<'a> {
     kind: &'static str,
@@ -70,10 +70,16 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
     }
     let found = find(&kube, namespace).await?;
     if found.is_empty() {
-        eprintln!("no swap sessions found");
+        eprintln!("no swap or run sessions found");
     }
     for (session, state) in judge(&kube, found).await? {
-        let name = format!("{}/deployment/{}", session.namespace, session.deployment);
+        let name = match session.mode {
+            Mode::Swap => format!("{}/deployment/{}", session.namespace, session.deployment),
+            Mode::Run => format!(
+                "{}/deployment/{} (kdev run)",
+                session.namespace, session.deployment
+            ),
+        };
         let (verdict, line) = match state {
             State::Alive => (
                 "alive",
@@ -81,7 +87,14 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
             ),
             _ if config.dry_run => (
                 "would-restore",
-                format!("would restore ({})", reason(state)),
+                format!(
+                    "would {} ({})",
+                    match session.mode {
+                        Mode::Swap => "restore",
+                        Mode::Run => "end it",
+                    },
+                    reason(state)
+                ),
             ),
             _ => match restore::restore(&kube, &session.target(), reason(state), None).await {
                 Ok(outcome) => (
@@ -99,7 +112,7 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
             },
         };
         let report = SessionReport {
-            kind: "swap-session",
+            kind: session.mode.lease_role(),
             namespace: &session.namespace,
             deployment: &session.deployment,
             session: &session.session,
@@ -158,13 +171,14 @@ pub async fn sessions(flags: &k8s::Flags, all_namespaces: bool) -> anyhow::Resul
     let namespace = (!all_namespaces).then_some(kube.namespace.as_str());
     let found = find(&kube, namespace).await?;
     if found.is_empty() {
-        eprintln!("no swap sessions found");
+        eprintln!("no swap or run sessions found");
         return Ok(ExitCode::SUCCESS);
     }
     let now = Timestamp::now();
     let mut rows = vec![
         [
             "NAMESPACE",
+            "KIND",
             "TARGET",
             "HOLDER",
             "SESSION",
@@ -198,6 +212,7 @@ pub async fn sessions(flags: &k8s::Flags, all_namespaces: bool) -> anyhow::Resul
         };
         rows.push([
             session.namespace.clone(),
+            session.mode.verb().into(),
             format!("deployment/{}", session.deployment),
             spec.holder_identity.clone().unwrap_or_else(|| "-".into()),
             session.session.chars().take(8).collect(),
@@ -221,8 +236,8 @@ fn human(secs: i64) -> String {
     }
 }
 
-fn print_table(rows: &[[String; 7]]) {
-    let mut widths = [0usize; 7];
+fn print_table(rows: &[[String; 8]]) {
+    let mut widths = [0usize; 8];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::parse_duration;
 use crate::error::usage;
-use crate::swap::Config;
+use crate::swap::{Config, Mode};
 
 #[derive(Debug, Args)]
 #[command(
@@ -16,12 +16,30 @@ use crate::swap::Config;
 pub struct SwapArgs {
     /// The Deployment to swap, as deploy/NAME.
     pub target: String,
-    /// The container to replace (default: the only one, or the pod's default-container).
-    #[arg(short = 'c', long)]
-    pub container: Option<String>,
     /// A container port (number or name) and the local port serving it; repeatable (default: every TCP port, same number).
     #[arg(long = "port", value_name = "REMOTE[:LOCAL]")]
     pub ports: Vec<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  kdev run deploy/api -- ./migrate up                 # a migration as the app would run it\n  kdev run deploy/api -- python3                      # a REPL with the app's env, files and network\n  kdev run deploy/api --env-file .env -- go test ./...   # tests against the environment's services\n\nThe Deployment keeps running and serving; nothing routes to the session. Several kdev run sessions of one Deployment may run at once."
+)]
+pub struct RunArgs {
+    /// The Deployment whose container's environment the command gets, as deploy/NAME.
+    pub target: String,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+/// What `kdev swap` and `kdev run` share.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// The container whose environment the command gets (default: the only one, or the pod's default-container).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
     /// Reach svc/NAME:PORT (or HOST:PORT) from the cluster's side at 127.0.0.1:LOCAL; sets NAME_SERVICE_HOST/PORT.
     #[arg(long = "forward", value_name = "svc/NAME:PORT[:LOCAL]")]
     pub forwards: Vec<String>,
@@ -31,13 +49,13 @@ pub struct SwapArgs {
     /// Where to write the container's ConfigMap and Secret volumes (default: a private temp dir, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
-    /// How long the cluster waits for a silent CLI before restoring the Deployment.
+    /// How long the cluster waits for a silent CLI before ending the session (a swap's Deployment is restored).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub ttl: Duration,
-    /// How long to wait for the proxy pod to run and the tunnel to come up.
+    /// How long to wait for the session's pod to run and the tunnel to come up.
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// The agent image for the proxy pod.
+    /// The agent image for the session's pod.
     #[arg(long, env = "KDEV_AGENT_IMAGE")]
     pub agent_image: Option<String>,
     /// Run the command as the Deployment's ServiceAccount: a short-lived token bound to the session, a kubeconfig and the in-cluster files under $KDEV_ROOT (default: on when the pod template names a ServiceAccount).
@@ -61,7 +79,7 @@ pub struct SwapArgs {
     /// With --network view: also reach this IPv4 range through the cluster (repeatable), beside the Service and pod ranges kdev finds.
     #[arg(long = "cluster-cidr", value_name = "CIDR", value_parser = parse_cidr)]
     pub cluster_cidrs: Vec<crate::netview::Cidr>,
-    /// The command to run locally in place of the container.
+    /// The command to run locally.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -80,14 +98,29 @@ fn parse_cidr(text: &str) -> Result<crate::netview::Cidr, String> {
 impl SwapArgs {
     /// Checks what can be checked before any request.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let deployment = parse_target(&self.target)?;
+        let deployment = parse_target(&self.target, Mode::Swap)?;
+        self.session.resolve(Mode::Swap, deployment, self.ports)
+    }
+}
+
+impl RunArgs {
+    /// Checks what can be checked before any request.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let deployment = parse_target(&self.target, Mode::Run)?;
+        self.session.resolve(Mode::Run, deployment, Vec::new())
+    }
+}
+
+impl SessionArgs {
+    fn resolve(self, mode: Mode, deployment: String, ports: Vec<String>) -> anyhow::Result<Config> {
         if self.ttl < Duration::from_secs(3) || self.ttl > Duration::from_secs(3600) {
             return Err(usage("--ttl must be between 3s and 1h"));
         }
         Ok(Config {
+            mode,
             deployment,
             container: self.container,
-            ports: self.ports,
+            ports,
             forwards: self.forwards,
             env_file: self.env_file,
             mount: self.mount,
@@ -118,8 +151,10 @@ impl SwapArgs {
     }
 }
 
-/// Parses `deploy/NAME` (also `deployment/`, `deployments/`, `deployment.apps/`).
-pub fn parse_target(text: &str) -> anyhow::Result<String> {
+/// Parses `deploy/NAME` (also `deployment/`, `deployments/`, `deployment.apps/`)
+/// for `kdev swap` or `kdev run`.
+pub fn parse_target(text: &str, mode: Mode) -> anyhow::Result<String> {
+    let verb = mode.verb();
     let name = match text.split_once('/') {
         Some((
             "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps",
@@ -127,7 +162,7 @@ pub fn parse_target(text: &str) -> anyhow::Result<String> {
         )) => name,
         Some((kind, _)) => {
             return Err(usage(format!(
-                "cannot swap a {kind}: kdev swap takes a Deployment, like deploy/web"
+                "kdev {verb} takes a Deployment, like deploy/web, not a {kind}"
             )));
         }
         None => {
@@ -145,37 +180,45 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn parse_target_swap(text: &str) -> anyhow::Result<String> {
+        parse_target(text, Mode::Swap)
+    }
+
     #[test]
     fn targets() {
-        assert_eq!(parse_target("deploy/web").expect("valid"), "web");
-        assert_eq!(parse_target("deployment.apps/web").expect("valid"), "web");
-        assert!(
-            parse_target("sts/web")
-                .unwrap_err()
-                .to_string()
-                .contains("takes a Deployment")
+        assert_eq!(parse_target_swap("deploy/web").expect("valid"), "web");
+        assert_eq!(
+            parse_target_swap("deployment.apps/web").expect("valid"),
+            "web"
         );
         assert!(
-            parse_target("web")
+            parse_target_swap("sts/web")
+                .unwrap_err()
+                .to_string()
+                .contains("kdev swap takes a Deployment")
+        );
+        assert!(
+            parse_target_swap("web")
                 .unwrap_err()
                 .to_string()
                 .contains("deploy/web")
         );
-        assert!(parse_target("deploy/Web").is_err());
+        assert!(parse_target_swap("deploy/Web").is_err());
     }
 
     /// Regression: names with dots are valid Deployment names (DNS-1123
     /// subdomains) and were rejected.
     #[test]
     fn deployment_names_with_dots_are_accepted() {
-        assert_eq!(parse_target("deploy/web.v2").expect("valid"), "web.v2");
-        assert!(parse_target("deploy/web..v2").is_err());
+        assert_eq!(parse_target_swap("deploy/web.v2").expect("valid"), "web.v2");
+        assert!(parse_target_swap("deploy/web..v2").is_err());
     }
 
     proptest! {
         #[test]
         fn targets_never_panic(text in any::<String>()) {
-            let _ = parse_target(&text);
+            let _ = parse_target(&text, Mode::Swap);
+            let _ = parse_target(&text, Mode::Run);
         }
     }
 }

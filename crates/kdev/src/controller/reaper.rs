@@ -1,5 +1,6 @@
 //! The reaper: while this replica leads, restores swap sessions whose Lease
-//! has expired, and sessions left with no Lease at all.
+//! has expired, and sessions left with no Lease at all; ends `kdev run`
+//! sessions whose Lease has expired (their agent Pod and Lease go).
 //!
 //! # Expected flow
 //! Two kube-runtime reflectors keep session Leases and swapped Deployments
@@ -35,7 +36,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kdev_contract::lease::{LeaseRecord, Observation};
 use kdev_contract::session::{
-    self, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_LABEL, SWAPPED_LABEL,
+    self, DeploymentMarks, Mode, ROLE_LABEL, SESSION_LABEL, SESSION_LEASES, SWAPPED_LABEL,
     TARGET_ANNOTATION,
 };
 use kube::Api;
@@ -110,6 +111,7 @@ pub fn plan(
                 namespace,
                 deployment: name,
                 session: marks.session,
+                mode: Mode::Swap,
             });
         }
     }
@@ -137,13 +139,10 @@ pub async fn run(
     let (leases, lease_writer) = reflector::store::<Lease>();
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let notify = changed.clone();
-    let lease_stream = watcher(
-        lease_api,
-        watcher::Config::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}")),
-    )
-    .backoff(backoff::watcher())
-    .reflect(lease_writer)
-    .for_each(move |event| report(event, "session leases", &notify));
+    let lease_stream = watcher(lease_api, watcher::Config::default().labels(SESSION_LEASES))
+        .backoff(backoff::watcher())
+        .reflect(lease_writer)
+        .for_each(move |event| report(event, "session leases", &notify));
     let notify = changed.clone();
     let deployment_stream = watcher(
         deployment_api,
@@ -292,6 +291,8 @@ async fn restore_one(
 }
 
 fn target_of(lease: &Lease) -> Option<Target> {
+    let labels = lease.metadata.labels.as_ref()?;
+    let mode = Mode::of_lease_role(labels.get(ROLE_LABEL)?)?;
     let deployment = lease
         .metadata
         .annotations
@@ -302,7 +303,8 @@ fn target_of(lease: &Lease) -> Option<Target> {
     Some(Target {
         namespace: lease.metadata.namespace.clone()?,
         deployment,
-        session: lease.metadata.labels.as_ref()?.get(SESSION_LABEL)?.clone(),
+        session: labels.get(SESSION_LABEL)?.clone(),
+        mode,
     })
 }
 
@@ -331,7 +333,7 @@ mod tests {
             serde_json::from_value(json!({
                 "metadata": {
                     "name": format!("kdev-swap-{name}"), "namespace": "team", "uid": uid,
-                    "labels": { SESSION_LABEL: format!("s-{name}") },
+                    "labels": { SESSION_LABEL: format!("s-{name}"), ROLE_LABEL: "swap-session" },
                     "annotations": { TARGET_ANNOTATION: format!("deployment/{name}") }
                 },
                 "spec": { "holderIdentity": "me@laptop", "renewTime": renew, "leaseDurationSeconds": seconds }
@@ -369,6 +371,31 @@ mod tests {
         assert_eq!(due.expired.len(), 1);
         assert_eq!(due.expired[0].0.deployment, "web");
         assert_eq!(due.next, None);
+    }
+
+    #[test]
+    fn an_expired_run_lease_is_due_as_a_run_and_never_makes_an_orphan() {
+        let t0 = Instant::now();
+        let mut seen = HashMap::new();
+        let run: Arc<Lease> = Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": "kdev-run-web-s1", "namespace": "team", "uid": "u9",
+                    "labels": { SESSION_LABEL: "s1", ROLE_LABEL: "run-session" },
+                    "annotations": { TARGET_ANNOTATION: "deployment/web" }
+                },
+                "spec": { "holderIdentity": "me@laptop", "renewTime": "2026-01-01T00:00:00.000000Z", "leaseDurationSeconds": 5 }
+            }))
+            .expect("valid lease"),
+        );
+        let first = plan(&mut seen, std::slice::from_ref(&run), &[], t0);
+        assert!(first.expired.is_empty() && first.orphaned.is_empty());
+        let due = plan(&mut seen, &[run], &[], t0 + Duration::from_secs(5));
+        assert_eq!(due.expired.len(), 1);
+        let (target, name, _) = &due.expired[0];
+        assert_eq!(target.mode, Mode::Run);
+        assert_eq!(name, "kdev-run-web-s1");
+        assert_eq!(target.lease_name(), "kdev-run-web-s1");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! container's ports under the same names. It is owned by the session's Lease,
 //! never by the ReplicaSet, so deleting the Lease collects it. It runs kdev's
 //! agent unprivileged: non-root, no capabilities, read-only root filesystem.
+//!
+//! A `kdev run` session's agent Pod is the same Pod without the workload's
+//! labels and ports: nothing routes to it, and its agent only dials out for
+//! the session's command.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
@@ -13,8 +17,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use kdev_contract::session::{
-    AGENT_CONTAINER, AGENT_PORT, CONTAINER_ANNOTATION, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL,
-    ROLE_PROXY, SESSION_ANNOTATION, SESSION_LABEL, TARGET_ANNOTATION,
+    AGENT_CONTAINER, AGENT_PORT, CONTAINER_ANNOTATION, Mode, ORIGINAL_REPLICAS_ANNOTATION,
+    ROLE_LABEL, SESSION_ANNOTATION, SESSION_LABEL, TARGET_ANNOTATION,
 };
 use kube::api::ObjectMeta;
 
@@ -25,6 +29,7 @@ use crate::k8s::objects::{
 pub use kdev_contract::keys::default_agent_image;
 
 pub struct ProxySpec<'a> {
+    pub mode: Mode,
     pub name: &'a str,
     pub session: &'a str,
     pub deployment: &'a Deployment,
@@ -66,13 +71,19 @@ pub fn token_secret(
 
 pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
     let deployment_name = spec.deployment.metadata.name.clone().unwrap_or_default();
-    let mut labels = template_labels(spec.deployment);
+    let mut labels = match spec.mode {
+        Mode::Swap => template_labels(spec.deployment),
+        Mode::Run => Default::default(),
+    };
     labels.remove("pod-template-hash");
-    labels.insert(ROLE_LABEL.into(), ROLE_PROXY.into());
+    labels.insert(ROLE_LABEL.into(), spec.mode.pod_role().into());
     labels.insert(SESSION_LABEL.into(), spec.session.into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
 
-    let container_ports = crate::k8s::objects::tcp_ports([spec.container]);
+    let container_ports = match spec.mode {
+        Mode::Swap => crate::k8s::objects::tcp_ports([spec.container]),
+        Mode::Run => Vec::new(),
+    };
     if container_ports
         .iter()
         .any(|p| p.container_port == i32::from(AGENT_PORT))
@@ -101,25 +112,27 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
         .as_ref()
         .and_then(|s| s.template.spec.as_ref());
 
+    let mut annotations: std::collections::BTreeMap<String, String> = [
+        (SESSION_ANNOTATION.to_owned(), spec.session.to_owned()),
+        (
+            TARGET_ANNOTATION.to_owned(),
+            format!("deployment/{deployment_name}"),
+        ),
+        (CONTAINER_ANNOTATION.to_owned(), spec.container.name.clone()),
+    ]
+    .into();
+    if spec.mode == Mode::Swap {
+        annotations.insert(
+            ORIGINAL_REPLICAS_ANNOTATION.to_owned(),
+            spec.original_replicas.to_string(),
+        );
+    }
+
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(spec.name.to_owned()),
             labels: Some(labels),
-            annotations: Some(
-                [
-                    (SESSION_ANNOTATION.to_owned(), spec.session.to_owned()),
-                    (
-                        TARGET_ANNOTATION.to_owned(),
-                        format!("deployment/{deployment_name}"),
-                    ),
-                    (CONTAINER_ANNOTATION.to_owned(), spec.container.name.clone()),
-                    (
-                        ORIGINAL_REPLICAS_ANNOTATION.to_owned(),
-                        spec.original_replicas.to_string(),
-                    ),
-                ]
-                .into(),
-            ),
+            annotations: Some(annotations),
             owner_references: Some(vec![spec.owner.clone()]),
             ..ObjectMeta::default()
         },
@@ -197,6 +210,10 @@ mod tests {
     }
 
     fn build() -> Pod {
+        build_as(Mode::Swap)
+    }
+
+    fn build_as(mode: Mode) -> Pod {
         let deployment = deployment();
         let container = deployment
             .spec
@@ -209,6 +226,7 @@ mod tests {
             .containers[0]
             .clone();
         pod(&ProxySpec {
+            mode,
             name: "web-kdev-1234",
             session: "1234",
             deployment: &deployment,
@@ -285,5 +303,28 @@ mod tests {
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.capabilities.unwrap().drop.unwrap(), ["ALL"]);
         assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn a_run_sessions_agent_pod_has_none_of_the_workloads_labels_or_ports() {
+        let pod = build_as(Mode::Run);
+        let labels = pod.metadata.labels.unwrap();
+        assert!(!labels.contains_key("app") && !labels.contains_key("tier"));
+        assert_eq!(labels[ROLE_LABEL], "run-agent");
+        assert!(
+            !pod.metadata
+                .annotations
+                .unwrap()
+                .contains_key(ORIGINAL_REPLICAS_ANNOTATION)
+        );
+        let spec = pod.spec.unwrap();
+        let agent = &spec.containers[0];
+        assert_eq!(agent.ports.clone().unwrap_or_default(), []);
+        assert_eq!(
+            agent.args.clone().unwrap(),
+            ["agent", "--token-file", "/var/run/kdev/token"]
+        );
+        // Scheduled where the workload's pods may run, unprivileged.
+        assert_eq!(spec.security_context.unwrap().run_as_non_root, Some(true));
     }
 }

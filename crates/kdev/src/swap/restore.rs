@@ -22,6 +22,9 @@
 //! - Never guesses: an unreadable replica count leaves the Deployment as it is
 //!   and fails, naming the annotation.
 //!
+//! A `kdev run` session changed nothing but its own objects: restoring it is
+//! steps 2 and 3 (its agent Pods, then its Lease).
+//!
 //! # Assumptions
 //! - The caller has judged the session over (ended, expired or orphaned).
 
@@ -29,8 +32,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kdev_contract::session::{
-    self, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, ROLE_PROXY, Restore, SESSION_ANNOTATION,
-    SESSION_LABEL, SWAPPED_LABEL, restore_plan,
+    Mode, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, Restore, SESSION_ANNOTATION, SESSION_LABEL,
+    SWAPPED_LABEL, restore_plan,
 };
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -54,6 +57,8 @@ pub enum Outcome {
     /// the session crashed before recording).
     NothingToRestore,
     DeploymentGone,
+    /// A `kdev run` session: the Deployment was never changed.
+    RunEnded,
 }
 
 impl Outcome {
@@ -67,6 +72,9 @@ impl Outcome {
             ),
             Outcome::NothingToRestore => format!("deployment/{deployment} needed no restore"),
             Outcome::DeploymentGone => format!("deployment/{deployment} no longer exists"),
+            Outcome::RunEnded => format!(
+                "the run session's agent pod and Lease are removed (deployment/{deployment} was never changed)"
+            ),
         }
     }
 }
@@ -77,6 +85,13 @@ pub struct Target {
     pub namespace: String,
     pub deployment: String,
     pub session: String,
+    pub mode: Mode,
+}
+
+impl Target {
+    pub fn lease_name(&self) -> String {
+        self.mode.lease_name(&self.deployment, &self.session)
+    }
 }
 
 /// Step 1: the Deployment.
@@ -114,22 +129,18 @@ pub async fn restore_deployment(kube: &Kube, target: &Target) -> anyhow::Result<
     Ok(updated.value)
 }
 
-/// Steps 2 and 3: the proxy Pods and the Lease.
+/// Steps 2 and 3: the session's Pods and the Lease.
 pub async fn remove_session_objects(kube: &Kube, target: &Target) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &target.namespace);
     let selector = format!(
-        "{ROLE_LABEL}={ROLE_PROXY},{SESSION_LABEL}={}",
+        "{ROLE_LABEL}={},{SESSION_LABEL}={}",
+        target.mode.pod_role(),
         target.session
     );
     let proxies = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|err| {
-            kube.explain(
-                err,
-                format!("list proxy pods of session {}", target.session),
-            )
-        })?;
+        .map_err(|err| kube.explain(err, format!("list the pods of session {}", target.session)))?;
     for pod in proxies.items {
         let name = pod.metadata.name.unwrap_or_default();
         match pods
@@ -139,9 +150,7 @@ pub async fn remove_session_objects(kube: &Kube, target: &Target) -> anyhow::Res
             Ok(_) => {}
             Err(err) if is_not_found(&err) => {}
             Err(err) => {
-                return Err(
-                    kube.explain(err, format!("delete proxy pod {}/{name}", target.namespace))
-                );
+                return Err(kube.explain(err, format!("delete pod {}/{name}", target.namespace)));
             }
         }
     }
@@ -151,7 +160,7 @@ pub async fn remove_session_objects(kube: &Kube, target: &Target) -> anyhow::Res
 /// Deletes the session's Lease if it still belongs to this session.
 pub async fn delete_lease(kube: &Kube, target: &Target) -> anyhow::Result<()> {
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &target.namespace);
-    let name = session::lease_name(&target.deployment);
+    let name = target.lease_name();
     let lease = match leases.get_opt(&name).await {
         Ok(Some(lease)) => lease,
         Ok(None) => return Ok(()),
@@ -206,6 +215,10 @@ pub async fn restore(
     why: &str,
     recorder: Option<&Recorder>,
 ) -> anyhow::Result<Outcome> {
+    if target.mode == Mode::Run {
+        remove_session_objects(kube, target).await?;
+        return Ok(Outcome::RunEnded);
+    }
     for what in restore_webhooks(kube, target).await? {
         tracing::info!(session = %target.session, object = %what, "restored the webhook's CA");
     }
@@ -236,7 +249,7 @@ async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Ou
         api_version: Some("coordination.k8s.io/v1".into()),
         kind: Some("Lease".into()),
         namespace: Some(target.namespace.clone()),
-        name: Some(session::lease_name(&target.deployment)),
+        name: Some(target.lease_name()),
         field_path: Some(format!("session={}", target.session)),
         ..ObjectReference::default()
     };

@@ -28,6 +28,14 @@
 //!   reaper, finding no marks, deletes it and anything it owns.
 //! - after 10: done.
 //!
+//! # `kdev run`
+//! The same steps in [`Mode::Run`], with three differences: the Lease's
+//! name is the session's own ([`kdev_contract::session::run_lease_name`]), so a claim
+//! never conflicts; step 2 writes nothing (the Deployment is only read);
+//! step 3's Pod is an egress-only agent with none of the workload's labels;
+//! step 8 has nothing to restore. Every crash leaves at most a Lease and
+//! what it owns, which the reaper deletes when the Lease expires.
+//!
 //! # Assumptions
 //! - Some restorer runs: the controller's reaper in the cluster, or
 //!   `kdev sweep` (which `kdev swap` runs on its target before claiming).
@@ -43,8 +51,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kdev_contract::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use kdev_contract::session::{
-    self, CONTAINER_ANNOTATION, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_ANNOTATION,
-    SESSION_LABEL, SWAPPED_LABEL, TARGET_ANNOTATION,
+    CONTAINER_ANNOTATION, DeploymentMarks, Mode, ROLE_LABEL, SESSION_ANNOTATION, SESSION_LABEL,
+    SWAPPED_LABEL, TARGET_ANNOTATION,
 };
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
@@ -131,11 +139,15 @@ pub struct Held {
 
 pub struct Session {
     pub kube: Kube,
+    pub mode: Mode,
     pub id: String,
     pub deployment: String,
     pub container: String,
     pub holder: String,
     pub ttl: Duration,
+    /// The session's Lease.
+    pub lease_name: String,
+    /// The session's Pod (a swap's proxy, a run's agent) and token Secret.
     pub proxy_name: String,
     /// The session's tunnel token (in memory and in the session's Secret only).
     pub token: [u8; auth::TOKEN_LEN],
@@ -169,6 +181,7 @@ impl Session {
     /// Step 1. `Err(Ok(held))` when another session holds the Deployment.
     pub async fn claim(
         kube: &Kube,
+        mode: Mode,
         deployment: &str,
         container: &str,
         ttl: Duration,
@@ -177,12 +190,13 @@ impl Session {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let holder = crate::host::user_at_host();
         let now = MicroTime(Timestamp::now());
+        let lease_name = mode.lease_name(deployment, &id);
         let lease = Lease {
             metadata: ObjectMeta {
-                name: Some(session::lease_name(deployment)),
+                name: Some(lease_name.clone()),
                 labels: Some(
                     [
-                        (ROLE_LABEL.to_owned(), ROLE_SESSION.to_owned()),
+                        (ROLE_LABEL.to_owned(), mode.lease_role().to_owned()),
                         (SESSION_LABEL.to_owned(), id.clone()),
                         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
                     ]
@@ -214,7 +228,7 @@ impl Session {
             Ok(_) => {}
             Err(err) if is_conflict(&err) => {
                 let existing = leases
-                    .get_opt(&session::lease_name(deployment))
+                    .get_opt(&lease_name)
                     .await
                     .map_err(|err| kube.explain(err, "read the session lease"))?;
                 let existing = existing.unwrap_or_default();
@@ -233,20 +247,17 @@ impl Session {
                 }));
             }
             Err(err) => {
-                return Err(kube.explain(
-                    err,
-                    format!(
-                        "create lease {}/{}",
-                        kube.namespace,
-                        session::lease_name(deployment)
-                    ),
-                ));
+                return Err(
+                    kube.explain(err, format!("create lease {}/{lease_name}", kube.namespace))
+                );
             }
         }
         crash.reached(Step::Claimed);
         Ok(Ok(Session {
             kube: kube.clone(),
-            proxy_name: session::proxy_pod_name(deployment, &id),
+            mode,
+            lease_name,
+            proxy_name: mode.pod_name(deployment, &id),
             token: new_token()?,
             id,
             deployment: deployment.to_owned(),
@@ -263,6 +274,7 @@ impl Session {
             namespace: self.kube.namespace.clone(),
             deployment: self.deployment.clone(),
             session: self.id.clone(),
+            mode: self.mode,
         }
     }
 
@@ -271,10 +283,21 @@ impl Session {
     }
 
     /// Step 2: scale to 0 and record the original count in one PATCH.
-    /// Returns the Deployment as patched and the original count.
+    /// Returns the Deployment as patched and the original count. A run
+    /// session only reads the Deployment.
     pub async fn record(&self) -> anyhow::Result<(Deployment, i32)> {
         let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let what = format!("deployment {}/{}", self.kube.namespace, self.deployment);
+        if self.mode == Mode::Run {
+            let current = api
+                .get_opt(&self.deployment)
+                .await
+                .map_err(|err| self.kube.explain(err, format!("read {what}")))?
+                .with_context(|| format!("{what} was deleted"))?;
+            let replicas = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            self.crash.reached(Step::Recorded);
+            return Ok((current, replicas));
+        }
         let updated = guarded::update(&self.kube, &api, &self.deployment, &what, |current| {
             let current = current.with_context(|| format!("{what} was deleted"))?;
             let original = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -309,7 +332,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let lease = leases
-            .get(&session::lease_name(&self.deployment))
+            .get(&self.lease_name)
             .await
             .map_err(|err| self.kube.explain(err, "read the session lease"))?;
         let owner = crate::k8s::objects::owner_reference(&lease);
@@ -331,6 +354,7 @@ impl Session {
                 )
             })?;
         let pod = proxy::pod(&proxy::ProxySpec {
+            mode: self.mode,
             name: &self.proxy_name,
             session: &self.id,
             deployment,
@@ -396,9 +420,9 @@ impl Session {
     /// Renews the Lease once. `Ok(Err(reason))` when the session is lost.
     pub async fn renew(&self) -> anyhow::Result<Result<(), String>> {
         let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
-        let name = session::lease_name(&self.deployment);
+        let name = &self.lease_name;
         let what = format!("lease {}/{name}", self.kube.namespace);
-        let updated = guarded::update(&self.kube, &leases, &name, &what, |lease| {
+        let updated = guarded::update(&self.kube, &leases, name, &what, |lease| {
             let Some(lease) = lease else {
                 return Ok(Decision::Keep(Err(format!("its Lease {what} was deleted"))));
             };
@@ -433,7 +457,10 @@ impl Session {
                 eprintln!("kdev: {what}: its CA is back");
             }
         }
-        let outcome = restore::restore_deployment(&self.kube, &target).await?;
+        let outcome = match self.mode {
+            Mode::Swap => restore::restore_deployment(&self.kube, &target).await?,
+            Mode::Run => Outcome::RunEnded,
+        };
         self.crash.reached(Step::Restored);
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         match pods

@@ -1,12 +1,13 @@
-//! Finding swap sessions in the cluster and judging them alive, expired or
-//! orphaned: shared by `kdev swap` (before it claims), `kdev sweep`,
-//! `kdev sessions` and the reaper.
+//! Finding sessions (`kdev swap` and `kdev run`) in the cluster and judging
+//! them alive, expired or orphaned: shared by `kdev swap` (before it
+//! claims), `kdev sweep`, `kdev sessions` and the reaper.
 //!
 //! A session is found from either of its records: its Lease, or the marks on
 //! its Deployment. It is
 //! - **orphaned** when the Deployment carries marks and no Lease exists (the
 //!   Lease is created before the marks and deleted after them, so marks
-//!   without a Lease mean the session's end was interrupted);
+//!   without a Lease mean the session's end was interrupted); a run session
+//!   leaves no marks, so it is never orphaned;
 //! - **expired** when its Lease went unchanged for a whole duration, watched
 //!   on this machine's clock ([`kdev_contract::lease`]);
 //! - **alive** otherwise.
@@ -22,7 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kdev_contract::lease::{LeaseRecord, Observation};
 use kdev_contract::session::{
-    self, DeploymentMarks, ROLE_LABEL, ROLE_SESSION, SESSION_LABEL, SWAPPED_LABEL,
+    DeploymentMarks, Mode, ROLE_LABEL, SESSION_LABEL, SESSION_LEASES, SWAPPED_LABEL,
     TARGET_ANNOTATION,
 };
 use kube::Api;
@@ -39,6 +40,7 @@ pub struct Found {
     pub namespace: String,
     pub deployment: String,
     pub session: String,
+    pub mode: Mode,
     pub lease: Option<Lease>,
     pub marked: bool,
 }
@@ -49,6 +51,7 @@ impl Found {
             namespace: self.namespace.clone(),
             deployment: self.deployment.clone(),
             session: self.session.clone(),
+            mode: self.mode,
         }
     }
 }
@@ -74,10 +77,12 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
         .await
         .map_err(|err| kube.explain(err, "list swapped deployments"))?;
     let leases = leases
-        .list(&ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}")))
+        .list(&ListParams::default().labels(SESSION_LEASES))
         .await
-        .map_err(|err| kube.explain(err, "list swap session leases"))?;
+        .map_err(|err| kube.explain(err, "list session leases"))?;
 
+    // Keyed by namespace and Lease name: a swap's marks and its Lease meet
+    // under the Lease's name.
     let mut found: BTreeMap<(String, String), Found> = BTreeMap::new();
     for deployment in marked.items {
         let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
@@ -87,11 +92,15 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
         let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
         let name = deployment.metadata.name.clone().unwrap_or_default();
         found.insert(
-            (namespace.clone(), name.clone()),
+            (
+                namespace.clone(),
+                Mode::Swap.lease_name(&name, &marks.session),
+            ),
             Found {
                 namespace,
                 deployment: name,
                 session: marks.session,
+                mode: Mode::Swap,
                 lease: None,
                 marked: true,
             },
@@ -99,6 +108,15 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
     }
     for lease in leases.items {
         let namespace = lease.metadata.namespace.clone().unwrap_or_default();
+        let Some(mode) = lease
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ROLE_LABEL))
+            .and_then(|role| Mode::of_lease_role(role))
+        else {
+            continue;
+        };
         let Some(deployment) = lease
             .metadata
             .annotations
@@ -116,12 +134,14 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
             .and_then(|l| l.get(SESSION_LABEL))
             .cloned()
             .unwrap_or_default();
+        let name = lease.metadata.name.clone().unwrap_or_default();
         let entry = found
-            .entry((namespace.clone(), deployment.clone()))
+            .entry((namespace.clone(), name))
             .or_insert_with(|| Found {
                 namespace,
                 deployment,
                 session: session.clone(),
+                mode,
                 lease: None,
                 marked: false,
             });
@@ -167,18 +187,9 @@ pub async fn judge(kube: &Kube, found: Vec<Found>) -> anyhow::Result<Vec<(Found,
     };
     let mut pending: BTreeMap<(String, String), (Found, Observation)> = watching
         .into_iter()
-        .map(|(f, o)| {
-            (
-                (f.namespace.clone(), session::lease_name(&f.deployment)),
-                (f, o),
-            )
-        })
+        .map(|(f, o)| ((f.namespace.clone(), f.target().lease_name()), (f, o)))
         .collect();
-    let mut events = watcher(
-        api,
-        watcher::Config::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}")),
-    )
-    .boxed();
+    let mut events = watcher(api, watcher::Config::default().labels(SESSION_LEASES)).boxed();
     let mut listed: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         let now = Instant::now();
@@ -224,9 +235,9 @@ pub async fn judge(kube: &Kube, found: Vec<Found>) -> anyhow::Result<Vec<(Found,
             Some(Ok(Event::Init)) => listed.clear(),
             Some(Ok(Event::InitDone)) => pending.retain(|key, _| listed.contains(key)),
             Some(Err(err)) => anyhow::bail!(
-                "failed to watch swap session leases: {err}; check that you may list and watch Leases"
+                "failed to watch session leases: {err}; check that you may list and watch Leases"
             ),
-            None => anyhow::bail!("the watch of swap session leases ended"),
+            None => anyhow::bail!("the watch of session leases ended"),
         }
     }
     step.done();
@@ -254,7 +265,7 @@ pub async fn settle_target(kube: &Kube, deployment: &str) -> anyhow::Result<()> 
     let found: Vec<Found> = find(kube, Some(&kube.namespace))
         .await?
         .into_iter()
-        .filter(|f| f.deployment == deployment)
+        .filter(|f| f.deployment == deployment && f.mode == Mode::Swap)
         .collect();
     for (session, state) in judge(kube, found).await? {
         match state {

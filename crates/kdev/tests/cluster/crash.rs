@@ -1,5 +1,6 @@
-//! The cluster is never left broken: kill `kdev swap` with SIGKILL after
-//! each step of its start-up and shutdown, and the reaper restores it all.
+//! The cluster is never left broken: kill `kdev swap` and `kdev run` with
+//! SIGKILL after each step of their start-up and shutdown, and the reaper
+//! restores it all.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use std::os::unix::process::ExitStatusExt;
 
-use crate::support::{wait_child, with_namespace};
+use kube::api::ListParams;
+
+use crate::support::{eventually, wait_child, with_namespace};
 use crate::swap_support::{
     Controller, LocalAgent, Swap, assert_restored, deploy, simple_deployment,
 };
@@ -46,9 +49,25 @@ async fn every_crash_point_is_restored_by_the_reaper() {
             })
             .collect();
 
+        // A run session of each Deployment, killed after the same step
+        // while the swaps are: beside a swap, as a team would have them.
+        let mut runs: Vec<(u32, Swap)> = (1..=STEPS)
+            .map(|step| {
+                let target = format!("deploy/web{step}");
+                let crash = step.to_string();
+                let run = Swap::run(
+                    &ns,
+                    &[&target, "--ttl", &ttl],
+                    &["sleep", "1"],
+                    &[("KDEV_SWAP_CRASH_AFTER", &crash)],
+                );
+                (step, run)
+            })
+            .collect();
+
         let mut restored = 0;
         let mut lines = Vec::new();
-        for (step, swap) in &mut swaps {
+        for (step, swap) in swaps.iter_mut().chain(runs.iter_mut()) {
             let status = swap.wait_exit(Duration::from_secs(60)).await;
             assert_eq!(
                 status.signal(),
@@ -74,13 +93,51 @@ async fn every_crash_point_is_restored_by_the_reaper() {
             .await;
             restored += 1;
             lines.push(format!(
-                "  step {step:>2}: restored {:.1}s after the kills",
+                "  swap step {step:>2}: restored {:.1}s after the kills",
+                killed.elapsed().as_secs_f64()
+            ));
+        }
+        // A run changed nothing but its own objects: ended is its Lease
+        // and agent pod gone.
+        let leases = ns.api::<Lease>();
+        let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+        for (step, _) in &runs {
+            let target = format!("deployment/web{step}");
+            let targets = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
+                annotations.and_then(|a| a.get("kdev.dev/target")) == Some(&target)
+            };
+            eventually(
+                Duration::from_secs(TTL_SECS + 15),
+                &format!("run step {step}: its Lease and agent pod to go"),
+                || async {
+                    let lease_left = leases
+                        .list(&ListParams::default().labels("kdev.dev/role=run-session"))
+                        .await
+                        .ok()?
+                        .items
+                        .iter()
+                        .any(|l| targets(l.metadata.annotations.as_ref()));
+                    let pod_left = pods
+                        .list(&ListParams::default().labels("kdev.dev/role=run-agent"))
+                        .await
+                        .ok()?
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .any(|p| targets(p.metadata.annotations.as_ref()));
+                    (!lease_left && !pod_left).then_some(())
+                },
+            )
+            .await;
+            restored += 1;
+            lines.push(format!(
+                "  run step {step:>2}: ended {:.1}s after the kills",
                 killed.elapsed().as_secs_f64()
             ));
         }
         eprintln!("{}", lines.join("\n"));
-        println!("restored {restored}/{STEPS} crash points");
-        assert_eq!(restored, STEPS);
+        println!("restored {restored}/{} crash points", 2 * STEPS);
+        assert_eq!(restored, 2 * STEPS);
     })
     .await;
 }

@@ -16,6 +16,7 @@ mod lifecycle;
 mod logs;
 mod real_node;
 mod resilience;
+mod run;
 mod support;
 mod swap;
 mod swap_support;

@@ -39,7 +39,7 @@ pub fn on_real_node() -> serde_json::Value {
 
 /// A busybox pod on the real node running `script`, created and waited for
 /// until it has finished (or runs, when `wait_done` is false).
-async fn busybox_pod(ns: &TestNamespace, name: &str, script: &str) -> Pod {
+pub async fn busybox_pod(ns: &TestNamespace, name: &str, script: &str) -> Pod {
     create_pod(ns, name, busybox_spec(script)).await
 }
 

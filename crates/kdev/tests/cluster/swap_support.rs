@@ -144,10 +144,13 @@ fn spawn_agent(args: &[String]) -> Child {
         .expect("start kdev agent")
 }
 
-/// `kdev swap` as a child process; stderr goes to a file for assertions.
+/// `kdev swap` (or `kdev run`) as a child process; stderr goes to a file
+/// for assertions.
 pub struct Swap {
     pub child: Child,
     pub stderr: PathBuf,
+    /// What kdev prints once the session is in place.
+    ready: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -158,13 +161,28 @@ impl Swap {
         command: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::launch(ns, "swap", args, command, env)
+    }
+
+    /// `kdev run`.
+    pub fn run(ns: &TestNamespace, args: &[&str], command: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(ns, "run", args, command, env)
+    }
+
+    fn launch(
+        ns: &TestNamespace,
+        verb: &str,
+        args: &[&str],
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("stderr");
         let mut cmd = kdev();
         cmd.env("KDEV_SWAP_TOKEN", test_token_hex())
             .arg("--kubeconfig")
             .arg(&ns.kubeconfig)
-            .args(["-n", &ns.name, "swap"])
+            .args(["-n", &ns.name, verb])
             .args(args)
             .arg("--")
             .args(command);
@@ -175,10 +193,15 @@ impl Swap {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
-            .expect("start kdev swap");
+            .expect("start kdev");
         Self {
             child,
             stderr,
+            ready: if verb == "run" {
+                "kdev: running as"
+            } else {
+                "kdev: swapped"
+            },
             _dir: dir,
         }
     }
@@ -187,22 +210,22 @@ impl Swap {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Waits until the swap says it is in place.
+    /// Waits until the session says it is in place.
     pub async fn wait_swapped(&self) {
         eventually(
             Duration::from_secs(60),
-            "kdev swap to be in place",
+            "the kdev session to be in place",
             || async {
                 let err = self.stderr();
-                assert!(!err.contains("error:"), "kdev swap failed: {err}");
-                err.contains("kdev: swapped").then_some(())
+                assert!(!err.contains("error:"), "kdev failed: {err}");
+                err.contains(self.ready).then_some(())
             },
         )
         .await;
     }
 
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let what = format!("kdev swap (stderr: {})", self.stderr());
+        let what = format!("kdev (stderr: {})", self.stderr());
         wait_child(&mut self.child, timeout, &what).await
     }
 
