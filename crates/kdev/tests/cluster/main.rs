@@ -14,6 +14,7 @@ mod hardening;
 mod kwok_emulation;
 mod lifecycle;
 mod logs;
+mod netview_runtimes;
 mod real_node;
 mod resilience;
 mod run;

@@ -669,7 +669,7 @@ async fn busybox_web_as(
 /// A one-pod StatefulSet `name` behind a headless Service of the same name
 /// on the real node, its pod serving `body` on 8080; returns once it is
 /// Ready.
-async fn headless_web(ns: &TestNamespace, name: &str, body: &str) {
+pub async fn headless_web(ns: &TestNamespace, name: &str, body: &str) {
     use k8s_openapi::api::apps::v1::StatefulSet;
     let service = serde_json::from_value(json!({
         "metadata": { "name": name },
