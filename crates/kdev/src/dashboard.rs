@@ -105,6 +105,35 @@ struct Said {
     message: String,
 }
 
+/// Serves `router` on `listener` as `axum::serve` does, with hyper's
+/// `half_close` on: a client that sends its form and goes away (a closed
+/// tab, a proxy's timeout) has its action run. Without it hyper drops the
+/// request's handler when it reads the client's end before the handler has
+/// read the form, which CI caught as an action that never ran.
+async fn serve_half_close<L: axum::serve::Listener>(
+    mut listener: L,
+    router: Router,
+) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    loop {
+        let (io, _) = listener.accept().await;
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    router.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "a dashboard connection ended");
+            }
+        });
+    }
+}
+
 /// Serves until the listener fails. The watches run alongside.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -140,7 +169,7 @@ pub async fn serve(
                 ..app.clone()
             });
             futures::future::Either::Left(async move {
-                axum::serve(listener, router)
+                serve_half_close(listener, router)
                     .await
                     .map_err(|err| anyhow::anyhow!("the dashboard's proxy socket stopped: {err}"))
             })
@@ -148,7 +177,7 @@ pub async fn serve(
         None => futures::future::Either::Right(std::future::pending()),
     };
     let server = async {
-        axum::serve(listener, router(app))
+        serve_half_close(listener, router(app))
             .await
             .map_err(|err| anyhow::anyhow!("the dashboard server stopped: {err}"))
     };
@@ -489,7 +518,15 @@ async fn act_on(
         let app = app.clone();
         let headers = headers.clone();
         tokio::spawn(async move {
+            tracing::info!(namespace = %namespace, action = %form.action, "dashboard action asked");
             let answer = app.act(&namespace, &headers, &form).await;
+            tracing::info!(
+                namespace = %namespace,
+                action = %form.action,
+                status = answer.status.as_u16(),
+                "dashboard action done: {}",
+                answer.message
+            );
             let _ = app.said.send(Said {
                 namespace,
                 ok: answer.status.is_success(),
