@@ -51,6 +51,102 @@ pub const ROLE_RUN_AGENT: &str = "run-agent";
 /// A label selector for the Leases of both kinds of session.
 pub const SESSION_LEASES: &str = "kdev.dev/role in (swap-session,run-session)";
 
+/// The kinds of workload a session takes. Each has `spec.replicas` (behind
+/// the scale subresource), `spec.selector` and `spec.template`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    ReplicaSet,
+    /// Argo Rollouts' `Rollout` (`argoproj.io/v1alpha1`), when its CRD is installed.
+    Rollout,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 4] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::Rollout,
+    ];
+
+    /// The lower-case name kdev writes (`deployment/web` in
+    /// [`TARGET_ANNOTATION`]) and prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deployment => "deployment",
+            Self::StatefulSet => "statefulset",
+            Self::ReplicaSet => "replicaset",
+            Self::Rollout => "rollout",
+        }
+    }
+
+    /// The API group, version, kind and plural.
+    pub fn api(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Self::Deployment => ("apps", "v1", "Deployment", "deployments"),
+            Self::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
+            Self::ReplicaSet => ("apps", "v1", "ReplicaSet", "replicasets"),
+            Self::Rollout => ("argoproj.io", "v1alpha1", "Rollout", "rollouts"),
+        }
+    }
+
+    /// kubectl's spellings: `deploy`, `sts`, `rs`, `ro`, the singular, the
+    /// plural, and both with the group.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.to_ascii_lowercase();
+        Self::ALL.into_iter().find(|kind| {
+            let (group, _, _, plural) = kind.api();
+            let short = match kind {
+                Self::Deployment => "deploy",
+                Self::StatefulSet => "sts",
+                Self::ReplicaSet => "rs",
+                Self::Rollout => "ro",
+            };
+            [
+                short.to_owned(),
+                kind.name().to_owned(),
+                plural.to_owned(),
+                format!("{}.{group}", kind.name()),
+                format!("{plural}.{group}"),
+            ]
+            .contains(&text)
+        })
+    }
+}
+
+/// A workload a session takes: its kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl WorkloadRef {
+    pub fn deployment(name: &str) -> Self {
+        Self {
+            kind: WorkloadKind::Deployment,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Reads [`TARGET_ANNOTATION`]'s `kind/name`; `None` when it is not one.
+    pub fn from_annotation(text: &str) -> Option<Self> {
+        let (kind, name) = text.split_once('/')?;
+        let kind = WorkloadKind::ALL.into_iter().find(|k| k.name() == kind)?;
+        (!name.is_empty()).then(|| Self {
+            kind,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.name(), self.name)
+    }
+}
+
 /// What a session does to its workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
@@ -89,10 +185,10 @@ impl Mode {
     }
 
     /// The name of the session's Lease.
-    pub fn lease_name(self, deployment: &str, session: &str) -> String {
+    pub fn lease_name(self, workload: &WorkloadRef, session: &str) -> String {
         match self {
-            Self::Swap => lease_name(deployment),
-            Self::Run => run_lease_name(deployment, session),
+            Self::Swap => lease_name(workload),
+            Self::Run => run_lease_name(&workload.name, session),
         }
     }
 
@@ -117,11 +213,16 @@ pub const AGENT_PORT: u16 = 7355;
 /// The name of the agent's container in the proxy Pod.
 pub const AGENT_CONTAINER: &str = "kdev-agent";
 
-/// The Lease that holds the session of Deployment `deployment`. One name per
-/// Deployment is what makes two sessions of one Deployment impossible: the
-/// second create is refused by the API server.
-pub fn lease_name(deployment: &str) -> String {
-    truncate_with_hash(&format!("kdev-swap-{deployment}"), 253)
+/// The Lease that holds the swap session of `workload`. One name per
+/// workload is what makes two swaps of one workload impossible: the second
+/// create is refused by the API server. A Deployment's is
+/// `kdev-swap-<name>`; another kind's `kdev-swap-<kind>.<name>`.
+pub fn lease_name(workload: &WorkloadRef) -> String {
+    let name = match workload.kind {
+        WorkloadKind::Deployment => format!("kdev-swap-{}", workload.name),
+        kind => format!("kdev-swap-{}.{}", kind.name(), workload.name),
+    };
+    truncate_with_hash(&name, 253)
 }
 
 /// The proxy Pod's name: readable, unique per session, at most 63 characters
@@ -338,7 +439,7 @@ mod tests {
     #[test]
     fn a_long_non_ascii_name_is_cut_on_a_character_boundary() {
         let name = "é".repeat(200);
-        let lease = lease_name(&name);
+        let lease = lease_name(&WorkloadRef::deployment(&name));
         assert!(lease.len() <= 253, "{lease}");
         let pod = proxy_pod_name(&name, "0123456789abcdef");
         assert!(pod.len() <= 63, "{pod}");
@@ -354,7 +455,9 @@ mod tests {
         ) {
             let _ = restore_plan(&session, current, &marks(&session, &replicas));
             let _ = DeploymentMarks::read(&marks(&session, &replicas));
-            proptest::prop_assert!(lease_name(&name).len() <= 253);
+            proptest::prop_assert!(lease_name(&WorkloadRef::deployment(&name)).len() <= 253);
+            let _ = WorkloadRef::from_annotation(&name);
+            let _ = WorkloadKind::parse(&name);
             proptest::prop_assert!(proxy_pod_name(&name, &session).len() <= 63);
             proptest::prop_assert!(run_lease_name(&name, &session).len() <= 253);
             proptest::prop_assert!(run_pod_name(&name, &session).len() <= 63);
@@ -363,13 +466,13 @@ mod tests {
 
     #[test]
     fn names_stay_within_kubernetes_limits() {
-        assert_eq!(lease_name("web"), "kdev-swap-web");
+        assert_eq!(lease_name(&WorkloadRef::deployment("web")), "kdev-swap-web");
         assert_eq!(
             proxy_pod_name("web", "0123456789abcdef"),
             "web-kdev-01234567"
         );
         let long = "a".repeat(250);
-        assert!(lease_name(&long).len() <= 253);
+        assert!(lease_name(&WorkloadRef::deployment(&long)).len() <= 253);
         let pod = proxy_pod_name(&long, "0123456789abcdef");
         assert!(pod.len() <= 63, "{pod}");
         assert!(pod.ends_with("-kdev-01234567"));
@@ -386,13 +489,11 @@ mod tests {
         let b = "fedcba9876543210";
         assert_eq!(run_lease_name("web", a), "kdev-run-web-01234567");
         assert_eq!(run_pod_name("web", a), "web-kdev-run-01234567");
-        assert_ne!(
-            Mode::Run.lease_name("web", a),
-            Mode::Run.lease_name("web", b)
-        );
+        let web = WorkloadRef::deployment("web");
+        assert_ne!(Mode::Run.lease_name(&web, a), Mode::Run.lease_name(&web, b));
         assert_eq!(
-            Mode::Swap.lease_name("web", a),
-            Mode::Swap.lease_name("web", b)
+            Mode::Swap.lease_name(&web, a),
+            Mode::Swap.lease_name(&web, b)
         );
         let long = "a".repeat(250);
         assert!(run_pod_name(&long, a).ends_with("-kdev-run-01234567"));
@@ -401,5 +502,38 @@ mod tests {
             assert!(SESSION_LEASES.contains(mode.lease_role()));
         }
         assert_eq!(Mode::of_lease_role(ROLE_PROXY), None);
+    }
+
+    #[test]
+    fn workload_kinds_read_as_kubectl_writes_them_and_each_has_its_own_swap_lease() {
+        for (text, kind) in [
+            ("deploy", WorkloadKind::Deployment),
+            ("deployments.apps", WorkloadKind::Deployment),
+            ("sts", WorkloadKind::StatefulSet),
+            ("StatefulSet", WorkloadKind::StatefulSet),
+            ("rs", WorkloadKind::ReplicaSet),
+            ("replicaset.apps", WorkloadKind::ReplicaSet),
+            ("ro", WorkloadKind::Rollout),
+            ("rollouts.argoproj.io", WorkloadKind::Rollout),
+        ] {
+            assert_eq!(WorkloadKind::parse(text), Some(kind), "{text}");
+        }
+        assert_eq!(WorkloadKind::parse("cronjob"), None);
+        let sts = WorkloadRef {
+            kind: WorkloadKind::StatefulSet,
+            name: "kafka".into(),
+        };
+        assert_eq!(sts.to_string(), "statefulset/kafka");
+        assert_eq!(
+            WorkloadRef::from_annotation("statefulset/kafka"),
+            Some(sts.clone())
+        );
+        assert_eq!(WorkloadRef::from_annotation("job/x"), None);
+        assert_eq!(WorkloadRef::from_annotation("statefulset/"), None);
+        assert_eq!(lease_name(&sts), "kdev-swap-statefulset.kafka");
+        assert_ne!(
+            lease_name(&sts),
+            lease_name(&WorkloadRef::deployment("kafka"))
+        );
     }
 }

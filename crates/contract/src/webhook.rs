@@ -54,7 +54,10 @@ pub enum Kind {
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     pub session: String,
-    /// The swapped Deployment, `namespace/name`.
+    /// The swapped workload: `namespace/name` for a Deployment,
+    /// `namespace/kind/name` for another kind (`team/statefulset/kafka`).
+    /// The field keeps its first name so records written before other
+    /// kinds read the same.
     pub deployment: String,
     /// Webhook name (the CRD's: `conversion`) → its original `caBundle`
     /// (base64, as the API holds it; empty when it had none).

@@ -28,6 +28,7 @@ pub mod restore;
 pub mod session;
 pub mod sessions;
 pub mod webhooks;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,7 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
 use kube::api::ListParams;
@@ -47,16 +47,19 @@ use tokio::sync::mpsc;
 use self::link::Forward;
 use self::local::MountRoot;
 use self::session::{CrashAfter, Session, Step};
+use self::workload::{Workload, WorkloadKind, WorkloadRef};
 use crate::error::usage;
-use crate::k8s::{self, Kube, is_not_found};
+use crate::k8s::{self, Kube};
 pub use kdev_contract::session::Mode;
 
 /// `kdev swap`'s and `kdev run`'s configuration, checked before any request.
 #[derive(Debug)]
 pub struct Config {
     pub mode: Mode,
-    /// The Deployment's name.
-    pub deployment: String,
+    /// The workload (a Deployment, StatefulSet, ReplicaSet or Rollout).
+    pub target: WorkloadRef,
+    /// A StatefulSet's pod whose identity the command gets (`--ordinal`).
+    pub ordinal: Option<u32>,
     /// The container to replace (default: the only one, or the default-container).
     pub container: Option<String>,
     /// `--port REMOTE[:LOCAL]` values, resolved against the container.
@@ -177,7 +180,7 @@ impl Signals {
 }
 
 pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
-    let name = args.deployment.clone();
+    let name = args.target.clone();
     let crash = CrashAfter::from_env()?;
     let mut signals = Signals::install()?;
     let kube = k8s::connect(flags).await?;
@@ -186,20 +189,23 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|f| Forward::parse(f, &kube.namespace))
         .collect::<Result<_, _>>()?;
-    let deployments: Api<Deployment> = Api::namespaced(kube.client.clone(), &kube.namespace);
-    let deployment = match deployments.get(&name).await {
-        Ok(d) => d,
-        Err(err) if is_not_found(&err) => {
-            anyhow::bail!(
-                "deployment/{name} not found in namespace {}; check the name and -n",
-                kube.namespace
-            )
-        }
-        Err(err) => {
-            return Err(kube.explain(err, format!("read deployment {}/{name}", kube.namespace)));
-        }
-    };
-    let container = session::choose_container(&deployment, args.container.as_deref())?;
+    let workload = Workload::read(&kube, &name).await?;
+    if let Some(controller) = workload.controller()
+        && args.mode == Mode::Swap
+    {
+        return Err(crate::error::usage(format!(
+            "{name} is controlled by {controller}, which would scale it back: swap {controller} instead"
+        )));
+    }
+    if let Some(ordinal) = args.ordinal
+        && ordinal >= workload.replicas.max(1) as u32
+    {
+        return Err(crate::error::usage(format!(
+            "{name} has {} replicas, so no ordinal {ordinal} (--ordinal counts from 0)",
+            workload.replicas
+        )));
+    }
+    let container = session::choose_container(&workload, args.container.as_deref())?;
     let routes = match args.mode {
         Mode::Swap => resolve_ports(&container, &args.ports)?,
         Mode::Run => BTreeMap::new(),
@@ -228,7 +234,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
         kube.clone(),
         kube.namespace.clone(),
         format!(
-            "kdev {} deployment/{name} by {}",
+            "kdev {} {name} by {}",
             mode.verb(),
             crate::host::user_at_host()
         ),
@@ -239,7 +245,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     {
         Ok(session) => Arc::new(session),
         Err(held) => anyhow::bail!(
-            "deployment/{name} is already swapped by {} since {} (session {}); one swap per Deployment",
+            "{name} is already swapped by {} since {} (session {}); one swap per workload",
             held.holder,
             held.since,
             held.session
@@ -248,7 +254,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     let (renew_task, mut lost) = spawn_renewal(session.clone());
 
     let target = Target {
-        deployment,
+        workload,
         container,
         routes,
         forwards,
@@ -279,7 +285,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
     session.crash().reached(Step::CommandEnded);
     let restored = session.end().await.with_context(|| {
         format!(
-            "failed to end the {} session of deployment/{name}; it ends when the session's Lease expires (or run `kdev sweep`)",
+            "failed to end the {} session of {name}; it ends when the session's Lease expires (or run `kdev sweep`)",
             mode.verb()
         )
     })?;
@@ -297,7 +303,7 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
 /// What `run` resolved before it changed anything in the cluster: the
 /// swap's target and settings, carried as one value.
 struct Target {
-    deployment: Deployment,
+    workload: Workload,
     container: Container,
     /// Remote port → local port.
     routes: BTreeMap<u16, u16>,
@@ -325,7 +331,7 @@ async fn swap_and_run(
     ends: &mut Ends<'_>,
 ) -> anyhow::Result<End> {
     let Target {
-        deployment,
+        workload,
         container,
         routes,
         forwards,
@@ -338,7 +344,7 @@ async fn swap_and_run(
         watch,
     } = ends;
     let prepared = tokio::select! {
-        prepared = prepare(kube, &session, &deployment, &container, &routes, forwards, &args) => prepared?,
+        prepared = prepare(kube, &session, &workload, &container, &routes, forwards, &args) => prepared?,
         signal = signals.recv() => {
             eprintln!("kdev: {signal} during start-up: undoing the swap");
             return Ok(End::Interrupted(signal));
@@ -359,16 +365,16 @@ async fn swap_and_run(
         _forwards,
     } = prepared;
 
-    let name = &session.deployment;
+    let name = &session.workload;
     match session.mode {
         Mode::Swap => eprintln!(
-            "kdev: swapped deployment/{name} (container {}, {original_replicas} replicas → 0) in {:.1}s; session {}",
+            "kdev: swapped {name} (container {}, {original_replicas} replicas → 0) in {:.1}s; session {}",
             container.name,
             started.elapsed().as_secs_f64(),
             session.id
         ),
         Mode::Run => eprintln!(
-            "kdev: running as deployment/{name} (container {}; its {original_replicas} replicas keep serving) in {:.1}s; session {}",
+            "kdev: running as {name} (container {}; its {original_replicas} replicas keep serving) in {:.1}s; session {}",
             container.name,
             started.elapsed().as_secs_f64(),
             session.id
@@ -535,21 +541,28 @@ struct Prepared {
 async fn prepare(
     kube: &Kube,
     session: &Session,
-    deployment: &Deployment,
+    workload: &Workload,
     container: &Container,
     routes: &BTreeMap<u16, u16>,
     forwards: Vec<Forward>,
     args: &Config,
 ) -> anyhow::Result<Prepared> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &kube.namespace);
-    let original_pod = running_pod_of(&pods, deployment).await;
+    let original_pod = running_pod_of(&pods, workload, args.ordinal).await;
     let (patched, original_replicas) = session.record().await?;
     let agent_image = args
         .agent_image
         .clone()
         .unwrap_or_else(proxy::default_agent_image);
     session
-        .create_proxy(&patched, container, original_replicas, &agent_image)
+        .create_proxy(
+            &patched,
+            container,
+            original_replicas,
+            &agent_image,
+            args.ordinal,
+            carried_labels(workload, original_pod.as_ref()),
+        )
         .await?;
     let step =
         crate::progress::Step::start(format!("waiting for proxy pod {}", session.proxy_name));
@@ -589,11 +602,7 @@ async fn prepare(
             ))
         }
     };
-    let template = patched
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .unwrap_or_default();
+    let template = patched.pod_spec();
     let field_pod = original_pod.as_ref().unwrap_or(&proxy);
     let fields = env::FieldSource {
         pod: field_pod,
@@ -635,12 +644,7 @@ async fn prepare(
     };
     // Webhooks that call the Deployment: the session's certificate where the
     // container reads its own, their caBundle pointed at the session's CA.
-    let labels = patched
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let labels = patched.template_labels();
     let redirected = match session.mode {
         Mode::Swap => {
             session
@@ -649,7 +653,7 @@ async fn prepare(
             webhooks::redirect(
                 kube,
                 &session.id,
-                &session.deployment,
+                &session.workload,
                 &labels,
                 &template,
                 container,
@@ -757,9 +761,28 @@ async fn node_allocatable(
     nodes.get(node).await.ok()?.status?.allocatable
 }
 
-/// A Running pod of the Deployment, for the downward API's fields.
-async fn running_pod_of(pods: &Api<Pod>, deployment: &Deployment) -> Option<Pod> {
-    let selector = k8s::objects::selector_query(&deployment.spec.as_ref()?.selector)?;
+/// What the proxy carries of an original pod's labels beside the template's:
+/// a Rollout's pod hash, which its active Service selects.
+fn carried_labels(workload: &Workload, pod: Option<&Pod>) -> BTreeMap<String, String> {
+    if workload.reference.kind != WorkloadKind::Rollout {
+        return BTreeMap::new();
+    }
+    pod.and_then(|p| p.metadata.labels.as_ref())
+        .and_then(|l| l.get(proxy::ROLLOUT_HASH_LABEL))
+        .map(|hash| [(proxy::ROLLOUT_HASH_LABEL.to_owned(), hash.clone())].into())
+        .unwrap_or_default()
+}
+
+/// A Running pod of the workload, for the downward API's fields: a
+/// StatefulSet's pod of the chosen ordinal (0 by default).
+async fn running_pod_of(pods: &Api<Pod>, workload: &Workload, ordinal: Option<u32>) -> Option<Pod> {
+    if workload.reference.kind == WorkloadKind::StatefulSet {
+        let name = format!("{}-{}", workload.reference.name, ordinal.unwrap_or(0));
+        let pod = pods.get_opt(&name).await.ok()??;
+        let running = pod.status.as_ref()?.phase.as_deref() == Some("Running");
+        return running.then_some(pod);
+    }
+    let selector = k8s::objects::selector_query(&workload.selector)?;
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await

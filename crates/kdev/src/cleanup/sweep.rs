@@ -22,7 +22,8 @@ pub const EXIT_LEFT_FOR_HUMAN: u8 = 3;
 struct SessionReport<'a> {
     kind: &'static str,
     namespace: &'a str,
-    deployment: &'a str,
+    /// `kind/name`, as `deployment/web`.
+    workload: String,
     session: &'a str,
     verdict: &'static str,
     line: String,
@@ -74,11 +75,8 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
     }
     for (session, state) in judge(&kube, found).await? {
         let name = match session.mode {
-            Mode::Swap => format!("{}/deployment/{}", session.namespace, session.deployment),
-            Mode::Run => format!(
-                "{}/deployment/{} (kdev run)",
-                session.namespace, session.deployment
-            ),
+            Mode::Swap => format!("{}/{}", session.namespace, session.workload),
+            Mode::Run => format!("{}/{} (kdev run)", session.namespace, session.workload),
         };
         let (verdict, line) = match state {
             State::Alive => (
@@ -101,7 +99,7 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
                     "restored",
                     format!(
                         "{} ({})",
-                        outcome.describe(&session.deployment),
+                        outcome.describe(&session.workload),
                         reason(state)
                     ),
                 ),
@@ -114,7 +112,7 @@ pub async fn sweep(flags: &k8s::Flags, config: SweepConfig) -> anyhow::Result<Ex
         let report = SessionReport {
             kind: session.mode.lease_role(),
             namespace: &session.namespace,
-            deployment: &session.deployment,
+            workload: session.workload.to_string(),
             session: &session.session,
             verdict,
             line: line.clone(),
@@ -213,7 +211,7 @@ pub async fn sessions(flags: &k8s::Flags, all_namespaces: bool) -> anyhow::Resul
         rows.push([
             session.namespace.clone(),
             session.mode.verb().into(),
-            format!("deployment/{}", session.deployment),
+            session.workload.to_string(),
             spec.holder_identity.clone().unwrap_or_else(|| "-".into()),
             session.session.chars().take(8).collect(),
             ago(spec.acquire_time.as_ref()).unwrap_or_else(|| "-".into()),

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::parse_duration;
 use crate::error::usage;
+use crate::swap::workload::{WorkloadKind, WorkloadRef};
 use crate::swap::{Config, Mode};
 
 #[derive(Debug, Args)]
@@ -14,7 +15,7 @@ use crate::swap::{Config, Mode};
     after_help = "Examples:\n  kdev swap deploy/web --port 8080 --forward svc/db:5432 -- npm run dev\n  kdev swap deploy/my-operator -- go run ./cmd/manager      # as the operator's ServiceAccount\n  kdev swap deploy/api --watch src --build 'cargo build' -- target/debug/api   # restarted on save"
 )]
 pub struct SwapArgs {
-    /// The Deployment to swap, as deploy/NAME.
+    /// The workload to swap: deploy/NAME, sts/NAME, rs/NAME or rollout/NAME (Argo Rollouts).
     pub target: String,
     /// A container port (number or name) and the local port serving it; repeatable (default: every TCP port, same number).
     #[arg(long = "port", value_name = "REMOTE[:LOCAL]")]
@@ -28,7 +29,7 @@ pub struct SwapArgs {
     after_help = "Examples:\n  kdev run deploy/api -- ./migrate up                 # a migration as the app would run it\n  kdev run deploy/api -- python3                      # a REPL with the app's env, files and network\n  kdev run deploy/api --env-file .env -- go test ./...   # tests against the environment's services\n\nThe Deployment keeps running and serving; nothing routes to the session. Several kdev run sessions of one Deployment may run at once."
 )]
 pub struct RunArgs {
-    /// The Deployment whose container's environment the command gets, as deploy/NAME.
+    /// The workload whose container's environment the command gets: deploy/NAME, sts/NAME, rs/NAME or rollout/NAME.
     pub target: String,
     #[command(flatten)]
     pub session: SessionArgs,
@@ -40,6 +41,9 @@ pub struct SessionArgs {
     /// The container whose environment the command gets (default: the only one, or the pod's default-container).
     #[arg(short = 'c', long)]
     pub container: Option<String>,
+    /// A StatefulSet's pod whose identity the command gets (its name, downward-API fields, and with swap its DNS name): 0 by default.
+    #[arg(long, value_name = "N")]
+    pub ordinal: Option<u32>,
     /// Reach svc/NAME:PORT (or HOST:PORT) from the cluster's side at 127.0.0.1:LOCAL; sets NAME_SERVICE_HOST/PORT.
     #[arg(long = "forward", value_name = "svc/NAME:PORT[:LOCAL]")]
     pub forwards: Vec<String>,
@@ -98,27 +102,38 @@ fn parse_cidr(text: &str) -> Result<crate::netview::Cidr, String> {
 impl SwapArgs {
     /// Checks what can be checked before any request.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let deployment = parse_target(&self.target, Mode::Swap)?;
-        self.session.resolve(Mode::Swap, deployment, self.ports)
+        let target = parse_target(&self.target, Mode::Swap)?;
+        self.session.resolve(Mode::Swap, target, self.ports)
     }
 }
 
 impl RunArgs {
     /// Checks what can be checked before any request.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let deployment = parse_target(&self.target, Mode::Run)?;
-        self.session.resolve(Mode::Run, deployment, Vec::new())
+        let target = parse_target(&self.target, Mode::Run)?;
+        self.session.resolve(Mode::Run, target, Vec::new())
     }
 }
 
 impl SessionArgs {
-    fn resolve(self, mode: Mode, deployment: String, ports: Vec<String>) -> anyhow::Result<Config> {
+    fn resolve(
+        self,
+        mode: Mode,
+        target: WorkloadRef,
+        ports: Vec<String>,
+    ) -> anyhow::Result<Config> {
         if self.ttl < Duration::from_secs(3) || self.ttl > Duration::from_secs(3600) {
             return Err(usage("--ttl must be between 3s and 1h"));
         }
+        if self.ordinal.is_some() && target.kind != WorkloadKind::StatefulSet {
+            return Err(usage(format!(
+                "--ordinal is for StatefulSets; {target} has no ordinals"
+            )));
+        }
         Ok(Config {
             mode,
-            deployment,
+            target,
+            ordinal: self.ordinal,
             container: self.container,
             ports,
             forwards: self.forwards,
@@ -151,28 +166,30 @@ impl SessionArgs {
     }
 }
 
-/// Parses `deploy/NAME` (also `deployment/`, `deployments/`, `deployment.apps/`)
-/// for `kdev swap` or `kdev run`.
-pub fn parse_target(text: &str, mode: Mode) -> anyhow::Result<String> {
+/// Parses `KIND/NAME` for `kdev swap` or `kdev run`, with kubectl's
+/// spellings of the kinds (`deploy`, `deployment.apps`, `sts`, `rs`, `ro`, …).
+pub fn parse_target(text: &str, mode: Mode) -> anyhow::Result<WorkloadRef> {
     let verb = mode.verb();
-    let name = match text.split_once('/') {
-        Some((
-            "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps",
-            name,
-        )) => name,
-        Some((kind, _)) => {
-            return Err(usage(format!(
-                "kdev {verb} takes a Deployment, like deploy/web, not a {kind}"
-            )));
-        }
+    let (kind, name) = match text.split_once('/') {
+        Some((kind, name)) => match WorkloadKind::parse(kind) {
+            Some(kind) => (kind, name),
+            None => {
+                return Err(usage(format!(
+                    "kdev {verb} takes a Deployment, StatefulSet, ReplicaSet or Argo Rollout (deploy/web, sts/web, rs/web, rollout/web), not a {kind}"
+                )));
+            }
+        },
         None => {
             return Err(usage(format!(
-                "{text:?} names no kind: write deploy/{text}"
+                "{text:?} names no kind: write deploy/{text} (or sts/, rs/, rollout/)"
             )));
         }
     };
-    crate::k8s::validate_subdomain("deployment name", name)?;
-    Ok(name.to_owned())
+    crate::k8s::validate_subdomain(&format!("{} name", kind.name()), name)?;
+    Ok(WorkloadRef {
+        kind,
+        name: name.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -181,21 +198,36 @@ mod tests {
     use proptest::prelude::*;
 
     fn parse_target_swap(text: &str) -> anyhow::Result<String> {
-        parse_target(text, Mode::Swap)
+        parse_target(text, Mode::Swap).map(|t| t.to_string())
     }
 
     #[test]
     fn targets() {
-        assert_eq!(parse_target_swap("deploy/web").expect("valid"), "web");
+        assert_eq!(
+            parse_target_swap("deploy/web").expect("valid"),
+            "deployment/web"
+        );
         assert_eq!(
             parse_target_swap("deployment.apps/web").expect("valid"),
-            "web"
+            "deployment/web"
+        );
+        assert_eq!(
+            parse_target_swap("sts/kafka").expect("valid"),
+            "statefulset/kafka"
+        );
+        assert_eq!(
+            parse_target_swap("rs/web-1").expect("valid"),
+            "replicaset/web-1"
+        );
+        assert_eq!(
+            parse_target_swap("rollout/web").expect("valid"),
+            "rollout/web"
         );
         assert!(
-            parse_target_swap("sts/web")
+            parse_target_swap("cronjob/web")
                 .unwrap_err()
                 .to_string()
-                .contains("kdev swap takes a Deployment")
+                .contains("kdev swap takes a Deployment, StatefulSet")
         );
         assert!(
             parse_target_swap("web")
@@ -210,7 +242,10 @@ mod tests {
     /// subdomains) and were rejected.
     #[test]
     fn deployment_names_with_dots_are_accepted() {
-        assert_eq!(parse_target_swap("deploy/web.v2").expect("valid"), "web.v2");
+        assert_eq!(
+            parse_target_swap("deploy/web.v2").expect("valid"),
+            "deployment/web.v2"
+        );
         assert!(parse_target_swap("deploy/web..v2").is_err());
     }
 

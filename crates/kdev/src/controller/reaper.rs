@@ -31,8 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::Deployment;
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
 use kdev_contract::lease::{LeaseRecord, Observation};
 use kdev_contract::session::{
@@ -40,6 +39,7 @@ use kdev_contract::session::{
     TARGET_ANNOTATION,
 };
 use kube::Api;
+use kube::api::{DynamicObject, ListParams};
 use kube::runtime::events::Recorder;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::{Notify, watch};
@@ -48,6 +48,7 @@ use super::serve::Metrics;
 use crate::k8s::objects::lease_record;
 use crate::k8s::{Kube, backoff};
 use crate::swap::restore::{self, Target};
+use crate::swap::workload::{self, WorkloadKind, WorkloadRef};
 
 /// How long the reaper sleeps when no Lease can expire and nothing changes.
 const IDLE: Duration = Duration::from_secs(300);
@@ -58,7 +59,7 @@ pub struct Plan {
     /// Sessions whose Lease went unchanged for its duration, with the record
     /// that was judged.
     pub expired: Vec<(Target, String, LeaseRecord)>,
-    /// Deployments with kdev's marks and no Lease in the cache.
+    /// Workloads with kdev's marks and no Lease in the cache.
     pub orphaned: Vec<Target>,
     /// When the next Lease can expire if nothing changes.
     pub next: Option<Duration>,
@@ -68,7 +69,7 @@ pub struct Plan {
 pub fn plan(
     seen: &mut HashMap<String, Observation>,
     leases: &[Arc<Lease>],
-    deployments: &[Arc<Deployment>],
+    marked: &[(WorkloadKind, Arc<DynamicObject>)],
     now: Instant,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -94,14 +95,17 @@ pub fn plan(
     }
     seen.retain(|key, _| live_keys.contains(key));
 
-    for deployment in deployments {
-        let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
-        let name = deployment.metadata.name.clone().unwrap_or_default();
-        let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
+    for (kind, object) in marked {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let workload = WorkloadRef {
+            kind: *kind,
+            name: object.metadata.name.clone().unwrap_or_default(),
+        };
+        let annotations = object.metadata.annotations.clone().unwrap_or_default();
         let Ok(Some(marks)) = DeploymentMarks::read(&annotations) else {
             continue;
         };
-        let lease_name = session::lease_name(&name);
+        let lease_name = session::lease_name(&workload);
         let has_lease = leases.iter().any(|l| {
             l.metadata.namespace.as_deref() == Some(namespace.as_str())
                 && l.metadata.name.as_deref() == Some(lease_name.as_str())
@@ -109,7 +113,7 @@ pub fn plan(
         if !has_lease {
             plan.orphaned.push(Target {
                 namespace,
-                deployment: name,
+                workload,
                 session: marks.session,
                 mode: Mode::Swap,
             });
@@ -128,33 +132,45 @@ pub async fn run(
     recorder: Recorder,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let (lease_api, deployment_api): (Api<Lease>, Api<Deployment>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(kube.client.clone(), ns),
-            Api::namespaced(kube.client.clone(), ns),
-        ),
-        None => (Api::all(kube.client.clone()), Api::all(kube.client.clone())),
+    let lease_api: Api<Lease> = match &namespace {
+        Some(ns) => Api::namespaced(kube.client.clone(), ns),
+        None => Api::all(kube.client.clone()),
     };
     let changed = Arc::new(Notify::new());
     let (leases, lease_writer) = reflector::store::<Lease>();
-    let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let notify = changed.clone();
     let lease_stream = watcher(lease_api, watcher::Config::default().labels(SESSION_LEASES))
         .backoff(backoff::watcher())
         .reflect(lease_writer)
         .for_each(move |event| report(event, "session leases", &notify));
-    let notify = changed.clone();
-    let deployment_stream = watcher(
-        deployment_api,
-        watcher::Config::default().labels(SWAPPED_LABEL),
-    )
-    .backoff(backoff::watcher())
-    .reflect(deployment_writer)
-    .for_each(move |event| report(event, "swapped deployments", &notify));
+    // One cache of marked objects per kind the cluster serves.
+    let mut stores = Vec::new();
+    let mut streams: Vec<futures::future::BoxFuture<'static, WorkloadKind>> = Vec::new();
+    for kind in served_kinds(&kube, namespace.as_deref()).await {
+        let resource = workload::resource(kind);
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(kube.client.clone(), ns, &resource),
+            None => Api::all_with(kube.client.clone(), &resource),
+        };
+        let writer = reflector::store::Writer::new(resource);
+        stores.push((kind, writer.as_reader()));
+        let notify = changed.clone();
+        let what = format!("swapped {}s", kind.name());
+        streams.push(Box::pin(
+            watcher(api, watcher::Config::default().labels(SWAPPED_LABEL))
+                .backoff(backoff::watcher())
+                .reflect(writer)
+                .for_each(move |event| report(event, &what, &notify))
+                .map(move |()| kind),
+        ));
+    }
+    let marked_streams = futures::future::select_all(streams);
 
     let work = async {
         leases.wait_until_ready().await?;
-        deployments.wait_until_ready().await?;
+        for (_, store) in &stores {
+            store.wait_until_ready().await?;
+        }
         synced.send_replace(true);
         tracing::info!("reaper caches synced");
         if crate::faults::var(crate::faults::END_REAPER_AFTER_SYNC).is_some() {
@@ -174,12 +190,11 @@ pub async fn run(
                 }
                 continue;
             }
-            let plan = plan(
-                &mut seen,
-                &leases.state(),
-                &deployments.state(),
-                Instant::now(),
-            );
+            let marked: Vec<(WorkloadKind, Arc<DynamicObject>)> = stores
+                .iter()
+                .flat_map(|(kind, store)| store.state().into_iter().map(|o| (*kind, o)))
+                .collect();
+            let plan = plan(&mut seen, &leases.state(), &marked, Instant::now());
             let mut failed = false;
             for (target, name, judged) in plan.expired {
                 failed |=
@@ -207,7 +222,7 @@ pub async fn run(
     };
     tokio::select! {
         () = lease_stream => anyhow::bail!("the watch of session leases ended"),
-        () = deployment_stream => anyhow::bail!("the watch of swapped deployments ended"),
+        (kind, _, _) = marked_streams => anyhow::bail!("the watch of swapped {}s ended", kind.name()),
         result = work => result.map_err(|err| anyhow::anyhow!("the reaper stopped: {err}")),
     }
 }
@@ -239,12 +254,40 @@ async fn restore_expired(
     restore_one(kube, recorder, metrics, target, &why).await
 }
 
-/// Reads the Deployment, then the Lease: marks still present and no Lease
+/// The kinds whose swapped objects the reaper watches: the apps/v1 ones,
+/// and Argo Rollouts when the cluster serves them (a CRD installed later is
+/// watched from the controller's next start; expired Leases of any kind are
+/// restored regardless, since they are found by their Lease).
+async fn served_kinds(kube: &Kube, namespace: Option<&str>) -> Vec<WorkloadKind> {
+    let mut kinds = vec![
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::ReplicaSet,
+    ];
+    let resource = workload::resource(WorkloadKind::Rollout);
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(kube.client.clone(), ns, &resource),
+        None => Api::all_with(kube.client.clone(), &resource),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => kinds.push(WorkloadKind::Rollout),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::info!("no Argo Rollouts in this cluster: not watching rollouts");
+        }
+        Err(err) => tracing::warn!(
+            error = %err,
+            "cannot list Argo Rollouts (grant the controller get, list, watch and patch on rollouts.argoproj.io to reap orphaned swaps of them)"
+        ),
+    }
+    kinds
+}
+
+/// Reads the workload, then the Lease: marks still present and no Lease
 /// means the session is orphaned (see [`crate::swap::sessions`]).
 async fn confirm_orphan(kube: &Kube, target: &Target) -> bool {
-    let deployments: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
+    let objects = workload::api(kube, &target.namespace, target.workload.kind);
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &target.namespace);
-    let Ok(Some(current)) = deployments.get_opt(&target.deployment).await else {
+    let Ok(Some(current)) = objects.get_opt(&target.workload.name).await else {
         return false;
     };
     let annotations = current.metadata.annotations.unwrap_or_default();
@@ -252,9 +295,7 @@ async fn confirm_orphan(kube: &Kube, target: &Target) -> bool {
         matches!(DeploymentMarks::read(&annotations), Ok(Some(m)) if m.session == target.session);
     still_marked
         && matches!(
-            leases
-                .get_opt(&session::lease_name(&target.deployment))
-                .await,
+            leases.get_opt(&session::lease_name(&target.workload)).await,
             Ok(None)
         )
 }
@@ -274,14 +315,14 @@ async fn restore_one(
                 namespace = %target.namespace,
                 session = %target.session,
                 "{} ({why})",
-                outcome.describe(&target.deployment)
+                outcome.describe(&target.workload)
             );
             true
         }
         Err(err) => {
             tracing::warn!(
                 namespace = %target.namespace,
-                deployment = %target.deployment,
+                workload = %target.workload,
                 error = %format!("{err:#}"),
                 "failed to restore a swap session"
             );
@@ -293,16 +334,16 @@ async fn restore_one(
 fn target_of(lease: &Lease) -> Option<Target> {
     let labels = lease.metadata.labels.as_ref()?;
     let mode = Mode::of_lease_role(labels.get(ROLE_LABEL)?)?;
-    let deployment = lease
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TARGET_ANNOTATION)?
-        .strip_prefix("deployment/")?
-        .to_owned();
+    let workload = WorkloadRef::from_annotation(
+        lease
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(TARGET_ANNOTATION)?,
+    )?;
     Some(Target {
         namespace: lease.metadata.namespace.clone()?,
-        deployment,
+        workload,
         session: labels.get(SESSION_LABEL)?.clone(),
         mode,
     })
@@ -342,16 +383,20 @@ mod tests {
         )
     }
 
-    fn marked(name: &str) -> Arc<Deployment> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {
-                    "name": name, "namespace": "team",
-                    "annotations": { "kdev.dev/session": format!("s-{name}"), "kdev.dev/original-replicas": "2" }
-                }
-            }))
-            .expect("valid deployment"),
-        )
+    fn marked(name: &str) -> (WorkloadKind, Arc<DynamicObject>) {
+        marked_as(WorkloadKind::Deployment, name)
+    }
+
+    fn marked_as(kind: WorkloadKind, name: &str) -> (WorkloadKind, Arc<DynamicObject>) {
+        let object = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "X",
+            "metadata": {
+                "name": name, "namespace": "team",
+                "annotations": { "kdev.dev/session": format!("s-{name}"), "kdev.dev/original-replicas": "2" }
+            }
+        }))
+        .expect("valid object");
+        (kind, Arc::new(object))
     }
 
     #[test]
@@ -369,7 +414,7 @@ mod tests {
 
         let due = plan(&mut seen, &leases, &[], t0 + Duration::from_secs(10));
         assert_eq!(due.expired.len(), 1);
-        assert_eq!(due.expired[0].0.deployment, "web");
+        assert_eq!(due.expired[0].0.workload, WorkloadRef::deployment("web"));
         assert_eq!(due.next, None);
     }
 
@@ -437,6 +482,19 @@ mod tests {
         let orphan = plan(&mut seen, &[], &[marked("api")], t0);
         assert_eq!(orphan.orphaned.len(), 1);
         assert_eq!(orphan.orphaned[0].session, "s-api");
+        // A StatefulSet's swap Lease has a name of its own: a Deployment's
+        // Lease of the same name does not keep it from being an orphan.
+        let sts = plan(
+            &mut HashMap::new(),
+            &[lease("kafka", "u2", "2026-01-01T00:00:01.000000Z", 10)],
+            &[
+                marked("kafka"),
+                marked_as(WorkloadKind::StatefulSet, "kafka"),
+            ],
+            t0,
+        );
+        assert_eq!(sts.orphaned.len(), 1);
+        assert_eq!(sts.orphaned[0].workload.kind, WorkloadKind::StatefulSet);
         assert!(seen.is_empty(), "a deleted Lease is forgotten");
         assert_eq!(orphan.next, None);
     }

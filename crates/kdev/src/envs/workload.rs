@@ -214,7 +214,7 @@ impl Scalable for CronJob {
 pub fn view<K: Scalable>(object: &K) -> Workload {
     let annotations = object.annotations().clone();
     let marks = match K::KIND {
-        Kind::Deployment => DeploymentMarks::read(&annotations).ok().flatten(),
+        Kind::Deployment | Kind::StatefulSet => DeploymentMarks::read(&annotations).ok().flatten(),
         _ => None,
     };
     Workload {

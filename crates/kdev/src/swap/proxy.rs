@@ -10,7 +10,6 @@
 //! labels and ports: nothing routes to it, and its agent only dials out for
 //! the session's command.
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Container, ExecAction, Pod, PodSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
 };
@@ -22,9 +21,9 @@ use kdev_contract::session::{
 };
 use kube::api::ObjectMeta;
 
-use crate::k8s::objects::{
-    small_resources, template_labels, unprivileged_container, unprivileged_pod,
-};
+use super::workload::{Workload, WorkloadKind};
+use crate::k8s::objects::{small_resources, unprivileged_container, unprivileged_pod};
+use std::collections::BTreeMap;
 
 pub use kdev_contract::keys::default_agent_image;
 
@@ -32,12 +31,20 @@ pub struct ProxySpec<'a> {
     pub mode: Mode,
     pub name: &'a str,
     pub session: &'a str,
-    pub deployment: &'a Deployment,
+    pub workload: &'a Workload,
     pub container: &'a Container,
     pub original_replicas: i32,
     pub agent_image: &'a str,
     pub owner: OwnerReference,
+    /// A StatefulSet's ordinal whose identity the proxy takes (0 by default).
+    pub ordinal: Option<u32>,
+    /// Labels of a running original pod that its Services select and the
+    /// template does not hold (a Rollout's `rollouts-pod-template-hash`).
+    pub carried_labels: BTreeMap<String, String>,
 }
+
+/// The label Argo Rollouts puts on its pods and its active Services' selectors.
+pub const ROLLOUT_HASH_LABEL: &str = "rollouts-pod-template-hash";
 
 /// Where the agent finds the session's token.
 const TOKEN_DIR: &str = "/var/run/kdev";
@@ -70,12 +77,33 @@ pub fn token_secret(
 }
 
 pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
-    let deployment_name = spec.deployment.metadata.name.clone().unwrap_or_default();
+    let workload = spec.workload;
+    let set_pod = (workload.reference.kind == WorkloadKind::StatefulSet)
+        .then(|| format!("{}-{}", workload.reference.name, spec.ordinal.unwrap_or(0)));
     let mut labels = match spec.mode {
-        Mode::Swap => template_labels(spec.deployment),
+        Mode::Swap => {
+            let mut labels = workload.template_labels();
+            labels.extend(spec.carried_labels.clone());
+            if let Some(set_pod) = &set_pod {
+                // Per-pod Services select it.
+                labels.insert("statefulset.kubernetes.io/pod-name".into(), set_pod.clone());
+            }
+            labels
+        }
         Mode::Run => Default::default(),
     };
     labels.remove("pod-template-hash");
+    let mut owner = spec.owner.clone();
+    if spec.mode == Mode::Swap
+        && matches!(
+            workload.reference.kind,
+            WorkloadKind::ReplicaSet | WorkloadKind::Rollout
+        )
+    {
+        // Its labels match a ReplicaSet's selector: as the controller
+        // owner's pod, no ReplicaSet adopts (and deletes) it.
+        owner.controller = Some(true);
+    }
     labels.insert(ROLE_LABEL.into(), spec.mode.pod_role().into());
     labels.insert(SESSION_LABEL.into(), spec.session.into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
@@ -106,18 +134,11 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
     }
     let ports = container_ports.clone();
 
-    let template = spec
-        .deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref());
+    let template = workload.template.spec.as_ref();
 
     let mut annotations: std::collections::BTreeMap<String, String> = [
         (SESSION_ANNOTATION.to_owned(), spec.session.to_owned()),
-        (
-            TARGET_ANNOTATION.to_owned(),
-            format!("deployment/{deployment_name}"),
-        ),
+        (TARGET_ANNOTATION.to_owned(), workload.reference.to_string()),
         (CONTAINER_ANNOTATION.to_owned(), spec.container.name.clone()),
     ]
     .into();
@@ -133,10 +154,17 @@ pub fn pod(spec: &ProxySpec<'_>) -> anyhow::Result<Pod> {
             name: Some(spec.name.to_owned()),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: Some(vec![spec.owner.clone()]),
+            owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
+            // A StatefulSet's pod name under its governing Service
+            // (`kafka-0.kafka`) resolves to the proxy.
+            hostname: set_pod.clone().filter(|_| spec.mode == Mode::Swap),
+            subdomain: workload
+                .service_name
+                .clone()
+                .filter(|_| set_pod.is_some() && spec.mode == Mode::Swap),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(2),
@@ -191,10 +219,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn deployment() -> Deployment {
-        serde_json::from_value(json!({
+    fn workload(kind: WorkloadKind) -> Workload {
+        let object = serde_json::from_value(json!({
             "metadata": { "name": "web" },
             "spec": {
+                "serviceName": "web",
                 "selector": { "matchLabels": { "app": "web" } },
                 "template": {
                     "metadata": { "labels": { "app": "web", "tier": "front", "pod-template-hash": "abc" } },
@@ -206,7 +235,8 @@ mod tests {
                 }
             }
         }))
-        .expect("valid")
+        .expect("valid");
+        Workload::from_object(kind, object).expect("readable")
     }
 
     fn build() -> Pod {
@@ -214,22 +244,21 @@ mod tests {
     }
 
     fn build_as(mode: Mode) -> Pod {
-        let deployment = deployment();
-        let container = deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .clone();
+        build_of(mode, WorkloadKind::Deployment)
+    }
+
+    fn build_of(mode: Mode, kind: WorkloadKind) -> Pod {
+        let workload = workload(kind);
+        let container = workload.pod_spec().containers[0].clone();
+        let carried_labels = match kind {
+            WorkloadKind::Rollout => [(ROLLOUT_HASH_LABEL.to_owned(), "h1".to_owned())].into(),
+            _ => BTreeMap::new(),
+        };
         pod(&ProxySpec {
             mode,
             name: "web-kdev-1234",
             session: "1234",
-            deployment: &deployment,
+            workload: &workload,
             container: &container,
             original_replicas: 3,
             agent_image: "kdev:test",
@@ -238,8 +267,39 @@ mod tests {
                 name: "kdev-swap-web".into(),
                 ..Default::default()
             },
+            ordinal: Some(2),
+            carried_labels,
         })
         .expect("a pod")
+    }
+
+    #[test]
+    fn a_statefulsets_proxy_takes_its_pods_name_under_the_governing_service() {
+        let pod = build_of(Mode::Swap, WorkloadKind::StatefulSet);
+        let spec = pod.spec.clone().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("web-2"));
+        assert_eq!(spec.subdomain.as_deref(), Some("web"));
+        assert_eq!(
+            pod.metadata.labels.unwrap()["statefulset.kubernetes.io/pod-name"],
+            "web-2"
+        );
+        assert_eq!(pod.metadata.owner_references.unwrap()[0].controller, None);
+        // A run's agent pod is nobody's pod.
+        let run = build_of(Mode::Run, WorkloadKind::StatefulSet).spec.unwrap();
+        assert_eq!((run.hostname, run.subdomain), (None, None));
+    }
+
+    #[test]
+    fn no_replicaset_adopts_the_proxy_of_a_replicaset_or_a_rollout() {
+        for kind in [WorkloadKind::ReplicaSet, WorkloadKind::Rollout] {
+            let pod = build_of(Mode::Swap, kind);
+            assert_eq!(
+                pod.metadata.owner_references.unwrap()[0].controller,
+                Some(true)
+            );
+        }
+        let rollout = build_of(Mode::Swap, WorkloadKind::Rollout);
+        assert_eq!(rollout.metadata.labels.unwrap()[ROLLOUT_HASH_LABEL], "h1");
     }
 
     #[test]

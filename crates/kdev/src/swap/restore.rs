@@ -28,7 +28,6 @@
 //! # Assumptions
 //! - The caller has judged the session over (ended, expired or orphaned).
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kdev_contract::session::{
@@ -40,6 +39,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource as _};
 use serde_json::json;
 
+use super::workload::{self, WorkloadKind, WorkloadRef};
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::{Kube, is_conflict, is_not_found};
 
@@ -56,24 +56,24 @@ pub enum Outcome {
     /// The Deployment carried no marks of this session (already restored, or
     /// the session crashed before recording).
     NothingToRestore,
-    DeploymentGone,
+    WorkloadGone,
     /// A `kdev run` session: the Deployment was never changed.
     RunEnded,
 }
 
 impl Outcome {
-    pub fn describe(&self, deployment: &str) -> String {
+    pub fn describe(&self, workload: &WorkloadRef) -> String {
         match self {
             Outcome::ScaledBack { to } => {
-                format!("deployment/{deployment} scaled back to {to} replicas")
+                format!("{workload} scaled back to {to} replicas")
             }
             Outcome::KeptChanged { current, original } => format!(
-                "deployment/{deployment} kept at {current} replicas: someone changed it from 0 during the session (it was {original} before)"
+                "{workload} kept at {current} replicas: someone changed it from 0 during the session (it was {original} before)"
             ),
-            Outcome::NothingToRestore => format!("deployment/{deployment} needed no restore"),
-            Outcome::DeploymentGone => format!("deployment/{deployment} no longer exists"),
+            Outcome::NothingToRestore => format!("{workload} needed no restore"),
+            Outcome::WorkloadGone => format!("{workload} no longer exists"),
             Outcome::RunEnded => format!(
-                "the run session's agent pod and Lease are removed (deployment/{deployment} was never changed)"
+                "the run session's agent pod and Lease are removed ({workload} was never changed)"
             ),
         }
     }
@@ -83,27 +83,27 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct Target {
     pub namespace: String,
-    pub deployment: String,
+    pub workload: WorkloadRef,
     pub session: String,
     pub mode: Mode,
 }
 
 impl Target {
     pub fn lease_name(&self) -> String {
-        self.mode.lease_name(&self.deployment, &self.session)
+        self.mode.lease_name(&self.workload, &self.session)
     }
 }
 
-/// Step 1: the Deployment.
-pub async fn restore_deployment(kube: &Kube, target: &Target) -> anyhow::Result<Outcome> {
-    let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
-    let what = format!("deployment {}/{}", target.namespace, target.deployment);
-    let updated = guarded::update(kube, &api, &target.deployment, &what, |deployment| {
-        let Some(deployment) = deployment else {
-            return Ok(Decision::Keep(Outcome::DeploymentGone));
+/// Step 1: the workload.
+pub async fn restore_workload(kube: &Kube, target: &Target) -> anyhow::Result<Outcome> {
+    let api = workload::api(kube, &target.namespace, target.workload.kind);
+    let what = format!("{} in {}", target.workload, target.namespace);
+    let updated = guarded::update(kube, &api, &target.workload.name, &what, |object| {
+        let Some(object) = object else {
+            return Ok(Decision::Keep(Outcome::WorkloadGone));
         };
-        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
-        let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
+        let replicas = workload::replicas_of(object);
+        let annotations = object.metadata.annotations.clone().unwrap_or_default();
         let plan = restore_plan(&target.session, replicas, &annotations).map_err(|bad| {
             anyhow::anyhow!(
                 "cannot restore {what}: {bad}; set its replicas by hand and remove the annotation"
@@ -222,7 +222,16 @@ pub async fn restore(
     for what in restore_webhooks(kube, target).await? {
         tracing::info!(session = %target.session, object = %what, "restored the webhook's CA");
     }
-    let outcome = restore_deployment(kube, target).await?;
+    let outcome = match restore_workload(kube, target).await {
+        // A Rollout's CRD removed since: nothing of it is left to restore.
+        Err(err)
+            if target.workload.kind == WorkloadKind::Rollout
+                && crate::k8s::refused_with(&err) == Some(404) =>
+        {
+            Outcome::WorkloadGone
+        }
+        other => other?,
+    };
     crash_point_after_deployment(&outcome);
     if let Some(recorder) = recorder
         && matches!(
@@ -237,8 +246,9 @@ pub async fn restore(
 }
 
 async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Outcome, why: &str) {
-    let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &target.namespace);
-    let Ok(deployment) = api.get(&target.deployment).await else {
+    let resource = workload::resource(target.workload.kind);
+    let api = workload::api(kube, &target.namespace, target.workload.kind);
+    let Ok(object) = api.get(&target.workload.name).await else {
         return;
     };
     // The session's Lease as the related object: kube's recorder folds
@@ -258,13 +268,16 @@ async fn publish(kube: &Kube, recorder: &Recorder, target: &Target, outcome: &Ou
         reason: "SwapRestored".into(),
         note: Some(format!(
             "{} ({why}; session {})",
-            outcome.describe(&target.deployment),
+            outcome.describe(&target.workload),
             target.session
         )),
         action: "Restore".into(),
         secondary: Some(lease),
     };
-    if let Err(err) = recorder.publish(&event, &deployment.object_ref(&())).await {
+    if let Err(err) = recorder
+        .publish(&event, &object.object_ref(&resource))
+        .await
+    {
         tracing::warn!(error = %err, "failed to record the restore as an Event");
     }
 }

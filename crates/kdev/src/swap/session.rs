@@ -1,6 +1,9 @@
 //! One swap session's writes to the cluster, in the order that keeps the
 //! cluster restorable whenever the CLI dies.
 //!
+//! The workload may be a Deployment, a StatefulSet, a ReplicaSet or an Argo
+//! Rollout ([`super::workload`]); "the Deployment" below stands for any.
+//!
 //! # Expected flow
 //! 1. **Claim**: create the Lease `kdev-swap-<deployment>` (holder `user@host`,
 //!    duration `--ttl`, labelled with the session id). The API server refuses a
@@ -44,7 +47,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -60,6 +62,7 @@ use serde_json::json;
 
 use super::proxy;
 use super::restore::{self, Outcome, Target};
+use super::workload::{self, Workload, WorkloadRef};
 use crate::faults;
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::wait::{self, Check};
@@ -141,7 +144,7 @@ pub struct Session {
     pub kube: Kube,
     pub mode: Mode,
     pub id: String,
-    pub deployment: String,
+    pub workload: WorkloadRef,
     pub container: String,
     pub holder: String,
     pub ttl: Duration,
@@ -182,7 +185,7 @@ impl Session {
     pub async fn claim(
         kube: &Kube,
         mode: Mode,
-        deployment: &str,
+        workload: &WorkloadRef,
         container: &str,
         ttl: Duration,
         crash: CrashAfter,
@@ -190,7 +193,7 @@ impl Session {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let holder = crate::host::user_at_host();
         let now = MicroTime(Timestamp::now());
-        let lease_name = mode.lease_name(deployment, &id);
+        let lease_name = mode.lease_name(workload, &id);
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(lease_name.clone()),
@@ -204,10 +207,7 @@ impl Session {
                 ),
                 annotations: Some(
                     [
-                        (
-                            TARGET_ANNOTATION.to_owned(),
-                            format!("deployment/{deployment}"),
-                        ),
+                        (TARGET_ANNOTATION.to_owned(), workload.to_string()),
                         (CONTAINER_ANNOTATION.to_owned(), container.to_owned()),
                         (SESSION_ANNOTATION.to_owned(), id.clone()),
                     ]
@@ -257,10 +257,10 @@ impl Session {
             kube: kube.clone(),
             mode,
             lease_name,
-            proxy_name: mode.pod_name(deployment, &id),
+            proxy_name: mode.pod_name(&workload.name, &id),
             token: new_token()?,
             id,
-            deployment: deployment.to_owned(),
+            workload: workload.clone(),
             container: container.to_owned(),
             holder,
             ttl,
@@ -272,7 +272,7 @@ impl Session {
     pub fn target(&self) -> Target {
         Target {
             namespace: self.kube.namespace.clone(),
-            deployment: self.deployment.clone(),
+            workload: self.workload.clone(),
             session: self.id.clone(),
             mode: self.mode,
         }
@@ -283,24 +283,26 @@ impl Session {
     }
 
     /// Step 2: scale to 0 and record the original count in one PATCH.
-    /// Returns the Deployment as patched and the original count. A run
-    /// session only reads the Deployment.
-    pub async fn record(&self) -> anyhow::Result<(Deployment, i32)> {
-        let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
-        let what = format!("deployment {}/{}", self.kube.namespace, self.deployment);
+    /// Returns the workload as patched and the original count. A run
+    /// session only reads the workload.
+    pub async fn record(&self) -> anyhow::Result<(Workload, i32)> {
+        let api = workload::api(&self.kube, &self.kube.namespace, self.workload.kind);
+        let what = format!("{} in {}", self.workload, self.kube.namespace);
+        let name = &self.workload.name;
         if self.mode == Mode::Run {
             let current = api
-                .get_opt(&self.deployment)
+                .get_opt(name)
                 .await
                 .map_err(|err| self.kube.explain(err, format!("read {what}")))?
                 .with_context(|| format!("{what} was deleted"))?;
-            let replicas = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let current = Workload::from_object(self.workload.kind, current)?;
+            let replicas = current.replicas;
             self.crash.reached(Step::Recorded);
             return Ok((current, replicas));
         }
-        let updated = guarded::update(&self.kube, &api, &self.deployment, &what, |current| {
+        let updated = guarded::update(&self.kube, &api, name, &what, |current| {
             let current = current.with_context(|| format!("{what} was deleted"))?;
-            let original = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let original = workload::replicas_of(current).unwrap_or(1);
             let marks = DeploymentMarks {
                 session: self.id.clone(),
                 original_replicas: original,
@@ -318,6 +320,7 @@ impl Session {
         let patched = updated
             .object
             .with_context(|| format!("{what} was deleted"))?;
+        let patched = Workload::from_object(self.workload.kind, patched)?;
         self.crash.reached(Step::Recorded);
         Ok((patched, updated.value))
     }
@@ -325,10 +328,12 @@ impl Session {
     /// Step 3: the proxy Pod, owned by the Lease.
     pub async fn create_proxy(
         &self,
-        deployment: &Deployment,
+        workload: &Workload,
         container: &Container,
         original_replicas: i32,
         agent_image: &str,
+        ordinal: Option<u32>,
+        carried_labels: std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<()> {
         let leases: Api<Lease> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         let lease = leases
@@ -357,11 +362,13 @@ impl Session {
             mode: self.mode,
             name: &self.proxy_name,
             session: &self.id,
-            deployment,
+            workload,
             container,
             original_replicas,
             agent_image,
             owner,
+            ordinal,
+            carried_labels,
         })?;
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &self.kube.namespace);
         pods.create(&PostParams::default(), &pod)
@@ -458,7 +465,7 @@ impl Session {
             }
         }
         let outcome = match self.mode {
-            Mode::Swap => restore::restore_deployment(&self.kube, &target).await?,
+            Mode::Swap => restore::restore_workload(&self.kube, &target).await?,
             Mode::Run => Outcome::RunEnded,
         };
         self.crash.reached(Step::Restored);
@@ -498,30 +505,30 @@ fn waiting_reason(pod: &Pod) -> Option<String> {
         .find_map(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
 }
 
-/// Finds the container to swap: the named one, else the Deployment's only
+/// Finds the container to swap: the named one, else the workload's only
 /// container, else the one `kubectl.kubernetes.io/default-container` names.
-pub fn choose_container(deployment: &Deployment, name: Option<&str>) -> anyhow::Result<Container> {
-    let spec = deployment
+pub fn choose_container(workload: &Workload, name: Option<&str>) -> anyhow::Result<Container> {
+    let spec = workload
+        .template
         .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("the deployment has no pod template")?;
+        .with_context(|| format!("{} has no pod template", workload.reference))?;
     let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-    let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
+    let target = &workload.reference;
     let wanted = match name {
         Some(name) => name.to_owned(),
         None if spec.containers.len() == 1 => spec.containers[0].name.clone(),
         None => {
-            let default = deployment
-                .spec
+            let default = workload
+                .template
+                .metadata
                 .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
                 .and_then(|m| m.annotations.as_ref())
                 .and_then(|a| a.get("kubectl.kubernetes.io/default-container"))
                 .cloned();
             default.ok_or_else(|| {
                 crate::error::usage(format!(
-                    "deployment/{deployment_name} has several containers ({}); choose one with -c",
+                    "{target} has several containers ({}); choose one with -c",
                     names.join(", ")
                 ))
             })?
@@ -533,7 +540,7 @@ pub fn choose_container(deployment: &Deployment, name: Option<&str>) -> anyhow::
         .cloned()
         .ok_or_else(|| {
             crate::error::usage(format!(
-                "deployment/{deployment_name} has no container {wanted:?} (it has: {})",
+                "{target} has no container {wanted:?} (it has: {})",
                 names.join(", ")
             ))
         })

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kdev_contract::lease::{LeaseRecord, Observation};
 use kdev_contract::session::{
@@ -27,10 +26,11 @@ use kdev_contract::session::{
     TARGET_ANNOTATION,
 };
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event, watcher};
 
 use super::restore::{self, Target};
+use super::workload::{self, WorkloadKind, WorkloadRef};
 use crate::k8s::Kube;
 use crate::k8s::objects::lease_record as record_of;
 
@@ -38,7 +38,7 @@ use crate::k8s::objects::lease_record as record_of;
 #[derive(Clone, Debug)]
 pub struct Found {
     pub namespace: String,
-    pub deployment: String,
+    pub workload: WorkloadRef,
     pub session: String,
     pub mode: Mode,
     pub lease: Option<Lease>,
@@ -49,7 +49,7 @@ impl Found {
     pub fn target(&self) -> Target {
         Target {
             namespace: self.namespace.clone(),
-            deployment: self.deployment.clone(),
+            workload: self.workload.clone(),
             session: self.session.clone(),
             mode: self.mode,
         }
@@ -65,17 +65,11 @@ pub enum State {
 
 /// Every session in `namespace` (all namespaces when `None`).
 pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Found>> {
-    let (deployments, leases): (Api<Deployment>, Api<Lease>) = match namespace {
-        Some(ns) => (
-            Api::namespaced(kube.client.clone(), ns),
-            Api::namespaced(kube.client.clone(), ns),
-        ),
-        None => (Api::all(kube.client.clone()), Api::all(kube.client.clone())),
+    let leases: Api<Lease> = match namespace {
+        Some(ns) => Api::namespaced(kube.client.clone(), ns),
+        None => Api::all(kube.client.clone()),
     };
-    let marked = deployments
-        .list(&ListParams::default().labels(SWAPPED_LABEL))
-        .await
-        .map_err(|err| kube.explain(err, "list swapped deployments"))?;
+    let marked = marked_workloads(kube, namespace).await?;
     let leases = leases
         .list(&ListParams::default().labels(SESSION_LEASES))
         .await
@@ -84,21 +78,24 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
     // Keyed by namespace and Lease name: a swap's marks and its Lease meet
     // under the Lease's name.
     let mut found: BTreeMap<(String, String), Found> = BTreeMap::new();
-    for deployment in marked.items {
-        let annotations = deployment.metadata.annotations.clone().unwrap_or_default();
+    for (kind, object) in marked {
+        let annotations = object.metadata.annotations.clone().unwrap_or_default();
         let Ok(Some(marks)) = DeploymentMarks::read(&annotations) else {
             continue;
         };
-        let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
-        let name = deployment.metadata.name.clone().unwrap_or_default();
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let workload = WorkloadRef {
+            kind,
+            name: object.metadata.name.clone().unwrap_or_default(),
+        };
         found.insert(
             (
                 namespace.clone(),
-                Mode::Swap.lease_name(&name, &marks.session),
+                Mode::Swap.lease_name(&workload, &marks.session),
             ),
             Found {
                 namespace,
-                deployment: name,
+                workload,
                 session: marks.session,
                 mode: Mode::Swap,
                 lease: None,
@@ -117,13 +114,12 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
         else {
             continue;
         };
-        let Some(deployment) = lease
+        let Some(workload) = lease
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(TARGET_ANNOTATION))
-            .and_then(|t| t.strip_prefix("deployment/"))
-            .map(str::to_owned)
+            .and_then(|t| WorkloadRef::from_annotation(t))
         else {
             continue;
         };
@@ -139,7 +135,7 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
             .entry((namespace.clone(), name))
             .or_insert_with(|| Found {
                 namespace,
-                deployment,
+                workload,
                 session: session.clone(),
                 mode,
                 lease: None,
@@ -149,6 +145,37 @@ pub async fn find(kube: &Kube, namespace: Option<&str>) -> anyhow::Result<Vec<Fo
         entry.session = session;
     }
     Ok(found.into_values().collect())
+}
+
+/// The objects of every kind that carry a swap's label. A kind the cluster
+/// does not serve (Argo Rollouts not installed) has none; a kind you may not
+/// list other than Deployments is skipped (you cannot have swapped one).
+async fn marked_workloads(
+    kube: &Kube,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<(WorkloadKind, DynamicObject)>> {
+    let mut marked = Vec::new();
+    for kind in WorkloadKind::ALL {
+        let resource = workload::resource(kind);
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(kube.client.clone(), ns, &resource),
+            None => Api::all_with(kube.client.clone(), &resource),
+        };
+        match api.list(&ListParams::default().labels(SWAPPED_LABEL)).await {
+            Ok(list) => marked.extend(list.items.into_iter().map(|o| (kind, o))),
+            Err(err) if kind != WorkloadKind::Deployment && is_missing_or_forbidden(&err) => {
+                tracing::debug!(kind = kind.name(), error = %err, "not looking for swapped objects of this kind");
+            }
+            Err(err) => {
+                return Err(kube.explain(err, format!("list swapped {}s", kind.name())));
+            }
+        }
+    }
+    Ok(marked)
+}
+
+fn is_missing_or_forbidden(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404 || status.code == 403)
 }
 
 /// Judges each session, watching live Leases for up to their duration.
@@ -261,11 +288,11 @@ pub fn verdict(seen: &mut Observation, read: Option<LeaseRecord>, now: Instant) 
 
 /// What `kdev swap` does before claiming: restore an expired or orphaned
 /// session of its target; refuse if a live one holds it.
-pub async fn settle_target(kube: &Kube, deployment: &str) -> anyhow::Result<()> {
+pub async fn settle_target(kube: &Kube, target: &WorkloadRef) -> anyhow::Result<()> {
     let found: Vec<Found> = find(kube, Some(&kube.namespace))
         .await?
         .into_iter()
-        .filter(|f| f.deployment == deployment && f.mode == Mode::Swap)
+        .filter(|f| f.workload == *target && f.mode == Mode::Swap)
         .collect();
     for (session, state) in judge(kube, found).await? {
         match state {
@@ -276,7 +303,7 @@ pub async fn settle_target(kube: &Kube, deployment: &str) -> anyhow::Result<()> 
                     .and_then(|l| l.spec.clone())
                     .unwrap_or_default();
                 anyhow::bail!(
-                    "deployment/{deployment} is already swapped by {} since {} (session {}); one swap per Deployment",
+                    "{target} is already swapped by {} since {} (session {}); one swap per workload",
                     spec.holder_identity.unwrap_or_else(|| "someone".into()),
                     spec.acquire_time
                         .map(|t| t.0.to_string())
@@ -289,7 +316,7 @@ pub async fn settle_target(kube: &Kube, deployment: &str) -> anyhow::Result<()> 
                 let outcome = restore::restore(kube, &session.target(), why, None).await?;
                 eprintln!(
                     "kdev: restored an earlier session ({why}): {}",
-                    outcome.describe(deployment)
+                    outcome.describe(&session.workload)
                 );
             }
         }

@@ -28,6 +28,7 @@
 //! - The CA's key lives in this process only; the certificate is valid for
 //!   30 days, and trusted by the webhooks only while the session lasts.
 
+use super::workload::{WorkloadKind, WorkloadRef};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -128,7 +129,7 @@ async fn services_of(
 pub async fn redirect(
     kube: &Kube,
     session: &str,
-    deployment: &str,
+    workload: &WorkloadRef,
     labels: &BTreeMap<String, String>,
     template: &PodSpec,
     container: &Container,
@@ -187,6 +188,11 @@ pub async fn redirect(
 
     use base64::Engine as _;
     let bundle = base64::engine::general_purpose::STANDARD.encode(issued.ca.as_bytes());
+    // The record's key: a Deployment by its name, another kind as kind/name.
+    let key = match workload.kind {
+        WorkloadKind::Deployment => workload.name.clone(),
+        _ => workload.to_string(),
+    };
     for (kind, object) in found {
         let name = object.metadata.name.clone().unwrap_or_default();
         let what = describe(kind, &name);
@@ -200,7 +206,7 @@ pub async fn redirect(
                 kind,
                 &value,
                 &kube.namespace,
-                deployment,
+                &key,
                 &services,
                 session,
                 &bundle,
@@ -265,7 +271,7 @@ pub async fn restore(kube: &Kube, session: &str) -> anyhow::Result<Vec<String>> 
 }
 
 /// Records whose session has no Lease any more (its restorer may not
-/// list webhooks), put back as they say; `(object, deployment)` for each.
+/// list webhooks), put back as they say; `(object, namespace/workload)` for each.
 /// Only records of `namespace`'s Deployments when given.
 pub async fn restore_orphans(
     kube: &Kube,
@@ -281,15 +287,17 @@ pub async fn restore_orphans(
         let Ok(Some(record)) = webhook::record_of(&value) else {
             continue;
         };
-        let Some((ns, deployment)) = record.deployment.split_once('/') else {
+        let Some((ns, workload)) = record.deployment.split_once('/') else {
             continue;
         };
+        let workload = WorkloadRef::from_annotation(workload)
+            .unwrap_or_else(|| WorkloadRef::deployment(workload));
         if namespace.is_some_and(|n| n != ns) {
             continue;
         }
         let leases: Api<Lease> = Api::namespaced(kube.client.clone(), ns);
         let lease = leases
-            .get_opt(&kdev_contract::session::lease_name(deployment))
+            .get_opt(&kdev_contract::session::lease_name(&workload))
             .await
             .map_err(|err| kube.explain(err, format!("read the session lease in {ns}")))?;
         let live = lease.is_some_and(|l| {

@@ -1,6 +1,6 @@
-//! The cluster is never left broken: kill `kdev swap` and `kdev run` with
-//! SIGKILL after each step of their start-up and shutdown, and the reaper
-//! restores it all.
+//! The cluster is never left broken: kill `kdev swap` (of a Deployment, a
+//! StatefulSet and a ReplicaSet) and `kdev run` with SIGKILL after each
+//! step of their start-up and shutdown, and the reaper restores it all.
 
 use std::time::{Duration, Instant};
 
@@ -10,135 +10,181 @@ use std::os::unix::process::ExitStatusExt;
 
 use kube::api::ListParams;
 
-use crate::support::{eventually, wait_child, with_namespace};
+use kdev::swap::workload::{WorkloadKind, WorkloadRef};
+use kube::api::{DynamicObject, PostParams};
+
+use crate::support::{TestNamespace, eventually, wait_child, with_namespace};
 use crate::swap_support::{
-    Controller, LocalAgent, Swap, assert_restored, deploy, simple_deployment,
+    Controller, LocalAgent, Swap, assert_restored, assert_workload_restored, deploy,
+    simple_deployment,
 };
 
 const STEPS: u32 = 10;
 const TTL_SECS: u64 = 3;
+
+/// The workloads of one crash step: a Deployment, a StatefulSet and a
+/// ReplicaSet, `web<step>`, `db<step>` and `cache<step>`.
+fn workloads(step: u32) -> [(WorkloadRef, serde_json::Value); 3] {
+    let replicas = (step % 3 + 1) as i32;
+    let deployment = format!("web{step}");
+    let mut set = simple_deployment(&format!("db{step}"), replicas, &[8080]);
+    set["kind"] = serde_json::json!("StatefulSet");
+    set["spec"]["serviceName"] = serde_json::json!(format!("db{step}"));
+    set["spec"]["podManagementPolicy"] = serde_json::json!("Parallel");
+    let mut replica_set = simple_deployment(&format!("cache{step}"), replicas, &[8080]);
+    replica_set["kind"] = serde_json::json!("ReplicaSet");
+    [
+        (
+            WorkloadRef::deployment(&deployment),
+            simple_deployment(&deployment, replicas, &[8080]),
+        ),
+        (
+            WorkloadRef {
+                kind: WorkloadKind::StatefulSet,
+                name: format!("db{step}"),
+            },
+            set,
+        ),
+        (
+            WorkloadRef {
+                kind: WorkloadKind::ReplicaSet,
+                name: format!("cache{step}"),
+            },
+            replica_set,
+        ),
+    ]
+}
+
+fn replicas(step: u32) -> i32 {
+    (step % 3 + 1) as i32
+}
 
 #[tokio::test]
 async fn every_crash_point_is_restored_by_the_reaper() {
     with_namespace("crash", |ns| async move {
         let _reaper = Controller::start(&ns, &[]);
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
-        let replicas = |step: u32| (step % 3 + 1) as i32;
-        let deployments: Vec<_> = (1..=STEPS)
-            .map(|step| {
-                deploy(
-                    &ns,
-                    simple_deployment(&format!("web{step}"), replicas(step), &[8080]),
-                )
-            })
+        let created: Vec<_> = (1..=STEPS)
+            .flat_map(workloads)
+            .map(|(workload, manifest)| create_running(&ns, workload, manifest))
             .collect();
-        futures::future::join_all(deployments).await;
+        futures::future::join_all(created).await;
 
+        // kdev swap of each kind, and kdev run of each Deployment beside its
+        // swap (as a team would have them), each killed after its step.
         let ttl = format!("{TTL_SECS}s");
-        let mut swaps: Vec<(u32, Swap)> = (1..=STEPS)
-            .map(|step| {
-                let target = format!("deploy/web{step}");
-                let crash = step.to_string();
-                let swap = Swap::start(
-                    &ns,
-                    &[&target, "--ttl", &ttl],
-                    &["sleep", "1"],
-                    &[("KDEV_SWAP_CRASH_AFTER", &crash)],
-                );
-                (step, swap)
-            })
-            .collect();
+        let mut sessions: Vec<(u32, &str, WorkloadRef, Swap)> = Vec::new();
+        for step in 1..=STEPS {
+            let crash = step.to_string();
+            for (workload, _) in workloads(step) {
+                let target = workload.to_string();
+                let args = [target.as_str(), "--ttl", ttl.as_str()];
+                let env = [("KDEV_SWAP_CRASH_AFTER", crash.as_str())];
+                let swap = Swap::start(&ns, &args, &["sleep", "1"], &env);
+                sessions.push((step, "swap", workload.clone(), swap));
+                if workload.kind == WorkloadKind::Deployment {
+                    let run = Swap::run(&ns, &args, &["sleep", "1"], &env);
+                    sessions.push((step, "run", workload, run));
+                }
+            }
+        }
 
-        // A run session of each Deployment, killed after the same step
-        // while the swaps are: beside a swap, as a team would have them.
-        let mut runs: Vec<(u32, Swap)> = (1..=STEPS)
-            .map(|step| {
-                let target = format!("deploy/web{step}");
-                let crash = step.to_string();
-                let run = Swap::run(
-                    &ns,
-                    &[&target, "--ttl", &ttl],
-                    &["sleep", "1"],
-                    &[("KDEV_SWAP_CRASH_AFTER", &crash)],
-                );
-                (step, run)
-            })
-            .collect();
-
-        let mut restored = 0;
-        let mut lines = Vec::new();
-        for (step, swap) in swaps.iter_mut().chain(runs.iter_mut()) {
-            let status = swap.wait_exit(Duration::from_secs(60)).await;
+        for (step, _, _, session) in &mut sessions {
+            let status = session.wait_exit(Duration::from_secs(90)).await;
             assert_eq!(
                 status.signal(),
                 Some(9),
                 "step {step}: kdev was not killed: {}",
-                swap.stderr()
+                session.stderr()
             );
             assert!(
-                swap.stderr()
+                session
+                    .stderr()
                     .contains(&format!("crash injected after step {step}")),
                 "{}",
-                swap.stderr()
+                session.stderr()
             );
         }
         let killed = Instant::now();
-        for (step, _) in &swaps {
-            assert_restored(
-                &ns,
-                &format!("web{step}"),
-                replicas(*step),
-                Duration::from_secs(TTL_SECS + 15),
-            )
-            .await;
-            restored += 1;
-            lines.push(format!(
-                "  swap step {step:>2}: restored {:.1}s after the kills",
-                killed.elapsed().as_secs_f64()
-            ));
-        }
-        // A run changed nothing but its own objects: ended is its Lease
-        // and agent pod gone.
+        let mut restored = 0;
+        let mut lines = Vec::new();
         let leases = ns.api::<Lease>();
         let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
-        for (step, _) in &runs {
-            let target = format!("deployment/web{step}");
-            let targets = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
-                annotations.and_then(|a| a.get("kdev.dev/target")) == Some(&target)
-            };
-            eventually(
-                Duration::from_secs(TTL_SECS + 15),
-                &format!("run step {step}: its Lease and agent pod to go"),
-                || async {
-                    let lease_left = leases
-                        .list(&ListParams::default().labels("kdev.dev/role=run-session"))
-                        .await
-                        .ok()?
-                        .items
-                        .iter()
-                        .any(|l| targets(l.metadata.annotations.as_ref()));
-                    let pod_left = pods
-                        .list(&ListParams::default().labels("kdev.dev/role=run-agent"))
-                        .await
-                        .ok()?
-                        .items
-                        .iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_none())
-                        .any(|p| targets(p.metadata.annotations.as_ref()));
-                    (!lease_left && !pod_left).then_some(())
-                },
-            )
-            .await;
+        for (step, mode, workload, _) in &sessions {
+            if *mode == "swap" {
+                assert_workload_restored(
+                    &ns,
+                    workload,
+                    replicas(*step),
+                    Duration::from_secs(TTL_SECS + 15),
+                )
+                .await;
+            } else {
+                // A run changed nothing but its own objects: ended is its
+                // Lease and agent pod gone.
+                let target = workload.to_string();
+                let targets = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
+                    annotations.and_then(|a| a.get("kdev.dev/target")) == Some(&target)
+                };
+                eventually(
+                    Duration::from_secs(TTL_SECS + 15),
+                    &format!("run step {step}: its Lease and agent pod to go"),
+                    || async {
+                        let lease_left = leases
+                            .list(&ListParams::default().labels("kdev.dev/role=run-session"))
+                            .await
+                            .ok()?
+                            .items
+                            .iter()
+                            .any(|l| targets(l.metadata.annotations.as_ref()));
+                        let pod_left = pods
+                            .list(&ListParams::default().labels("kdev.dev/role=run-agent"))
+                            .await
+                            .ok()?
+                            .items
+                            .iter()
+                            .filter(|p| p.metadata.deletion_timestamp.is_none())
+                            .any(|p| targets(p.metadata.annotations.as_ref()));
+                        (!lease_left && !pod_left).then_some(())
+                    },
+                )
+                .await;
+            }
             restored += 1;
             lines.push(format!(
-                "  run step {step:>2}: ended {:.1}s after the kills",
+                "  {mode} {} step {step:>2}: restored {:.1}s after the kills",
+                workload.kind.name(),
                 killed.elapsed().as_secs_f64()
             ));
         }
         eprintln!("{}", lines.join("\n"));
-        println!("restored {restored}/{} crash points", 2 * STEPS);
-        assert_eq!(restored, 2 * STEPS);
+        println!("restored {restored}/{} crash points", sessions.len());
+        assert_eq!(restored, sessions.len());
     })
+    .await;
+}
+
+/// Creates a workload from its manifest and waits for all its pods to be Ready.
+async fn create_running(ns: &TestNamespace, workload: WorkloadRef, manifest: serde_json::Value) {
+    let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kdev::swap::workload::resource(workload.kind),
+    );
+    let object: DynamicObject = serde_json::from_value(manifest).expect("a manifest");
+    let replicas = kdev::swap::workload::replicas_of(&object).unwrap_or(1);
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("create {workload}: {err}"));
+    eventually(
+        Duration::from_secs(90),
+        &format!("{workload}'s pods to be Ready"),
+        || async {
+            let object = api.get(&workload.name).await.ok()?;
+            let ready = object.data["status"]["readyReplicas"].as_i64().unwrap_or(0);
+            (ready == i64::from(replicas)).then_some(())
+        },
+    )
     .await;
 }
 

@@ -11,6 +11,7 @@ mod dashboard;
 mod deploy_manifests;
 mod envs;
 mod hardening;
+mod kinds;
 mod kwok_emulation;
 mod lifecycle;
 mod logs;

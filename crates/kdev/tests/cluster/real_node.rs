@@ -73,7 +73,7 @@ async fn create_pod(ns: &TestNamespace, name: &str, spec: serde_json::Value) -> 
 /// A shell loop that sends one HTTP request through `nc` and retries a few
 /// times, as a real client does: kube-proxy programs a new Service's rules a
 /// moment after its endpoints are Ready.
-fn retried(nc: &str) -> String {
+pub fn retried(nc: &str) -> String {
     format!(
         "for i in 1 2 3 4 5; do printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | {nc} && exit 0; sleep 1; done; exit 1"
     )
@@ -81,7 +81,7 @@ fn retried(nc: &str) -> String {
 
 /// Waits for a pod that runs once to finish; its phase and its log (read
 /// from the real kubelet).
-async fn finished(ns: &TestNamespace, name: &str) -> (String, String) {
+pub async fn finished(ns: &TestNamespace, name: &str) -> (String, String) {
     let phase = eventually(
         Duration::from_secs(60),
         "the client pod to finish",

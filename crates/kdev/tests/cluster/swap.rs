@@ -320,7 +320,11 @@ async fn bad_input_is_a_usage_error_and_changes_nothing() {
     with_namespace("swap-bad", |ns| async move {
         deploy(&ns, simple_deployment("web", 1, &[8080])).await;
         for (args, message) in [
-            (vec!["sts/web"], "takes a Deployment"),
+            (vec!["cronjob/web"], "takes a Deployment, StatefulSet"),
+            (
+                vec!["deploy/web", "--ordinal", "1"],
+                "--ordinal is for StatefulSets",
+            ),
             (
                 vec!["deploy/web", "--port", "9999"],
                 "does not declare TCP port 9999",

@@ -9,7 +9,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
+use kdev::swap::workload::WorkloadRef;
+use kube::Api;
+use kube::api::{DynamicObject, ListParams, PostParams};
 
 use crate::kwok_emulation::create_kwok_cluster;
 use crate::support::{TestNamespace, eventually, free_port, kdev, wait_child};
@@ -301,15 +303,29 @@ pub async fn assert_restored(
     replicas: i32,
     timeout: Duration,
 ) {
-    let deployments = ns.api::<Deployment>();
+    assert_workload_restored(ns, &WorkloadRef::deployment(deployment), replicas, timeout).await;
+}
+
+/// [`assert_restored`] for a workload of any kind.
+pub async fn assert_workload_restored(
+    ns: &TestNamespace,
+    workload: &WorkloadRef,
+    replicas: i32,
+    timeout: Duration,
+) {
+    let objects: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kdev::swap::workload::resource(workload.kind),
+    );
     let leases = ns.api::<Lease>();
     let pods = ns.api::<Pod>();
     eventually(
         timeout,
-        &format!("deployment/{deployment} to be restored to {replicas}"),
+        &format!("{workload} to be restored to {replicas}"),
         || async {
-            let d = deployments.get(deployment).await.ok()?;
-            let at = d.spec.as_ref()?.replicas.unwrap_or(1);
+            let d = objects.get(&workload.name).await.ok()?;
+            let at = kdev::swap::workload::replicas_of(&d).unwrap_or(1);
             let marks = d
                 .metadata
                 .annotations
@@ -322,7 +338,7 @@ pub async fn assert_restored(
                     .keys()
                     .any(|k| k.starts_with("kdev.dev/"));
             let lease = leases
-                .get_opt(&format!("kdev-swap-{deployment}"))
+                .get_opt(&kdev_contract::session::lease_name(workload))
                 .await
                 .ok()?
                 .is_some();
