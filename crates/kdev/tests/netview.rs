@@ -8,6 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "common/static_go.rs"]
+mod static_go;
+
 use futures::future::BoxFuture;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, Record, rdata::A};
@@ -385,27 +388,7 @@ func main() {
 }
 "#;
     let dir = tempfile::tempdir().expect("temp dir");
-    let source = dir.path().join("main.go");
-    std::fs::write(&source, PROGRAM).expect("write the program");
-    let binary = dir.path().join("probe");
-    let built = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("Go on PATH (this test builds a static Go binary)");
-    assert!(
-        built.status.success(),
-        "go build: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    // No program interpreter (the dynamic loader) in the ELF: static.
-    let elf = std::fs::read(&binary).expect("read the binary");
-    assert!(
-        !elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
-        "the Go binary is dynamically linked"
-    );
+    let binary = static_go::build(dir.path(), PROGRAM);
 
     let said = report_in_view(dir.path(), |laptop_port| {
         vec![

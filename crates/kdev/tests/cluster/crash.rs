@@ -11,12 +11,11 @@ use std::os::unix::process::ExitStatusExt;
 use kube::api::ListParams;
 
 use kdev::swap::workload::{WorkloadKind, WorkloadRef};
-use kube::api::{DynamicObject, PostParams};
 
-use crate::support::{TestNamespace, eventually, wait_child, with_namespace};
+use crate::support::{eventually, wait_child, with_namespace};
 use crate::swap_support::{
-    Controller, LocalAgent, Swap, assert_restored, assert_workload_restored, deploy,
-    simple_deployment,
+    Controller, LocalAgent, Swap, assert_restored, assert_workload_restored, create_running,
+    deploy, simple_deployment,
 };
 
 const STEPS: u32 = 10;
@@ -161,30 +160,6 @@ async fn every_crash_point_is_restored_by_the_reaper() {
         println!("restored {restored}/{} crash points", sessions.len());
         assert_eq!(restored, sessions.len());
     })
-    .await;
-}
-
-/// Creates a workload from its manifest and waits for all its pods to be Ready.
-async fn create_running(ns: &TestNamespace, workload: WorkloadRef, manifest: serde_json::Value) {
-    let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(
-        ns.client.clone(),
-        &ns.name,
-        &kdev::swap::workload::resource(workload.kind),
-    );
-    let object: DynamicObject = serde_json::from_value(manifest).expect("a manifest");
-    let replicas = kdev::swap::workload::replicas_of(&object).unwrap_or(1);
-    api.create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|err| panic!("create {workload}: {err}"));
-    eventually(
-        Duration::from_secs(90),
-        &format!("{workload}'s pods to be Ready"),
-        || async {
-            let object = api.get(&workload.name).await.ok()?;
-            let ready = object.data["status"]["readyReplicas"].as_i64().unwrap_or(0);
-            (ready == i64::from(replicas)).then_some(())
-        },
-    )
     .await;
 }
 

@@ -16,7 +16,8 @@ use serde_json::json;
 
 use crate::support::{OwnCluster, TestNamespace, eventually, with_namespace, with_namespace_in};
 use crate::swap_support::{
-    Controller, LocalAgent, Swap, assert_workload_restored, deploy, simple_deployment,
+    Controller, LocalAgent, Swap, assert_workload_restored, create_running, deploy,
+    simple_deployment,
 };
 
 /// A ReplicaSet of `replicas` pods on kwok's node, its manifest from
@@ -24,20 +25,11 @@ use crate::swap_support::{
 async fn replica_set(ns: &TestNamespace, name: &str, replicas: i32) {
     let mut manifest = simple_deployment(name, replicas, &[8080]);
     manifest["kind"] = json!("ReplicaSet");
-    let set: ReplicaSet = serde_json::from_value(manifest).expect("a valid ReplicaSet");
-    let sets = ns.api::<ReplicaSet>();
-    sets.create(&PostParams::default(), &set)
-        .await
-        .expect("create the ReplicaSet");
-    eventually(
-        Duration::from_secs(60),
-        "the ReplicaSet's pods to run",
-        || async {
-            let set = sets.get(name).await.ok()?;
-            (set.status?.ready_replicas == Some(replicas)).then_some(())
-        },
-    )
-    .await;
+    let set = WorkloadRef {
+        kind: WorkloadKind::ReplicaSet,
+        name: name.into(),
+    };
+    create_running(ns, set, manifest).await;
 }
 
 /// A bare ReplicaSet swaps and comes back to exactly its size; its proxy
@@ -335,7 +327,9 @@ async fn a_statefulset_swap_takes_ordinal_0s_name_and_the_set_comes_back_whole()
             .create(&PostParams::default(), &service)
             .await
             .expect("create the headless service");
-        let set: StatefulSet = serde_json::from_value(json!({
+        let manifest = json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
             "metadata": { "name": "kafka" },
             "spec": {
                 "serviceName": "kafka",
@@ -359,15 +353,17 @@ async fn a_statefulset_swap_takes_ordinal_0s_name_and_the_set_comes_back_whole()
                     }
                 }
             }
-        }))
-        .expect("a valid StatefulSet");
+        });
+        let reference = WorkloadRef {
+            kind: WorkloadKind::StatefulSet,
+            name: "kafka".into(),
+        };
+        create_running(&ns, reference.clone(), manifest).await;
         let sets = ns.api::<StatefulSet>();
-        sets.create(&PostParams::default(), &set).await.expect("create the StatefulSet");
         let ready = || async {
             let set = sets.get("kafka").await.ok()?;
             (set.status?.ready_replicas == Some(2)).then_some(())
         };
-        eventually(Duration::from_secs(90), "the StatefulSet's 2 pods to be Ready", ready).await;
 
         let laptop = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let local = laptop.local_addr().expect("addr").port();
@@ -400,10 +396,6 @@ async fn a_statefulset_swap_takes_ordinal_0s_name_and_the_set_comes_back_whole()
         let (phase, answer) = finished(&ns, "client").await;
         assert!(answer.contains("from-the-laptop"), "{phase}: {answer}\n{}", swap.stderr());
         swap.signal(nix::sys::signal::Signal::SIGTERM);
-        let reference = WorkloadRef {
-            kind: WorkloadKind::StatefulSet,
-            name: "kafka".into(),
-        };
         assert_workload_restored(&ns, &reference, 2, Duration::from_secs(30)).await;
         eventually(Duration::from_secs(90), "the StatefulSet's 2 pods back", ready).await;
 

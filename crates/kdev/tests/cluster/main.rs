@@ -19,6 +19,8 @@ mod netview_runtimes;
 mod real_node;
 mod resilience;
 mod run;
+#[path = "../common/static_go.rs"]
+mod static_go;
 mod support;
 mod swap;
 mod swap_support;

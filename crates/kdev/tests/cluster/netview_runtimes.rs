@@ -105,26 +105,7 @@ async fn a_static_go_binary_and_the_jvm_live_in_the_clusters_network_on_the_real
         headless_web(&ns, "kafka", "from-kafka-0").await;
         let dir = tempfile::tempdir().expect("temp dir");
 
-        let go_source = dir.path().join("main.go");
-        std::fs::write(&go_source, GO_PROBE).expect("write the Go program");
-        let go_binary = dir.path().join("probe");
-        let built = std::process::Command::new("go")
-            .args(["build", "-o"])
-            .arg(&go_binary)
-            .arg(&go_source)
-            .env("CGO_ENABLED", "0")
-            .output()
-            .expect("Go on PATH (this test builds a static Go binary)");
-        assert!(
-            built.status.success(),
-            "go build: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let elf = std::fs::read(&go_binary).expect("read the binary");
-        assert!(
-            !elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
-            "the Go binary is dynamically linked"
-        );
+        let go_binary = crate::static_go::build(dir.path(), GO_PROBE);
         let java_source = dir.path().join("Probe.java");
         std::fs::write(&java_source, JVM_PROBE).expect("write the Java program");
 

@@ -265,6 +265,34 @@ pub async fn deploy(ns: &TestNamespace, manifest: serde_json::Value) -> Deployme
     created
 }
 
+/// Creates a workload from its manifest and waits for all its pods to be Ready.
+pub async fn create_running(
+    ns: &TestNamespace,
+    workload: WorkloadRef,
+    manifest: serde_json::Value,
+) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kdev::swap::workload::resource(workload.kind),
+    );
+    let object: DynamicObject = serde_json::from_value(manifest).expect("a manifest");
+    let replicas = kdev::swap::workload::replicas_of(&object).unwrap_or(1);
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("create {workload}: {err}"));
+    eventually(
+        Duration::from_secs(90),
+        &format!("{workload}'s pods to be Ready"),
+        || async {
+            let object = api.get(&workload.name).await.ok()?;
+            let ready = object.data["status"]["readyReplicas"].as_i64().unwrap_or(0);
+            (ready == i64::from(replicas)).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A Deployment of one container `app` with the given ports.
 pub fn simple_deployment(name: &str, replicas: i32, ports: &[u16]) -> serde_json::Value {
     let ports: Vec<serde_json::Value> = ports
