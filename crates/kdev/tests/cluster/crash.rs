@@ -1,6 +1,7 @@
 //! The cluster is never left broken: kill `kdev swap` (of a Deployment, a
-//! StatefulSet and a ReplicaSet) and `kdev run` with SIGKILL after each
-//! step of their start-up and shutdown, and the reaper restores it all.
+//! StatefulSet, a ReplicaSet and an Argo Rollout) and `kdev run` with
+//! SIGKILL after each step of their start-up and shutdown, and the reaper
+//! restores it all.
 
 use std::time::{Duration, Instant};
 
@@ -12,18 +13,19 @@ use kube::api::ListParams;
 
 use kdev::swap::workload::{WorkloadKind, WorkloadRef};
 
-use crate::support::{eventually, wait_child, with_namespace};
+use crate::support::{OwnCluster, eventually, wait_child, with_namespace, with_namespace_in};
 use crate::swap_support::{
-    Controller, LocalAgent, Swap, assert_restored, assert_workload_restored, create_running,
-    deploy, simple_deployment,
+    Controller, LocalAgent, Swap, apply_rollout_crd, assert_restored, assert_workload_restored,
+    create_running, deploy, simple_deployment, stand_in_rollouts,
 };
 
 const STEPS: u32 = 10;
 const TTL_SECS: u64 = 3;
 
-/// The workloads of one crash step: a Deployment, a StatefulSet and a
-/// ReplicaSet, `web<step>`, `db<step>` and `cache<step>`.
-fn workloads(step: u32) -> [(WorkloadRef, serde_json::Value); 3] {
+/// The workloads of one crash step: a Deployment, a StatefulSet, a
+/// ReplicaSet and an Argo Rollout, `web<step>`, `db<step>`, `cache<step>`
+/// and `ro<step>`.
+fn workloads(step: u32) -> [(WorkloadRef, serde_json::Value); 4] {
     let replicas = (step % 3 + 1) as i32;
     let deployment = format!("web{step}");
     let mut set = simple_deployment(&format!("db{step}"), replicas, &[8080]);
@@ -32,6 +34,10 @@ fn workloads(step: u32) -> [(WorkloadRef, serde_json::Value); 3] {
     set["spec"]["podManagementPolicy"] = serde_json::json!("Parallel");
     let mut replica_set = simple_deployment(&format!("cache{step}"), replicas, &[8080]);
     replica_set["kind"] = serde_json::json!("ReplicaSet");
+    let mut rollout = simple_deployment(&format!("ro{step}"), replicas, &[8080]);
+    rollout["apiVersion"] = serde_json::json!("argoproj.io/v1alpha1");
+    rollout["kind"] = serde_json::json!("Rollout");
+    rollout["spec"]["strategy"] = serde_json::json!({ "canary": {} });
     [
         (
             WorkloadRef::deployment(&deployment),
@@ -51,6 +57,13 @@ fn workloads(step: u32) -> [(WorkloadRef, serde_json::Value); 3] {
             },
             replica_set,
         ),
+        (
+            WorkloadRef {
+                kind: WorkloadKind::Rollout,
+                name: format!("ro{step}"),
+            },
+            rollout,
+        ),
     ]
 }
 
@@ -58,9 +71,13 @@ fn replicas(step: u32) -> i32 {
     (step % 3 + 1) as i32
 }
 
+/// On a cluster of its own: the Rollout CRD is cluster-wide.
 #[tokio::test]
 async fn every_crash_point_is_restored_by_the_reaper() {
-    with_namespace("crash", |ns| async move {
+    let (_cluster, kubeconfig) = OwnCluster::up("crash");
+    with_namespace_in(&kubeconfig, "crash", |ns| async move {
+        apply_rollout_crd(&ns).await;
+        let stand_in = tokio::spawn(stand_in_rollouts(ns.client.clone(), ns.name.clone()));
         let _reaper = Controller::start(&ns, &[]);
         let _agent = LocalAgent::start(&ns, &[8080], &[]).await;
         let created: Vec<_> = (1..=STEPS)
@@ -159,6 +176,7 @@ async fn every_crash_point_is_restored_by_the_reaper() {
         eprintln!("{}", lines.join("\n"));
         println!("restored {restored}/{} crash points", sessions.len());
         assert_eq!(restored, sessions.len());
+        stand_in.abort();
     })
     .await;
 }

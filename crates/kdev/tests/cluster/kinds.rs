@@ -2,22 +2,19 @@
 //! ReplicaSets and Argo Rollouts on kwok's node with a local agent,
 //! StatefulSets on the real node.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kdev::swap::workload::{WorkloadKind, WorkloadRef};
-use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::api::{DynamicObject, ListParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
 use crate::support::{OwnCluster, TestNamespace, eventually, with_namespace, with_namespace_in};
 use crate::swap_support::{
-    Controller, LocalAgent, Swap, assert_workload_restored, create_running, deploy,
-    simple_deployment,
+    Controller, LocalAgent, STAND_IN_HASH, Swap, apply_rollout_crd, assert_workload_restored,
+    create_running, deploy, simple_deployment, stand_in_rollouts,
 };
 
 /// A ReplicaSet of `replicas` pods on kwok's node, its manifest from
@@ -200,108 +197,6 @@ async fn an_argo_rollout_swaps_and_is_restored_by_the_reaper_after_kill_9() {
         stand_in.abort();
     })
     .await;
-}
-
-/// The hash the stand-in puts on a Rollout's pods, as Argo Rollouts does.
-const STAND_IN_HASH: &str = "5d8f7c9b6";
-
-/// Applies a CustomResourceDefinition for `rollouts.argoproj.io` with the
-/// parts of Argo Rollouts' own that kdev reads: `spec.replicas` behind the
-/// scale subresource, the selector and the template.
-async fn apply_rollout_crd(ns: &TestNamespace) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": { "name": "rollouts.argoproj.io" },
-        "spec": {
-            "group": "argoproj.io",
-            "scope": "Namespaced",
-            "names": { "kind": "Rollout", "plural": "rollouts", "singular": "rollout", "shortNames": ["ro"] },
-            "versions": [{
-                "name": "v1alpha1", "served": true, "storage": true,
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector"
-                    }
-                }
-            }]
-        }
-    }))
-    .expect("a valid CRD");
-    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create the Rollout CRD");
-    eventually(
-        Duration::from_secs(30),
-        "the Rollout CRD to be served",
-        || async {
-            let crd = crds.get("rollouts.argoproj.io").await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        },
-    )
-    .await;
-}
-
-/// What Argo Rollouts' controller does that a swap relies on, for every
-/// Rollout in `namespace`: keep `spec.replicas` pods of its template,
-/// labelled with [`STAND_IN_HASH`].
-async fn stand_in_rollouts(client: kube::Client, namespace: String) {
-    let rollouts: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &namespace,
-        &kdev::swap::workload::resource(WorkloadKind::Rollout),
-    );
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
-    let mut changes = watcher(rollouts.clone(), watcher::Config::default())
-        .applied_objects()
-        .boxed();
-    while let Some(Ok(rollout)) = changes.next().await {
-        let name = rollout.name_any();
-        let want = kdev::swap::workload::replicas_of(&rollout)
-            .unwrap_or(1)
-            .max(0) as usize;
-        let template = &rollout.data["spec"]["template"];
-        let mut labels: BTreeMap<String, String> =
-            serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
-        labels.insert("rollouts-pod-template-hash".into(), STAND_IN_HASH.into());
-        let selector = format!("rollouts-pod-template-hash={STAND_IN_HASH}");
-        let Ok(have) = pods.list(&ListParams::default().labels(&selector)).await else {
-            continue;
-        };
-        let have: Vec<Pod> = have
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| !p.labels().contains_key("kdev.dev/role"))
-            .collect();
-        for extra in have.iter().skip(want) {
-            let _ = pods.delete(&extra.name_any(), &Default::default()).await;
-        }
-        for i in have.len()..want {
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": { "name": crate::support::unique_name(&format!("{name}-{STAND_IN_HASH}-{i}")), "labels": labels },
-                "spec": template["spec"].clone(),
-            }))
-            .expect("a pod");
-            let _ = pods.create(&PostParams::default(), &pod).await;
-        }
-        let _ = rollouts
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "replicas": want } })),
-            )
-            .await;
-    }
 }
 
 /// On the real node: a swap of a StatefulSet takes the whole set (2 pods →

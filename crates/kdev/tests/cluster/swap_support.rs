@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kdev::swap::workload::WorkloadRef;
-use kube::Api;
-use kube::api::{DynamicObject, ListParams, PostParams};
+use kdev::swap::workload::{WorkloadKind, WorkloadRef};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, ResourceExt as _};
+use serde_json::json;
 
 use crate::kwok_emulation::create_kwok_cluster;
 use crate::support::{TestNamespace, eventually, free_port, kdev, wait_child};
@@ -265,7 +268,8 @@ pub async fn deploy(ns: &TestNamespace, manifest: serde_json::Value) -> Deployme
     created
 }
 
-/// Creates a workload from its manifest and waits for all its pods to be Ready.
+/// Creates a workload of any kind from its manifest and waits until as many
+/// of its pods (by its selector's `matchLabels`) are Ready as it asks for.
 pub async fn create_running(
     ns: &TestNamespace,
     workload: WorkloadRef,
@@ -278,16 +282,32 @@ pub async fn create_running(
     );
     let object: DynamicObject = serde_json::from_value(manifest).expect("a manifest");
     let replicas = kdev::swap::workload::replicas_of(&object).unwrap_or(1);
+    let labels: BTreeMap<String, String> =
+        serde_json::from_value(object.data["spec"]["selector"]["matchLabels"].clone())
+            .expect("a selector with matchLabels");
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     api.create(&PostParams::default(), &object)
         .await
         .unwrap_or_else(|err| panic!("create {workload}: {err}"));
+    let pods = ns.api::<Pod>();
     eventually(
         Duration::from_secs(90),
         &format!("{workload}'s pods to be Ready"),
         || async {
-            let object = api.get(&workload.name).await.ok()?;
-            let ready = object.data["status"]["readyReplicas"].as_i64().unwrap_or(0);
-            (ready == i64::from(replicas)).then_some(())
+            let ready = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| kdev::k8s::objects::pod_ready(p))
+                .count();
+            (ready == replicas as usize).then_some(())
         },
     )
     .await;
@@ -459,4 +479,111 @@ pub async fn proxy_pod(ns: &TestNamespace) -> Option<Pod> {
         .items
         .into_iter()
         .next()
+}
+
+/// The hash the stand-in puts on a Rollout's pods, as Argo Rollouts does.
+pub const STAND_IN_HASH: &str = "5d8f7c9b6";
+
+/// Applies a CustomResourceDefinition for `rollouts.argoproj.io` with the
+/// parts of Argo Rollouts' own that kdev reads: `spec.replicas` behind the
+/// scale subresource, the selector and the template.
+pub async fn apply_rollout_crd(ns: &TestNamespace) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": { "name": "rollouts.argoproj.io" },
+        "spec": {
+            "group": "argoproj.io",
+            "scope": "Namespaced",
+            "names": { "kind": "Rollout", "plural": "rollouts", "singular": "rollout", "shortNames": ["ro"] },
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector"
+                    }
+                }
+            }]
+        }
+    }))
+    .expect("a valid CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create the Rollout CRD");
+    eventually(
+        Duration::from_secs(30),
+        "the Rollout CRD to be served",
+        || async {
+            let crd = crds.get("rollouts.argoproj.io").await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await;
+}
+
+/// What Argo Rollouts' controller does that a swap relies on, for every
+/// Rollout in `namespace`: keep `spec.replicas` pods of its template,
+/// labelled with [`STAND_IN_HASH`].
+pub async fn stand_in_rollouts(client: kube::Client, namespace: String) {
+    let rollouts: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &kdev::swap::workload::resource(WorkloadKind::Rollout),
+    );
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let mut changes = watcher(rollouts.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    while let Some(Ok(rollout)) = changes.next().await {
+        let name = rollout.name_any();
+        let want = kdev::swap::workload::replicas_of(&rollout)
+            .unwrap_or(1)
+            .max(0) as usize;
+        let template = &rollout.data["spec"]["template"];
+        let mut labels: BTreeMap<String, String> =
+            serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
+        labels.insert("rollouts-pod-template-hash".into(), STAND_IN_HASH.into());
+        // This Rollout's pods: its template's labels and the hash.
+        let selector = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let Ok(have) = pods.list(&ListParams::default().labels(&selector)).await else {
+            continue;
+        };
+        let have: Vec<Pod> = have
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| !p.labels().contains_key("kdev.dev/role"))
+            .collect();
+        for extra in have.iter().skip(want) {
+            let _ = pods.delete(&extra.name_any(), &Default::default()).await;
+        }
+        for i in have.len()..want {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": { "name": crate::support::unique_name(&format!("{name}-{STAND_IN_HASH}-{i}")), "labels": labels },
+                "spec": template["spec"].clone(),
+            }))
+            .expect("a pod");
+            let _ = pods.create(&PostParams::default(), &pod).await;
+        }
+        let _ = rollouts
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "replicas": want } })),
+            )
+            .await;
+    }
 }
