@@ -18,9 +18,11 @@ use crate::swap_support::{Controller, Swap};
 /// command gets the container's env and reaches another Service by name;
 /// the Deployment is never changed, its two pods are the same pods
 /// throughout, no Service routes to a session's agent pod, and a client
-/// calling the Deployment through its Service sees no failure. A session
-/// whose command exits ends with the command's status and leaves nothing;
-/// kill -9 of the other is ended by the reaper within its TTL plus 2 s.
+/// calling the Deployment through its Service sees no failure; `kdev
+/// sessions` lists both. A session whose command exits ends with the
+/// command's status, a third ends on Ctrl-C with 130, and kill -9 of the
+/// first is ended by the reaper within its TTL plus 2 s; after each, no
+/// object in the cluster and no process or mount on this machine is left.
 #[tokio::test]
 async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
     with_namespace("real-run", |ns| async move {
@@ -76,6 +78,19 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
             );
         }
         assert_eq!(run_objects(&ns).await, (2, 2), "two sessions, each with its agent pod");
+        // kdev sessions lists both, as runs.
+        let listed = crate::support::kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "sessions"])
+            .output()
+            .expect("run kdev sessions");
+        let table = String::from_utf8_lossy(&listed.stdout);
+        let runs = table
+            .lines()
+            .filter(|l| l.contains(" run ") && l.contains("deployment/app") && l.contains("alive"))
+            .count();
+        assert_eq!(runs, 2, "{table}");
         // The Service's endpoints are the Deployment's two pods, never an agent.
         let endpoints = eventually(Duration::from_secs(30), "app's endpoints", || async {
             let slices = ns
@@ -111,16 +126,27 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
             (run_objects(&ns).await == (1, 1)).then_some(())
         })
         .await;
+        assert_left_nothing(&second, &report("second")).await;
+
+        // A third, ended by Ctrl-C (SIGINT) while its command runs.
+        let mut third = start("third");
+        eventually(Duration::from_secs(90), "the third run's report", || async {
+            std::fs::read_to_string(report("third")).ok()
+        })
+        .await;
+        third.signal(nix::sys::signal::Signal::SIGINT);
+        let status = third.wait_exit(Duration::from_secs(30)).await;
+        assert_eq!(status.code(), Some(130), "{}", third.stderr());
+        eventually(Duration::from_secs(30), "the third run to end", || async {
+            (run_objects(&ns).await == (1, 1)).then_some(())
+        })
+        .await;
+        assert_left_nothing(&third, &report("third")).await;
 
         // kill -9 of the first: the reaper ends it within 6 s + 2 s, and
         // nothing of it is left on this machine: its command and the
         // network view's helper die with kdev, and with them their
         // namespaces and the mounts in them.
-        let session = first
-            .stderr()
-            .lines()
-            .find_map(|l| l.strip_prefix("kdev: running as")?.rsplit_once("; session ")?.1.split_whitespace().next().map(str::to_owned))
-            .expect("the first session's id");
         let first_report = report("first");
         assert!(
             !processes_naming(&first_report).is_empty(),
@@ -134,12 +160,7 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
         })
         .await;
         let reaped_in = killed.elapsed();
-        eventually(Duration::from_secs(5), "the killed run's processes to be gone", || async {
-            processes_naming(&first_report).is_empty().then_some(())
-        })
-        .await;
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("this machine's mounts");
-        assert!(!mounts.contains(&session), "a mount of session {session} is left:\n{mounts}");
+        assert_left_nothing(&first, &first_report).await;
 
         // The Deployment was never touched, and kept serving.
         assert_eq!(app_pods(&ns).await, pods_before, "the same two pods");
@@ -216,6 +237,35 @@ async fn run_objects(ns: &TestNamespace) -> (usize, usize) {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .count();
     (leases, agents)
+}
+
+/// Nothing of a session is left on this machine: no process naming its
+/// command's report (the command, the network view's helper), no mount
+/// naming its session id.
+async fn assert_left_nothing(session: &Swap, report: &str) {
+    let id = session
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("kdev: running as")?
+                .rsplit_once("; session ")?
+                .1
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .expect("the session's id");
+    eventually(
+        Duration::from_secs(5),
+        "the session's processes to be gone",
+        || async { processes_naming(report).is_empty().then_some(()) },
+    )
+    .await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("this machine's mounts");
+    assert!(
+        !mounts.contains(&id),
+        "a mount of session {id} is left:\n{mounts}"
+    );
 }
 
 /// The processes on this machine whose command line contains `text`.
