@@ -141,6 +141,23 @@ impl WorkloadRef {
     }
 }
 
+impl WorkloadRef {
+    /// How a webhook record names the workload after its namespace: a
+    /// Deployment by its name (as records did before other kinds), another
+    /// kind as `kind/name` ([`crate::webhook::Record::deployment`]).
+    pub fn record_key(&self) -> String {
+        match self.kind {
+            WorkloadKind::Deployment => self.name.clone(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// Reads [`WorkloadRef::record_key`] back.
+    pub fn from_record_key(key: &str) -> Self {
+        Self::from_annotation(key).unwrap_or_else(|| Self::deployment(key))
+    }
+}
+
 impl fmt::Display for WorkloadRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind.name(), self.name)
@@ -457,6 +474,7 @@ mod tests {
             let _ = DeploymentMarks::read(&marks(&session, &replicas));
             proptest::prop_assert!(lease_name(&WorkloadRef::deployment(&name)).len() <= 253);
             let _ = WorkloadRef::from_annotation(&name);
+            let _ = WorkloadRef::from_record_key(&name);
             let _ = WorkloadKind::parse(&name);
             proptest::prop_assert!(proxy_pod_name(&name, &session).len() <= 63);
             proptest::prop_assert!(run_lease_name(&name, &session).len() <= 253);
@@ -531,6 +549,15 @@ mod tests {
         assert_eq!(WorkloadRef::from_annotation("job/x"), None);
         assert_eq!(WorkloadRef::from_annotation("statefulset/"), None);
         assert_eq!(lease_name(&sts), "kdev-swap-statefulset.kafka");
+        let web = WorkloadRef::deployment("web");
+        assert_eq!(web.record_key(), "web");
+        assert_eq!(sts.record_key(), "statefulset/kafka");
+        for workload in [web, sts.clone()] {
+            assert_eq!(
+                WorkloadRef::from_record_key(&workload.record_key()),
+                workload
+            );
+        }
         assert_ne!(
             lease_name(&sts),
             lease_name(&WorkloadRef::deployment("kafka"))

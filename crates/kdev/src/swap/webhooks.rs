@@ -28,7 +28,7 @@
 //! - The CA's key lives in this process only; the certificate is valid for
 //!   30 days, and trusted by the webhooks only while the session lasts.
 
-use super::workload::{WorkloadKind, WorkloadRef};
+use super::workload::WorkloadRef;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -188,11 +188,7 @@ pub async fn redirect(
 
     use base64::Engine as _;
     let bundle = base64::engine::general_purpose::STANDARD.encode(issued.ca.as_bytes());
-    // The record's key: a Deployment by its name, another kind as kind/name.
-    let key = match workload.kind {
-        WorkloadKind::Deployment => workload.name.clone(),
-        _ => workload.to_string(),
-    };
+    let key = workload.record_key();
     for (kind, object) in found {
         let name = object.metadata.name.clone().unwrap_or_default();
         let what = describe(kind, &name);
@@ -290,8 +286,7 @@ pub async fn restore_orphans(
         let Some((ns, workload)) = record.deployment.split_once('/') else {
             continue;
         };
-        let workload = WorkloadRef::from_annotation(workload)
-            .unwrap_or_else(|| WorkloadRef::deployment(workload));
+        let workload = WorkloadRef::from_record_key(workload);
         if namespace.is_some_and(|n| n != ns) {
             continue;
         }

@@ -9,14 +9,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use std::os::unix::process::ExitStatusExt;
 
-use kube::api::ListParams;
-
 use kdev::swap::workload::{WorkloadKind, WorkloadRef};
 
 use crate::support::{OwnCluster, eventually, wait_child, with_namespace, with_namespace_in};
 use crate::swap_support::{
     Controller, LocalAgent, Swap, apply_rollout_crd, assert_restored, assert_workload_restored,
-    create_running, deploy, simple_deployment, stand_in_rollouts,
+    create_running, deploy, run_objects, simple_deployment, stand_in_rollouts,
 };
 
 const STEPS: u32 = 10;
@@ -124,8 +122,6 @@ async fn every_crash_point_is_restored_by_the_reaper() {
         let killed = Instant::now();
         let mut restored = 0;
         let mut lines = Vec::new();
-        let leases = ns.api::<Lease>();
-        let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
         for (step, mode, workload, _) in &sessions {
             if *mode == "swap" {
                 assert_workload_restored(
@@ -138,31 +134,10 @@ async fn every_crash_point_is_restored_by_the_reaper() {
             } else {
                 // A run changed nothing but its own objects: ended is its
                 // Lease and agent pod gone.
-                let target = workload.to_string();
-                let targets = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
-                    annotations.and_then(|a| a.get("kdev.dev/target")) == Some(&target)
-                };
                 eventually(
                     Duration::from_secs(TTL_SECS + 15),
                     &format!("run step {step}: its Lease and agent pod to go"),
-                    || async {
-                        let lease_left = leases
-                            .list(&ListParams::default().labels("kdev.dev/role=run-session"))
-                            .await
-                            .ok()?
-                            .items
-                            .iter()
-                            .any(|l| targets(l.metadata.annotations.as_ref()));
-                        let pod_left = pods
-                            .list(&ListParams::default().labels("kdev.dev/role=run-agent"))
-                            .await
-                            .ok()?
-                            .items
-                            .iter()
-                            .filter(|p| p.metadata.deletion_timestamp.is_none())
-                            .any(|p| targets(p.metadata.annotations.as_ref()));
-                        (!lease_left && !pod_left).then_some(())
-                    },
+                    || async { (run_objects(&ns, Some(workload)).await == (0, 0)).then_some(()) },
                 )
                 .await;
             }

@@ -5,14 +5,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, LogParams};
 
 use crate::real_node::{busybox_pod, busybox_web, require_real_node};
 use crate::support::{TestNamespace, eventually, with_namespace};
-use crate::swap_support::{Controller, Swap};
+use crate::swap_support::{Controller, Swap, run_objects};
 
 /// Two `kdev run` sessions of one Deployment of 2 replicas at once: each
 /// command gets the container's env and reaches another Service by name;
@@ -77,7 +76,7 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
                 session.stderr()
             );
         }
-        assert_eq!(run_objects(&ns).await, (2, 2), "two sessions, each with its agent pod");
+        assert_eq!(run_objects(&ns, None).await, (2, 2), "two sessions, each with its agent pod");
         // kdev sessions lists both, as runs.
         let listed = crate::support::kdev()
             .arg("--kubeconfig")
@@ -123,7 +122,7 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
             second.stderr()
         );
         eventually(Duration::from_secs(30), "one session left", || async {
-            (run_objects(&ns).await == (1, 1)).then_some(())
+            (run_objects(&ns, None).await == (1, 1)).then_some(())
         })
         .await;
         assert_left_nothing(&second, &report("second")).await;
@@ -138,7 +137,7 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
         let status = third.wait_exit(Duration::from_secs(30)).await;
         assert_eq!(status.code(), Some(130), "{}", third.stderr());
         eventually(Duration::from_secs(30), "the third run to end", || async {
-            (run_objects(&ns).await == (1, 1)).then_some(())
+            (run_objects(&ns, None).await == (1, 1)).then_some(())
         })
         .await;
         assert_left_nothing(&third, &report("third")).await;
@@ -156,7 +155,7 @@ async fn kdev_run_leaves_the_workload_serving_and_is_reaped_after_kill_9() {
         first.wait_exit(Duration::from_secs(10)).await;
         let killed = std::time::Instant::now();
         eventually(Duration::from_secs(8), "the reaper to end the killed run", || async {
-            (run_objects(&ns).await == (0, 0)).then_some(())
+            (run_objects(&ns, None).await == (0, 0)).then_some(())
         })
         .await;
         let reaped_in = killed.elapsed();
@@ -216,27 +215,6 @@ async fn app_pods(ns: &TestNamespace) -> BTreeSet<String> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| p.metadata.uid)
         .collect()
-}
-
-/// How many run-session Leases and live run agent pods the namespace has.
-async fn run_objects(ns: &TestNamespace) -> (usize, usize) {
-    let leases = ns
-        .api::<Lease>()
-        .list(&ListParams::default().labels("kdev.dev/role=run-session"))
-        .await
-        .expect("list leases")
-        .items
-        .len();
-    let agents = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels("kdev.dev/role=run-agent"))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count();
-    (leases, agents)
 }
 
 /// Nothing of a session is left on this machine: no process naming its

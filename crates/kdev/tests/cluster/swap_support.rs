@@ -404,6 +404,35 @@ pub async fn assert_workload_restored(
     .await;
 }
 
+/// How many `kdev run` Leases and live agent pods the namespace has (of
+/// `target` only, when given).
+pub async fn run_objects(ns: &TestNamespace, target: Option<&WorkloadRef>) -> (usize, usize) {
+    let target = target.map(ToString::to_string);
+    let ours = |annotations: Option<&BTreeMap<String, String>>| {
+        target.is_none() || annotations.and_then(|a| a.get("kdev.dev/target")) == target.as_ref()
+    };
+    let leases = ns
+        .api::<Lease>()
+        .list(&ListParams::default().labels("kdev.dev/role=run-session"))
+        .await
+        .expect("list leases")
+        .items
+        .iter()
+        .filter(|l| ours(l.metadata.annotations.as_ref()))
+        .count();
+    let agents = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("kdev.dev/role=run-agent"))
+        .await
+        .expect("list pods")
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| ours(p.metadata.annotations.as_ref()))
+        .count();
+    (leases, agents)
+}
+
 /// `kdev controller` for one namespace of the test cluster (its Lease and
 /// the sessions it reaps), killed when dropped. Its stderr goes to a file.
 pub struct Controller {
