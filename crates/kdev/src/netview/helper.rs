@@ -61,6 +61,9 @@ pub mod tag {
     pub const FAILED: u8 = b'E';
     /// kdev → helper: a marked TCP socket, please; helper → kdev: here it is.
     pub const SOCKET: u8 = b'S';
+    /// kdev → helper: a socket diagnostics socket (which ports the command
+    /// listens on), please; helper → kdev: here it is.
+    pub const DIAG: u8 = b'D';
 }
 
 /// What `kdev __netview` is told.
@@ -382,10 +385,15 @@ fn serve(control: &UnixStream, signals: &SignalFd, mut child: std::process::Chil
         }
         if control_ready {
             match fdpass::recv(control) {
-                Ok(Some(message)) if message.tag == tag::SOCKET => {
-                    let reply = marked_socket();
+                Ok(Some(message)) if matches!(message.tag, tag::SOCKET | tag::DIAG) => {
+                    let reply: std::io::Result<std::os::fd::OwnedFd> = if message.tag == tag::SOCKET
+                    {
+                        marked_socket().map(Into::into)
+                    } else {
+                        diag_socket()
+                    };
                     let sent = match &reply {
-                        Ok(socket) => fdpass::send(control, tag::SOCKET, "", &[socket.as_fd()]),
+                        Ok(socket) => fdpass::send(control, message.tag, "", &[socket.as_fd()]),
                         Err(err) => fdpass::send(control, tag::FAILED, &err.to_string(), &[]),
                     };
                     if sent.is_err() {
@@ -398,6 +406,15 @@ fn serve(control: &UnixStream, signals: &SignalFd, mut child: std::process::Chil
             }
         }
     }
+}
+
+/// A socket diagnostics socket in this namespace ([`super::ports::Diag`]).
+fn diag_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    Ok(rustix::net::socket(
+        rustix::net::AddressFamily::NETLINK,
+        rustix::net::SocketType::DGRAM,
+        Some(rustix::net::netlink::SOCK_DIAG),
+    )?)
 }
 
 /// A TCP socket in this namespace that the NAT leaves alone.

@@ -24,6 +24,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 
+use super::netlink::{self, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, error_code, messages, send};
+
 /// The queue the helper's rule sends SYNs to.
 pub const QUEUE: u16 = 0;
 /// The mark a verdict puts on a SYN to be refused: the NAT lets it pass and
@@ -37,9 +39,6 @@ const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = NFNL_SUBSYS_QUEUE << 8;
 const NFQNL_MSG_VERDICT: u16 = (NFNL_SUBSYS_QUEUE << 8) | 1;
 const NFQNL_MSG_CONFIG: u16 = (NFNL_SUBSYS_QUEUE << 8) | 2;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
 const NFQA_MARK: u16 = 3;
@@ -143,7 +142,7 @@ impl Queue {
                 Err(rustix::io::Errno::AGAIN) if std::time::Instant::now() < deadline => continue,
                 Err(err) => return Err(err.into()),
             };
-            for (kind, body) in messages(&buf[..len]) {
+            for netlink::Message { kind, body, .. } in messages(&buf[..len]) {
                 if kind == NLMSG_ERROR {
                     match error_code(body) {
                         Some(0) => break 'ack,
@@ -212,8 +211,8 @@ fn read_syns(fd: &OwnedFd, tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<Sy
         match rustix::net::recv(fd, &mut buf[..], rustix::net::RecvFlags::empty()) {
             Ok((_, len)) => {
                 let syns: Vec<Syn> = messages(&buf[..len.min(buf.len())])
-                    .filter(|(kind, _)| *kind == NFQNL_MSG_PACKET)
-                    .filter_map(|(_, body)| packet(body))
+                    .filter(|m| m.kind == NFQNL_MSG_PACKET)
+                    .filter_map(|m| packet(m.body))
                     .collect();
                 if !syns.is_empty() && tx.blocking_send(Ok(syns)).is_err() {
                     return;
@@ -231,27 +230,14 @@ fn read_syns(fd: &OwnedFd, tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<Sy
     }
 }
 
-fn send(fd: &OwnedFd, bytes: &[u8]) -> std::io::Result<()> {
-    let kernel = rustix::net::netlink::SocketAddrNetlink::new(0, 0);
-    rustix::net::sendto(fd, bytes, rustix::net::SendFlags::empty(), &kernel)?;
-    Ok(())
-}
-
-/// A netlink message of `kind`: its header, the netfilter header for queue
-/// [`QUEUE`], then `attrs`.
+/// A queue message of `kind`: the netfilter header for queue [`QUEUE`],
+/// then `attrs`.
 fn message(kind: u16, flags: u16, seq: u32, attrs: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + attrs.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: family AF_UNSPEC, version 0, the queue (big-endian).
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&QUEUE.to_be_bytes());
-    out.extend_from_slice(attrs);
-    out
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&QUEUE.to_be_bytes());
+    body.extend_from_slice(attrs);
+    netlink::message(kind, flags, seq, &body)
 }
 
 /// Appends one attribute, padded to 4 bytes.
@@ -260,27 +246,6 @@ fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(value);
     out.resize(out.len().next_multiple_of(4), 0);
-}
-
-/// The netlink messages of a datagram: (type, body after the 16-byte
-/// header). Stops at the first malformed one.
-fn messages(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = datagram;
-    std::iter::from_fn(move || {
-        let len = u32::from_ne_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(rest.get(4..6)?.try_into().ok()?);
-        if len < 16 {
-            return None;
-        }
-        let body = rest.get(16..len)?;
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((kind, body))
-    })
-}
-
-/// The code of a netlink error message (0: an acknowledgement).
-fn error_code(body: &[u8]) -> Option<i32> {
-    Some(i32::from_ne_bytes(body.get(..4)?.try_into().ok()?))
 }
 
 /// The attributes after a netfilter header: (type, value).
@@ -365,8 +330,8 @@ mod tests {
             SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 80),
         ));
         let syns: Vec<Syn> = messages(&datagram)
-            .filter(|(kind, _)| *kind == NFQNL_MSG_PACKET)
-            .filter_map(|(_, body)| packet(body))
+            .filter(|m| m.kind == NFQNL_MSG_PACKET)
+            .filter_map(|m| packet(m.body))
             .collect();
         assert_eq!(syns.len(), 2);
         assert_eq!(syns[0], Syn { id: 7, from, to });
@@ -380,7 +345,7 @@ mod tests {
         put_attr(&mut attrs, NFQA_VERDICT_HDR, &[0, 0, 0, 1, 0, 0, 0, 9]);
         put_attr(&mut attrs, NFQA_MARK, &MARK_REFUSED.to_be_bytes());
         let bytes = message(NFQNL_MSG_VERDICT, NLM_F_REQUEST, 3, &attrs);
-        let (kind, body) = messages(&bytes).next().expect("a message");
+        let netlink::Message { kind, body, .. } = messages(&bytes).next().expect("a message");
         assert_eq!(kind, NFQNL_MSG_VERDICT);
         let read: Vec<(u16, Vec<u8>)> = super::attrs(body).map(|(k, v)| (k, v.to_vec())).collect();
         assert_eq!(read[0], (NFQA_VERDICT_HDR, vec![0, 0, 0, 1, 0, 0, 0, 9]));
@@ -392,9 +357,8 @@ mod tests {
         /// messages and SYNs or nothing, never a panic or a loop.
         #[test]
         fn any_datagram_is_read_without_panicking(datagram in proptest::collection::vec(any::<u8>(), 0..512)) {
-            for (_, body) in messages(&datagram) {
-                let _ = packet(body);
-                let _ = error_code(body);
+            for message in messages(&datagram) {
+                let _ = packet(message.body);
             }
         }
 
@@ -405,8 +369,8 @@ mod tests {
             let to = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 1), 443);
             let whole = queued(1, from, to);
             let cut = &whole[..cut.min(whole.len())];
-            for (_, body) in messages(cut) {
-                if let Some(syn) = packet(body) {
+            for message in messages(cut) {
+                if let Some(syn) = packet(message.body) {
                     prop_assert_eq!(syn, Syn { id: 1, from, to });
                 }
             }

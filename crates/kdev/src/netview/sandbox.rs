@@ -37,7 +37,7 @@ pub struct Sandbox {
 /// Connections into the command's namespaces (cheap to clone).
 #[derive(Clone)]
 pub struct Inside {
-    /// The helper's pid: `/proc/<pid>/net/tcp` lists the sockets inside.
+    /// The helper's pid.
     pub pid: u32,
     control: Arc<Mutex<UnixStream>>,
 }
@@ -178,42 +178,85 @@ impl Inside {
     /// Connects to `to` from inside the namespaces, past the NAT: how the
     /// laptop reaches the command's listeners.
     pub async fn connect_inside(&self, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        let control = self.control.clone();
-        let socket =
-            tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
-                let control = control
-                    .lock()
-                    .map_err(|_| std::io::Error::other("control socket poisoned"))?;
-                fdpass::send(&control, tag::SOCKET, "", &[])?;
-                let Some(mut reply) = fdpass::recv(&control)? else {
-                    return Err(std::io::Error::other("the network view's helper is gone"));
-                };
-                match (reply.tag, reply.fds.pop()) {
-                    (tag::SOCKET, Some(fd)) => Ok(std::net::TcpStream::from(fd)),
-                    _ => Err(std::io::Error::other(format!(
-                        "the network view's helper made no socket: {}",
-                        reply.text
-                    ))),
-                }
-            })
-            .await
-            .map_err(std::io::Error::other)??;
+        let socket = std::net::TcpStream::from(self.ask(tag::SOCKET).await?);
         socket.set_nonblocking(true)?;
         tokio::net::TcpSocket::from_std_stream(socket)
             .connect(to)
             .await
     }
 
-    /// The TCP ports something inside listens on (the capture's aside).
-    pub fn listening_ports(&self) -> std::collections::BTreeSet<u16> {
-        let mut ports = std::collections::BTreeSet::new();
-        for file in ["tcp", "tcp6"] {
-            let path = PathBuf::from(format!("/proc/{}/net/{file}", self.pid));
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                ports.extend(super::ports::listening(&text));
+    /// What tells which ports the command listens on: the socket
+    /// diagnostics of its namespace, or, where the kernel has none, its
+    /// `/proc` listing.
+    pub async fn listeners(&self) -> Listeners {
+        match self.ask(tag::DIAG).await.and_then(super::ports::Diag::new) {
+            Ok(diag) => Listeners::Diag(diag),
+            Err(err) => {
+                tracing::debug!(error = %err, "no socket diagnostics in the network view: reading /proc for its listening ports");
+                Listeners::Proc(self.pid)
             }
         }
+    }
+
+    /// Asks the helper for a socket it makes inside (`tag` says which).
+    async fn ask(&self, what: u8) -> std::io::Result<std::os::fd::OwnedFd> {
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || {
+            let control = control
+                .lock()
+                .map_err(|_| std::io::Error::other("control socket poisoned"))?;
+            fdpass::send(&control, what, "", &[])?;
+            let Some(mut reply) = fdpass::recv(&control)? else {
+                return Err(std::io::Error::other("the network view's helper is gone"));
+            };
+            match reply.fds.pop() {
+                Some(fd) if reply.tag == what => Ok(fd),
+                _ => Err(std::io::Error::other(format!(
+                    "the network view's helper made no socket: {}",
+                    reply.text
+                ))),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// Which ports the command listens on, asked each time.
+pub enum Listeners {
+    Diag(super::ports::Diag),
+    /// The helper's pid: `/proc/<pid>/net/tcp` lists the sockets inside.
+    Proc(u32),
+}
+
+impl Listeners {
+    /// The command's listening ports (not the capture socket's).
+    pub fn ports(&mut self) -> std::io::Result<std::collections::BTreeSet<u16>> {
+        let mut ports = match self {
+            Listeners::Diag(diag) => diag.listening()?,
+            Listeners::Proc(pid) => {
+                let mut ports = std::collections::BTreeSet::new();
+                let read = |file: &str| {
+                    std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/net/{file}")))
+                };
+                ports.extend(super::ports::listening(&read("tcp")?));
+                // Absent where the kernel has no IPv6.
+                if let Ok(text) = read("tcp6") {
+                    ports.extend(super::ports::listening(&text));
+                }
+                ports
+            }
+        };
         ports.remove(&super::helper::CAPTURE_PORT);
-        ports
+        Ok(ports)
+    }
+
+    /// How long to wait before asking again: a `/proc` read costs a
+    /// hundred times a dump, so it is asked less often.
+    pub fn interval(&self) -> Duration {
+        match self {
+            Listeners::Diag(_) => Duration::from_millis(25),
+            Listeners::Proc(_) => Duration::from_millis(250),
+        }
     }
 }
