@@ -411,10 +411,12 @@ pub fn judge(
         let excluded = ns_excluded
             .clone()
             .or_else(|| contract::exclusion(&w.annotations, &w.labels, now));
-        // At 0 without a record, nothing runs: it neither keeps the
-        // environment awake nor asleep. A swapped workload is in use (at 0,
-        // its traffic goes to someone's laptop): awake.
-        if excluded.is_none() && (record.is_some() || w.size > 0 || w.swap_session.is_some()) {
+        // At 0 without a record, or a Job run to its end, nothing runs: it
+        // neither keeps the environment awake nor asleep. A swapped
+        // workload is in use (at 0, its traffic goes to someone's laptop):
+        // awake.
+        let runs = w.size > 0 && !w.finished;
+        if excluded.is_none() && (record.is_some() || runs || w.swap_session.is_some()) {
             sleepable += 1;
             asleep += usize::from(record.is_some());
         }
@@ -737,6 +739,7 @@ mod tests {
             swap_session: None,
             swap_original: None,
             created: None,
+            finished: false,
         }
     }
 
@@ -801,6 +804,14 @@ mod tests {
         assert_eq!(state(&[slept.clone(), up]), State::Partly);
         let at_zero = workload("d", 0, 0, &[]);
         assert_eq!(state(&[slept.clone(), at_zero]), State::Asleep);
+        // A Job that ran to its end keeps nothing awake.
+        let done = Workload {
+            kind: Kind::Job,
+            finished: true,
+            ..workload("e", 1, 1, &[])
+        };
+        assert_eq!(state(&[slept.clone(), done.clone()]), State::Asleep);
+        assert_eq!(state(std::slice::from_ref(&done)), State::Awake);
         assert_eq!(state(&[]), State::Empty);
         let env = judge("dev", &none, &[slept], now);
         assert_eq!(env.workloads[0].original, Some(3));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kdev_contract::session::{ROLE_LABEL, ROLE_SESSION};
@@ -95,6 +95,7 @@ struct Context {
     deployments: Store<PartialObjectMeta<Deployment>>,
     statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     cronjobs: Store<PartialObjectMeta<CronJob>>,
+    jobs: Store<PartialObjectMeta<Job>>,
     /// Sleeping environments in which this leader has seen a live waker:
     /// the ones whose wakers it puts back when they are gone. (A sleep
     /// without wakers, `kdev sleep --no-wake-on-request`, never gets any.)
@@ -120,6 +121,7 @@ pub async fn run(
         let (deployments, deployment_changes) = annotations_of::<Deployment>(&kube, &options);
         let (statefulsets, statefulset_changes) = annotations_of::<StatefulSet>(&kube, &options);
         let (cronjobs, cronjob_changes) = annotations_of::<CronJob>(&kube, &options);
+        let (jobs, job_changes) = annotations_of::<Job>(&kube, &options);
         let context = Arc::new(Context {
             kube: kube.clone(),
             options: options.clone(),
@@ -128,6 +130,7 @@ pub async fn run(
             deployments,
             statefulsets,
             cronjobs,
+            jobs,
             with_wakers: Default::default(),
         });
         let api: Api<Namespace> = Api::all(kube.client.clone());
@@ -169,6 +172,7 @@ pub async fn run(
             .watches_stream(deployment_changes, move |w| in_namespace(w.namespace()))
             .watches_stream(statefulset_changes, move |w| in_namespace(w.namespace()))
             .watches_stream(cronjob_changes, move |w| in_namespace(w.namespace()))
+            .watches_stream(job_changes, move |w| in_namespace(w.namespace()))
             // Environments change in parallel, up to a bound that keeps
             // memory flat however many edges coincide (the API server is
             // the bottleneck well before it).
@@ -425,6 +429,7 @@ async fn own_schedules(
     collect(&context.deployments, &name, Kind::Deployment, &mut own);
     collect(&context.statefulsets, &name, Kind::StatefulSet, &mut own);
     collect(&context.cronjobs, &name, Kind::CronJob, &mut own);
+    collect(&context.jobs, &name, Kind::Job, &mut own);
     own.sort_by(|a, b| (a.0.kind, &a.0.name).cmp(&(b.0.kind, &b.0.name)));
     let keep_awake = namespace.annotations().get(contract::KEEP_AWAKE_ANNOTATION);
     let mut next = None;
@@ -468,6 +473,7 @@ async fn own_schedules(
                     record_on::<StatefulSet>(context, &name, &target.name, value).await?
                 }
                 Kind::CronJob => record_on::<CronJob>(context, &name, &target.name, value).await?,
+                Kind::Job => record_on::<Job>(context, &name, &target.name, value).await?,
             }
             act::written();
             context.metrics.env_transition(awake);

@@ -329,6 +329,7 @@ mod tests {
             swap_session: None,
             swap_original: None,
             created: None,
+            finished: false,
         };
         let now = "2026-12-03T12:00:00Z".parse().unwrap();
         let env = envs::judge(namespace, &BTreeMap::new(), &[w], now);

@@ -9,7 +9,7 @@ use std::hash::Hash;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::runtime::reflector::{self, Store};
@@ -38,6 +38,7 @@ pub struct View {
     deployments: Store<Deployment>,
     statefulsets: Store<StatefulSet>,
     cronjobs: Store<CronJob>,
+    jobs: Store<Job>,
     leases: Store<Lease>,
     events: Vec<Store<Event>>,
     /// Which namespaces are environments.
@@ -114,6 +115,13 @@ pub fn start(
         &tx,
         &mut tasks,
     );
+    let jobs = watched(
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default(),
+        Scalable::keep_viewed,
+        &tx,
+        &mut tasks,
+    );
     let leases = watched(
         Api::<Lease>::all(client.clone()),
         watcher::Config::default().labels(&format!(
@@ -142,6 +150,7 @@ pub fn start(
         deployments,
         statefulsets,
         cronjobs,
+        jobs,
         leases,
         events,
         scope: std::sync::Arc::new(scope.clone()),
@@ -202,6 +211,7 @@ impl View {
         let _ = self.deployments.wait_until_ready().await;
         let _ = self.statefulsets.wait_until_ready().await;
         let _ = self.cronjobs.wait_until_ready().await;
+        let _ = self.jobs.wait_until_ready().await;
         let _ = self.leases.wait_until_ready().await;
         for events in &self.events {
             let _ = events.wait_until_ready().await;
@@ -233,6 +243,9 @@ impl View {
         }
         for c in self.cronjobs.state() {
             add(workload::view(c.as_ref()));
+        }
+        for j in self.jobs.state() {
+            add(workload::view(j.as_ref()));
         }
         let leases: BTreeMap<String, std::sync::Arc<Lease>> = self
             .leases

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kdev_contract::keys::FIELD_MANAGER;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -131,8 +131,8 @@ impl Change {
         let target = format!("{}/{} in {}", self.kind.short(), self.name, self.namespace);
         let would = if self.dry_run { "would be " } else { "" };
         let size = |n: i32| match self.kind {
-            Kind::CronJob if n == 0 => "suspended".to_owned(),
-            Kind::CronJob => "running".to_owned(),
+            kind if kind.suspends() && n == 0 => "suspended".to_owned(),
+            kind if kind.suspends() => "running".to_owned(),
             _ => format!("{n} replicas"),
         };
         match &self.done {
@@ -253,6 +253,9 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 listed
                     .cronjobs
                     .retain(|c| !envs::has_own_schedule(c.annotations()));
+                listed
+                    .jobs
+                    .retain(|j| !envs::has_own_schedule(j.annotations()));
             }
             let named = |kind, name: String| Ref { kind, name };
             listed
@@ -274,6 +277,12 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                     (
                         named(Kind::CronJob, c.name_any()),
                         Some(Known::CronJob(Box::new(c))),
+                    )
+                }))
+                .chain(listed.jobs.into_iter().map(|j| {
+                    (
+                        named(Kind::Job, j.name_any()),
+                        Some(Known::Job(Box::new(j))),
                     )
                 }))
                 .collect()
@@ -303,9 +312,11 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 (_, Some(Known::Deployment(d))) => step.apply(&target.name, Some(*d)).await,
                 (_, Some(Known::StatefulSet(s))) => step.apply(&target.name, Some(*s)).await,
                 (_, Some(Known::CronJob(c))) => step.apply(&target.name, Some(*c)).await,
+                (_, Some(Known::Job(j))) => step.apply(&target.name, Some(*j)).await,
                 (Kind::Deployment, None) => step.apply::<Deployment>(&target.name, None).await,
                 (Kind::StatefulSet, None) => step.apply::<StatefulSet>(&target.name, None).await,
                 (Kind::CronJob, None) => step.apply::<CronJob>(&target.name, None).await,
+                (Kind::Job, None) => step.apply::<Job>(&target.name, None).await,
             };
             let (done, reference) = outcome.unwrap_or_else(|err| {
                 (
@@ -347,7 +358,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             };
             if let Some(sleeping_to) = hpa_change
                 && !config.dry_run
-                && target.kind != Kind::CronJob
+                && !target.kind.suspends()
             {
                 if hpas.is_none() {
                     hpas = Some(super::hpa::list(kube, &namespace).await);
@@ -570,9 +581,10 @@ impl Step<'_> {
                     .line()
                 ),
             };
-            if K::KIND == Kind::CronJob {
+            if K::KIND.suspends() {
                 anyhow::bail!(
-                    "failed to wake {what}: a CronJob has no scale subresource, and this account may not patch it"
+                    "failed to wake {what}: a {} has no scale subresource, and this account may not patch it",
+                    K::kind(&())
                 );
             }
             let patch = serde_json::json!({
@@ -639,9 +651,12 @@ impl Step<'_> {
                     .or_else(|| envs::exclusion(&w.annotations, &w.labels, self.now))
                     .or(young);
                 let to = match w.kind {
-                    Kind::CronJob => 0,
+                    kind if kind.suspends() => 0,
                     _ => envs::downtime_replicas(&w.annotations, self.ns_annotations)?,
                 };
+                if w.finished && w.size > 0 {
+                    return Ok((None, unchanged("finished: nothing of it runs")));
+                }
                 let plan = envs::sleep_plan(w.size, to, &w.annotations, exclusion, swapped(w))?;
                 Ok(match plan {
                     envs::Sleep::Scale { from, to } => (
@@ -652,7 +667,9 @@ impl Step<'_> {
                     envs::Sleep::AlreadySmall { replicas } => (
                         None,
                         unchanged(&match w.kind {
-                            Kind::CronJob => "suspended before the sleep; left as it is".to_owned(),
+                            kind if kind.suspends() => {
+                                "suspended before the sleep; left as it is".to_owned()
+                            }
                             _ => format!("at {replicas} replicas already; left as it is"),
                         }),
                     ),
@@ -871,4 +888,5 @@ enum Known {
     Deployment(Box<Deployment>),
     StatefulSet(Box<StatefulSet>),
     CronJob(Box<CronJob>),
+    Job(Box<Job>),
 }

@@ -33,7 +33,7 @@ fn targets(hpa: &HorizontalPodAutoscaler, kind: Kind, name: &str) -> bool {
     let wanted = match kind {
         Kind::Deployment => "Deployment",
         Kind::StatefulSet => "StatefulSet",
-        Kind::CronJob => return false,
+        Kind::CronJob | Kind::Job => return false,
     };
     target.kind == wanted && target.name == name
 }

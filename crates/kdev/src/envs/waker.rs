@@ -530,7 +530,7 @@ async fn wake_once(shared: &Shared) -> Result<(), String> {
             .await
             .map_err(|err| format!("{err:#}"))?
             .iter()
-            .filter(|w| w.kind != Kind::CronJob)
+            .filter(|w| !w.kind.suspends())
             .map(|w| w.reference())
             .collect()
     } else {

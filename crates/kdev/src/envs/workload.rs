@@ -1,12 +1,12 @@
 //! The workloads an environment is made of, read the same way whatever
-//! their kind: Deployments and StatefulSets (their replicas) and CronJobs
-//! (running is 1, suspended is 0).
+//! their kind: Deployments and StatefulSets (their replicas), CronJobs and
+//! Jobs (running is 1, suspended is 0).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt as _};
 use serde::Serialize;
@@ -22,10 +22,22 @@ pub enum Kind {
     Deployment,
     StatefulSet,
     CronJob,
+    Job,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::StatefulSet, Kind::CronJob];
+    pub const ALL: [Kind; 4] = [
+        Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::CronJob,
+        Kind::Job,
+    ];
+
+    /// Whether a sleep suspends it (a CronJob, a Job) rather than scaling
+    /// it: no replicas, no scale subresource, no HPA, no waker.
+    pub fn suspends(self) -> bool {
+        matches!(self, Kind::CronJob | Kind::Job)
+    }
 
     /// kubectl's short form, as `kdev` prints it.
     pub fn short(self) -> &'static str {
@@ -33,11 +45,12 @@ impl Kind {
             Kind::Deployment => "deployment",
             Kind::StatefulSet => "statefulset",
             Kind::CronJob => "cronjob",
+            Kind::Job => "job",
         }
     }
 }
 
-/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`.
+/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`, `job/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ref {
     pub kind: Kind,
@@ -50,11 +63,11 @@ impl fmt::Display for Ref {
     }
 }
 
-/// Reads `KIND/NAME` with kubectl's names for the three kinds.
+/// Reads `KIND/NAME` with kubectl's names for the four kinds.
 pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
     let usage = || {
         error::usage(format!(
-            "{text:?} is not a workload: use deploy/NAME, sts/NAME or cronjob/NAME"
+            "{text:?} is not a workload: use deploy/NAME, sts/NAME, cronjob/NAME or job/NAME"
         ))
     };
     let (kind, name) = text.split_once('/').ok_or_else(usage)?;
@@ -66,6 +79,7 @@ pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
             Kind::StatefulSet
         }
         "cj" | "cronjob" | "cronjobs" | "cronjob.batch" | "cronjobs.batch" => Kind::CronJob,
+        "job" | "jobs" | "job.batch" | "jobs.batch" => Kind::Job,
         _ => return Err(usage()),
     };
     crate::k8s::validate_subdomain(&format!("{} name", kind.short()), name)?;
@@ -81,10 +95,13 @@ pub struct Workload {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
-    /// Replicas (unset reads as 1); a CronJob: 1 running, 0 suspended.
+    /// Replicas (unset reads as 1); a CronJob or a Job: 1 running, 0
+    /// suspended.
     pub size: i32,
-    /// Ready replicas; a CronJob counts as ready.
+    /// Ready replicas; a CronJob or a Job counts as ready.
     pub ready: i32,
+    /// A Job that completed or failed: nothing of it runs, nothing to sleep.
+    pub finished: bool,
     pub annotations: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     /// The `kdev swap` session holding it, if any.
@@ -117,6 +134,10 @@ pub trait Scalable:
     fn ready(&self) -> i32;
     /// The patch that sets the size (merged with the annotations by the caller).
     fn size_patch(size: i32) -> serde_json::Value;
+    /// Whether it has run to its end (a Job).
+    fn finished(&self) -> bool {
+        false
+    }
     /// Drops all that [`view`] does not read (the pod template, most of the
     /// status): what a cache of thousands keeps.
     fn keep_viewed(&mut self);
@@ -211,6 +232,46 @@ impl Scalable for CronJob {
     }
 }
 
+/// The Job controller's conditions for a Job that has run to its end.
+fn terminal(condition: &k8s_openapi::api::batch::v1::JobCondition) -> bool {
+    matches!(condition.type_.as_str(), "Complete" | "Failed") && condition.status == "True"
+}
+
+impl Scalable for Job {
+    const KIND: Kind = Kind::Job;
+    fn size(&self) -> i32 {
+        let suspended = self.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+        i32::from(!suspended)
+    }
+    fn ready(&self) -> i32 {
+        self.size()
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        serde_json::json!({ "spec": { "suspend": size == 0 } })
+    }
+    fn finished(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| conditions.iter().any(terminal))
+    }
+    fn keep_viewed(&mut self) {
+        use k8s_openapi::api::batch::v1::{JobSpec, JobStatus};
+        self.spec = self.spec.take().map(|s| JobSpec {
+            suspend: s.suspend,
+            ..JobSpec::default()
+        });
+        // What `finished` reads, and nothing else.
+        self.status = self.status.take().map(|s| JobStatus {
+            conditions: s
+                .conditions
+                .map(|conditions| conditions.into_iter().filter(terminal).collect()),
+            ..JobStatus::default()
+        });
+        keep_viewed_meta(self.meta_mut());
+    }
+}
+
 pub fn view<K: Scalable>(object: &K) -> Workload {
     let annotations = object.annotations().clone();
     let marks = match K::KIND {
@@ -223,6 +284,7 @@ pub fn view<K: Scalable>(object: &K) -> Workload {
         name: object.name_any(),
         size: object.size(),
         ready: object.ready(),
+        finished: object.finished(),
         labels: object.labels().clone(),
         annotations,
         swap_session: marks.as_ref().map(|m| m.session.clone()),
@@ -259,6 +321,7 @@ pub struct Listed {
     pub deployments: Vec<Deployment>,
     pub statefulsets: Vec<StatefulSet>,
     pub cronjobs: Vec<CronJob>,
+    pub jobs: Vec<Job>,
 }
 
 impl Listed {
@@ -269,26 +332,29 @@ impl Listed {
             .map(view)
             .chain(self.statefulsets.iter().map(view))
             .chain(self.cronjobs.iter().map(view))
+            .chain(self.jobs.iter().map(view))
             .collect()
     }
 }
 
-/// Every Deployment, StatefulSet and CronJob in `namespace`.
+/// Every Deployment, StatefulSet, CronJob and Job in `namespace`.
 pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
-    let (deployments, statefulsets, cronjobs) = tokio::try_join!(
+    let (deployments, statefulsets, cronjobs, jobs) = tokio::try_join!(
         list_kind::<Deployment>(kube, namespace),
         list_kind::<StatefulSet>(kube, namespace),
         list_kind::<CronJob>(kube, namespace),
+        list_kind::<Job>(kube, namespace),
     )?;
     Ok(Listed {
         deployments,
         statefulsets,
         cronjobs,
+        jobs,
     })
 }
 
-/// Every Deployment, StatefulSet and CronJob in the cluster, by namespace:
-/// three requests however many namespaces there are.
+/// Every Deployment, StatefulSet, CronJob and Job in the cluster, by
+/// namespace: four requests however many namespaces there are.
 pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, Listed>> {
     async fn all<K: Scalable>(kube: &Kube) -> anyhow::Result<Vec<K>> {
         let api: Api<K> = Api::all(kube.client.clone());
@@ -302,10 +368,11 @@ pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, L
         items.sort_by_key(|object| object.name_any());
         Ok(items)
     }
-    let (deployments, statefulsets, cronjobs) = tokio::try_join!(
+    let (deployments, statefulsets, cronjobs, jobs) = tokio::try_join!(
         all::<Deployment>(kube),
         all::<StatefulSet>(kube),
         all::<CronJob>(kube),
+        all::<Job>(kube),
     )?;
     let mut by_namespace: BTreeMap<String, Listed> = BTreeMap::new();
     for d in deployments {
@@ -329,10 +396,17 @@ pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, L
             .cronjobs
             .push(c);
     }
+    for j in jobs {
+        by_namespace
+            .entry(j.namespace().unwrap_or_default())
+            .or_default()
+            .jobs
+            .push(j);
+    }
     Ok(by_namespace)
 }
 
-/// Every Deployment, StatefulSet and CronJob in `namespace`, by kind and name.
+/// Every Deployment, StatefulSet, CronJob and Job in `namespace`, by kind and name.
 pub async fn in_namespace(kube: &Kube, namespace: &str) -> anyhow::Result<Vec<Workload>> {
     Ok(listed(kube, namespace).await?.views())
 }
@@ -343,13 +417,14 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn kubectl_names_for_the_three_kinds() {
+    fn kubectl_names_for_the_four_kinds() {
         assert_eq!(parse_ref("deploy/web").unwrap().kind, Kind::Deployment);
         assert_eq!(
             parse_ref("statefulsets.apps/db").unwrap().kind,
             Kind::StatefulSet
         );
         assert_eq!(parse_ref("cj/nightly").unwrap().kind, Kind::CronJob);
+        assert_eq!(parse_ref("jobs.batch/migrate").unwrap().kind, Kind::Job);
         let err = parse_ref("pod/web").unwrap_err().to_string();
         assert!(err.contains("deploy/NAME"), "{err}");
         assert!(parse_ref("deploy/Web_1").is_err());

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use serde_json::{Value, json};
@@ -88,6 +88,66 @@ async fn create_cronjob(ns: &TestNamespace, name: &str) {
         .expect("create cronjob");
 }
 
+/// A Job with `pod` as its pod template's spec (`restartPolicy: Never`
+/// added).
+async fn create_job(ns: &TestNamespace, name: &str, mut pod: Value) {
+    pod["restartPolicy"] = json!("Never");
+    let job: Job = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "backoffLimit": 0, "template": { "spec": pod } }
+    }))
+    .expect("a job");
+    ns.api::<Job>()
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+}
+
+/// A Job that runs until it is stopped: on the real node (kwok's fake node
+/// completes a Job's pod at once).
+async fn create_running_job(ns: &TestNamespace, name: &str) {
+    let mut pod = crate::real_node::on_real_node();
+    pod["terminationGracePeriodSeconds"] = json!(0);
+    pod["containers"] = json!([{
+        "name": "job",
+        "image": crate::real_node::BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": ["sleep", "3600"]
+    }]);
+    create_job(ns, name, pod).await;
+}
+
+/// A Job that kwok's fake node runs to its end, waited for until the Job
+/// controller says it completed.
+async fn create_finished_job(ns: &TestNamespace, name: &str) {
+    let pod = json!({ "containers": [{ "name": "job", "image": "example.invalid/job:1" }] });
+    create_job(ns, name, pod).await;
+    eventually(Duration::from_secs(60), "the Job to complete", || async {
+        let job = ns.api::<Job>().get(name).await.ok()?;
+        job.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+/// How many of `name`'s pods run, as the Job controller counts them.
+async fn job_active(ns: &TestNamespace, name: &str) -> Option<i32> {
+    let job = ns.api::<Job>().get(name).await.ok()?;
+    Some(job.status?.active.unwrap_or(0))
+}
+
+/// A Job's `spec.suspend` and its sleep record.
+async fn suspended(ns: &TestNamespace, name: &str) -> (Option<bool>, Option<String>) {
+    let job = ns.api::<Job>().get(name).await.expect("get job");
+    (
+        job.spec.as_ref().and_then(|s| s.suspend),
+        job.annotations().get(SLEEP).cloned(),
+    )
+}
+
 async fn replicas(ns: &TestNamespace, name: &str) -> (i32, Option<String>) {
     let d = ns
         .api::<Deployment>()
@@ -113,6 +173,12 @@ async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
         create_deployment(&ns, "opted-out", 2, json!({ "downscaler/exclude": "true" })).await;
         create_statefulset(&ns, "db", 2).await;
         create_cronjob(&ns, "nightly").await;
+        create_running_job(&ns, "migrate").await;
+        create_finished_job(&ns, "done").await;
+        eventually(Duration::from_secs(60), "migrate's pod", || async {
+            (job_active(&ns, "migrate").await? == 1).then_some(())
+        })
+        .await;
 
         let slept = ok(run(
             &kubeconfig(),
@@ -136,6 +202,27 @@ async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
         assert_eq!(db.spec.unwrap().replicas, Some(0));
         let cj = ns.api::<CronJob>().get("nightly").await.unwrap();
         assert_eq!(cj.spec.suspend, Some(true));
+        assert!(
+            slept.contains("job/migrate in") && slept.contains("(running → suspended)"),
+            "{slept}"
+        );
+        let (suspend, record) = suspended(&ns, "migrate").await;
+        assert_eq!(suspend, Some(true));
+        assert!(record.is_some(), "migrate carries its sleep record");
+        // Suspended, the Job's pod is gone: nothing of it runs.
+        eventually(Duration::from_secs(60), "migrate's pod to go", || async {
+            (job_active(&ns, "migrate").await? == 0).then_some(())
+        })
+        .await;
+        assert!(
+            slept.contains("job/done in") && slept.contains("finished: nothing of it runs"),
+            "{slept}"
+        );
+        assert_eq!(
+            suspended(&ns, "done").await,
+            (Some(false), None),
+            "left alone"
+        );
 
         let env = envs_json(&ns).await;
         assert_eq!(env["state"], "asleep", "{env}");
@@ -172,6 +259,12 @@ async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
         assert_eq!(db.spec.unwrap().replicas, Some(2));
         let cj = ns.api::<CronJob>().get("nightly").await.unwrap();
         assert_eq!(cj.spec.suspend, Some(false));
+        assert_eq!(suspended(&ns, "migrate").await, (Some(false), None));
+        eventually(Duration::from_secs(60), "migrate's pod again", || async {
+            (job_active(&ns, "migrate").await? == 1).then_some(())
+        })
+        .await;
+        assert_eq!(suspended(&ns, "done").await, (Some(false), None));
         assert!(envs_json(&ns).await["state"] != "asleep");
 
         let slept_notes = event_notes(&ns, "Slept").await;
@@ -817,6 +910,7 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         .await;
         create_deployment(&ns, "web", 2, json!({})).await;
         create_cronjob(&ns, "nightly").await;
+        create_running_job(&ns, "migrate").await;
         // A Service in front of a workload with a port: its waker is placed
         // with the same rights.
         let api: Deployment =
@@ -849,6 +943,7 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         )
         .await;
         assert_eq!(replicas(&ns, "web").await.0, 0, "{}", controller.log());
+        assert_eq!(suspended(&ns, "migrate").await.0, Some(true), "{}", controller.log());
         let wakers = eventually(Duration::from_secs(30), "the api's waker", || async {
             let pods = ns
                 .api::<k8s_openapi::api::core::v1::Pod>()
@@ -1562,9 +1657,9 @@ async fn an_hpa_neither_fights_the_sleep_nor_blocks_the_wake() {
 /// workload back to exactly that and the records gone.
 #[tokio::test]
 async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_completes() {
-    // api (with a port, behind a Service), web, db, nightly: four workload
-    // writes, then the wakers, then the applied state.
-    let rounds = (1..=6).map(|crash_after| {
+    // api (with a port, behind a Service), web, db, nightly, migrate (a
+    // Job): five workload writes, then the wakers, then the applied state.
+    let rounds = (1..=7).map(|crash_after| {
         with_namespace("envs-crash", move |ns| async move {
             annotate_namespace(
                 &ns,
@@ -1594,12 +1689,13 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
             create_deployment(&ns, "web", 3, json!({})).await;
             create_statefulset(&ns, "db", 1).await;
             create_cronjob(&ns, "nightly").await;
+            create_running_job(&ns, "migrate").await;
             for (crash_at, complete_at, awake) in [
                 ("2026-12-02T18:59:59Z", "2026-12-02T19:00:01Z", false),
                 ("2026-12-02T19:00:59Z", "2026-12-02T19:01:01Z", true),
             ] {
                 // A wake has no wakers to place: one write fewer.
-                let crash = if awake { crash_after.min(5) } else { crash_after }.to_string();
+                let crash = if awake { crash_after.min(6) } else { crash_after }.to_string();
                 let mut crashed = crate::swap_support::Controller::launch(
                     &ns,
                     &ns.kubeconfig,
@@ -1649,6 +1745,9 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
                 assert_eq!(db.spec.and_then(|s| s.replicas), Some(i32::from(awake)));
                 let nightly = ns.api::<CronJob>().get("nightly").await.expect("nightly");
                 assert_eq!(nightly.spec.suspend, Some(!awake), "crash after {crash}");
+                let (suspend, record) = suspended(&ns, "migrate").await;
+                assert_eq!(suspend, Some(!awake), "crash after {crash}");
+                assert_eq!(record.is_some(), !awake, "migrate's record, crash after {crash}");
                 if !awake {
                     let wakers = ns
                         .api::<k8s_openapi::api::core::v1::Pod>()
