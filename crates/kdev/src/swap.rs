@@ -537,6 +537,42 @@ struct Prepared {
     _forwards: Vec<AbortOnDrop>,
 }
 
+/// Waits until none of a StatefulSet's own pods is ready. A set scales
+/// down one pod at a time (`OrderedReady`, the default), highest ordinal
+/// first, so its pod 0 runs and serves on, under the very name the proxy
+/// took (`kafka-0.kafka`), until every other pod has gone; until then a
+/// client could reach it instead of this machine. (A Deployment's,
+/// ReplicaSet's or Rollout's pods all stop at once, and a terminating pod
+/// is no Service's endpoint.)
+async fn wait_set_stopped(
+    kube: &Kube,
+    workload: &Workload,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let step =
+        crate::progress::Step::start(format!("waiting for {}'s pods to stop", workload.reference));
+    let api = workload::api(kube, &kube.namespace, workload.reference.kind);
+    let what = format!("{} in {}", workload.reference, kube.namespace);
+    crate::k8s::wait::until(
+        api,
+        &workload.reference.name,
+        timeout,
+        &format!("the pods of {what} did not stop"),
+        |set| {
+            let Some(set) = set else {
+                return crate::k8s::wait::Check::Fail(anyhow::anyhow!("{what} was deleted"));
+            };
+            match set.data["status"]["readyReplicas"].as_i64().unwrap_or(0) {
+                0 => crate::k8s::wait::Check::Done(()),
+                ready => crate::k8s::wait::Check::Wait(format!("{ready} ready")),
+            }
+        },
+    )
+    .await?;
+    step.done();
+    Ok(())
+}
+
 /// Steps 2 to 5 and the command's environment.
 async fn prepare(
     kube: &Kube,
@@ -579,6 +615,9 @@ async fn prepare(
     link::wait_up(&mut current, &last_error, args.timeout).await?;
     step.done();
     session.crash().reached(Step::TunnelUp);
+    if args.mode == Mode::Swap && workload.reference.kind == WorkloadKind::StatefulSet {
+        wait_set_stopped(kube, workload, args.timeout).await?;
+    }
 
     let mut forward_tasks = Vec::new();
     let mut forward_env = Vec::new();
