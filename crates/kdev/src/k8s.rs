@@ -15,5 +15,5 @@ pub mod objects;
 pub mod portforward;
 pub mod wait;
 
-pub use client::{Flags, Kube, connect, explain, is_conflict, is_not_found, refused_with};
+pub use client::{Flags, Kube, connect, explain, is_conflict, is_not_found, refused_with, served};
 pub use names::{validate_dns_label, validate_subdomain};

@@ -39,7 +39,7 @@ use kdev_contract::session::{
     TARGET_ANNOTATION,
 };
 use kube::Api;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::DynamicObject;
 use kube::runtime::events::Recorder;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::{Notify, watch};
@@ -269,9 +269,9 @@ async fn served_kinds(kube: &Kube, namespace: Option<&str>) -> Vec<WorkloadKind>
         Some(ns) => Api::namespaced_with(kube.client.clone(), ns, &resource),
         None => Api::all_with(kube.client.clone(), &resource),
     };
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => kinds.push(WorkloadKind::Rollout),
-        Err(kube::Error::Api(status)) if status.code == 404 => {
+    match crate::k8s::served(&api).await {
+        Ok(true) => kinds.push(WorkloadKind::Rollout),
+        Ok(false) => {
             tracing::info!("no Argo Rollouts in this cluster: not watching rollouts");
         }
         Err(err) => tracing::warn!(

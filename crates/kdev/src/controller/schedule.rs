@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::serve::Metrics;
 use crate::envs::act::{self, Direction, Selection};
-use crate::envs::workload::{Kind, Ref};
+use crate::envs::workload::{Kind, Ref, Rollout};
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::{Kube, activity};
 use kdev_contract::envs::{self as contract, Schedule};
@@ -96,6 +96,8 @@ struct Context {
     statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     cronjobs: Store<PartialObjectMeta<CronJob>>,
     jobs: Store<PartialObjectMeta<Job>>,
+    /// Empty where the cluster has no Argo Rollouts.
+    rollouts: Store<PartialObjectMeta<Rollout>>,
     /// Sleeping environments in which this leader has seen a live waker:
     /// the ones whose wakers it puts back when they are gone. (A sleep
     /// without wakers, `kdev sleep --no-wake-on-request`, never gets any.)
@@ -122,6 +124,13 @@ pub async fn run(
         let (statefulsets, statefulset_changes) = annotations_of::<StatefulSet>(&kube, &options);
         let (cronjobs, cronjob_changes) = annotations_of::<CronJob>(&kube, &options);
         let (jobs, job_changes) = annotations_of::<Job>(&kube, &options);
+        let (rollouts, rollout_changes) = annotations_of::<Rollout>(&kube, &options);
+        // Watched where the CRD is served when this replica starts to lead.
+        let rollout_changes = if rollouts_served(&kube, &options).await {
+            rollout_changes.boxed()
+        } else {
+            futures::stream::empty().boxed()
+        };
         let context = Arc::new(Context {
             kube: kube.clone(),
             options: options.clone(),
@@ -131,6 +140,7 @@ pub async fn run(
             statefulsets,
             cronjobs,
             jobs,
+            rollouts,
             with_wakers: Default::default(),
         });
         let api: Api<Namespace> = Api::all(kube.client.clone());
@@ -173,6 +183,7 @@ pub async fn run(
             .watches_stream(statefulset_changes, move |w| in_namespace(w.namespace()))
             .watches_stream(cronjob_changes, move |w| in_namespace(w.namespace()))
             .watches_stream(job_changes, move |w| in_namespace(w.namespace()))
+            .watches_stream(rollout_changes, move |w| in_namespace(w.namespace()))
             // Environments change in parallel, up to a bound that keeps
             // memory flat however many edges coincide (the API server is
             // the bottleneck well before it).
@@ -189,6 +200,22 @@ pub async fn run(
             _ = leading.wait_for(|l| !*l) => {
                 tracing::info!("environment scheduler stopped: no longer the leader");
             }
+        }
+    }
+}
+
+/// Whether the cluster serves Argo Rollouts (where the scheduler may see
+/// them).
+async fn rollouts_served(kube: &Kube, options: &Options) -> bool {
+    let api: Api<Rollout> = match &options.namespace {
+        Some(ns) => Api::namespaced(kube.client.clone(), ns),
+        None => Api::all(kube.client.clone()),
+    };
+    match crate::k8s::served(&api).await {
+        Ok(served) => served,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list Argo Rollouts (grant the controller get, list, watch and patch on rollouts.argoproj.io to schedule them)");
+            false
         }
     }
 }
@@ -430,6 +457,7 @@ async fn own_schedules(
     collect(&context.statefulsets, &name, Kind::StatefulSet, &mut own);
     collect(&context.cronjobs, &name, Kind::CronJob, &mut own);
     collect(&context.jobs, &name, Kind::Job, &mut own);
+    collect(&context.rollouts, &name, Kind::Rollout, &mut own);
     own.sort_by(|a, b| (a.0.kind, &a.0.name).cmp(&(b.0.kind, &b.0.name)));
     let keep_awake = namespace.annotations().get(contract::KEEP_AWAKE_ANNOTATION);
     let mut next = None;
@@ -474,6 +502,7 @@ async fn own_schedules(
                 }
                 Kind::CronJob => record_on::<CronJob>(context, &name, &target.name, value).await?,
                 Kind::Job => record_on::<Job>(context, &name, &target.name, value).await?,
+                Kind::Rollout => record_on::<Rollout>(context, &name, &target.name, value).await?,
             }
             act::written();
             context.metrics.env_transition(awake);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 
+use crate::envs::workload::Rollout;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -39,6 +40,7 @@ pub struct View {
     statefulsets: Store<StatefulSet>,
     cronjobs: Store<CronJob>,
     jobs: Store<Job>,
+    rollouts: Store<Rollout>,
     leases: Store<Lease>,
     events: Vec<Store<Event>>,
     /// Which namespaces are environments.
@@ -122,6 +124,14 @@ pub fn start(
         &tx,
         &mut tasks,
     );
+    let rollouts = watched_if(
+        true,
+        Api::<Rollout>::all(client.clone()),
+        watcher::Config::default(),
+        Scalable::keep_viewed,
+        &tx,
+        &mut tasks,
+    );
     let leases = watched(
         Api::<Lease>::all(client.clone()),
         watcher::Config::default().labels(&format!(
@@ -151,6 +161,7 @@ pub fn start(
         statefulsets,
         cronjobs,
         jobs,
+        rollouts,
         leases,
         events,
         scope: std::sync::Arc::new(scope.clone()),
@@ -181,14 +192,39 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
+    watched_if(false, api, config, keep, tx, tasks)
+}
+
+/// [`watched`], for a kind the cluster may not serve (a CRD's) when
+/// `optional`: where it does not when the dashboard starts, the store is
+/// empty and ready.
+fn watched_if<K>(
+    optional: bool,
+    api: Api<K>,
+    config: watcher::Config,
+    keep: fn(&mut K),
+    tx: &watch::Sender<u64>,
+    tasks: &mut Vec<futures::future::BoxFuture<'static, ()>>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, mut writer) = reflector::store();
     let tx = tx.clone();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(keep)
-        .reflect(writer);
     tasks.push(Box::pin(async move {
+        if optional && matches!(k8s::served(&api).await, Ok(false)) {
+            tracing::info!(%kind, "not served in this cluster: the dashboard shows none");
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            tx.send_modify(|n| *n += 1);
+            return;
+        }
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(keep)
+            .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
@@ -212,6 +248,7 @@ impl View {
         let _ = self.statefulsets.wait_until_ready().await;
         let _ = self.cronjobs.wait_until_ready().await;
         let _ = self.jobs.wait_until_ready().await;
+        let _ = self.rollouts.wait_until_ready().await;
         let _ = self.leases.wait_until_ready().await;
         for events in &self.events {
             let _ = events.wait_until_ready().await;
@@ -246,6 +283,9 @@ impl View {
         }
         for j in self.jobs.state() {
             add(workload::view(j.as_ref()));
+        }
+        for r in self.rollouts.state() {
+            add(workload::view(r.as_ref()));
         }
         let leases: BTreeMap<String, std::sync::Arc<Lease>> = self
             .leases

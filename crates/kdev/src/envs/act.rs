@@ -13,7 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, ResourceExt as _};
 use serde::Serialize;
 
-use super::workload::{self, Kind, Ref, Scalable, Workload};
+use super::workload::{self, Kind, Ref, Rollout, Scalable, Workload};
 use crate::faults;
 use crate::k8s::Kube;
 use crate::k8s::guarded::{self, Decision};
@@ -256,6 +256,9 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 listed
                     .jobs
                     .retain(|j| !envs::has_own_schedule(j.annotations()));
+                listed
+                    .rollouts
+                    .retain(|r| !envs::has_own_schedule(r.annotations()));
             }
             let named = |kind, name: String| Ref { kind, name };
             listed
@@ -283,6 +286,12 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                     (
                         named(Kind::Job, j.name_any()),
                         Some(Known::Job(Box::new(j))),
+                    )
+                }))
+                .chain(listed.rollouts.into_iter().map(|r| {
+                    (
+                        named(Kind::Rollout, r.name_any()),
+                        Some(Known::Rollout(Box::new(r))),
                     )
                 }))
                 .collect()
@@ -313,10 +322,12 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 (_, Some(Known::StatefulSet(s))) => step.apply(&target.name, Some(*s)).await,
                 (_, Some(Known::CronJob(c))) => step.apply(&target.name, Some(*c)).await,
                 (_, Some(Known::Job(j))) => step.apply(&target.name, Some(*j)).await,
+                (_, Some(Known::Rollout(r))) => step.apply(&target.name, Some(*r)).await,
                 (Kind::Deployment, None) => step.apply::<Deployment>(&target.name, None).await,
                 (Kind::StatefulSet, None) => step.apply::<StatefulSet>(&target.name, None).await,
                 (Kind::CronJob, None) => step.apply::<CronJob>(&target.name, None).await,
                 (Kind::Job, None) => step.apply::<Job>(&target.name, None).await,
+                (Kind::Rollout, None) => step.apply::<Rollout>(&target.name, None).await,
             };
             let (done, reference) = outcome.unwrap_or_else(|err| {
                 (
@@ -889,4 +900,5 @@ enum Known {
     StatefulSet(Box<StatefulSet>),
     CronJob(Box<CronJob>),
     Job(Box<Job>),
+    Rollout(Box<Rollout>),
 }

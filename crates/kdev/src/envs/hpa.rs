@@ -33,6 +33,7 @@ fn targets(hpa: &HorizontalPodAutoscaler, kind: Kind, name: &str) -> bool {
     let wanted = match kind {
         Kind::Deployment => "Deployment",
         Kind::StatefulSet => "StatefulSet",
+        Kind::Rollout => "Rollout",
         Kind::CronJob | Kind::Job => return false,
     };
     target.kind == wanted && target.name == name

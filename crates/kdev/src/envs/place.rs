@@ -1,5 +1,5 @@
-//! Placing wakers. While an environment sleeps, each sleeping Deployment
-//! or StatefulSet that a Service selects has a waker Pod: kdev's agent
+//! Placing wakers. While an environment sleeps, each sleeping Deployment,
+//! StatefulSet or Rollout that a Service selects has a waker Pod: kdev's agent
 //! image, carrying the workload's pod template labels (so its Services
 //! route to it) and its container ports, running `kdev __waker`
 //! ([`super::waker`]).
@@ -30,7 +30,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, ResourceExt as _};
 use serde::Serialize;
 
-use super::workload::{Kind, Ref};
+use super::workload::{self, Kind, Ref, Rollout, Scalable};
 use crate::k8s::{self, Kube};
 
 /// The label selector of every waker Pod.
@@ -81,31 +81,26 @@ struct Sleeper {
     reference: Ref,
     selector: String,
     template: PodTemplateSpec,
+    /// Labels its controller adds to each pod (a Rollout's hash).
+    added: BTreeMap<String, String>,
 }
 
-fn sleeper(
-    kind: Kind,
-    meta: &ObjectMeta,
-    size: i32,
-    spec: Option<(
-        &PodTemplateSpec,
-        &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    )>,
-) -> Option<Sleeper> {
-    let asleep = size == 0
-        && meta
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(contract::SLEEP_ANNOTATION));
-    let (template, selector) = spec?;
+/// The sleeper `object` is: asleep by kdev's record, with a pod template.
+fn sleeper<K: Scalable>(object: &K) -> Option<Sleeper> {
+    let asleep = object.size() == 0
+        && object
+            .annotations()
+            .contains_key(contract::SLEEP_ANNOTATION);
     asleep.then_some(())?;
+    let pods = object.pods()?;
     Some(Sleeper {
         reference: Ref {
-            kind,
-            name: meta.name.clone().unwrap_or_default(),
+            kind: K::KIND,
+            name: object.name_any(),
         },
-        selector: k8s::objects::selector_query(selector)?,
-        template: template.clone(),
+        selector: k8s::objects::selector_query(pods.selector)?,
+        template: pods.template.clone(),
+        added: pods.added,
     })
 }
 
@@ -139,44 +134,33 @@ async fn place_in(
     let client = kube.client.clone();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     let all = ListParams::default();
-    let (services, deployments, statefulsets) = tokio::try_join!(
-        services.list(&all),
-        deployments.list(&all),
-        statefulsets.list(&all)
-    )
-    .map_err(|err| kube.explain(err, format!("list Services and workloads in {namespace}")))?;
+    let (services, deployments, statefulsets, rollouts) = tokio::try_join!(
+        async {
+            services
+                .list(&all)
+                .await
+                .map_err(|err| kube.explain(err, format!("list Services in {namespace}")))
+        },
+        workload::list_kind::<Deployment>(kube, Some(namespace)),
+        workload::list_kind::<StatefulSet>(kube, Some(namespace)),
+        workload::list_kind::<Rollout>(kube, Some(namespace)),
+    )?;
     let sleepers = deployments
-        .items
         .iter()
-        .filter_map(|d| {
-            let spec = d.spec.as_ref();
-            sleeper(
-                Kind::Deployment,
-                &d.metadata,
-                spec.and_then(|s| s.replicas).unwrap_or(1),
-                spec.map(|s| (&s.template, &s.selector)),
-            )
-        })
-        .chain(statefulsets.items.iter().filter_map(|s| {
-            let spec = s.spec.as_ref();
-            sleeper(
-                Kind::StatefulSet,
-                &s.metadata,
-                spec.and_then(|s| s.replicas).unwrap_or(1),
-                spec.map(|s| (&s.template, &s.selector)),
-            )
-        }));
+        .filter_map(sleeper)
+        .chain(statefulsets.iter().filter_map(sleeper))
+        .chain(rollouts.iter().filter_map(sleeper));
     let mut planned = Vec::new();
     for sleeper in sleepers {
-        let labels = sleeper
+        // The labels its pods carry: the template's and its controller's.
+        let mut labels = sleeper
             .template
             .metadata
             .as_ref()
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
+        labels.extend(sleeper.added.clone());
         let behind: Vec<String> = services
             .items
             .iter()
@@ -309,6 +293,7 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
     labels.remove("pod-template-hash");
     labels.remove("controller-revision-hash");
     labels.remove("statefulset.kubernetes.io/pod-name");
+    labels.extend(sleeper.added.clone());
     labels.insert(ROLE_LABEL.into(), ROLE_WAKER.into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     let mut ports = k8s::objects::tcp_ports(template.iter().flat_map(|t| t.containers.iter()));
@@ -335,6 +320,7 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
     }
     let kind = match sleeper.reference.kind {
         Kind::StatefulSet => "sts",
+        Kind::Rollout => "rollout",
         _ => "deploy",
     };
     Ok(Pod {
@@ -429,14 +415,7 @@ mod tests {
             }
         }))
         .expect("valid");
-        let spec = deployment.spec.as_ref().expect("spec");
-        let found = sleeper(
-            Kind::Deployment,
-            &deployment.metadata,
-            0,
-            Some((&spec.template, &spec.selector)),
-        )
-        .expect("asleep");
+        let found = sleeper(&deployment).expect("asleep");
         let pod = pod(&found, "kdev:test", &[]).expect("a pod");
         let labels = pod.metadata.labels.clone().expect("labels");
         assert_eq!(labels["app"], "web");
@@ -480,17 +459,46 @@ mod tests {
             ["ALL"]
         );
         // Awake (replicas 1) or never put to sleep by kdev: no waker.
-        assert!(
-            sleeper(
-                Kind::Deployment,
-                &deployment.metadata,
-                1,
-                Some((
-                    &deployment.spec.as_ref().unwrap().template,
-                    &deployment.spec.as_ref().unwrap().selector
-                )),
-            )
-            .is_none()
+        let mut awake = deployment.clone();
+        awake.spec.as_mut().unwrap().replicas = Some(1);
+        assert!(sleeper(&awake).is_none());
+        let mut never_slept = deployment.clone();
+        never_slept.metadata.annotations = None;
+        assert!(sleeper(&never_slept).is_none());
+    }
+
+    #[test]
+    fn a_rollouts_waker_carries_the_stable_hash_its_active_service_selects() {
+        let rollout: Rollout = serde_json::from_value(json!({
+            "metadata": { "name": "web", "annotations": { contract::SLEEP_ANNOTATION: "{}" } },
+            "spec": {
+                "replicas": 0,
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web" } },
+                    "spec": { "containers": [{ "name": "app", "ports": [{ "containerPort": 8080 }] }] }
+                }
+            },
+            "status": { "stableRS": "5d8f7c9b6" }
+        }))
+        .expect("valid");
+        let found = sleeper(&rollout).expect("asleep");
+        let pod = pod(&found, "kdev:test", &[]).expect("a pod");
+        let labels = pod.metadata.labels.expect("labels");
+        assert_eq!(labels["rollouts-pod-template-hash"], "5d8f7c9b6");
+        assert_eq!(
+            pod.metadata.generate_name.as_deref(),
+            Some("kdev-waker-rollout-web-")
         );
+        let args = pod.spec.expect("spec").containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert_eq!(args[..3], ["__waker", "--workload", "rollout/web"]);
+        // A Rollout whose template is a Deployment's (workloadRef) has
+        // none of its own: no waker stands for it.
+        let mut by_ref = rollout.clone();
+        by_ref.spec.as_mut().unwrap().template = None;
+        assert!(sleeper(&by_ref).is_none());
     }
 }

@@ -42,13 +42,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kdev_contract::session::ROLE_LABEL;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Resource as _, ResourceExt as _};
+use kube::{Api, ResourceExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::act::{self, Direction, Selection};
-use super::workload::{Kind, Ref};
+use super::workload::{Kind, Ref, Rollout, Scalable};
 use crate::k8s::{Kube, backoff};
 
 /// What a waker serves (from `kdev __waker`'s flags).
@@ -275,25 +275,24 @@ async fn watch_size(
     handover: Arc<Mutex<Handover>>,
     target: watch::Sender<Option<ReadyPod>>,
 ) {
-    let fields = format!("metadata.name={}", workload.name);
-    let config = watcher::Config::default().fields(&fields);
+    fn sizes<K: Scalable + Send + Sync + 'static>(
+        kube: &Kube,
+        name: &str,
+    ) -> futures::stream::BoxStream<'static, Result<i32, watcher::Error>> {
+        let api: Api<K> = Api::namespaced(kube.client.clone(), &kube.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        watcher(api, config)
+            .backoff(backoff::watcher())
+            .applied_objects()
+            .map(|object| object.map(|o| o.size()))
+            .boxed()
+    }
     let sizes = match workload.kind {
-        Kind::StatefulSet => {
-            let api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), &kube.namespace);
-            watcher(api, config)
-                .backoff(backoff::watcher())
-                .applied_objects()
-                .map(|set| set.map(|s| s.spec.and_then(|s| s.replicas).unwrap_or(1)))
-                .boxed()
-        }
-        _ => {
-            let api: Api<Deployment> = Api::namespaced(kube.client.clone(), &kube.namespace);
-            watcher(api, config)
-                .backoff(backoff::watcher())
-                .applied_objects()
-                .map(|d| d.map(|d| d.spec.and_then(|s| s.replicas).unwrap_or(1)))
-                .boxed()
-        }
+        Kind::Deployment => sizes::<Deployment>(&kube, &workload.name),
+        Kind::StatefulSet => sizes::<StatefulSet>(&kube, &workload.name),
+        Kind::Rollout => sizes::<Rollout>(&kube, &workload.name),
+        // A waker never stands for what has no pods to route to.
+        Kind::CronJob | Kind::Job => futures::stream::pending().boxed(),
     };
     let mut sizes = sizes;
     while let Some(size) = sizes.next().await {
@@ -583,15 +582,10 @@ async fn tell_failure(shared: &Shared, why: String) {
             instance: Some("kdev-waker".into()),
         },
     );
+    let (api_version, kind) = shared.config.workload.kind.type_meta();
     let reference = k8s_openapi::api::core::v1::ObjectReference {
-        kind: Some(
-            match shared.config.workload.kind {
-                Kind::StatefulSet => StatefulSet::kind(&()),
-                _ => Deployment::kind(&()),
-            }
-            .into_owned(),
-        ),
-        api_version: Some("apps/v1".into()),
+        kind: Some(kind),
+        api_version: Some(api_version),
         name: Some(shared.config.workload.name.clone()),
         namespace: Some(shared.kube.namespace.clone()),
         ..Default::default()

@@ -1,6 +1,12 @@
 //! The workloads an environment is made of, read the same way whatever
-//! their kind: Deployments and StatefulSets (their replicas), CronJobs and
-//! Jobs (running is 1, suspended is 0).
+//! their kind: Deployments, StatefulSets and Argo Rollouts (their
+//! replicas), CronJobs and Jobs (running is 1, suspended is 0).
+//!
+//! Argo Rollouts are read as [`Rollout`], the fields of the CRD's objects
+//! that envs reads; kdev only ever patches them (server-side apply of the
+//! fields it owns, the scale subresource), never writes a whole object
+//! back, so what the type leaves out is never lost. Where the CRD is not
+//! installed there are none.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error;
 use crate::k8s::Kube;
-use kdev_contract::session::DeploymentMarks;
+use kdev_contract::session::{DeploymentMarks, WorkloadKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,20 +29,36 @@ pub enum Kind {
     StatefulSet,
     CronJob,
     Job,
+    Rollout,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Deployment,
         Kind::StatefulSet,
         Kind::CronJob,
         Kind::Job,
+        Kind::Rollout,
     ];
 
     /// Whether a sleep suspends it (a CronJob, a Job) rather than scaling
     /// it: no replicas, no scale subresource, no HPA, no waker.
     pub fn suspends(self) -> bool {
         matches!(self, Kind::CronJob | Kind::Job)
+    }
+
+    /// The kind's `apiVersion` and `kind`, as an object reference names them.
+    pub fn type_meta(self) -> (String, String) {
+        fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
+            (K::api_version(&()).into_owned(), K::kind(&()).into_owned())
+        }
+        match self {
+            Kind::Deployment => of::<Deployment>(),
+            Kind::StatefulSet => of::<StatefulSet>(),
+            Kind::CronJob => of::<CronJob>(),
+            Kind::Job => of::<Job>(),
+            Kind::Rollout => of::<Rollout>(),
+        }
     }
 
     /// kubectl's short form, as `kdev` prints it.
@@ -46,11 +68,12 @@ impl Kind {
             Kind::StatefulSet => "statefulset",
             Kind::CronJob => "cronjob",
             Kind::Job => "job",
+            Kind::Rollout => "rollout",
         }
     }
 }
 
-/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`, `job/NAME`.
+/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`, `job/NAME`, `rollout/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ref {
     pub kind: Kind,
@@ -63,11 +86,11 @@ impl fmt::Display for Ref {
     }
 }
 
-/// Reads `KIND/NAME` with kubectl's names for the four kinds.
+/// Reads `KIND/NAME` with kubectl's names for the five kinds.
 pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
     let usage = || {
         error::usage(format!(
-            "{text:?} is not a workload: use deploy/NAME, sts/NAME, cronjob/NAME or job/NAME"
+            "{text:?} is not a workload: use deploy/NAME, sts/NAME, cronjob/NAME, job/NAME or rollout/NAME"
         ))
     };
     let (kind, name) = text.split_once('/').ok_or_else(usage)?;
@@ -80,6 +103,9 @@ pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
         }
         "cj" | "cronjob" | "cronjobs" | "cronjob.batch" | "cronjobs.batch" => Kind::CronJob,
         "job" | "jobs" | "job.batch" | "jobs.batch" => Kind::Job,
+        "ro" | "rollout" | "rollouts" | "rollout.argoproj.io" | "rollouts.argoproj.io" => {
+            Kind::Rollout
+        }
         _ => return Err(usage()),
     };
     crate::k8s::validate_subdomain(&format!("{} name", kind.short()), name)?;
@@ -138,6 +164,14 @@ pub trait Scalable:
     fn finished(&self) -> bool {
         false
     }
+    /// Whether a cluster may not serve the kind at all (a CRD's): listing
+    /// it there finds none rather than failing.
+    const OPTIONAL: bool = false;
+    /// The pod template and selector a waker stands in with, and labels
+    /// the workload's controller adds to its pods beyond the template's.
+    fn pods(&self) -> Option<Pods<'_>> {
+        None
+    }
     /// Drops all that [`view`] does not read (the pod template, most of the
     /// status): what a cache of thousands keeps.
     fn keep_viewed(&mut self);
@@ -145,6 +179,14 @@ pub trait Scalable:
 
 impl Scalable for Deployment {
     const KIND: Kind = Kind::Deployment;
+    fn pods(&self) -> Option<Pods<'_>> {
+        let spec = self.spec.as_ref()?;
+        Some(Pods {
+            template: &spec.template,
+            selector: &spec.selector,
+            added: BTreeMap::new(),
+        })
+    }
     fn size(&self) -> i32 {
         self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
     }
@@ -183,6 +225,14 @@ fn keep_viewed_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::O
 
 impl Scalable for StatefulSet {
     const KIND: Kind = Kind::StatefulSet;
+    fn pods(&self) -> Option<Pods<'_>> {
+        let spec = self.spec.as_ref()?;
+        Some(Pods {
+            template: &spec.template,
+            selector: &spec.selector,
+            added: BTreeMap::new(),
+        })
+    }
     fn size(&self) -> i32 {
         self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
     }
@@ -272,10 +322,122 @@ impl Scalable for Job {
     }
 }
 
+/// What a waker needs of a workload's pods.
+pub struct Pods<'a> {
+    pub template: &'a k8s_openapi::api::core::v1::PodTemplateSpec,
+    pub selector: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    /// Labels its controller puts on every pod beyond the template's (a
+    /// Rollout's `rollouts-pod-template-hash`, which a blue-green
+    /// Service selects).
+    pub added: BTreeMap<String, String>,
+}
+
+/// An Argo Rollout (`argoproj.io/v1alpha1`), as far as envs reads it.
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+pub struct Rollout {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<RolloutSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RolloutStatus>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+pub struct RolloutSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Absent when the Rollout takes its template from a Deployment
+    /// (`workloadRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// The stable ReplicaSet's `rollouts-pod-template-hash`.
+    #[serde(default, rename = "stableRS", skip_serializing_if = "Option::is_none")]
+    pub stable_rs: Option<String>,
+}
+
+impl Resource for Rollout {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        WorkloadKind::Rollout.api().2.into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        WorkloadKind::Rollout.api().0.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        WorkloadKind::Rollout.api().1.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        WorkloadKind::Rollout.api().3.into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The label Argo Rollouts puts on each pod: its ReplicaSet's hash.
+pub const ROLLOUT_HASH_LABEL: &str = "rollouts-pod-template-hash";
+
+impl Scalable for Rollout {
+    const KIND: Kind = Kind::Rollout;
+    const OPTIONAL: bool = true;
+    fn size(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn ready(&self) -> i32 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        serde_json::json!({ "spec": { "replicas": size } })
+    }
+    fn pods(&self) -> Option<Pods<'_>> {
+        let spec = self.spec.as_ref()?;
+        let added = self
+            .status
+            .as_ref()
+            .and_then(|s| s.stable_rs.clone())
+            .map(|hash| BTreeMap::from([(ROLLOUT_HASH_LABEL.to_owned(), hash)]))
+            .unwrap_or_default();
+        Some(Pods {
+            template: spec.template.as_ref()?,
+            selector: spec.selector.as_ref()?,
+            added,
+        })
+    }
+    fn keep_viewed(&mut self) {
+        self.spec = self.spec.take().map(|s| RolloutSpec {
+            replicas: s.replicas,
+            ..RolloutSpec::default()
+        });
+        self.status = self.status.take().map(|s| RolloutStatus {
+            ready_replicas: s.ready_replicas,
+            ..RolloutStatus::default()
+        });
+        keep_viewed_meta(self.meta_mut());
+    }
+}
+
 pub fn view<K: Scalable>(object: &K) -> Workload {
     let annotations = object.annotations().clone();
     let marks = match K::KIND {
-        Kind::Deployment | Kind::StatefulSet => DeploymentMarks::read(&annotations).ok().flatten(),
+        Kind::Deployment | Kind::StatefulSet | Kind::Rollout => {
+            DeploymentMarks::read(&annotations).ok().flatten()
+        }
         _ => None,
     };
     Workload {
@@ -297,14 +459,25 @@ pub fn view<K: Scalable>(object: &K) -> Workload {
     }
 }
 
-async fn list_kind<K: Scalable>(kube: &Kube, namespace: &str) -> anyhow::Result<Vec<K>> {
-    let api: Api<K> = Api::namespaced(kube.client.clone(), namespace);
-    let list = api.list(&ListParams::default()).await.map_err(|err| {
-        kube.explain(
-            err,
-            format!("list {}s in namespace {namespace}", K::KIND.short()),
-        )
-    })?;
+/// Every `K` in `namespace` (every namespace: `None`), sorted by name; none
+/// where the cluster does not serve an optional kind (a CRD's).
+pub async fn list_kind<K: Scalable>(
+    kube: &Kube,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<K>> {
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(kube.client.clone(), ns),
+        None => Api::all(kube.client.clone()),
+    };
+    let list = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(status)) if K::OPTIONAL && status.code == 404 => return Ok(Vec::new()),
+        Err(err) => {
+            let where_ =
+                namespace.map_or("every namespace".to_owned(), |ns| format!("namespace {ns}"));
+            return Err(kube.explain(err, format!("list {}s in {where_}", K::KIND.short())));
+        }
+    };
     let mut items = list.items;
     // Kept until each is decided on: without managedFields, the largest
     // part of an object and unused here, a large namespace takes less memory.
@@ -322,6 +495,7 @@ pub struct Listed {
     pub statefulsets: Vec<StatefulSet>,
     pub cronjobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
+    pub rollouts: Vec<Rollout>,
 }
 
 impl Listed {
@@ -333,46 +507,38 @@ impl Listed {
             .chain(self.statefulsets.iter().map(view))
             .chain(self.cronjobs.iter().map(view))
             .chain(self.jobs.iter().map(view))
+            .chain(self.rollouts.iter().map(view))
             .collect()
     }
 }
 
-/// Every Deployment, StatefulSet, CronJob and Job in `namespace`.
+/// Every Deployment, StatefulSet, CronJob, Job and Rollout in `namespace`.
 pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
-    let (deployments, statefulsets, cronjobs, jobs) = tokio::try_join!(
-        list_kind::<Deployment>(kube, namespace),
-        list_kind::<StatefulSet>(kube, namespace),
-        list_kind::<CronJob>(kube, namespace),
-        list_kind::<Job>(kube, namespace),
+    let (deployments, statefulsets, cronjobs, jobs, rollouts) = tokio::try_join!(
+        list_kind::<Deployment>(kube, Some(namespace)),
+        list_kind::<StatefulSet>(kube, Some(namespace)),
+        list_kind::<CronJob>(kube, Some(namespace)),
+        list_kind::<Job>(kube, Some(namespace)),
+        list_kind::<Rollout>(kube, Some(namespace)),
     )?;
     Ok(Listed {
         deployments,
         statefulsets,
         cronjobs,
         jobs,
+        rollouts,
     })
 }
 
-/// Every Deployment, StatefulSet, CronJob and Job in the cluster, by
-/// namespace: four requests however many namespaces there are.
+/// Every Deployment, StatefulSet, CronJob, Job and Rollout in the
+/// cluster, by namespace: five requests however many namespaces there are.
 pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, Listed>> {
-    async fn all<K: Scalable>(kube: &Kube) -> anyhow::Result<Vec<K>> {
-        let api: Api<K> = Api::all(kube.client.clone());
-        let list = api.list(&ListParams::default()).await.map_err(|err| {
-            kube.explain(err, format!("list {}s in every namespace", K::KIND.short()))
-        })?;
-        let mut items = list.items;
-        for object in &mut items {
-            object.meta_mut().managed_fields = None;
-        }
-        items.sort_by_key(|object| object.name_any());
-        Ok(items)
-    }
-    let (deployments, statefulsets, cronjobs, jobs) = tokio::try_join!(
-        all::<Deployment>(kube),
-        all::<StatefulSet>(kube),
-        all::<CronJob>(kube),
-        all::<Job>(kube),
+    let (deployments, statefulsets, cronjobs, jobs, rollouts) = tokio::try_join!(
+        list_kind::<Deployment>(kube, None),
+        list_kind::<StatefulSet>(kube, None),
+        list_kind::<CronJob>(kube, None),
+        list_kind::<Job>(kube, None),
+        list_kind::<Rollout>(kube, None),
     )?;
     let mut by_namespace: BTreeMap<String, Listed> = BTreeMap::new();
     for d in deployments {
@@ -403,10 +569,17 @@ pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, L
             .jobs
             .push(j);
     }
+    for r in rollouts {
+        by_namespace
+            .entry(r.namespace().unwrap_or_default())
+            .or_default()
+            .rollouts
+            .push(r);
+    }
     Ok(by_namespace)
 }
 
-/// Every Deployment, StatefulSet, CronJob and Job in `namespace`, by kind and name.
+/// Every workload in `namespace`, by kind and name.
 pub async fn in_namespace(kube: &Kube, namespace: &str) -> anyhow::Result<Vec<Workload>> {
     Ok(listed(kube, namespace).await?.views())
 }
@@ -417,7 +590,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn kubectl_names_for_the_four_kinds() {
+    fn kubectl_names_for_the_five_kinds() {
         assert_eq!(parse_ref("deploy/web").unwrap().kind, Kind::Deployment);
         assert_eq!(
             parse_ref("statefulsets.apps/db").unwrap().kind,
@@ -425,6 +598,11 @@ mod tests {
         );
         assert_eq!(parse_ref("cj/nightly").unwrap().kind, Kind::CronJob);
         assert_eq!(parse_ref("jobs.batch/migrate").unwrap().kind, Kind::Job);
+        assert_eq!(parse_ref("ro/web").unwrap().kind, Kind::Rollout);
+        assert_eq!(
+            parse_ref("rollouts.argoproj.io/web").unwrap().kind,
+            Kind::Rollout
+        );
         let err = parse_ref("pod/web").unwrap_err().to_string();
         assert!(err.contains("deploy/NAME"), "{err}");
         assert!(parse_ref("deploy/Web_1").is_err());

@@ -341,6 +341,20 @@ pub fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
 }
 
+/// Whether the API server serves `api`'s resource (a CRD's may not be
+/// installed): one list of at most one object. Any error but 404 is the
+/// caller's to judge (a 403 says the resource exists).
+pub async fn served<K>(api: &kube::Api<K>) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_not_found(&err) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 /// True when the error is the API server's 409 (conflict or already exists).
 pub fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)

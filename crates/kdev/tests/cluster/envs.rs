@@ -289,6 +289,113 @@ async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
     .await;
 }
 
+/// Argo Rollouts' CRD with the stand-in controller (the real one cannot be
+/// built here): a Rollout behind a blue-green active Service sleeps to 0
+/// with its record, gets a waker that the Service selects (it carries the
+/// stable pod hash the Service's selector names), and wakes to exactly its
+/// replicas. On a cluster of its own: the CRD is cluster-wide.
+#[tokio::test]
+async fn an_argo_rollout_sleeps_wakes_and_gets_a_waker_its_active_service_selects() {
+    use crate::swap_support::{STAND_IN_HASH, apply_rollout_crd, stand_in_rollouts};
+    use kube::api::{DynamicObject, ListParams};
+    let (_cluster, kubeconfig) = crate::support::OwnCluster::up("envs-rollout");
+    crate::support::with_namespace_in(&kubeconfig, "envs-ro", |ns| async move {
+        apply_rollout_crd(&ns).await;
+        let rollouts: Api<DynamicObject> = Api::namespaced_with(
+            ns.client.clone(),
+            &ns.name,
+            &kdev::swap::workload::resource(kdev_contract::session::WorkloadKind::Rollout),
+        );
+        let mut manifest = simple_deployment("web", 3, &[8080]);
+        manifest["apiVersion"] = json!("argoproj.io/v1alpha1");
+        manifest["kind"] = json!("Rollout");
+        manifest["spec"]["strategy"] = json!({ "blueGreen": { "activeService": "web" } });
+        let rollout: DynamicObject = serde_json::from_value(manifest).expect("a Rollout");
+        rollouts
+            .create(&PostParams::default(), &rollout)
+            .await
+            .expect("create the Rollout");
+        // Argo adds the stable hash to its active Service's selector.
+        let service = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "selector": { "app": "web", "rollouts-pod-template-hash": STAND_IN_HASH },
+                "ports": [{ "port": 80, "targetPort": 8080 }]
+            }
+        }))
+        .expect("a service");
+        ns.api::<k8s_openapi::api::core::v1::Service>()
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create service");
+        let stand_in = tokio::spawn(stand_in_rollouts(ns.client.clone(), ns.name.clone()));
+        let rollout = || async {
+            let object = rollouts.get("web").await.expect("the Rollout");
+            (
+                kdev::swap::workload::replicas_of(&object),
+                object.annotations().get(SLEEP).cloned(),
+            )
+        };
+        eventually(
+            Duration::from_secs(60),
+            "the Rollout's 3 ready replicas",
+            || async {
+                let object = rollouts.get("web").await.ok()?;
+                (object.data["status"]["readyReplicas"] == json!(3)).then_some(())
+            },
+        )
+        .await;
+        let slept = ok(run(&ns.kubeconfig, &ns.name, &["sleep"]));
+        assert!(
+            slept.contains("rollout/web in") && slept.contains("(3 replicas → 0 replicas)"),
+            "{slept}"
+        );
+        let (replicas, record) = rollout().await;
+        assert_eq!(replicas, Some(0));
+        let record: Value = serde_json::from_str(&record.expect("a sleep record")).expect("json");
+        assert_eq!(record["replicas"], json!(3));
+        let wakers = ns
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .list(&ListParams::default().labels("kdev.dev/role=env-waker"))
+            .await
+            .expect("list pods");
+        assert_eq!(wakers.items.len(), 1, "{slept}");
+        let labels = wakers.items[0].labels();
+        assert_eq!(labels["app"], "web");
+        assert_eq!(
+            labels["rollouts-pod-template-hash"], STAND_IN_HASH,
+            "{labels:?}"
+        );
+        let args = wakers.items[0].spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            args.windows(2).any(|w| w == ["--workload", "rollout/web"]),
+            "{args:?}"
+        );
+        let listed = ok(run(&ns.kubeconfig, &ns.name, &["envs", "-o", "json"]));
+        let env: Value = serde_json::from_str(&listed[listed.find('[').expect("a list")..])
+            .expect("kdev envs -o json");
+        assert_eq!(env[0]["state"], "asleep", "{env}");
+
+        let woke = ok(run(&ns.kubeconfig, &ns.name, &["wake"]));
+        assert!(woke.contains("(0 replicas → 3 replicas)"), "{woke}");
+        assert_eq!(rollout().await, (Some(3), None));
+        eventually(
+            Duration::from_secs(60),
+            "the Rollout's pods again",
+            || async {
+                let object = rollouts.get("web").await.ok()?;
+                (object.data["status"]["readyReplicas"] == json!(3)).then_some(())
+            },
+        )
+        .await;
+        stand_in.abort();
+    })
+    .await;
+}
+
 /// Which fields of `object` the manager owns through which operation, as
 /// `(operation, fields JSON)`.
 fn owned_by(object: &Deployment, manager: &str) -> Vec<(String, String)> {

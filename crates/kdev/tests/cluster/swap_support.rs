@@ -611,7 +611,11 @@ pub async fn stand_in_rollouts(client: kube::Client, namespace: String) {
             .patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "replicas": want } })),
+                // kwok's pods are ready at once; stableRS names the hash
+                // its pods carry, as Argo's status does.
+                &Patch::Merge(json!({ "status": {
+                    "replicas": want, "readyReplicas": want, "stableRS": STAND_IN_HASH
+                } })),
             )
             .await;
     }
