@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::serve::Metrics;
 use crate::envs::act::{self, Direction, Selection};
-use crate::envs::workload::{Kind, Ref, Rollout};
+use crate::envs::workload::{Kind, Ref, Rollout, ScaledObject};
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::{Kube, activity};
 use kdev_contract::envs::{self as contract, Schedule};
@@ -503,6 +503,9 @@ async fn own_schedules(
                 Kind::CronJob => record_on::<CronJob>(context, &name, &target.name, value).await?,
                 Kind::Job => record_on::<Job>(context, &name, &target.name, value).await?,
                 Kind::Rollout => record_on::<Rollout>(context, &name, &target.name, value).await?,
+                Kind::ScaledObject => {
+                    record_on::<ScaledObject>(context, &name, &target.name, value).await?
+                }
             }
             act::written();
             context.metrics.env_transition(awake);

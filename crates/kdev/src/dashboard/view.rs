@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 
-use crate::envs::workload::Rollout;
+use crate::envs::workload::{Rollout, ScaledObject};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -41,6 +41,7 @@ pub struct View {
     cronjobs: Store<CronJob>,
     jobs: Store<Job>,
     rollouts: Store<Rollout>,
+    scaled_objects: Store<ScaledObject>,
     leases: Store<Lease>,
     events: Vec<Store<Event>>,
     /// Which namespaces are environments.
@@ -132,6 +133,14 @@ pub fn start(
         &tx,
         &mut tasks,
     );
+    let scaled_objects = watched_if(
+        true,
+        Api::<ScaledObject>::all(client.clone()),
+        watcher::Config::default(),
+        Scalable::keep_viewed,
+        &tx,
+        &mut tasks,
+    );
     let leases = watched(
         Api::<Lease>::all(client.clone()),
         watcher::Config::default().labels(&format!(
@@ -162,6 +171,7 @@ pub fn start(
         cronjobs,
         jobs,
         rollouts,
+        scaled_objects,
         leases,
         events,
         scope: std::sync::Arc::new(scope.clone()),
@@ -249,6 +259,7 @@ impl View {
         let _ = self.cronjobs.wait_until_ready().await;
         let _ = self.jobs.wait_until_ready().await;
         let _ = self.rollouts.wait_until_ready().await;
+        let _ = self.scaled_objects.wait_until_ready().await;
         let _ = self.leases.wait_until_ready().await;
         for events in &self.events {
             let _ = events.wait_until_ready().await;
@@ -286,6 +297,9 @@ impl View {
         }
         for r in self.rollouts.state() {
             add(workload::view(r.as_ref()));
+        }
+        for o in self.scaled_objects.state() {
+            add(workload::view(o.as_ref()));
         }
         let leases: BTreeMap<String, std::sync::Arc<Lease>> = self
             .leases

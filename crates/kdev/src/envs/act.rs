@@ -13,7 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, ResourceExt as _};
 use serde::Serialize;
 
-use super::workload::{self, Kind, Ref, Rollout, Scalable, Workload};
+use super::workload::{self, Kind, Ref, Rollout, Scalable, ScaledObject, Workload};
 use crate::faults;
 use crate::k8s::Kube;
 use crate::k8s::guarded::{self, Decision};
@@ -130,11 +130,7 @@ impl Change {
     fn what(&self) -> String {
         let target = format!("{}/{} in {}", self.kind.short(), self.name, self.namespace);
         let would = if self.dry_run { "would be " } else { "" };
-        let size = |n: i32| match self.kind {
-            kind if kind.suspends() && n == 0 => "suspended".to_owned(),
-            kind if kind.suspends() => "running".to_owned(),
-            _ => format!("{n} replicas"),
-        };
+        let size = |n: i32| self.kind.size_text(n);
         match &self.done {
             Done::Slept { from, to } => {
                 format!("{target}: {would}asleep ({} → {})", size(*from), size(*to))
@@ -241,73 +237,102 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new(), now);
         // Listed objects are decided on as listed (no second read); named
         // ones are read.
-        let targets: Vec<(Ref, Option<Known>)> = if config.selection.workloads.is_empty() {
-            let mut listed = workload::listed(kube, &namespace).await?;
-            if config.selection.except_own_schedules {
-                listed
+        let (targets, scaled_objects): (Vec<(Ref, Option<Known>)>, Vec<ScaledObject>) =
+            if config.selection.workloads.is_empty() {
+                let mut listed = workload::listed(kube, &namespace).await?;
+                let scaled_objects = listed.scaled_objects.clone();
+                if config.selection.except_own_schedules {
+                    listed
+                        .deployments
+                        .retain(|d| !envs::has_own_schedule(d.annotations()));
+                    listed
+                        .statefulsets
+                        .retain(|s| !envs::has_own_schedule(s.annotations()));
+                    listed
+                        .cronjobs
+                        .retain(|c| !envs::has_own_schedule(c.annotations()));
+                    listed
+                        .jobs
+                        .retain(|j| !envs::has_own_schedule(j.annotations()));
+                    listed
+                        .rollouts
+                        .retain(|r| !envs::has_own_schedule(r.annotations()));
+                    listed
+                        .scaled_objects
+                        .retain(|o| !envs::has_own_schedule(o.annotations()));
+                }
+                let named = |kind, name: String| Ref { kind, name };
+                let targets = listed
                     .deployments
-                    .retain(|d| !envs::has_own_schedule(d.annotations()));
-                listed
-                    .statefulsets
-                    .retain(|s| !envs::has_own_schedule(s.annotations()));
-                listed
-                    .cronjobs
-                    .retain(|c| !envs::has_own_schedule(c.annotations()));
-                listed
-                    .jobs
-                    .retain(|j| !envs::has_own_schedule(j.annotations()));
-                listed
-                    .rollouts
-                    .retain(|r| !envs::has_own_schedule(r.annotations()));
-            }
-            let named = |kind, name: String| Ref { kind, name };
-            listed
-                .deployments
-                .into_iter()
-                .map(|d| {
-                    (
-                        named(Kind::Deployment, d.name_any()),
-                        Some(Known::Deployment(Box::new(d))),
-                    )
-                })
-                .chain(listed.statefulsets.into_iter().map(|s| {
-                    (
-                        named(Kind::StatefulSet, s.name_any()),
-                        Some(Known::StatefulSet(Box::new(s))),
-                    )
-                }))
-                .chain(listed.cronjobs.into_iter().map(|c| {
-                    (
-                        named(Kind::CronJob, c.name_any()),
-                        Some(Known::CronJob(Box::new(c))),
-                    )
-                }))
-                .chain(listed.jobs.into_iter().map(|j| {
-                    (
-                        named(Kind::Job, j.name_any()),
-                        Some(Known::Job(Box::new(j))),
-                    )
-                }))
-                .chain(listed.rollouts.into_iter().map(|r| {
-                    (
-                        named(Kind::Rollout, r.name_any()),
-                        Some(Known::Rollout(Box::new(r))),
-                    )
-                }))
-                .collect()
-        } else {
-            config
-                .selection
-                .workloads
-                .iter()
-                .map(|r| (r.clone(), None))
-                .collect()
-        };
+                    .into_iter()
+                    .map(|d| {
+                        (
+                            named(Kind::Deployment, d.name_any()),
+                            Some(Known::Deployment(Box::new(d))),
+                        )
+                    })
+                    .chain(listed.statefulsets.into_iter().map(|s| {
+                        (
+                            named(Kind::StatefulSet, s.name_any()),
+                            Some(Known::StatefulSet(Box::new(s))),
+                        )
+                    }))
+                    .chain(listed.cronjobs.into_iter().map(|c| {
+                        (
+                            named(Kind::CronJob, c.name_any()),
+                            Some(Known::CronJob(Box::new(c))),
+                        )
+                    }))
+                    .chain(listed.jobs.into_iter().map(|j| {
+                        (
+                            named(Kind::Job, j.name_any()),
+                            Some(Known::Job(Box::new(j))),
+                        )
+                    }))
+                    .chain(listed.rollouts.into_iter().map(|r| {
+                        (
+                            named(Kind::Rollout, r.name_any()),
+                            Some(Known::Rollout(Box::new(r))),
+                        )
+                    }))
+                    .chain(listed.scaled_objects.into_iter().map(|o| {
+                        (
+                            named(Kind::ScaledObject, o.name_any()),
+                            Some(Known::ScaledObject(Box::new(o))),
+                        )
+                    }))
+                    .collect();
+                (targets, scaled_objects)
+            } else {
+                let targets = config
+                    .selection
+                    .workloads
+                    .iter()
+                    .map(|r| (r.clone(), None))
+                    .collect();
+                let scaled_objects =
+                    workload::list_kind::<ScaledObject>(kube, Some(&namespace)).await?;
+                (targets, scaled_objects)
+            };
+        let keda = keda_targets(&scaled_objects);
         // Listed when a workload first needs them.
         let mut hpas: Option<anyhow::Result<Vec<_>>> = None;
         let whole = config.selection.workloads.is_empty();
         let mut summary = Summary::default();
         for (target, known) in targets {
+            if let Some(scaler) = keda.get(&target) {
+                report.changes.push(Change {
+                    namespace: namespace.clone(),
+                    kind: target.kind,
+                    name: target.name,
+                    done: unchanged(&format!(
+                        "scaled by KEDA ScaledObject {scaler}, which sleeps and wakes instead"
+                    )),
+                    dry_run: config.dry_run,
+                    also: Vec::new(),
+                });
+                continue;
+            }
             let step = Step {
                 kube,
                 namespace: &namespace,
@@ -323,11 +348,13 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 (_, Some(Known::CronJob(c))) => step.apply(&target.name, Some(*c)).await,
                 (_, Some(Known::Job(j))) => step.apply(&target.name, Some(*j)).await,
                 (_, Some(Known::Rollout(r))) => step.apply(&target.name, Some(*r)).await,
+                (_, Some(Known::ScaledObject(o))) => step.apply(&target.name, Some(*o)).await,
                 (Kind::Deployment, None) => step.apply::<Deployment>(&target.name, None).await,
                 (Kind::StatefulSet, None) => step.apply::<StatefulSet>(&target.name, None).await,
                 (Kind::CronJob, None) => step.apply::<CronJob>(&target.name, None).await,
                 (Kind::Job, None) => step.apply::<Job>(&target.name, None).await,
                 (Kind::Rollout, None) => step.apply::<Rollout>(&target.name, None).await,
+                (Kind::ScaledObject, None) => step.apply::<ScaledObject>(&target.name, None).await,
             };
             let (done, reference) = outcome.unwrap_or_else(|err| {
                 (
@@ -679,7 +706,7 @@ impl Step<'_> {
                         None,
                         unchanged(&match w.kind {
                             kind if kind.suspends() => {
-                                "suspended before the sleep; left as it is".to_owned()
+                                format!("{} before the sleep; left as it is", kind.size_text(0))
                             }
                             _ => format!("at {replicas} replicas already; left as it is"),
                         }),
@@ -753,6 +780,10 @@ impl Owned {
             annotations.insert(ORIGINAL_REPLICAS_ANNOTATION.into(), count.clone().into());
         }
         let mut config = K::size_patch(self.size);
+        // A size that is an annotation (a ScaledObject's pause) joins these.
+        if let Some(sized) = config["metadata"]["annotations"].as_object() {
+            annotations.extend(sized.clone());
+        }
         config["apiVersion"] = K::api_version(&()).into();
         config["kind"] = K::kind(&()).into();
         config["metadata"] = serde_json::json!({
@@ -901,4 +932,85 @@ enum Known {
     CronJob(Box<CronJob>),
     Job(Box<Job>),
     Rollout(Box<Rollout>),
+    ScaledObject(Box<ScaledObject>),
+}
+
+/// The workloads KEDA scales, by the ScaledObject that scales them: those
+/// a sleep leaves alone, as it pauses their ScaledObject instead (which
+/// scales them to 0; scaled by kdev too, KEDA would scale them straight
+/// back up). A ScaledObject someone else paused is not one of them: its
+/// target sleeps as any workload does.
+fn keda_targets(scaled_objects: &[ScaledObject]) -> BTreeMap<Ref, String> {
+    scaled_objects
+        .iter()
+        .filter(|o| o.size() > 0 || o.annotations().contains_key(envs::SLEEP_ANNOTATION))
+        .filter_map(|o| Some((o.target()?, o.name_any())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaled_object(name: &str, target: &str, annotations: serde_json::Value) -> ScaledObject {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "annotations": annotations },
+            "spec": { "scaleTargetRef": { "name": target } }
+        }))
+        .expect("a ScaledObject")
+    }
+
+    #[test]
+    fn a_scaledobjects_sleep_is_its_pause_beside_the_record_and_its_wake_leaves_both_out() {
+        let asleep = Owned {
+            size: 0,
+            record: Some("{\"replicas\":1}".into()),
+            swap_restores: None,
+        }
+        .config::<ScaledObject>("worker", "dev");
+        assert_eq!(asleep["apiVersion"], "keda.sh/v1alpha1");
+        assert_eq!(asleep["kind"], "ScaledObject");
+        let annotations = &asleep["metadata"]["annotations"];
+        assert_eq!(annotations[workload::KEDA_PAUSED_REPLICAS], "0");
+        assert_eq!(annotations[envs::SLEEP_ANNOTATION], "{\"replicas\":1}");
+        let awake = Owned {
+            size: 1,
+            record: None,
+            swap_restores: None,
+        }
+        .config::<ScaledObject>("worker", "dev");
+        assert_eq!(awake["metadata"]["annotations"], serde_json::json!({}));
+        assert!(awake.get("spec").is_none());
+    }
+
+    #[test]
+    fn keda_keeps_the_targets_of_the_scaledobjects_it_scales_or_kdev_paused() {
+        let record = serde_json::json!({ envs::SLEEP_ANNOTATION: "{}", workload::KEDA_PAUSED_REPLICAS: "0" });
+        let list = [
+            scaled_object("a", "web", serde_json::json!({})),
+            scaled_object("b", "api", record),
+            scaled_object(
+                "c",
+                "batch",
+                serde_json::json!({ workload::KEDA_PAUSED: "true" }),
+            ),
+        ];
+        let targets = keda_targets(&list);
+        let deployment = |name: &str| Ref {
+            kind: Kind::Deployment,
+            name: name.into(),
+        };
+        assert_eq!(
+            targets.get(&deployment("web")).map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(
+            targets.get(&deployment("api")).map(String::as_str),
+            Some("b")
+        );
+        assert!(
+            !targets.contains_key(&deployment("batch")),
+            "paused by someone else"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The workloads an environment is made of, read the same way whatever
 //! their kind: Deployments, StatefulSets and Argo Rollouts (their
-//! replicas), CronJobs and Jobs (running is 1, suspended is 0).
+//! replicas), CronJobs and Jobs (running is 1, suspended is 0), KEDA
+//! ScaledObjects (scaling is 1, paused at 0 replicas is 0).
 //!
 //! Argo Rollouts are read as [`Rollout`], the fields of the CRD's objects
 //! that envs reads; kdev only ever patches them (server-side apply of the
@@ -30,21 +31,35 @@ pub enum Kind {
     CronJob,
     Job,
     Rollout,
+    ScaledObject,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Deployment,
         Kind::StatefulSet,
         Kind::CronJob,
         Kind::Job,
         Kind::Rollout,
+        Kind::ScaledObject,
     ];
 
-    /// Whether a sleep suspends it (a CronJob, a Job) rather than scaling
-    /// it: no replicas, no scale subresource, no HPA, no waker.
+    /// Whether a sleep suspends it (a CronJob, a Job) or pauses it (a
+    /// ScaledObject) rather than scaling it: no replicas, no scale
+    /// subresource, no HPA, no waker of its own.
     pub fn suspends(self) -> bool {
-        matches!(self, Kind::CronJob | Kind::Job)
+        matches!(self, Kind::CronJob | Kind::Job | Kind::ScaledObject)
+    }
+
+    /// How a size of this kind reads: replicas, or running and suspended.
+    pub fn size_text(self, size: i32) -> String {
+        match (self, size) {
+            (Kind::ScaledObject, 0) => "paused".to_owned(),
+            (Kind::ScaledObject, _) => "scaling".to_owned(),
+            (kind, 0) if kind.suspends() => "suspended".to_owned(),
+            (kind, _) if kind.suspends() => "running".to_owned(),
+            (_, n) => format!("{n} replicas"),
+        }
     }
 
     /// The kind's `apiVersion` and `kind`, as an object reference names them.
@@ -58,6 +73,7 @@ impl Kind {
             Kind::CronJob => of::<CronJob>(),
             Kind::Job => of::<Job>(),
             Kind::Rollout => of::<Rollout>(),
+            Kind::ScaledObject => of::<ScaledObject>(),
         }
     }
 
@@ -69,12 +85,13 @@ impl Kind {
             Kind::CronJob => "cronjob",
             Kind::Job => "job",
             Kind::Rollout => "rollout",
+            Kind::ScaledObject => "scaledobject",
         }
     }
 }
 
-/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`, `job/NAME`, `rollout/NAME`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`, `job/NAME`, `rollout/NAME`, `scaledobject/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ref {
     pub kind: Kind,
     pub name: String,
@@ -86,11 +103,11 @@ impl fmt::Display for Ref {
     }
 }
 
-/// Reads `KIND/NAME` with kubectl's names for the five kinds.
+/// Reads `KIND/NAME` with kubectl's names for the six kinds.
 pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
     let usage = || {
         error::usage(format!(
-            "{text:?} is not a workload: use deploy/NAME, sts/NAME, cronjob/NAME, job/NAME or rollout/NAME"
+            "{text:?} is not a workload: use deploy/NAME, sts/NAME, cronjob/NAME, job/NAME, rollout/NAME or scaledobject/NAME"
         ))
     };
     let (kind, name) = text.split_once('/').ok_or_else(usage)?;
@@ -106,6 +123,11 @@ pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
         "ro" | "rollout" | "rollouts" | "rollout.argoproj.io" | "rollouts.argoproj.io" => {
             Kind::Rollout
         }
+        "so"
+        | "scaledobject"
+        | "scaledobjects"
+        | "scaledobject.keda.sh"
+        | "scaledobjects.keda.sh" => Kind::ScaledObject,
         _ => return Err(usage()),
     };
     crate::k8s::validate_subdomain(&format!("{} name", kind.short()), name)?;
@@ -432,6 +454,114 @@ impl Scalable for Rollout {
     }
 }
 
+/// KEDA's annotation that pauses a ScaledObject at a replica count: KEDA
+/// scales its target to that count and stops scaling it.
+pub const KEDA_PAUSED_REPLICAS: &str = "autoscaling.keda.sh/paused-replicas";
+/// KEDA's annotation that pauses a ScaledObject where it is.
+pub const KEDA_PAUSED: &str = "autoscaling.keda.sh/paused";
+
+/// A KEDA ScaledObject (`keda.sh/v1alpha1`), as far as envs reads it: KEDA
+/// scales its target between its bounds and would scale a slept target
+/// straight back up, so an environment sleeps it by pausing it at 0
+/// replicas, and its target is left to KEDA.
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+pub struct ScaledObject {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ScaledObjectSpec>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target_ref: Option<ScaleTarget>,
+}
+
+/// What a ScaledObject scales: a Deployment unless it says otherwise.
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl ScaledObject {
+    /// The workload it scales, when it is one envs knows.
+    pub fn target(&self) -> Option<Ref> {
+        let target = self.spec.as_ref()?.scale_target_ref.as_ref()?;
+        let kind = match target.kind.as_deref().unwrap_or("Deployment") {
+            "Deployment" => Kind::Deployment,
+            "StatefulSet" => Kind::StatefulSet,
+            "Rollout" => Kind::Rollout,
+            _ => return None,
+        };
+        Some(Ref {
+            kind,
+            name: target.name.clone(),
+        })
+    }
+
+    /// Paused by anyone (either of KEDA's annotations).
+    fn paused(&self) -> bool {
+        let annotations = self.annotations();
+        annotations.contains_key(KEDA_PAUSED_REPLICAS)
+            || annotations.get(KEDA_PAUSED).is_some_and(|v| v == "true")
+    }
+}
+
+impl Resource for ScaledObject {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "ScaledObject".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "keda.sh".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1alpha1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "scaledobjects".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Scalable for ScaledObject {
+    const KIND: Kind = Kind::ScaledObject;
+    const OPTIONAL: bool = true;
+    /// 1 while KEDA scales its target, 0 while it is paused (by kdev's
+    /// sleep, or by someone before it: then the sleep leaves it, and its
+    /// target, as they are).
+    fn size(&self) -> i32 {
+        i32::from(!self.paused())
+    }
+    fn ready(&self) -> i32 {
+        self.size()
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        if size == 0 {
+            serde_json::json!({ "metadata": { "annotations": { KEDA_PAUSED_REPLICAS: "0" } } })
+        } else {
+            // Left out of kdev's apply, the pause kdev owned is removed.
+            serde_json::json!({})
+        }
+    }
+    fn keep_viewed(&mut self) {
+        keep_viewed_meta(self.meta_mut());
+    }
+}
+
 pub fn view<K: Scalable>(object: &K) -> Workload {
     let annotations = object.annotations().clone();
     let marks = match K::KIND {
@@ -496,6 +626,7 @@ pub struct Listed {
     pub cronjobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
     pub rollouts: Vec<Rollout>,
+    pub scaled_objects: Vec<ScaledObject>,
 }
 
 impl Listed {
@@ -508,18 +639,20 @@ impl Listed {
             .chain(self.cronjobs.iter().map(view))
             .chain(self.jobs.iter().map(view))
             .chain(self.rollouts.iter().map(view))
+            .chain(self.scaled_objects.iter().map(view))
             .collect()
     }
 }
 
-/// Every Deployment, StatefulSet, CronJob, Job and Rollout in `namespace`.
+/// Every workload (and ScaledObject) in `namespace`.
 pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
-    let (deployments, statefulsets, cronjobs, jobs, rollouts) = tokio::try_join!(
+    let (deployments, statefulsets, cronjobs, jobs, rollouts, scaled_objects) = tokio::try_join!(
         list_kind::<Deployment>(kube, Some(namespace)),
         list_kind::<StatefulSet>(kube, Some(namespace)),
         list_kind::<CronJob>(kube, Some(namespace)),
         list_kind::<Job>(kube, Some(namespace)),
         list_kind::<Rollout>(kube, Some(namespace)),
+        list_kind::<ScaledObject>(kube, Some(namespace)),
     )?;
     Ok(Listed {
         deployments,
@@ -527,18 +660,20 @@ pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
         cronjobs,
         jobs,
         rollouts,
+        scaled_objects,
     })
 }
 
-/// Every Deployment, StatefulSet, CronJob, Job and Rollout in the
-/// cluster, by namespace: five requests however many namespaces there are.
+/// Every workload (and ScaledObject) in the cluster, by namespace: one
+/// request per kind however many namespaces there are.
 pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, Listed>> {
-    let (deployments, statefulsets, cronjobs, jobs, rollouts) = tokio::try_join!(
+    let (deployments, statefulsets, cronjobs, jobs, rollouts, scaled_objects) = tokio::try_join!(
         list_kind::<Deployment>(kube, None),
         list_kind::<StatefulSet>(kube, None),
         list_kind::<CronJob>(kube, None),
         list_kind::<Job>(kube, None),
         list_kind::<Rollout>(kube, None),
+        list_kind::<ScaledObject>(kube, None),
     )?;
     let mut by_namespace: BTreeMap<String, Listed> = BTreeMap::new();
     for d in deployments {
@@ -575,6 +710,13 @@ pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, L
             .or_default()
             .rollouts
             .push(r);
+    }
+    for o in scaled_objects {
+        by_namespace
+            .entry(o.namespace().unwrap_or_default())
+            .or_default()
+            .scaled_objects
+            .push(o);
     }
     Ok(by_namespace)
 }

@@ -396,6 +396,230 @@ async fn an_argo_rollout_sleeps_wakes_and_gets_a_waker_its_active_service_select
     .await;
 }
 
+/// Applies a CustomResourceDefinition for `scaledobjects.keda.sh` (KEDA's
+/// group, kind and names; the schema left open).
+async fn apply_keda_crd(ns: &TestNamespace) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": { "name": "scaledobjects.keda.sh" },
+        "spec": {
+            "group": "keda.sh",
+            "scope": "Namespaced",
+            "names": { "kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject", "shortNames": ["so"] },
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
+                "subresources": { "status": {} }
+            }]
+        }
+    }))
+    .expect("a valid CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create the ScaledObject CRD");
+    eventually(Duration::from_secs(30), "the ScaledObject API", || async {
+        let api: Api<kdev::envs::workload::ScaledObject> =
+            Api::namespaced(ns.client.clone(), &ns.name);
+        api.list(&Default::default()).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+/// A stand-in for KEDA (the real one cannot be built here), doing what a
+/// sleep must hold against: on every change of a ScaledObject or of a
+/// Deployment, a paused one's target is scaled to its paused replicas, and
+/// an unpaused one's target below `minReplicaCount` is scaled up to it.
+async fn stand_in_keda(client: kube::Client, namespace: String) {
+    use futures::StreamExt as _;
+    use kdev::envs::workload::{KEDA_PAUSED, KEDA_PAUSED_REPLICAS};
+    use kube::api::DynamicObject;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let resource = kube::discovery::ApiResource {
+        group: "keda.sh".into(),
+        version: "v1alpha1".into(),
+        api_version: "keda.sh/v1alpha1".into(),
+        kind: "ScaledObject".into(),
+        plural: "scaledobjects".into(),
+    };
+    let scalers: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
+    let changes = futures::stream::select(
+        watcher(scalers.clone(), watcher::Config::default())
+            .touched_objects()
+            .map(|_| ())
+            .boxed(),
+        watcher(deployments.clone(), watcher::Config::default())
+            .touched_objects()
+            .map(|_| ())
+            .boxed(),
+    );
+    let mut changes = std::pin::pin!(changes);
+    while changes.next().await.is_some() {
+        let Ok(list) = scalers.list(&Default::default()).await else {
+            continue;
+        };
+        for scaler in list.items {
+            let annotations = scaler.annotations();
+            let target = scaler.data["spec"]["scaleTargetRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let want = match annotations.get(KEDA_PAUSED_REPLICAS) {
+                Some(count) => count.parse::<i32>().ok(),
+                None if annotations.get(KEDA_PAUSED).is_some_and(|v| v == "true") => None,
+                None => {
+                    let min = scaler.data["spec"]["minReplicaCount"].as_i64().unwrap_or(1) as i32;
+                    let have = replicas_of(&deployments, &target).await;
+                    have.filter(|have| *have < min).map(|_| min)
+                }
+            };
+            if let Some(want) = want
+                && replicas_of(&deployments, &target).await != Some(want)
+            {
+                let _ = deployments
+                    .patch_scale(
+                        &target,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "spec": { "replicas": want } })),
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+async fn replicas_of(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
+    let d = deployments.get(name).await.ok()?;
+    Some(d.spec?.replicas.unwrap_or(1))
+}
+
+/// KEDA: a ScaledObject scales `worker` (at least 2 replicas) and would
+/// scale a slept `worker` straight back up. The sleep pauses the
+/// ScaledObject at 0 (`autoscaling.keda.sh/paused-replicas: "0"`, recorded)
+/// and leaves `worker` to KEDA, which holds it at 0; the wake removes the
+/// pause and KEDA scales it back. A ScaledObject someone paused before the
+/// sleep is left paused, and its target sleeps as any workload. On a
+/// cluster of its own: the CRD is cluster-wide.
+#[tokio::test]
+async fn a_keda_scaled_workload_sleeps_by_pausing_its_scaledobject() {
+    use kdev::envs::workload::{KEDA_PAUSED_REPLICAS, ScaledObject};
+    let (_cluster, kubeconfig) = crate::support::OwnCluster::up("envs-keda");
+    crate::support::with_namespace_in(&kubeconfig, "envs-keda", |ns| async move {
+        apply_keda_crd(&ns).await;
+        create_deployment(&ns, "worker", 2, json!({})).await;
+        create_deployment(&ns, "batch", 1, json!({})).await;
+        let scalers: Api<ScaledObject> = Api::namespaced(ns.client.clone(), &ns.name);
+        // Created whole (envs' view of a ScaledObject writes no apiVersion).
+        let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            ns.client.clone(),
+            &ns.name,
+            &kube::discovery::ApiResource::erase::<ScaledObject>(&()),
+        );
+        for (name, target, annotations) in [
+            ("worker", "worker", json!({})),
+            (
+                "batch",
+                "batch",
+                json!({ "autoscaling.keda.sh/paused": "true" }),
+            ),
+        ] {
+            let scaler: kube::api::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": { "name": name, "annotations": annotations },
+                "spec": { "scaleTargetRef": { "name": target } }
+            }))
+            .expect("a ScaledObject");
+            raw.create(&PostParams::default(), &scaler)
+                .await
+                .expect("create the ScaledObject");
+        }
+        // minReplicaCount is not in envs' view of a ScaledObject: set it raw.
+        scalers
+            .patch(
+                "worker",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "minReplicaCount": 2 } })),
+            )
+            .await
+            .expect("minReplicaCount");
+        let keda = tokio::spawn(stand_in_keda(ns.client.clone(), ns.name.clone()));
+        let scaler_state = || async {
+            let scaler = scalers.get("worker").await.expect("the ScaledObject");
+            (
+                scaler.annotations().get(KEDA_PAUSED_REPLICAS).cloned(),
+                scaler.annotations().get(SLEEP).cloned(),
+            )
+        };
+
+        let slept = ok(run(
+            &ns.kubeconfig,
+            &ns.name,
+            &["sleep", "--no-wake-on-request"],
+        ));
+        assert!(
+            slept.contains("scaledobject/worker in") && slept.contains("(scaling → paused)"),
+            "{slept}"
+        );
+        assert!(
+            slept.contains("scaled by KEDA ScaledObject worker, which sleeps and wakes instead"),
+            "{slept}"
+        );
+        assert!(
+            slept.contains("paused before the sleep; left as it is"),
+            "{slept}"
+        );
+        let (paused, record) = scaler_state().await;
+        assert_eq!(paused.as_deref(), Some("0"));
+        assert!(
+            record.is_some(),
+            "the ScaledObject carries the sleep record"
+        );
+        // KEDA (the stand-in) holds its target at 0; kdev never wrote it.
+        eventually(
+            Duration::from_secs(30),
+            "KEDA to scale worker to 0",
+            || async { (replicas(&ns, "worker").await.0 == 0).then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            replicas(&ns, "worker").await.1,
+            None,
+            "no record on KEDA's target"
+        );
+        // The target of a ScaledObject paused by someone else sleeps itself.
+        let (size, record) = replicas(&ns, "batch").await;
+        assert_eq!((size, record.is_some()), (0, true));
+        let listed = ok(run(&ns.kubeconfig, &ns.name, &["envs", "-o", "json"]));
+        let env: Value = serde_json::from_str(&listed[listed.find('[').expect("a list")..])
+            .expect("kdev envs -o json");
+        assert_eq!(env[0]["state"], "asleep", "{env}");
+
+        let woke = ok(run(&ns.kubeconfig, &ns.name, &["wake"]));
+        assert!(woke.contains("(paused → scaling)"), "{woke}");
+        assert_eq!(scaler_state().await, (None, None));
+        eventually(
+            Duration::from_secs(30),
+            "KEDA to scale worker back to 2",
+            || async { (replicas(&ns, "worker").await == (2, None)).then_some(()) },
+        )
+        .await;
+        assert_eq!(replicas(&ns, "batch").await, (1, None));
+        let batch = scalers.get("batch").await.expect("batch");
+        assert_eq!(
+            batch
+                .annotations()
+                .get("autoscaling.keda.sh/paused")
+                .map(String::as_str),
+            Some("true"),
+            "left paused"
+        );
+        keda.abort();
+    })
+    .await;
+}
+
 /// Which fields of `object` the manager owns through which operation, as
 /// `(operation, fields JSON)`.
 fn owned_by(object: &Deployment, manager: &str) -> Vec<(String, String)> {
