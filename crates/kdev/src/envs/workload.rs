@@ -58,6 +58,7 @@ impl Kind {
             (Kind::ScaledObject, _) => "scaling".to_owned(),
             (kind, 0) if kind.suspends() => "suspended".to_owned(),
             (kind, _) if kind.suspends() => "running".to_owned(),
+            (_, 1) => "1 replica".to_owned(),
             (_, n) => format!("{n} replicas"),
         }
     }
