@@ -158,7 +158,7 @@ def ceiling(base, namespaces, per_namespace, replicas):
 # updates (subresource status), watches and Leases (leader elections of
 # every component) are other components' noise and not counted.
 COUNTED = {
-    "deployments", "statefulsets", "cronjobs", "jobs", "rollouts", "scaledobjects", "events", "namespaces",
+    "deployments", "statefulsets", "daemonsets", "cronjobs", "jobs", "rollouts", "scaledobjects", "events", "namespaces",
     "services", "pods", "replicasets", "serviceaccounts", "rolebindings",
     "horizontalpodautoscalers",
 }

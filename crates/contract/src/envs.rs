@@ -27,6 +27,30 @@ pub const SLEEP_ANNOTATION: &str = "kdev.dev/sleep";
 /// Opt-out: any value but "false" keeps the object (or a whole namespace)
 /// awake. Read as an annotation or a label.
 pub const EXCLUDE_KEYS: [&str; 2] = ["kdev.dev/exclude", "downscaler/exclude"];
+/// Opt-in for DaemonSets, on a DaemonSet or its namespace: "true" makes
+/// them workloads a sleep takes (a DaemonSet is often the node's plumbing,
+/// so none sleeps unless asked).
+pub const DAEMONSETS_ANNOTATION: &str = "kdev.dev/sleep-daemonsets";
+/// The node selector a sleeping DaemonSet's pod template carries: no node
+/// has the label, so its pods go (as GoKubeDownscaler does).
+pub const ASLEEP_NODE_SELECTOR: &str = "kdev.dev/asleep";
+
+/// Why a DaemonSet is no workload of its environment: not opted in, on
+/// itself or its namespace ([`DAEMONSETS_ANNOTATION`]).
+pub fn daemonset_left_out(
+    own: &BTreeMap<String, String>,
+    namespace: &BTreeMap<String, String>,
+) -> Option<String> {
+    let opted_in = |annotations: &BTreeMap<String, String>| {
+        annotations
+            .get(DAEMONSETS_ANNOTATION)
+            .is_some_and(|v| v.trim() == "true")
+    };
+    (!opted_in(own) && !opted_in(namespace)).then(|| {
+        format!("a DaemonSet sleeps only when opted in ({DAEMONSETS_ANNOTATION}: \"true\" on it or its namespace)")
+    })
+}
+
 /// Replicas while asleep (default 0), on a workload or its namespace.
 pub const DOWNTIME_REPLICAS_KEYS: [&str; 2] =
     ["kdev.dev/downtime-replicas", "downscaler/downtime-replicas"];

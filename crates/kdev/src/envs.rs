@@ -410,7 +410,12 @@ pub fn judge(
             .filter(|r| r.holds(w.size));
         let excluded = ns_excluded
             .clone()
-            .or_else(|| contract::exclusion(&w.annotations, &w.labels, now));
+            .or_else(|| contract::exclusion(&w.annotations, &w.labels, now))
+            .or_else(|| {
+                let left_out = (w.kind == Kind::DaemonSet)
+                    .then(|| contract::daemonset_left_out(&w.annotations, annotations));
+                left_out.flatten()
+            });
         // At 0 without a record, or a Job run to its end, nothing runs: it
         // neither keeps the environment awake nor asleep. A swapped
         // workload is in use (at 0, its traffic goes to someone's laptop):

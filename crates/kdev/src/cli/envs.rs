@@ -11,7 +11,7 @@ use crate::error;
     after_help = "Examples:\n  kdev sleep -n team-a -n team-b --reason 'away until Monday'\n  kdev wake -l team=payments --dry-run\n  kdev sleep deploy/web sts/db -n team-a"
 )]
 pub struct ChangeArgs {
-    /// Single workloads (deploy/NAME, sts/NAME, rollout/NAME, cronjob/NAME, job/NAME, scaledobject/NAME) in the one -n namespace; without them, whole environments.
+    /// Single workloads (deploy/NAME, sts/NAME, ds/NAME, rollout/NAME, cronjob/NAME, job/NAME, scaledobject/NAME) in the one -n namespace; without them, whole environments.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Environments (namespaces) whose labels match this selector.

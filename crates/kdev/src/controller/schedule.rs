@@ -506,6 +506,15 @@ async fn own_schedules(
                 Kind::ScaledObject => {
                     record_on::<ScaledObject>(context, &name, &target.name, value).await?
                 }
+                Kind::DaemonSet => {
+                    record_on::<k8s_openapi::api::apps::v1::DaemonSet>(
+                        context,
+                        &name,
+                        &target.name,
+                        value,
+                    )
+                    .await?
+                }
             }
             act::written();
             context.metrics.env_transition(awake);

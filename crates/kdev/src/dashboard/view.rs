@@ -42,6 +42,7 @@ pub struct View {
     jobs: Store<Job>,
     rollouts: Store<Rollout>,
     scaled_objects: Store<ScaledObject>,
+    daemonsets: Store<k8s_openapi::api::apps::v1::DaemonSet>,
     leases: Store<Lease>,
     events: Vec<Store<Event>>,
     /// Which namespaces are environments.
@@ -141,6 +142,13 @@ pub fn start(
         &tx,
         &mut tasks,
     );
+    let daemonsets = watched(
+        Api::<k8s_openapi::api::apps::v1::DaemonSet>::all(client.clone()),
+        watcher::Config::default(),
+        Scalable::keep_viewed,
+        &tx,
+        &mut tasks,
+    );
     let leases = watched(
         Api::<Lease>::all(client.clone()),
         watcher::Config::default().labels(&format!(
@@ -172,6 +180,7 @@ pub fn start(
         jobs,
         rollouts,
         scaled_objects,
+        daemonsets,
         leases,
         events,
         scope: std::sync::Arc::new(scope.clone()),
@@ -260,6 +269,7 @@ impl View {
         let _ = self.jobs.wait_until_ready().await;
         let _ = self.rollouts.wait_until_ready().await;
         let _ = self.scaled_objects.wait_until_ready().await;
+        let _ = self.daemonsets.wait_until_ready().await;
         let _ = self.leases.wait_until_ready().await;
         for events in &self.events {
             let _ = events.wait_until_ready().await;
@@ -300,6 +310,9 @@ impl View {
         }
         for o in self.scaled_objects.state() {
             add(workload::view(o.as_ref()));
+        }
+        for d in self.daemonsets.state() {
+            add(workload::view(d.as_ref()));
         }
         let leases: BTreeMap<String, std::sync::Arc<Lease>> = self
             .leases

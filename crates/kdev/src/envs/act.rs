@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kdev_contract::keys::FIELD_MANAGER;
@@ -260,6 +260,9 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                     listed
                         .scaled_objects
                         .retain(|o| !envs::has_own_schedule(o.annotations()));
+                    listed
+                        .daemonsets
+                        .retain(|d| !envs::has_own_schedule(d.annotations()));
                 }
                 let named = |kind, name: String| Ref { kind, name };
                 let targets = listed
@@ -299,6 +302,12 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                         (
                             named(Kind::ScaledObject, o.name_any()),
                             Some(Known::ScaledObject(Box::new(o))),
+                        )
+                    }))
+                    .chain(listed.daemonsets.into_iter().map(|d| {
+                        (
+                            named(Kind::DaemonSet, d.name_any()),
+                            Some(Known::DaemonSet(Box::new(d))),
                         )
                     }))
                     .collect();
@@ -349,6 +358,8 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 (_, Some(Known::Job(j))) => step.apply(&target.name, Some(*j)).await,
                 (_, Some(Known::Rollout(r))) => step.apply(&target.name, Some(*r)).await,
                 (_, Some(Known::ScaledObject(o))) => step.apply(&target.name, Some(*o)).await,
+                (_, Some(Known::DaemonSet(d))) => step.apply(&target.name, Some(*d)).await,
+                (Kind::DaemonSet, None) => step.apply::<DaemonSet>(&target.name, None).await,
                 (Kind::Deployment, None) => step.apply::<Deployment>(&target.name, None).await,
                 (Kind::StatefulSet, None) => step.apply::<StatefulSet>(&target.name, None).await,
                 (Kind::CronJob, None) => step.apply::<CronJob>(&target.name, None).await,
@@ -695,6 +706,11 @@ impl Step<'_> {
                 if w.finished && w.size > 0 {
                     return Ok((None, unchanged("finished: nothing of it runs")));
                 }
+                if w.kind == Kind::DaemonSet
+                    && let Some(why) = envs::daemonset_left_out(&w.annotations, self.ns_annotations)
+                {
+                    return Ok((None, unchanged(&why)));
+                }
                 let plan = envs::sleep_plan(w.size, to, &w.annotations, exclusion, swapped(w))?;
                 Ok(match plan {
                     envs::Sleep::Scale { from, to } => (
@@ -933,6 +949,7 @@ enum Known {
     Job(Box<Job>),
     Rollout(Box<Rollout>),
     ScaledObject(Box<ScaledObject>),
+    DaemonSet(Box<DaemonSet>),
 }
 
 /// The workloads KEDA scales, by the ScaledObject that scales them: those

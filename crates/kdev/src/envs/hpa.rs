@@ -34,7 +34,7 @@ fn targets(hpa: &HorizontalPodAutoscaler, kind: Kind, name: &str) -> bool {
         Kind::Deployment => "Deployment",
         Kind::StatefulSet => "StatefulSet",
         Kind::Rollout => "Rollout",
-        Kind::CronJob | Kind::Job | Kind::ScaledObject => return false,
+        Kind::CronJob | Kind::Job | Kind::ScaledObject | Kind::DaemonSet => return false,
     };
     target.kind == wanted && target.name == name
 }

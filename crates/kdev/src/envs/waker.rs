@@ -292,7 +292,9 @@ async fn watch_size(
         Kind::StatefulSet => sizes::<StatefulSet>(&kube, &workload.name),
         Kind::Rollout => sizes::<Rollout>(&kube, &workload.name),
         // A waker never stands for what has no pods to route to.
-        Kind::CronJob | Kind::Job | Kind::ScaledObject => futures::stream::pending().boxed(),
+        Kind::CronJob | Kind::Job | Kind::ScaledObject | Kind::DaemonSet => {
+            futures::stream::pending().boxed()
+        }
     };
     let mut sizes = sizes;
     while let Some(size) = sizes.next().await {

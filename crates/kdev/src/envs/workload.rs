@@ -1,7 +1,8 @@
 //! The workloads an environment is made of, read the same way whatever
 //! their kind: Deployments, StatefulSets and Argo Rollouts (their
 //! replicas), CronJobs and Jobs (running is 1, suspended is 0), KEDA
-//! ScaledObjects (scaling is 1, paused at 0 replicas is 0).
+//! ScaledObjects (scaling is 1, paused at 0 replicas is 0), and DaemonSets
+//! that opted in (on their nodes is 1, kept off every node is 0).
 //!
 //! Argo Rollouts are read as [`Rollout`], the fields of the CRD's objects
 //! that envs reads; kdev only ever patches them (server-side apply of the
@@ -12,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt as _};
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error;
 use crate::k8s::Kube;
+use kdev_contract::envs::ASLEEP_NODE_SELECTOR;
 use kdev_contract::session::{DeploymentMarks, WorkloadKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -32,23 +34,28 @@ pub enum Kind {
     Job,
     Rollout,
     ScaledObject,
+    DaemonSet,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Deployment,
         Kind::StatefulSet,
         Kind::CronJob,
         Kind::Job,
         Kind::Rollout,
         Kind::ScaledObject,
+        Kind::DaemonSet,
     ];
 
     /// Whether a sleep suspends it (a CronJob, a Job) or pauses it (a
     /// ScaledObject) rather than scaling it: no replicas, no scale
     /// subresource, no HPA, no waker of its own.
     pub fn suspends(self) -> bool {
-        matches!(self, Kind::CronJob | Kind::Job | Kind::ScaledObject)
+        matches!(
+            self,
+            Kind::CronJob | Kind::Job | Kind::ScaledObject | Kind::DaemonSet
+        )
     }
 
     /// How a size of this kind reads: replicas, or running and suspended.
@@ -56,6 +63,8 @@ impl Kind {
         match (self, size) {
             (Kind::ScaledObject, 0) => "paused".to_owned(),
             (Kind::ScaledObject, _) => "scaling".to_owned(),
+            (Kind::DaemonSet, 0) => "on no node".to_owned(),
+            (Kind::DaemonSet, _) => "on its nodes".to_owned(),
             (kind, 0) if kind.suspends() => "suspended".to_owned(),
             (kind, _) if kind.suspends() => "running".to_owned(),
             (_, 1) => "1 replica".to_owned(),
@@ -75,6 +84,7 @@ impl Kind {
             Kind::Job => of::<Job>(),
             Kind::Rollout => of::<Rollout>(),
             Kind::ScaledObject => of::<ScaledObject>(),
+            Kind::DaemonSet => of::<DaemonSet>(),
         }
     }
 
@@ -87,11 +97,12 @@ impl Kind {
             Kind::Job => "job",
             Kind::Rollout => "rollout",
             Kind::ScaledObject => "scaledobject",
+            Kind::DaemonSet => "daemonset",
         }
     }
 }
 
-/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `cronjob/NAME`, `job/NAME`, `rollout/NAME`, `scaledobject/NAME`.
+/// A workload named on the command line: `deploy/NAME`, `sts/NAME`, `ds/NAME`, `cronjob/NAME`, `job/NAME`, `rollout/NAME`, `scaledobject/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ref {
     pub kind: Kind,
@@ -104,11 +115,11 @@ impl fmt::Display for Ref {
     }
 }
 
-/// Reads `KIND/NAME` with kubectl's names for the six kinds.
+/// Reads `KIND/NAME` with kubectl's names for the seven kinds.
 pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
     let usage = || {
         error::usage(format!(
-            "{text:?} is not a workload: use deploy/NAME, sts/NAME, cronjob/NAME, job/NAME, rollout/NAME or scaledobject/NAME"
+            "{text:?} is not a workload: use deploy/NAME, sts/NAME, ds/NAME, cronjob/NAME, job/NAME, rollout/NAME or scaledobject/NAME"
         ))
     };
     let (kind, name) = text.split_once('/').ok_or_else(usage)?;
@@ -129,6 +140,7 @@ pub fn parse_ref(text: &str) -> anyhow::Result<Ref> {
         | "scaledobjects"
         | "scaledobject.keda.sh"
         | "scaledobjects.keda.sh" => Kind::ScaledObject,
+        "ds" | "daemonset" | "daemonsets" | "daemonset.apps" | "daemonsets.apps" => Kind::DaemonSet,
         _ => return Err(usage()),
     };
     crate::k8s::validate_subdomain(&format!("{} name", kind.short()), name)?;
@@ -563,6 +575,63 @@ impl Scalable for ScaledObject {
     }
 }
 
+impl Scalable for DaemonSet {
+    const KIND: Kind = Kind::DaemonSet;
+    /// 1 on its nodes, 0 when its pod template asks for a node label no
+    /// node has (kdev's sleep).
+    fn size(&self) -> i32 {
+        let asleep = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.node_selector.as_ref())
+            .is_some_and(|selector| selector.contains_key(ASLEEP_NODE_SELECTOR));
+        i32::from(!asleep)
+    }
+    /// Ready when every node it is scheduled on runs a ready pod.
+    fn ready(&self) -> i32 {
+        let status = self.status.as_ref();
+        let desired = status.map_or(0, |s| s.desired_number_scheduled);
+        let ready = status.map_or(0, |s| s.number_ready);
+        i32::from(self.size() > 0 && ready >= desired)
+    }
+    fn size_patch(size: i32) -> serde_json::Value {
+        if size == 0 {
+            serde_json::json!({ "spec": { "template": { "spec": {
+                "nodeSelector": { ASLEEP_NODE_SELECTOR: "true" }
+            } } } })
+        } else {
+            // Left out of kdev's apply, the selector kdev owned is removed.
+            serde_json::json!({})
+        }
+    }
+    fn keep_viewed(&mut self) {
+        use k8s_openapi::api::apps::v1::{DaemonSetSpec, DaemonSetStatus};
+        use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+        let asleep = self.size() == 0;
+        self.spec = self.spec.take().map(|_| DaemonSetSpec {
+            // What `size` reads, and nothing else.
+            template: PodTemplateSpec {
+                spec: asleep.then(|| PodSpec {
+                    node_selector: Some(BTreeMap::from([(
+                        ASLEEP_NODE_SELECTOR.to_owned(),
+                        "true".to_owned(),
+                    )])),
+                    ..PodSpec::default()
+                }),
+                ..PodTemplateSpec::default()
+            },
+            ..DaemonSetSpec::default()
+        });
+        self.status = self.status.take().map(|s| DaemonSetStatus {
+            desired_number_scheduled: s.desired_number_scheduled,
+            number_ready: s.number_ready,
+            ..DaemonSetStatus::default()
+        });
+        keep_viewed_meta(self.meta_mut());
+    }
+}
+
 pub fn view<K: Scalable>(object: &K) -> Workload {
     let annotations = object.annotations().clone();
     let marks = match K::KIND {
@@ -628,6 +697,7 @@ pub struct Listed {
     pub jobs: Vec<Job>,
     pub rollouts: Vec<Rollout>,
     pub scaled_objects: Vec<ScaledObject>,
+    pub daemonsets: Vec<DaemonSet>,
 }
 
 impl Listed {
@@ -641,19 +711,21 @@ impl Listed {
             .chain(self.jobs.iter().map(view))
             .chain(self.rollouts.iter().map(view))
             .chain(self.scaled_objects.iter().map(view))
+            .chain(self.daemonsets.iter().map(view))
             .collect()
     }
 }
 
 /// Every workload (and ScaledObject) in `namespace`.
 pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
-    let (deployments, statefulsets, cronjobs, jobs, rollouts, scaled_objects) = tokio::try_join!(
+    let (deployments, statefulsets, cronjobs, jobs, rollouts, scaled_objects, daemonsets) = tokio::try_join!(
         list_kind::<Deployment>(kube, Some(namespace)),
         list_kind::<StatefulSet>(kube, Some(namespace)),
         list_kind::<CronJob>(kube, Some(namespace)),
         list_kind::<Job>(kube, Some(namespace)),
         list_kind::<Rollout>(kube, Some(namespace)),
         list_kind::<ScaledObject>(kube, Some(namespace)),
+        list_kind::<DaemonSet>(kube, Some(namespace)),
     )?;
     Ok(Listed {
         deployments,
@@ -662,19 +734,21 @@ pub async fn listed(kube: &Kube, namespace: &str) -> anyhow::Result<Listed> {
         jobs,
         rollouts,
         scaled_objects,
+        daemonsets,
     })
 }
 
 /// Every workload (and ScaledObject) in the cluster, by namespace: one
 /// request per kind however many namespaces there are.
 pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, Listed>> {
-    let (deployments, statefulsets, cronjobs, jobs, rollouts, scaled_objects) = tokio::try_join!(
+    let (deployments, statefulsets, cronjobs, jobs, rollouts, scaled_objects, daemonsets) = tokio::try_join!(
         list_kind::<Deployment>(kube, None),
         list_kind::<StatefulSet>(kube, None),
         list_kind::<CronJob>(kube, None),
         list_kind::<Job>(kube, None),
         list_kind::<Rollout>(kube, None),
         list_kind::<ScaledObject>(kube, None),
+        list_kind::<DaemonSet>(kube, None),
     )?;
     let mut by_namespace: BTreeMap<String, Listed> = BTreeMap::new();
     for d in deployments {
@@ -718,6 +792,13 @@ pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, L
             .or_default()
             .scaled_objects
             .push(o);
+    }
+    for d in daemonsets {
+        by_namespace
+            .entry(d.namespace().unwrap_or_default())
+            .or_default()
+            .daemonsets
+            .push(d);
     }
     Ok(by_namespace)
 }

@@ -620,6 +620,76 @@ async fn a_keda_scaled_workload_sleeps_by_pausing_its_scaledobject() {
     .await;
 }
 
+/// DaemonSets sleep only when opted in: without it a sleep says so and
+/// leaves the DaemonSet on its nodes; with `kdev.dev/sleep-daemonsets` on
+/// the namespace its pod template gets a node selector no node has (its
+/// pods go) with the sleep record, and the wake removes both (its pods
+/// come back).
+#[tokio::test]
+async fn an_opted_in_daemonset_sleeps_off_every_node_and_wakes_back() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    with_namespace("envs-ds", |ns| async move {
+        let ds: DaemonSet = serde_json::from_value(json!({
+            "metadata": { "name": "agent" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "agent" } },
+                "template": {
+                    "metadata": { "labels": { "app": "agent" } },
+                    "spec": { "containers": [{ "name": "agent", "image": "example.invalid/agent:1" }] }
+                }
+            }
+        }))
+        .expect("a daemonset");
+        let api = ns.api::<DaemonSet>();
+        api.create(&PostParams::default(), &ds).await.expect("create daemonset");
+        let scheduled = || async {
+            let ds = api.get("agent").await.ok()?;
+            Some(ds.status?.desired_number_scheduled)
+        };
+        eventually(Duration::from_secs(30), "the DaemonSet on kwok's node", || async {
+            (scheduled().await? >= 1).then_some(())
+        })
+        .await;
+        let state = || async {
+            let ds = api.get("agent").await.expect("get daemonset");
+            let selector = ds
+                .spec
+                .and_then(|s| s.template.spec)
+                .and_then(|s| s.node_selector)
+                .unwrap_or_default();
+            (selector, ds.metadata.annotations.unwrap_or_default().get(SLEEP).cloned())
+        };
+
+        let left = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
+        assert!(left.contains("a DaemonSet sleeps only when opted in"), "{left}");
+        assert_eq!(state().await, (BTreeMap::new(), None));
+
+        annotate_namespace(&ns, json!({ "kdev.dev/sleep-daemonsets": "true" }), json!({})).await;
+        let slept = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
+        assert!(
+            slept.contains("daemonset/agent in") && slept.contains("(on its nodes → on no node)"),
+            "{slept}"
+        );
+        let (selector, record) = state().await;
+        assert_eq!(selector.get("kdev.dev/asleep").map(String::as_str), Some("true"));
+        assert!(record.is_some(), "the DaemonSet carries its sleep record");
+        eventually(Duration::from_secs(30), "the DaemonSet's pods to go", || async {
+            (scheduled().await? == 0).then_some(())
+        })
+        .await;
+        assert_eq!(envs_json(&ns).await["state"], "asleep");
+
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
+        assert!(woke.contains("(on no node → on its nodes)"), "{woke}");
+        assert_eq!(state().await, (BTreeMap::new(), None));
+        eventually(Duration::from_secs(30), "the DaemonSet's pods back", || async {
+            (scheduled().await? >= 1).then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
 /// Which fields of `object` the manager owns through which operation, as
 /// `(operation, fields JSON)`.
 fn owned_by(object: &Deployment, manager: &str) -> Vec<(String, String)> {
