@@ -241,10 +241,12 @@ async fn history(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitC
             "no sleeps or wakes recorded (the API server keeps Events for an hour by default)"
         );
     } else {
+        let now = jiff::Timestamp::now();
         for row in &rows {
+            let at = row["at"].as_str().unwrap_or_default();
             println!(
                 "{}  {}  {}  {}  {}",
-                row["at"].as_str().unwrap_or_default(),
+                local_time(at, now),
                 row["namespace"].as_str().unwrap_or_default(),
                 row["object"].as_str().unwrap_or_default(),
                 row["reason"].as_str().unwrap_or_default(),
@@ -253,6 +255,22 @@ async fn history(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An instant as people read it: in this machine's zone, to the second,
+/// and how long ago (`2026-12-07 16:36:42 (5m ago)`); text that is not an
+/// instant as it is.
+pub fn local_time(at: &str, now: jiff::Timestamp) -> String {
+    match at.parse::<jiff::Timestamp>() {
+        Ok(instant) => format!(
+            "{} ({})",
+            instant
+                .to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S"),
+            age(instant, now)
+        ),
+        Err(_) => at.to_owned(),
+    }
 }
 
 /// An environment's state, from its workloads.
@@ -686,7 +704,9 @@ fn table(envs: &[Env], now: jiff::Timestamp) -> String {
 
 /// How far `at` is from `now`, as kubectl shows ages: `45s ago`, `3h ago`,
 /// `in 20m`, `in 2d`.
-fn age(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
+/// How long ago (or how soon) `at` is, as people say it: `45s ago`,
+/// `12m ago`, `in 3h`, `2d ago`.
+pub fn age(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
     let seconds = now.as_second() - at.as_second();
     let span = seconds.unsigned_abs();
     let short = match span {
@@ -849,5 +869,14 @@ mod tests {
             [("downscaler/uptime".to_owned(), "weekdays".to_owned())].into();
         let env = judge("dev", &bad, &[], now);
         assert!(env.problem.unwrap().contains("downscaler/uptime"));
+    }
+
+    #[test]
+    fn history_times_are_local_to_the_second_with_their_age() {
+        let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let shown = local_time("2026-12-02T11:55:00.987654Z", now);
+        assert!(shown.ends_with(" (5m ago)"), "{shown}");
+        assert!(!shown.contains('.') && !shown.contains('T'), "{shown}");
+        assert_eq!(local_time("not a time", now), "not a time");
     }
 }

@@ -155,15 +155,20 @@ fn render_row(out: &mut String, row: &Row, csrf: &str) {
         Some(last) => {
             let _ = write!(
                 out,
-                "{} at <time>{}</time><div class=\"sub\">{}</div>",
+                "{} {}<div class=\"sub\">{}</div>",
                 esc(&last.reason),
-                esc(&last.at),
+                time(&last.at, row.now),
                 esc(&last.note)
             );
         }
         None => match &env.slept {
             Some(slept) => {
-                let _ = write!(out, "Slept at {}", esc(slept));
+                // "<instant> by <who>"
+                let (at, by) = slept.split_once(" by ").unwrap_or((slept, ""));
+                let _ = write!(out, "Slept {}", time(at, row.now));
+                if !by.is_empty() {
+                    let _ = write!(out, " by {}", esc(by));
+                }
             }
             None => out.push('-'),
         },
@@ -187,9 +192,9 @@ fn render_row(out: &mut String, row: &Row, csrf: &str) {
         (Some(next), None) => {
             let _ = write!(
                 out,
-                "{} at <time>{}</time><div class=\"sub\">{}</div>",
+                "{} {}<div class=\"sub\">{}</div>",
                 next.to,
-                esc(&next.at),
+                time(&next.at, row.now),
                 esc(&next.why)
             );
         }
@@ -232,12 +237,15 @@ form.filters{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin:.5rem 
 /// `action` property is its button named "action"; the attribute is read.)
 const SCRIPT: &str = "(function(){var body=document.getElementById('envs'),said=document.getElementById('said'),sum=document.getElementById('summary'),\
 token=document.querySelector('meta[name=kdev-csrf]').content;\
+function times(){var now=Date.now();Array.prototype.slice.call(document.querySelectorAll('time[datetime]')).forEach(function(t){\
+var at=new Date(t.getAttribute('datetime')),s=Math.round((now-at)/1000),a=Math.abs(s),n=a<120?a+'s':a<7200?Math.floor(a/60)+'m':a<172800?Math.floor(a/3600)+'h':Math.floor(a/86400)+'d';\
+t.textContent=s>=0?n+' ago':'in '+n;t.title=at.toLocaleString();});}times();setInterval(times,15000);\
 function apply(d){var t=document.createElement('tbody');t.innerHTML=d.rows;var seen={};\
 Array.prototype.slice.call(t.children).forEach(function(r){seen[r.id]=1;var o=document.getElementById(r.id);\
 if(!o){var c=r.querySelector('input[name=csrf]');if(c)c.value=token;body.appendChild(r);return;}o.dataset.state=r.dataset.state;var a=o.querySelectorAll('[data-live]'),b=r.querySelectorAll('[data-live]');\
 for(var i=0;i<a.length&&i<b.length;i++){if(a[i].innerHTML!==b[i].innerHTML)a[i].innerHTML=b[i].innerHTML;}\
 var s=o.querySelector('input[name=seen]'),n=r.querySelector('input[name=seen]');if(s&&n)s.value=n.value;});\
-Array.prototype.slice.call(body.children).forEach(function(r){if(!seen[r.id])r.remove();});sum.textContent=d.summary;}\
+Array.prototype.slice.call(body.children).forEach(function(r){if(!seen[r.id])r.remove();});sum.textContent=d.summary;times();}\
 if(window.EventSource){var es=new EventSource('/events'+location.search);es.addEventListener('envs',function(e){apply(JSON.parse(e.data));});\
 es.addEventListener('said',function(e){said.textContent=JSON.parse(e.data).message;});}\
 document.addEventListener('submit',function(e){var f=e.target,to=f.getAttribute('action');if(!to||f.getAttribute('method')!=='post')return;e.preventDefault();\
@@ -245,6 +253,21 @@ var data=new URLSearchParams(new FormData(f));if(e.submitter&&e.submitter.name)d
 said.textContent='Working...';fetch(to,{method:'POST',body:data,headers:{'Accept':'application/json'}})\
 .then(function(r){return r.json();}).then(function(j){said.textContent=j.message;if(j.ok)f.reset();})\
 .catch(function(err){said.textContent='The dashboard did not answer: '+err;});});})();";
+
+/// An instant as people read it: how long ago or how soon, the instant
+/// itself (UTC) on hover; the page's script says it in the viewer's zone
+/// and keeps the age current. Text that is not an instant, as it is.
+fn time(at: &str, now: jiff::Timestamp) -> String {
+    match at.parse::<jiff::Timestamp>() {
+        Ok(instant) => format!(
+            "<time datetime=\"{}\" title=\"{} UTC\">{}</time>",
+            instant,
+            instant.strftime("%Y-%m-%d %H:%M:%S"),
+            crate::envs::age(instant, now)
+        ),
+        Err(_) => esc(at),
+    }
+}
 
 /// The whole page.
 pub fn page(page: &Page<'_>) -> String {
@@ -417,5 +440,15 @@ mod tests {
         assert!(html.contains("value=\"team=&quot;x&quot;\""), "{html}");
         assert!(html.contains("<tr id=\"env-team-a\""), "{html}");
         assert!(html.contains("woke team-a"), "{html}");
+    }
+
+    #[test]
+    fn times_read_as_ages_with_the_instant_on_hover() {
+        let now: jiff::Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            time("2026-12-03T11:48:00.123456Z", now),
+            "<time datetime=\"2026-12-03T11:48:00.123456Z\" title=\"2026-12-03 11:48:00 UTC\">12m ago</time>"
+        );
+        assert_eq!(time("soon<b>", now), "soon&lt;b&gt;");
     }
 }

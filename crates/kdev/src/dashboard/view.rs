@@ -63,6 +63,8 @@ pub struct Row {
     pub excluded: Option<String>,
     /// What the page showed, for telling a stale action from a fresh one.
     pub seen: String,
+    /// When the row was judged: what its times' ages count from.
+    pub now: jiff::Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -418,6 +420,7 @@ pub fn row(
         keep_awake,
         excluded,
         seen,
+        now,
     }
 }
 

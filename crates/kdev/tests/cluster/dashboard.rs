@@ -1527,6 +1527,16 @@ async fn a_browser_wakes_an_environment_and_watches_its_pods_come_up() {
             .await
             .unwrap_or_else(|err| panic!("the environment awake on the page: {err}; {}", controller.log()));
         shoot("3-awake.png").await;
+        // Times read as people read them: an age on the page, the instant
+        // in the viewer's zone on hover (the script's; the server's says UTC).
+        let time = browser
+            .find(Locator::Css(&format!("{row} time[datetime]")))
+            .await
+            .expect("a time on the row");
+        let shown = time.text().await.expect("its text");
+        assert!(shown.ends_with(" ago") || shown.starts_with("in "), "{shown}");
+        let title = time.attr("title").await.expect("its title").unwrap_or_default();
+        assert!(!title.is_empty() && !title.ends_with(" UTC"), "{title}");
         let said = browser
             .find(Locator::Id("said"))
             .await
