@@ -100,57 +100,13 @@ pub fn start(
         &tx,
         &mut tasks,
     );
-    let deployments = watched(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
-    let statefulsets = watched(
-        Api::<StatefulSet>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
-    let cronjobs = watched(
-        Api::<CronJob>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
-    let jobs = watched(
-        Api::<Job>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
-    let rollouts = watched_if(
-        true,
-        Api::<Rollout>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
-    let scaled_objects = watched_if(
-        true,
-        Api::<ScaledObject>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
-    let daemonsets = watched(
-        Api::<k8s_openapi::api::apps::v1::DaemonSet>::all(client.clone()),
-        watcher::Config::default(),
-        Scalable::keep_viewed,
-        &tx,
-        &mut tasks,
-    );
+    let deployments = workloads::<Deployment>(client, &tx, &mut tasks);
+    let statefulsets = workloads::<StatefulSet>(client, &tx, &mut tasks);
+    let cronjobs = workloads::<CronJob>(client, &tx, &mut tasks);
+    let jobs = workloads::<Job>(client, &tx, &mut tasks);
+    let rollouts = workloads::<Rollout>(client, &tx, &mut tasks);
+    let scaled_objects = workloads::<ScaledObject>(client, &tx, &mut tasks);
+    let daemonsets = workloads::<k8s_openapi::api::apps::v1::DaemonSet>(client, &tx, &mut tasks);
     let leases = watched(
         Api::<Lease>::all(client.clone()),
         watcher::Config::default().labels(&format!(
@@ -214,6 +170,26 @@ where
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     watched_if(false, api, config, keep, tx, tasks)
+}
+
+/// The store of every workload of kind `K`, kept to what a row shows
+/// (none where the cluster does not serve it: a CRD's).
+fn workloads<K>(
+    client: &kube::Client,
+    tx: &watch::Sender<u64>,
+    tasks: &mut Vec<futures::future::BoxFuture<'static, ()>>,
+) -> Store<K>
+where
+    K: Scalable + Send + Sync + 'static,
+{
+    watched_if(
+        K::OPTIONAL,
+        Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+        Scalable::keep_viewed,
+        tx,
+        tasks,
+    )
 }
 
 /// [`watched`], for a kind the cluster may not serve (a CRD's) when

@@ -239,78 +239,22 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         // ones are read.
         let (targets, scaled_objects): (Vec<(Ref, Option<Known>)>, Vec<ScaledObject>) =
             if config.selection.workloads.is_empty() {
-                let mut listed = workload::listed(kube, &namespace).await?;
+                let listed = workload::listed(kube, &namespace).await?;
                 let scaled_objects = listed.scaled_objects.clone();
-                if config.selection.except_own_schedules {
-                    listed
-                        .deployments
-                        .retain(|d| !envs::has_own_schedule(d.annotations()));
-                    listed
-                        .statefulsets
-                        .retain(|s| !envs::has_own_schedule(s.annotations()));
-                    listed
-                        .cronjobs
-                        .retain(|c| !envs::has_own_schedule(c.annotations()));
-                    listed
-                        .jobs
-                        .retain(|j| !envs::has_own_schedule(j.annotations()));
-                    listed
-                        .rollouts
-                        .retain(|r| !envs::has_own_schedule(r.annotations()));
-                    listed
-                        .scaled_objects
-                        .retain(|o| !envs::has_own_schedule(o.annotations()));
-                    listed
-                        .daemonsets
-                        .retain(|d| !envs::has_own_schedule(d.annotations()));
-                }
-                let named = |kind, name: String| Ref { kind, name };
-                let targets = listed
-                    .deployments
-                    .into_iter()
-                    .map(|d| {
-                        (
-                            named(Kind::Deployment, d.name_any()),
-                            Some(Known::Deployment(Box::new(d))),
-                        )
-                    })
-                    .chain(listed.statefulsets.into_iter().map(|s| {
-                        (
-                            named(Kind::StatefulSet, s.name_any()),
-                            Some(Known::StatefulSet(Box::new(s))),
-                        )
-                    }))
-                    .chain(listed.cronjobs.into_iter().map(|c| {
-                        (
-                            named(Kind::CronJob, c.name_any()),
-                            Some(Known::CronJob(Box::new(c))),
-                        )
-                    }))
-                    .chain(listed.jobs.into_iter().map(|j| {
-                        (
-                            named(Kind::Job, j.name_any()),
-                            Some(Known::Job(Box::new(j))),
-                        )
-                    }))
-                    .chain(listed.rollouts.into_iter().map(|r| {
-                        (
-                            named(Kind::Rollout, r.name_any()),
-                            Some(Known::Rollout(Box::new(r))),
-                        )
-                    }))
-                    .chain(listed.scaled_objects.into_iter().map(|o| {
-                        (
-                            named(Kind::ScaledObject, o.name_any()),
-                            Some(Known::ScaledObject(Box::new(o))),
-                        )
-                    }))
-                    .chain(listed.daemonsets.into_iter().map(|d| {
-                        (
-                            named(Kind::DaemonSet, d.name_any()),
-                            Some(Known::DaemonSet(Box::new(d))),
-                        )
-                    }))
-                    .collect();
+                let own = config.selection.except_own_schedules;
+                let mut targets = Vec::new();
+                known(&mut targets, listed.deployments, own, Known::Deployment);
+                known(&mut targets, listed.statefulsets, own, Known::StatefulSet);
+                known(&mut targets, listed.cronjobs, own, Known::CronJob);
+                known(&mut targets, listed.jobs, own, Known::Job);
+                known(&mut targets, listed.rollouts, own, Known::Rollout);
+                known(
+                    &mut targets,
+                    listed.scaled_objects,
+                    own,
+                    Known::ScaledObject,
+                );
+                known(&mut targets, listed.daemonsets, own, Known::DaemonSet);
                 (targets, scaled_objects)
             } else {
                 let targets = config
@@ -950,6 +894,26 @@ enum Known {
     Rollout(Box<Rollout>),
     ScaledObject(Box<ScaledObject>),
     DaemonSet(Box<DaemonSet>),
+}
+
+/// Adds each listed object of a kind as a target decided on as listed;
+/// with `except_own_schedules`, not those that have a schedule of their own.
+fn known<K: Scalable>(
+    targets: &mut Vec<(Ref, Option<Known>)>,
+    objects: Vec<K>,
+    except_own_schedules: bool,
+    wrap: fn(Box<K>) -> Known,
+) {
+    for object in objects {
+        if except_own_schedules && envs::has_own_schedule(object.annotations()) {
+            continue;
+        }
+        let reference = Ref {
+            kind: K::KIND,
+            name: object.name_any(),
+        };
+        targets.push((reference, Some(wrap(Box::new(object)))));
+    }
 }
 
 /// The workloads KEDA scales, by the ScaledObject that scales them: those

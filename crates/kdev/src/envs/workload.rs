@@ -751,55 +751,24 @@ pub async fn listed_everywhere(kube: &Kube) -> anyhow::Result<BTreeMap<String, L
         list_kind::<DaemonSet>(kube, None),
     )?;
     let mut by_namespace: BTreeMap<String, Listed> = BTreeMap::new();
-    for d in deployments {
-        by_namespace
-            .entry(d.namespace().unwrap_or_default())
-            .or_default()
-            .deployments
-            .push(d);
+    /// Puts each object in its namespace's list of its kind.
+    fn sort_in<K: Scalable>(
+        objects: Vec<K>,
+        by_namespace: &mut BTreeMap<String, Listed>,
+        list: fn(&mut Listed) -> &mut Vec<K>,
+    ) {
+        for object in objects {
+            let namespace = object.namespace().unwrap_or_default();
+            list(by_namespace.entry(namespace).or_default()).push(object);
+        }
     }
-    for s in statefulsets {
-        by_namespace
-            .entry(s.namespace().unwrap_or_default())
-            .or_default()
-            .statefulsets
-            .push(s);
-    }
-    for c in cronjobs {
-        by_namespace
-            .entry(c.namespace().unwrap_or_default())
-            .or_default()
-            .cronjobs
-            .push(c);
-    }
-    for j in jobs {
-        by_namespace
-            .entry(j.namespace().unwrap_or_default())
-            .or_default()
-            .jobs
-            .push(j);
-    }
-    for r in rollouts {
-        by_namespace
-            .entry(r.namespace().unwrap_or_default())
-            .or_default()
-            .rollouts
-            .push(r);
-    }
-    for o in scaled_objects {
-        by_namespace
-            .entry(o.namespace().unwrap_or_default())
-            .or_default()
-            .scaled_objects
-            .push(o);
-    }
-    for d in daemonsets {
-        by_namespace
-            .entry(d.namespace().unwrap_or_default())
-            .or_default()
-            .daemonsets
-            .push(d);
-    }
+    sort_in(deployments, &mut by_namespace, |l| &mut l.deployments);
+    sort_in(statefulsets, &mut by_namespace, |l| &mut l.statefulsets);
+    sort_in(cronjobs, &mut by_namespace, |l| &mut l.cronjobs);
+    sort_in(jobs, &mut by_namespace, |l| &mut l.jobs);
+    sort_in(rollouts, &mut by_namespace, |l| &mut l.rollouts);
+    sort_in(scaled_objects, &mut by_namespace, |l| &mut l.scaled_objects);
+    sort_in(daemonsets, &mut by_namespace, |l| &mut l.daemonsets);
     Ok(by_namespace)
 }
 
