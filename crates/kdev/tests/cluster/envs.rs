@@ -297,24 +297,11 @@ async fn an_environment_sleeps_and_wakes_to_exactly_what_it_had() {
 #[tokio::test]
 async fn an_argo_rollout_sleeps_wakes_and_gets_a_waker_its_active_service_selects() {
     use crate::swap_support::{STAND_IN_HASH, apply_rollout_crd, stand_in_rollouts};
-    use kube::api::{DynamicObject, ListParams};
+    use kube::api::ListParams;
     let (_cluster, kubeconfig) = crate::support::OwnCluster::up("envs-rollout");
     crate::support::with_namespace_in(&kubeconfig, "envs-ro", |ns| async move {
         apply_rollout_crd(&ns).await;
-        let rollouts: Api<DynamicObject> = Api::namespaced_with(
-            ns.client.clone(),
-            &ns.name,
-            &kdev::swap::workload::resource(kdev_contract::session::WorkloadKind::Rollout),
-        );
-        let mut manifest = simple_deployment("web", 3, &[8080]);
-        manifest["apiVersion"] = json!("argoproj.io/v1alpha1");
-        manifest["kind"] = json!("Rollout");
-        manifest["spec"]["strategy"] = json!({ "blueGreen": { "activeService": "web" } });
-        let rollout: DynamicObject = serde_json::from_value(manifest).expect("a Rollout");
-        rollouts
-            .create(&PostParams::default(), &rollout)
-            .await
-            .expect("create the Rollout");
+        let rollouts = crate::swap_support::create_blue_green_rollout(&ns, "web", 3).await;
         // Argo adds the stable hash to its active Service's selector.
         let service = serde_json::from_value(json!({
             "metadata": { "name": "web" },

@@ -7,14 +7,14 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kdev::swap::workload::{WorkloadKind, WorkloadRef};
-use kube::api::{DynamicObject, ListParams, PostParams};
-use kube::{Api, ResourceExt as _};
+use kube::ResourceExt as _;
+use kube::api::{ListParams, PostParams};
 use serde_json::json;
 
 use crate::support::{OwnCluster, TestNamespace, eventually, with_namespace, with_namespace_in};
 use crate::swap_support::{
     Controller, LocalAgent, STAND_IN_HASH, Swap, apply_rollout_crd, assert_workload_restored,
-    create_running, deploy, simple_deployment, stand_in_rollouts,
+    create_blue_green_rollout, create_running, deploy, simple_deployment, stand_in_rollouts,
 };
 
 /// A ReplicaSet of `replicas` pods on kwok's node, its manifest from
@@ -118,20 +118,7 @@ async fn an_argo_rollout_swaps_and_is_restored_by_the_reaper_after_kill_9() {
     let (_cluster, kubeconfig) = OwnCluster::up("kinds-rollout");
     with_namespace_in(&kubeconfig, "kinds-ro", |ns| async move {
         apply_rollout_crd(&ns).await;
-        let rollouts: Api<DynamicObject> = Api::namespaced_with(
-            ns.client.clone(),
-            &ns.name,
-            &kdev::swap::workload::resource(WorkloadKind::Rollout),
-        );
-        let mut manifest = simple_deployment("web", 3, &[8080]);
-        manifest["apiVersion"] = json!("argoproj.io/v1alpha1");
-        manifest["kind"] = json!("Rollout");
-        manifest["spec"]["strategy"] = json!({ "blueGreen": { "activeService": "web" } });
-        let rollout: DynamicObject = serde_json::from_value(manifest).expect("a Rollout");
-        rollouts
-            .create(&PostParams::default(), &rollout)
-            .await
-            .expect("create the Rollout");
+        let rollouts = create_blue_green_rollout(&ns, "web", 3).await;
         let stand_in = tokio::spawn(stand_in_rollouts(ns.client.clone(), ns.name.clone()));
         let pods = ns.api::<Pod>();
         let running = || async {

@@ -513,6 +513,30 @@ pub async fn proxy_pod(ns: &TestNamespace) -> Option<Pod> {
 /// The hash the stand-in puts on a Rollout's pods, as Argo Rollouts does.
 pub const STAND_IN_HASH: &str = "5d8f7c9b6";
 
+/// Creates Rollout `name` of `replicas` pods serving 8080, blue-green with
+/// Service `name` active (the CRD applied first); returns its API.
+pub async fn create_blue_green_rollout(
+    ns: &TestNamespace,
+    name: &str,
+    replicas: i32,
+) -> Api<DynamicObject> {
+    let rollouts: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kdev::swap::workload::resource(WorkloadKind::Rollout),
+    );
+    let mut manifest = simple_deployment(name, replicas, &[8080]);
+    manifest["apiVersion"] = json!("argoproj.io/v1alpha1");
+    manifest["kind"] = json!("Rollout");
+    manifest["spec"]["strategy"] = json!({ "blueGreen": { "activeService": name } });
+    let rollout: DynamicObject = serde_json::from_value(manifest).expect("a Rollout");
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create the Rollout");
+    rollouts
+}
+
 /// Applies a CustomResourceDefinition for `rollouts.argoproj.io` with the
 /// parts of Argo Rollouts' own that kdev reads: `spec.replicas` behind the
 /// scale subresource, the selector and the template.
