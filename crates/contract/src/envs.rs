@@ -8,6 +8,8 @@
 //! never scaled up by kdev. Keys read from kube-downscaler (`downscaler/…`)
 //! mean what they mean there; kdev's own key wins on the same object.
 
+pub mod patch;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -10,6 +10,7 @@
 
 pub mod act;
 pub mod hpa;
+pub mod patched;
 pub mod place;
 pub mod waker;
 pub mod workload;

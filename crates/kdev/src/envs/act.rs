@@ -103,11 +103,29 @@ pub enum Done {
     },
 }
 
+/// What kind of thing a change is to: a workload kdev sleeps by itself, or
+/// a resource slept by its namespace's patch (`cluster.postgresql.cnpg.io`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Of {
+    Workload(Kind),
+    Resource(String),
+}
+
+impl Of {
+    fn short(&self) -> &str {
+        match self {
+            Of::Workload(kind) => kind.short(),
+            Of::Resource(resource) => resource,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub namespace: String,
-    pub kind: Kind,
+    pub kind: Of,
     pub name: String,
     #[serde(flatten)]
     pub done: Done,
@@ -130,7 +148,20 @@ impl Change {
     fn what(&self) -> String {
         let target = format!("{}/{} in {}", self.kind.short(), self.name, self.namespace);
         let would = if self.dry_run { "would be " } else { "" };
-        let size = |n: i32| self.kind.size_text(n);
+        let kind = match &self.kind {
+            Of::Workload(kind) => *kind,
+            // Its fields are in `also`.
+            Of::Resource(_) => {
+                return match &self.done {
+                    Done::Slept { .. } => format!("{target}: {would}asleep by its patch"),
+                    Done::Woke { .. } => format!("{target}: {would}awake, as before its sleep"),
+                    Done::Unchanged { why } => format!("{target}: unchanged, {why}"),
+                    Done::Failed { error } => format!("{target}: failed: {error}"),
+                    other => format!("{target}: {other:?}"),
+                };
+            }
+        };
+        let size = |n: i32| kind.size_text(n);
         match &self.done {
             Done::Slept { from, to } => {
                 format!("{target}: {would}asleep ({} → {})", size(*from), size(*to))
@@ -232,6 +263,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         },
     );
     let mut report = Report::default();
+    let mut patched_kinds = super::patched::Kinds::default();
     for namespace in namespaces(kube, &config.selection).await? {
         let ns_annotations = namespace_annotations(kube, &namespace).await;
         let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new(), now);
@@ -276,7 +308,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             if let Some(scaler) = keda.get(&target) {
                 report.changes.push(Change {
                     namespace: namespace.clone(),
-                    kind: target.kind,
+                    kind: Of::Workload(target.kind),
                     name: target.name,
                     done: unchanged(&format!(
                         "scaled by KEDA ScaledObject {scaler}, which sleeps and wakes instead"
@@ -381,12 +413,40 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             }
             report.changes.push(Change {
                 namespace: namespace.clone(),
-                kind: target.kind,
+                kind: Of::Workload(target.kind),
                 name: target.name,
                 done,
                 dry_run: config.dry_run,
                 also,
             });
+        }
+        if whole {
+            let moving = super::patched::Move {
+                kube,
+                namespace: &namespace,
+                ns_annotations: &ns_annotations,
+                excluded_ns: excluded_ns.as_deref(),
+                sleep: config.direction == Direction::Sleep,
+                dry_run: config.dry_run,
+                by: &by,
+                now,
+            };
+            for moved in moving.run(&mut patched_kinds).await {
+                let change = patched_change(&namespace, config.dry_run, moved);
+                if !config.dry_run && matches!(change.done, Done::Slept { .. } | Done::Woke { .. })
+                {
+                    // In the environment's one Event, with the fields.
+                    let line = format!(
+                        "{}/{} {}",
+                        change.kind.short(),
+                        change.name,
+                        change.also.join(", ")
+                    );
+                    summary.push_line(line, &change.done);
+                    written();
+                }
+                report.changes.push(change);
+            }
         }
         summary.publish(&recorder, &namespace, &by).await;
         if config.direction == Direction::Wake && !config.dry_run {
@@ -406,6 +466,26 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         }
     }
     Ok(report)
+}
+
+/// A patched resource's outcome as a change: slept is 1 → 0, woken 0 → 1,
+/// its fields in `also`.
+fn patched_change(namespace: &str, dry_run: bool, moved: super::patched::Moved) -> Change {
+    use super::patched::Outcome;
+    let done = match moved.outcome {
+        Outcome::Slept => Done::Slept { from: 1, to: 0 },
+        Outcome::Woke => Done::Woke { from: 0, to: 1 },
+        Outcome::Unchanged(why) => Done::Unchanged { why },
+        Outcome::Failed(error) => Done::Failed { error },
+    };
+    Change {
+        namespace: namespace.to_owned(),
+        kind: Of::Resource(moved.resource),
+        name: moved.name,
+        done,
+        dry_run,
+        also: moved.fields,
+    }
 }
 
 /// Places the namespace's wakers after a sleep, unless it opted out.
@@ -565,7 +645,7 @@ impl Step<'_> {
                     "failed to wake {what}: {}, which takes patching the workload itself, and this account may not",
                     Change {
                         namespace: self.namespace.to_owned(),
-                        kind: K::KIND,
+                        kind: Of::Workload(K::KIND),
                         name: name.to_owned(),
                         done,
                         dry_run: true,
@@ -817,6 +897,15 @@ struct Summary {
 }
 
 impl Summary {
+    /// A line of its own (a patched resource's fields).
+    fn push_line(&mut self, line: String, done: &Done) {
+        match done {
+            Done::Slept { .. } => self.slept.push(line),
+            Done::Woke { .. } => self.woke.push(line),
+            _ => {}
+        }
+    }
+
     fn push(&mut self, target: String, done: &Done) {
         match done {
             Done::Slept { from, to } => self.slept.push(format!("{target} {from} → {to}")),

@@ -1299,6 +1299,37 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         create_deployment(&ns, "web", 2, json!({})).await;
         create_cronjob(&ns, "nightly").await;
         create_running_job(&ns, "migrate").await;
+        // An operator's Cluster, slept by the namespace's patch: its kind is
+        // granted as deploy/envs says, by a ClusterRole (this test's own)
+        // that kdev-controller-patched gathers.
+        let crd = crate::envs_patch::OwnCrd::cnpg_like(&ns).await;
+        let rule = crd.rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]));
+        crate::envs_patch::annotate(&ns, "kdev.dev/sleep-patches", &rule.to_string()).await;
+        crd.create(&ns, "pg", json!({ "instances": 2 })).await;
+        let grant = format!("{}-clusters", ns.name);
+        let granted = crate::support::kubectl_apply(
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {
+                    "name": grant,
+                    "labels": { "kdev.dev/aggregate-to-controller-patched": "true" },
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Namespace", "name": ns.name,
+                        "uid": Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
+                            .get(&ns.name).await.expect("the namespace").metadata.uid,
+                    }],
+                },
+                "rules": [{ "apiGroups": [crd.resource.group], "resources": ["clusters"], "verbs": ["get", "list", "patch"] }],
+            })
+            .to_string()
+            .as_bytes(),
+            &[],
+        );
+        assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+        // Also owned by the namespace: the garbage collector removes it
+        // even after a test that was killed.
+        let _grant = crate::support::ClusterScoped(vec![format!("clusterrole/{grant}")]);
         // A Service in front of a workload with a port: its waker is placed
         // with the same rights.
         let api: Deployment =
@@ -1332,6 +1363,11 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         .await;
         assert_eq!(replicas(&ns, "web").await.0, 0, "{}", controller.log());
         assert_eq!(suspended(&ns, "migrate").await.0, Some(true), "{}", controller.log());
+        eventually(Duration::from_secs(30), "pg asleep by its patch", || async {
+            let pg = crd.api(&ns).get("pg").await.ok()?;
+            (pg.data["spec"]["instances"] == 0).then_some(())
+        })
+        .await;
         let wakers = eventually(Duration::from_secs(30), "the api's waker", || async {
             let pods = ns
                 .api::<k8s_openapi::api::core::v1::Pod>()
@@ -2046,9 +2082,14 @@ async fn an_hpa_neither_fights_the_sleep_nor_blocks_the_wake() {
 #[tokio::test]
 async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_completes() {
     // api (with a port, behind a Service), web, db, nightly, migrate (a
-    // Job): five workload writes, then the wakers, then the applied state.
-    let rounds = (1..=7).map(|crash_after| {
+    // Job): five workload writes, then pg (an operator's Cluster, by its
+    // namespace's patch), then the wakers, then the applied state.
+    let rounds = (1..=8).map(|crash_after| {
         with_namespace("envs-crash", move |ns| async move {
+            let crd = crate::envs_patch::OwnCrd::cnpg_like(&ns).await;
+            let rule = crd.rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]));
+            crate::envs_patch::annotate(&ns, "kdev.dev/sleep-patches", &rule.to_string()).await;
+            crd.create(&ns, "pg", json!({ "instances": 2 })).await;
             annotate_namespace(
                 &ns,
                 // Applied already: the first pass has nothing to catch up on.
@@ -2083,7 +2124,7 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
                 ("2026-12-02T19:00:59Z", "2026-12-02T19:01:01Z", true),
             ] {
                 // A wake has no wakers to place: one write fewer.
-                let crash = if awake { crash_after.min(6) } else { crash_after }.to_string();
+                let crash = if awake { crash_after.min(7) } else { crash_after }.to_string();
                 let mut crashed = crate::swap_support::Controller::launch(
                     &ns,
                     &ns.kubeconfig,
@@ -2136,6 +2177,13 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
                 let (suspend, record) = suspended(&ns, "migrate").await;
                 assert_eq!(suspend, Some(!awake), "crash after {crash}");
                 assert_eq!(record.is_some(), !awake, "migrate's record, crash after {crash}");
+                let pg = crd.api(&ns).get("pg").await.expect("pg");
+                assert_eq!(pg.data["spec"]["instances"], if awake { 2 } else { 0 }, "crash after {crash}");
+                assert_eq!(
+                    pg.annotations().contains_key("kdev.dev/sleep-patched"),
+                    !awake,
+                    "pg's record, crash after {crash}"
+                );
                 if !awake {
                     let wakers = ns
                         .api::<k8s_openapi::api::core::v1::Pod>()

@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod deploy_manifests;
 mod envs;
+mod envs_patch;
 mod hardening;
 mod kinds;
 mod kwok_emulation;

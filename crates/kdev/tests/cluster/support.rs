@@ -291,7 +291,7 @@ pub fn render_deploy(namespace: &str, components: &[&str]) -> RenderedDeploy {
     }
     RenderedDeploy {
         manifests: serde_json::to_vec(&list).expect("serialize"),
-        cluster_scoped,
+        cluster_scoped: ClusterScoped(cluster_scoped),
     }
 }
 
@@ -300,13 +300,17 @@ pub fn render_deploy(namespace: &str, components: &[&str]) -> RenderedDeploy {
 pub struct RenderedDeploy {
     /// A JSON List for `kubectl apply -f -`.
     pub manifests: Vec<u8>,
-    /// `kind/name` of the cluster-scoped objects named for this test.
-    pub cluster_scoped: Vec<String>,
+    /// The cluster-scoped objects named for this test, deleted on drop.
+    #[allow(dead_code, reason = "held for its drop")]
+    pub cluster_scoped: ClusterScoped,
 }
 
-impl Drop for RenderedDeploy {
+/// Cluster-scoped objects (`kind/name`) a test made, deleted on drop.
+pub struct ClusterScoped(pub Vec<String>);
+
+impl Drop for ClusterScoped {
     fn drop(&mut self) {
-        for object in &self.cluster_scoped {
+        for object in &self.0 {
             let _ = kubectl()
                 .args(["delete", object, "--ignore-not-found", "--wait=false"])
                 .output();
