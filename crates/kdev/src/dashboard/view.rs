@@ -173,7 +173,8 @@ where
 }
 
 /// The store of every workload of kind `K`, kept to what a row shows
-/// (none where the cluster does not serve it: a CRD's).
+/// (none where the cluster does not serve it, a CRD's, or where the
+/// controller's account may not list it: RBAC from before the kind).
 fn workloads<K>(
     client: &kube::Client,
     tx: &watch::Sender<u64>,
@@ -183,7 +184,7 @@ where
     K: Scalable + Send + Sync + 'static,
 {
     watched_if(
-        K::OPTIONAL,
+        true,
         Api::<K>::all(client.clone()),
         watcher::Config::default(),
         Scalable::keep_viewed,
@@ -192,9 +193,12 @@ where
     )
 }
 
-/// [`watched`], for a kind the cluster may not serve (a CRD's) when
-/// `optional`: where it does not when the dashboard starts, the store is
-/// empty and ready.
+/// [`watched`], for a kind the dashboard can show without when
+/// `optional`: where the cluster does not serve it (a CRD's) or the
+/// controller's account may not list it (deploy/dashboard's RBAC from
+/// before the kind) when the dashboard starts, the store is empty and
+/// ready, and the log says which and why. Without that a refused watch
+/// retries forever and the dashboard is never ready.
 fn watched_if<K>(
     optional: bool,
     api: Api<K>,
@@ -211,12 +215,27 @@ where
     let tx = tx.clone();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     tasks.push(Box::pin(async move {
-        if optional && matches!(k8s::served(&api).await, Ok(false)) {
-            tracing::info!(%kind, "not served in this cluster: the dashboard shows none");
-            writer.apply_watcher_event(&watcher::Event::Init);
-            writer.apply_watcher_event(&watcher::Event::InitDone);
-            tx.send_modify(|n| *n += 1);
-            return;
+        if optional {
+            let none = match k8s::served(&api).await {
+                Ok(false) => {
+                    tracing::info!(%kind, "not served in this cluster: the dashboard shows none");
+                    true
+                }
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    tracing::warn!(
+                        %kind,
+                        "the controller's account may not list {kind}s (403): the dashboard shows none; apply deploy/dashboard/rbac.yaml of this version and restart the controller"
+                    );
+                    true
+                }
+                _ => false,
+            };
+            if none {
+                writer.apply_watcher_event(&watcher::Event::Init);
+                writer.apply_watcher_event(&watcher::Event::InitDone);
+                tx.send_modify(|n| *n += 1);
+                return;
+            }
         }
         let stream = watcher(api, config)
             .default_backoff()

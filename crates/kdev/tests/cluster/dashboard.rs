@@ -1557,3 +1557,82 @@ async fn a_browser_wakes_an_environment_and_watches_its_pods_come_up() {
     })
     .await;
 }
+
+/// Regression: a controller whose account has deploy/dashboard's RBAC from
+/// before Jobs, DaemonSets, Rollouts and ScaledObjects (a cluster upgraded
+/// kdev but not its roles) had its watches of those refused (403) and
+/// retried forever, so the dashboard was never ready and listed nothing.
+/// Now such a kind shows none, and the log says why and what to apply.
+#[tokio::test]
+async fn a_kind_the_controllers_account_may_not_list_is_shown_as_none_not_waited_for() {
+    with_namespace("dash-old-rbac", |ns| async move {
+        own(&ns, &ns.name).await;
+        deploy(&ns, simple_deployment("web", 1, &[])).await;
+        let role = format!("{}-old-dashboard", ns.name);
+        let uid = Api::<Namespace>::all(ns.client.clone())
+            .get(&ns.name)
+            .await
+            .expect("the namespace")
+            .metadata
+            .uid;
+        let owner = json!([{ "apiVersion": "v1", "kind": "Namespace", "name": ns.name, "uid": uid }]);
+        let account = format!("system:serviceaccount:{}:old-controller", ns.name);
+        let objects = json!({ "apiVersion": "v1", "kind": "List", "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": role, "ownerReferences": owner },
+                "rules": [
+                    { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"] },
+                    { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get", "list", "watch"] },
+                    { "apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["get", "list", "watch"] },
+                    { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"] },
+                    { "apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"] },
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": { "name": role, "ownerReferences": owner },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+                "subjects": [{ "kind": "ServiceAccount", "name": "old-controller", "namespace": ns.name }],
+            },
+        ]});
+        let _owned = crate::support::ClusterScoped(vec![
+            format!("clusterrole/{role}"),
+            format!("clusterrolebinding/{role}"),
+        ]);
+        let applied = crate::support::kubectl_apply(objects.to_string().as_bytes(), &[]);
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        let reviews: Api<SubjectAccessReview> = Api::all(ns.client.clone());
+        let review: SubjectAccessReview = serde_json::from_value(json!({
+            "spec": { "user": account, "resourceAttributes": { "verb": "list", "group": "apps", "resource": "deployments" } }
+        }))
+        .expect("a review");
+        eventually(Duration::from_secs(30), "the binding to take effect", || async {
+            let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+            answer.status?.allowed.then_some(())
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let as_old = crate::support::kubeconfig_as(&account, dir.path());
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let controller = Controller::launch(
+            &ns,
+            &as_old,
+            &["--dashboard", "--dashboard-listen", &listen],
+            &[],
+        );
+        let env = env_of(port, &ns).await;
+        let text = env.to_string();
+        assert!(text.contains("\"web\""), "{text}\n{}", controller.log());
+        let log = controller.log();
+        for kind in ["Job", "DaemonSet", "Rollout", "ScaledObject"] {
+            assert!(
+                log.contains(&format!("may not list {kind}s (403)")),
+                "{kind}: {log}"
+            );
+        }
+        controller.stop();
+    })
+    .await;
+}
