@@ -9,6 +9,7 @@
 //! mean what they mean there; kdev's own key wins on the same object.
 
 pub mod patch;
+pub mod savings;
 
 use std::collections::BTreeMap;
 use std::fmt;

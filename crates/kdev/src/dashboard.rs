@@ -19,6 +19,7 @@
 //! `X-Forwarded-User`), since a port-forward reaches every TCP port of the
 //! pod but no socket file. What every request must pass is in [`guard`].
 
+pub mod chart;
 pub mod guard;
 pub mod open;
 pub mod page;
@@ -312,7 +313,10 @@ async fn index(
     let cookie = guard::cookie_token(&headers);
     let token = cookie.clone().unwrap_or_else(guard::new_token);
     let (rows, problem) = app.rows(&filter).await;
+    let saved: Vec<&envs::savings::Saved> = rows.iter().filter_map(|r| r.saved.as_ref()).collect();
+    let savings = chart::section(&saved);
     let html = page::page(&page::Page {
+        savings: &savings,
         rows: &rows,
         selector: &filter.selector,
         owner: &filter.owner,
@@ -383,6 +387,9 @@ struct ApiRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     last: Option<String>,
     seen: &'a str,
+    /// What sleeping saved (`kdev envs --savings`'s figures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    savings: Option<&'a envs::savings::Saved>,
 }
 
 async fn api_envs(State(app): State<App>, Query(filter): Query<Filter>) -> Response {
@@ -406,6 +413,7 @@ async fn api_envs(State(app): State<App>, Query(filter): Query<Filter>) -> Respo
                 .as_ref()
                 .map(|l| format!("{} at {}: {}", l.reason, l.at, l.note)),
             seen: &row.seen,
+            savings: row.saved.as_ref(),
         })
         .collect();
     axum::Json(out).into_response()

@@ -12,6 +12,7 @@ pub mod act;
 pub mod hpa;
 pub mod patched;
 pub mod place;
+pub mod savings;
 pub mod waker;
 pub mod workload;
 
@@ -66,6 +67,8 @@ pub struct ListConfig {
     pub json: bool,
     /// The environments' Events instead of their state.
     pub history: bool,
+    /// What sleeping saved instead of their state.
+    pub savings: bool,
 }
 
 /// What `kdev envs` does.
@@ -85,6 +88,7 @@ pub enum EnvsAction {
 pub async fn envs(flags: &k8s::Flags, action: EnvsAction) -> anyhow::Result<ExitCode> {
     match action {
         EnvsAction::List(config) if config.history => history(flags, config).await,
+        EnvsAction::List(config) if config.savings => savings_report(flags, config).await,
         EnvsAction::List(config) => list(flags, config).await,
         EnvsAction::KeepAwake { config, until } => {
             let code = run(flags, config.clone()).await?;
@@ -96,6 +100,53 @@ pub async fn envs(flags: &k8s::Flags, action: EnvsAction) -> anyhow::Result<Exit
             run(flags, config).await
         }
     }
+}
+
+/// `kdev envs --savings`.
+async fn savings_report(flags: &k8s::Flags, config: ListConfig) -> anyhow::Result<ExitCode> {
+    let kube = k8s::connect(flags).await?;
+    let mut selection = config.selection.clone();
+    selection.all = selection.namespaces.is_empty() && selection.selector.is_none();
+    let now = now();
+    let mut rows = Vec::new();
+    for namespace in act::namespaces(&kube, &selection).await? {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(kube.client.clone(), &namespace);
+        let lease = api.get_opt(contract::ACTIVITY_LEASE).await.map_err(|err| {
+            kube.explain(
+                err,
+                format!("read lease {namespace}/{}", contract::ACTIVITY_LEASE),
+            )
+        })?;
+        let annotations = lease.map(|l| l.annotations().clone()).unwrap_or_default();
+        match savings::saved(&namespace, &annotations, now) {
+            Ok(saved) => rows.push(saved),
+            Err(err) => eprintln!("kdev: namespace {namespace}: {err}; it is left out"),
+        }
+    }
+    let total = |pick: fn(&savings::Saved) -> savings::Hours| {
+        rows.iter()
+            .map(pick)
+            .fold(savings::Hours::default(), savings::Hours::plus)
+    };
+    let (week, month) = (total(|s| s.last_7_days), total(|s| s.last_30_days));
+    if config.json {
+        let out = serde_json::json!({
+            "environments": rows,
+            "total": { "last7Days": week, "last30Days": month },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", savings::table(&rows, week, month));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Now, for a command (a test build may fix it: [`crate::faults::ENVS_NOW`]).
+pub fn now() -> jiff::Timestamp {
+    crate::faults::var(crate::faults::ENVS_NOW)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(jiff::Timestamp::now)
 }
 
 /// Writes (or removes) the namespace's keep-awake time, saying so.

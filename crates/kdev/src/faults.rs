@@ -20,6 +20,9 @@ pub const SWAP_TOKEN: &str = "KDEV_SWAP_TOKEN";
 pub const RESTORE_CRASH_AFTER_DEPLOYMENT: &str = "KDEV_RESTORE_CRASH_AFTER_DEPLOYMENT";
 /// An environment's transition kills its process after its N-th write.
 pub const ENVS_CRASH_AFTER: &str = "KDEV_ENVS_CRASH_AFTER";
+/// `kdev sleep`, `kdev wake` and `kdev envs --savings` take this RFC 3339
+/// time as now, so a test can script a week of sleeps and wakes.
+pub const ENVS_NOW: &str = "KDEV_ENVS_NOW";
 /// The controller's reaper returns once its caches have synced.
 pub const END_REAPER_AFTER_SYNC: &str = "KDEV_FAULT_END_REAPER_AFTER_SYNC";
 

@@ -140,7 +140,7 @@ impl ChangeArgs {
 #[derive(Debug, Args)]
 #[command(
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  kdev envs\n  kdev envs -l team=payments -o json\n  kdev envs --history -n team-a\n  kdev envs keep-awake team-a --until 4h --reason 'release tonight'\n  kdev envs sleep-now team-a"
+    after_help = "Examples:\n  kdev envs\n  kdev envs -l team=payments -o json\n  kdev envs --history -n team-a\n  kdev envs --savings\n  kdev envs keep-awake team-a --until 4h --reason 'release tonight'\n  kdev envs sleep-now team-a"
 )]
 pub struct EnvsArgs {
     #[command(subcommand)]
@@ -154,6 +154,9 @@ pub struct EnvsArgs {
     /// List the environments' sleeps and wakes (their Events, which the API server keeps for an hour by default) instead.
     #[arg(long)]
     pub history: bool,
+    /// Show what sleeping saved instead: pod-hours, CPU-hours and memory GiB-hours asleep over the last 7 and 30 days, per environment and in total.
+    #[arg(long, conflicts_with = "history")]
+    pub savings: bool,
     #[command(flatten)]
     pub scope: ScopeArgs,
 }
@@ -286,6 +289,7 @@ impl EnvsArgs {
                 },
                 json,
                 history: self.history,
+                savings: self.savings,
             }),
         })
     }

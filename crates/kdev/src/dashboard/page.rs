@@ -38,6 +38,8 @@ pub struct Page<'a> {
     pub problem: Option<&'a str>,
     /// The token every form carries back.
     pub csrf: &'a str,
+    /// What sleeping saved, drawn ([`super::chart::section`]).
+    pub savings: &'a str,
 }
 
 /// Text for HTML, in element content and in quoted attributes.
@@ -174,10 +176,13 @@ fn render_row(out: &mut String, row: &Row, csrf: &str) {
         },
     }
     if let Some(activity) = &env.last_activity {
+        // "<RFC 3339> (who)": the instant as an age, who as said.
+        let (at, who) = activity.split_once(' ').unwrap_or((activity, ""));
         let _ = write!(
             out,
-            "<div class=\"sub\">last activity {}</div>",
-            esc(activity)
+            "<div class=\"sub\">last activity {} {}</div>",
+            time(at, row.now),
+            esc(who)
         );
     }
     out.push_str("</td><td data-live>");
@@ -219,6 +224,8 @@ const STYLE: &str = "body{font:16px/1.4 system-ui,sans-serif;margin:0 auto;paddi
 h1{font-size:1.5rem;margin:.2rem 0}table{border-collapse:collapse;width:100%}\
 th,td{text-align:left;vertical-align:top;padding:.5rem;border-bottom:1px solid #767676}\
 ul{margin:0;padding-left:1rem}.sub{font-size:.875rem;color:#3b3b3b}\
+h2{font-size:1.2rem;margin:1.5rem 0 .3rem}.legend{list-style:none;display:flex;flex-wrap:wrap;gap:.3rem 1rem;padding:0;font-size:.875rem}\
+.legend span{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}\
 .state{font-weight:600;padding:0 .3rem;border-radius:.2rem}\
 .awake{background:#d6f5d6;color:#0b4d0b}.asleep{background:#dde3f0;color:#1c2d55}\
 .waking{background:#fff1c2;color:#5c4300}.partly{background:#f6dcc6;color:#5a2800}.empty{background:#eee;color:#333}\
@@ -327,8 +334,9 @@ pub fn page(page: &Page<'_>) -> String {
         "<table><caption class=\"sub\">Each environment is a namespace; an action asks for a reason, which goes into its Event.</caption>\
 <thead><tr><th scope=\"col\">Environment</th><th scope=\"col\">State</th><th scope=\"col\">Workloads (ready/size)</th>\
 <th scope=\"col\">Last sleep or wake</th><th scope=\"col\">Next</th><th scope=\"col\">Act</th></tr></thead>\
-<tbody id=\"envs\">{}</tbody></table><script>{SCRIPT}</script></body></html>",
-        rows(shown, page.csrf)
+<tbody id=\"envs\">{}</tbody></table>{}<script>{SCRIPT}</script></body></html>",
+        rows(shown, page.csrf),
+        page.savings,
     );
     out
 }
@@ -396,6 +404,7 @@ mod tests {
         assert_eq!(window(&many, 0)[0].env.namespace, "ns-000");
         assert_eq!(window(&[], 2).len(), 0);
         let html = page(&Page {
+            savings: "",
             rows: &many,
             selector: "team=a b",
             owner: "",
@@ -428,6 +437,7 @@ mod tests {
     fn the_page_reads_without_script_and_carries_the_filters_back() {
         let rows = [env_row("team-a", 1, 1)];
         let html = page(&Page {
+            savings: "",
             rows: &rows,
             selector: "team=\"x\"",
             owner: "",

@@ -65,6 +65,8 @@ pub struct Row {
     pub seen: String,
     /// When the row was judged: what its times' ages count from.
     pub now: jiff::Timestamp,
+    /// What sleeping saved, from the ledger on its activity Lease.
+    pub saved: Option<envs::savings::Saved>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,13 +361,19 @@ impl View {
                     .get(&name)
                     .and_then(|l| k8s::activity::last(l))
                     .map(|(at, who)| format!("{at} ({who})"));
-                Some(row(
-                    env,
-                    annotations,
-                    ns.labels().get(OWNER_LABEL).cloned(),
-                    last.remove(&name),
-                    now,
-                ))
+                let saved = leases
+                    .get(&name)
+                    .and_then(|lease| envs::savings::saved(&name, lease.annotations(), now).ok());
+                Some(Row {
+                    saved,
+                    ..row(
+                        env,
+                        annotations,
+                        ns.labels().get(OWNER_LABEL).cloned(),
+                        last.remove(&name),
+                        now,
+                    )
+                })
             })
             .collect();
         rows.sort_by(|a, b| a.env.namespace.cmp(&b.env.namespace));
@@ -416,6 +424,7 @@ pub fn row(
         excluded,
         seen,
         now,
+        saved: None,
     }
 }
 

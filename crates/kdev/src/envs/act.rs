@@ -242,7 +242,7 @@ async fn namespace_annotations(kube: &Kube, namespace: &str) -> BTreeMap<String,
 /// Runs a sleep or a wake over the selection: one change per workload, and
 /// after a sleep the wakers placed.
 pub async fn run(kube: &Kube, config: &Config) -> anyhow::Result<Report> {
-    run_at(kube, config, jiff::Timestamp::now()).await
+    run_at(kube, config, super::now()).await
 }
 
 /// [`run`] at `now` (the controller's clock).
@@ -448,7 +448,20 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                 report.changes.push(change);
             }
         }
+        let changed = summary.changed();
         summary.publish(&recorder, &namespace, &by).await;
+        if !config.dry_run
+            && (changed
+                || report.changes.iter().any(|c| {
+                    c.namespace == namespace
+                        && matches!(
+                            c.done,
+                            Done::Slept { .. } | Done::Woke { .. } | Done::KeptChanged { .. }
+                        )
+                }))
+        {
+            super::savings::record(kube, &namespace, now).await;
+        }
         if config.direction == Direction::Wake && !config.dry_run {
             crate::k8s::activity::record(
                 kube.clone(),
@@ -897,6 +910,11 @@ struct Summary {
 }
 
 impl Summary {
+    /// Whether any workload slept or woke.
+    fn changed(&self) -> bool {
+        !self.slept.is_empty() || !self.woke.is_empty()
+    }
+
     /// A line of its own (a patched resource's fields).
     fn push_line(&mut self, line: String, done: &Done) {
         match done {

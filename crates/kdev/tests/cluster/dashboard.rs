@@ -1445,7 +1445,8 @@ async fn a_browser_wakes_an_environment_and_watches_its_pods_come_up() {
         crate::real_node::busybox_web(&ns, "web", 2, "hello from the dashboard test").await;
         let probe = json!({ "spec": { "template": { "spec": { "containers": [{
             "name": "app",
-            "readinessProbe": { "httpGet": { "path": "/", "port": 8080 }, "initialDelaySeconds": 3, "periodSeconds": 1 }
+            "readinessProbe": { "httpGet": { "path": "/", "port": 8080 }, "initialDelaySeconds": 3, "periodSeconds": 1 },
+            "resources": { "requests": { "cpu": "50m", "memory": "32Mi" } }
         }] } } } });
         ns.api::<Deployment>()
             .patch("web", &PatchParams::default(), &Patch::Strategic(probe))
@@ -1455,6 +1456,9 @@ async fn a_browser_wakes_an_environment_and_watches_its_pods_come_up() {
             .arg("--kubeconfig")
             .arg(&ns.kubeconfig)
             .args(["sleep", "-n", &ns.name, "--no-wake-on-request", "--reason", "before the browser test"])
+            // Asleep since a day ago (a test build's clock), so the savings
+            // chart has a day to draw: 2 pods of 50m for 24 h, 2.4 CPU-hours.
+            .env("KDEV_ENVS_NOW", jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24)).unwrap().to_string())
             .output()
             .expect("run kdev sleep");
         assert!(slept.status.success(), "{}", String::from_utf8_lossy(&slept.stderr));
@@ -1495,6 +1499,28 @@ async fn a_browser_wakes_an_environment_and_watches_its_pods_come_up() {
             .for_element(Locator::Css(&format!("{row}[data-state=asleep]")))
             .await
             .expect("the environment asleep on the page");
+        // What sleeping saved, drawn on the server: this environment's
+        // band in the last two days' bars (the day it slept, and today).
+        let bands = browser
+            .find_all(Locator::Css(&format!("#savings-chart rect.saved[data-env=\"{name}\"]")))
+            .await
+            .expect("the savings chart");
+        assert!(!bands.is_empty() && bands.len() <= 2, "{} bands", bands.len());
+        let total = browser
+            .find(Locator::Css("#savings .legend li"))
+            .await
+            .expect("the chart's legend")
+            .text()
+            .await
+            .expect("its text");
+        assert!(total.starts_with(&name) && total.contains("CPU-hours"), "{total}");
+        let figure: f64 = total
+            .rsplit('(')
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default();
+        assert!((2.3..=2.6).contains(&figure), "{total}");
         shoot("1-asleep.png").await;
         browser
             .find(Locator::Css(&format!("#r-{name}")))

@@ -11,6 +11,7 @@ mod dashboard;
 mod deploy_manifests;
 mod envs;
 mod envs_patch;
+mod envs_savings;
 mod hardening;
 mod kinds;
 mod kwok_emulation;
