@@ -8,6 +8,7 @@
 //! never scaled up by kdev. Keys read from kube-downscaler (`downscaler/…`)
 //! mean what they mean there; kdev's own key wins on the same object.
 
+pub mod deletion;
 pub mod patch;
 pub mod savings;
 

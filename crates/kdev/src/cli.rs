@@ -30,6 +30,17 @@ pub use self::test::TestArgs;
 use crate::k8s;
 pub use kdev_contract::duration::parse as parse_duration;
 
+/// A duration that may count days (`14d`) or hours and less (`36h`).
+pub fn parse_days(text: &str) -> Result<jiff::SignedDuration, String> {
+    kdev_contract::envs::deletion::parse_days(text)
+        .filter(|d| d.is_positive())
+        .ok_or_else(|| {
+            format!(
+                "invalid duration {text:?}: use a number of days (14d) or a duration (36h, 90m)"
+            )
+        })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kdev",

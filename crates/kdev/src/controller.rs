@@ -147,7 +147,8 @@ pub async fn run(flags: &k8s::Flags, args: Config) -> anyhow::Result<ExitCode> {
             metrics.clone(),
         ),
     );
-    if let Some(options) = args.schedules.clone() {
+    if let Some(mut options) = args.schedules.clone() {
+        options.home = namespace.clone();
         tasks.spawn(
             "environment scheduler",
             schedule::run(

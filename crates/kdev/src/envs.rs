@@ -10,6 +10,7 @@
 
 pub mod act;
 pub mod hpa;
+pub mod idle;
 pub mod patched;
 pub mod place;
 pub mod savings;
@@ -82,6 +83,12 @@ pub enum EnvsAction {
     },
     /// Sleep now and end any keep-awake.
     SleepNow(Config),
+    /// Delete environments idle too long, warned first.
+    DeleteIdle {
+        selection: Selection,
+        rule: idle::Rule,
+        json: bool,
+    },
 }
 
 /// Runs `kdev envs` and its subcommands.
@@ -94,6 +101,19 @@ pub async fn envs(flags: &k8s::Flags, action: EnvsAction) -> anyhow::Result<Exit
             let code = run(flags, config.clone()).await?;
             set_keep_awake(flags, &config, Some(until)).await?;
             Ok(code)
+        }
+        EnvsAction::DeleteIdle {
+            selection,
+            rule,
+            json,
+        } => {
+            let kube = k8s::connect(flags).await?;
+            let ok = idle::run(&kube, &selection, &rule, json).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         EnvsAction::SleepNow(config) => {
             set_keep_awake(flags, &config, None).await?;

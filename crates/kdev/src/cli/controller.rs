@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::parse_duration;
+use super::{parse_days, parse_duration};
 use crate::controller::Config;
 
 #[derive(Debug, Args)]
@@ -47,6 +47,12 @@ pub struct ControllerArgs {
     /// With --schedules: put environments to sleep after this long without activity (a namespace's kdev.dev/sleep-after-idle overrides it; default: only namespaces that ask).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub idle_after: Option<std::time::Duration>,
+    /// With --schedules: delete environments after this long without activity, warned first (14d; a namespace's kdev.dev/delete-after-idle overrides it, kdev.dev/keep keeps one; default: only namespaces that ask).
+    #[arg(long, value_parser = parse_days, value_name = "DURATION")]
+    pub delete_after_idle: Option<jiff::SignedDuration>,
+    /// With --schedules: how long before such a deletion its warning comes (an Event, the dashboard).
+    #[arg(long, value_parser = parse_days, default_value = "3d", value_name = "DURATION")]
+    pub delete_warning: jiff::SignedDuration,
     /// Serve the environments dashboard (needs deploy/dashboard's RBAC); `kdev envs dashboard` opens it.
     #[arg(long)]
     pub dashboard: bool,
@@ -142,6 +148,10 @@ impl ControllerArgs {
                         .and_then(|d| jiff::SignedDuration::try_from(d).ok()),
                     waker: waker.clone(),
                     scope,
+                    delete_after: self.delete_after_idle,
+                    delete_warning: self.delete_warning,
+                    // The controller's namespace, known once it connects.
+                    home: String::new(),
                 }),
         })
     }

@@ -140,7 +140,7 @@ impl ChangeArgs {
 #[derive(Debug, Args)]
 #[command(
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  kdev envs\n  kdev envs -l team=payments -o json\n  kdev envs --history -n team-a\n  kdev envs --savings\n  kdev envs keep-awake team-a --until 4h --reason 'release tonight'\n  kdev envs sleep-now team-a"
+    after_help = "Examples:\n  kdev envs\n  kdev envs -l team=payments -o json\n  kdev envs --history -n team-a\n  kdev envs --savings\n  kdev envs keep-awake team-a --until 4h --reason 'release tonight'\n  kdev envs sleep-now team-a\n  kdev envs delete-idle --dry-run"
 )]
 pub struct EnvsArgs {
     #[command(subcommand)]
@@ -176,6 +176,23 @@ pub enum EnvsCommand {
         /// Say what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Delete environments left idle too long (kdev.dev/delete-after-idle on the namespace, or --after), each warned first; --dry-run only says what would happen. The controller does the same by itself with --delete-after-idle.
+    DeleteIdle {
+        /// The environments (namespaces); none: every environment (-l narrows them).
+        namespaces: Vec<String>,
+        /// Say what would happen; change and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// For environments without kdev.dev/delete-after-idle (14d, 36h); default: only those that have it.
+        #[arg(long, value_parser = super::parse_days, value_name = "DURATION")]
+        after: Option<jiff::SignedDuration>,
+        /// How long before a deletion its warning comes.
+        #[arg(long, value_parser = super::parse_days, default_value = "3d", value_name = "DURATION")]
+        warning: jiff::SignedDuration,
+        /// Where the Event of a deletion goes (it outlives the namespace): the controller's namespace.
+        #[arg(long, default_value = "kdev-system", value_name = "NAMESPACE")]
+        controller_namespace: String,
     },
     /// Open the environments dashboard: a port-forward to the controller's dashboard, its URL printed, a browser opened when there is one.
     Dashboard(DashboardArgs),
@@ -275,6 +292,36 @@ impl EnvsArgs {
                 waker: wakers.image(),
                 ..change(Direction::Sleep, namespace, reason, dry_run)?
             }),
+            Some(EnvsCommand::DeleteIdle {
+                namespaces: named,
+                dry_run,
+                after,
+                warning,
+                controller_namespace,
+            }) => {
+                crate::k8s::validate_dns_label("--controller-namespace", &controller_namespace)?;
+                for namespace in &named {
+                    crate::k8s::validate_dns_label("namespace", namespace)?;
+                    scope.check_named(namespace)?;
+                }
+                EnvsAction::DeleteIdle {
+                    selection: Selection {
+                        all: named.is_empty(),
+                        namespaces: named,
+                        selector: self.selector,
+                        scope,
+                        ..Selection::default()
+                    },
+                    rule: crate::envs::idle::Rule {
+                        default_after: after,
+                        warning,
+                        home: controller_namespace,
+                        by: crate::host::user_at_host(),
+                        dry_run,
+                    },
+                    json,
+                }
+            }
             Some(EnvsCommand::Dashboard(_)) => {
                 anyhow::bail!("kdev envs dashboard opens the dashboard; it lists nothing")
             }

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kdev_contract::session::{ROLE_LABEL, ROLE_SESSION};
+use kdev_contract::session::ROLE_LABEL;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -80,6 +80,13 @@ pub struct Options {
     pub defaults: contract::Defaults,
     /// Which namespaces are environments (`--environments`, `--protected`).
     pub scope: crate::envs::Scope,
+    /// Delete environments idle this long (a namespace's
+    /// `kdev.dev/delete-after-idle` overrides it); `None`: only those that ask.
+    pub delete_after: Option<jiff::SignedDuration>,
+    /// How long before such a deletion it is warned about.
+    pub delete_warning: jiff::SignedDuration,
+    /// The controller's namespace, where a deletion's Event goes.
+    pub home: String,
 }
 
 /// How many environments change at once.
@@ -331,6 +338,20 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
             .await;
         }
     }
+    let rule = crate::envs::idle::Rule {
+        default_after: context.options.delete_after,
+        warning: context.options.delete_warning,
+        home: context.options.home.clone(),
+        by: act::CONTROLLER_ACTOR.into(),
+        dry_run: false,
+    };
+    let judged = rule
+        .apply(&context.kube, &namespace, &context.options.scope, now)
+        .await;
+    if judged.failed || judged.delete_at.is_some() {
+        tracing::info!(namespace = name, "{}", judged.line());
+    }
+    next = [next, judged.next].into_iter().flatten().min();
     Ok(match next {
         Some(at) => {
             let wait = now.duration_until(at).unsigned_abs();
@@ -410,7 +431,7 @@ async fn wakers_back(context: &Context, namespace: &Namespace) -> anyhow::Result
         dry_run: false,
         reason: None,
         json: false,
-        actor: Some("kdev-controller".into()),
+        actor: Some(act::CONTROLLER_ACTOR.into()),
         grace: None,
         waker: context.options.waker.clone(),
     };
@@ -571,7 +592,7 @@ async fn inactivity(
     let (last, what) = if woke_now {
         (now, "the schedule's wake".to_owned())
     } else {
-        last_activity(context, namespace, now).await?
+        crate::envs::idle::last_activity(&context.kube, namespace, now, true).await?
     };
     let slept = annotations
         .get(contract::IDLE_SLEPT_ANNOTATION)
@@ -608,62 +629,6 @@ async fn inactivity(
             Ok(None)
         }
     }
-}
-
-/// The latest sign of life in an environment, and what it was: its
-/// activity Lease (kdev logs, kdev wake, kdev swap, a waker), the newest
-/// ReplicaSet (a rollout), a live swap session (now), the schedule's last
-/// wake, or else the namespace's creation.
-async fn last_activity(
-    context: &Context,
-    namespace: &Namespace,
-    now: jiff::Timestamp,
-) -> anyhow::Result<(jiff::Timestamp, String)> {
-    let name = namespace.name_any();
-    let kube = &context.kube;
-    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &name);
-    let replicasets: Api<ReplicaSet> = Api::namespaced(kube.client.clone(), &name);
-    let sessions = ListParams::default().labels(&format!("{ROLE_LABEL}={ROLE_SESSION}"));
-    let everything = ListParams::default();
-    let (lease, rollouts, sessions) = tokio::try_join!(
-        leases.get_opt(contract::ACTIVITY_LEASE),
-        replicasets.list_metadata(&everything),
-        leases.list_metadata(&sessions),
-    )
-    .map_err(|err| kube.explain(err, format!("read the activity in namespace {name}")))?;
-    if let Some(session) = sessions.items.first() {
-        return Ok((
-            now,
-            format!("a live kdev swap session ({})", session.name_any()),
-        ));
-    }
-    let mut signs: Vec<(jiff::Timestamp, String)> = Vec::new();
-    if let Some(created) = &namespace.metadata.creation_timestamp {
-        signs.push((created.0, "the namespace's creation".into()));
-    }
-    if let Some((at, who)) = lease.as_ref().and_then(activity::last) {
-        signs.push((at, who));
-    }
-    if let Some(rs) = rollouts
-        .items
-        .iter()
-        .filter_map(|rs| Some((rs.metadata.creation_timestamp.as_ref()?.0, rs.name_any())))
-        .max()
-    {
-        signs.push((rs.0, format!("a rollout (replicaset {})", rs.1)));
-    }
-    if let Some(at) = namespace
-        .annotations()
-        .get(contract::SCHEDULE_APPLIED_ANNOTATION)
-        .and_then(|v| v.strip_prefix("awake "))
-        .and_then(|at| at.trim().parse::<jiff::Timestamp>().ok())
-    {
-        signs.push((at, "the schedule's wake".into()));
-    }
-    signs
-        .into_iter()
-        .max_by_key(|(at, _)| *at)
-        .ok_or_else(|| anyhow::anyhow!("namespace {name} has no creation time"))
 }
 
 /// Whether a transition seen on the cached namespace is still due on the
@@ -720,7 +685,7 @@ async fn act_on(
         dry_run: false,
         reason: Some(why),
         json: false,
-        actor: Some("kdev-controller".into()),
+        actor: Some(act::CONTROLLER_ACTOR.into()),
         grace: (!awake).then_some(context.options.grace),
         waker: context.options.waker.clone(),
     };

@@ -126,7 +126,14 @@ fn render_row(out: &mut String, row: &Row, csrf: &str) {
         let _ = write!(
             out,
             "<div class=\"sub\">kept awake until {}</div>",
-            esc(until)
+            time(until, row.now)
+        );
+    }
+    if let Some(at) = &row.delete_at {
+        let _ = write!(
+            out,
+            "<div class=\"bad\" role=\"note\">idle: deleted {} unless used (kdev.dev/keep keeps it)</div>",
+            time(at, row.now)
         );
     }
     if let Some(why) = &row.excluded {
@@ -460,5 +467,23 @@ mod tests {
             "<time datetime=\"2026-12-03T11:48:00.123456Z\" title=\"2026-12-03 11:48:00 UTC\">12m ago</time>"
         );
         assert_eq!(time("soon<b>", now), "soon&lt;b&gt;");
+    }
+
+    #[test]
+    fn an_environment_to_be_deleted_for_idling_says_when_and_how_to_keep_it() {
+        let now: jiff::Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        let mut row = env_row("idle", 0, 0);
+        row.now = now;
+        row.delete_at = Some("2026-12-05T12:00:00Z".into());
+        let mut out = String::new();
+        render_row(&mut out, &row, "t");
+        assert!(
+            out.contains("idle: deleted <time datetime=\"2026-12-05T12:00:00Z\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("in 2d") && out.contains("kdev.dev/keep"),
+            "{out}"
+        );
     }
 }

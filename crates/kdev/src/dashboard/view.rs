@@ -59,6 +59,8 @@ pub struct Row {
     pub last: Option<Last>,
     /// Kept awake until then (`kdev.dev/keep-awake-until`).
     pub keep_awake: Option<String>,
+    /// To be deleted then, for a long idle (`kdev.dev/delete-at`).
+    pub delete_at: Option<String>,
     /// Why the environment may not be acted on, if it may not.
     pub excluded: Option<String>,
     /// What the page showed, for telling a stale action from a fresh one.
@@ -421,6 +423,9 @@ pub fn row(
         owner,
         last,
         keep_awake,
+        delete_at: annotations
+            .get(kdev_contract::envs::deletion::DELETE_AT_ANNOTATION)
+            .cloned(),
         excluded,
         seen,
         now,

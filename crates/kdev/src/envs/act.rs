@@ -20,6 +20,9 @@ use crate::k8s::guarded::{self, Decision};
 use kdev_contract::envs::{self, SleepRecord};
 use kdev_contract::session::ORIGINAL_REPLICAS_ANNOTATION;
 
+/// Who the controller's scheduler acts as.
+pub const CONTROLLER_ACTOR: &str = "kdev-controller";
+
 /// Which way a command moves environments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -462,7 +465,13 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         {
             super::savings::record(kube, &namespace, now).await;
         }
-        if config.direction == Direction::Wake && !config.dry_run {
+        // A person's or a request's wake is activity; the scheduler's is
+        // not (the idle rule counts its wake itself), or an environment
+        // woken every morning would never be idle enough to delete.
+        if config.direction == Direction::Wake
+            && !config.dry_run
+            && config.actor.as_deref() != Some(CONTROLLER_ACTOR)
+        {
             crate::k8s::activity::record(
                 kube.clone(),
                 namespace.clone(),

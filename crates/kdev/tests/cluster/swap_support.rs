@@ -456,6 +456,18 @@ impl Controller {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::launch_in(&ns.name, &ns.name, kubeconfig, args, env)
+    }
+
+    /// [`Controller::launch`] with its own namespace (its leader Lease,
+    /// where a deletion's Event goes) apart from the one it watches.
+    pub fn launch_in(
+        home: &str,
+        watched: &str,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("stderr");
         let port = free_port();
@@ -463,7 +475,7 @@ impl Controller {
         cmd.arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["controller", "--identity", "test-reaper"])
-            .args(["--lease-namespace", &ns.name, "--watch-namespace", &ns.name])
+            .args(["--lease-namespace", home, "--watch-namespace", watched])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .stderr(std::fs::File::create(&log).expect("log file"));
