@@ -1,15 +1,22 @@
 """Helpers for scripts/bench-envs, talking to the API server through
 `kubectl proxy` (plain HTTP on loopback).
 
-  envbench.py create URL NAMESPACES PER_NAMESPACE   create the environments
+  envbench.py crds URL                              apply the Rollout, ScaledObject and
+                                                    operator Cluster CRDs (schemas open)
+  envbench.py create URL NAMESPACES PER_NAMESPACE   create the environments: a mixed set,
+                                                    80 % Deployments, the rest Argo Rollouts,
+                                                    KEDA ScaledObjects (each scaling one of
+                                                    the Deployments) and operator Clusters
+                                                    slept by the namespace's patch rule
   envbench.py schedule URL NAMESPACES START END     give each a downtime range
-  envbench.py wait URL REPLICAS COUNT EDGE          watch Deployments until COUNT
-                                                    have spec.replicas == REPLICAS;
+  envbench.py wait URL AWAKE COUNT EDGE             watch the four kinds until COUNT
+                                                    workloads are awake (1) or asleep (0);
                                                     print seconds since EDGE (epoch)
   envbench.py applied URL NAMESPACES              watch namespaces until each has
                                                     the controller's schedule-applied record
-  envbench.py ceiling URL NAMESPACES PER REPLICAS  the physical ceiling: the same PATCHes
-                                                    (spec.replicas), 16 at once, nothing else;
+  envbench.py ceiling URL NAMESPACES PER AWAKE     the physical ceiling: the same changes
+                                                    as plain PATCHes (replicas, the pause,
+                                                    instances), 16 at once, nothing else;
                                                     prints seconds
   envbench.py requests URL                          the API server's request count
                                                     (see `counted` below), as JSON
@@ -35,7 +42,74 @@ def namespace_name(i):
     return f"env-{i:03d}"
 
 
+# The mixed set: of every 100 workloads, 80 Deployments, 7 Argo Rollouts,
+# 7 KEDA ScaledObjects and 6 operator Clusters slept by the namespace's
+# patch rule: 20 % of other kinds. Each ScaledObject scales a Deployment of
+# its own besides, which a sleep leaves to KEDA and is not counted.
+ROLLOUTS, SCALED, CLUSTERS = 7, 7, 6
+
+CLUSTER_GROUP = "postgresql.cnpg.io"
+PATCH_RULE = json.dumps([{
+    "group": CLUSTER_GROUP, "kind": "Cluster",
+    "sleep": [{"op": "replace", "path": "/spec/instances", "value": 0}],
+}])
+
+
+def kinds_of(per_namespace):
+    """How many of each kind one namespace's sleep moves."""
+    others = per_namespace // 5
+    rollouts = others * ROLLOUTS // 20
+    scaled = others * SCALED // 20
+    clusters = others - rollouts - scaled
+    return per_namespace - others, rollouts, scaled, clusters
+
+
+def crds(base):
+    def crd(group, kind, plural, version, scale):
+        subresources = {"status": {}}
+        if scale:
+            subresources["scale"] = {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            }
+        call(f"{base}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "POST", {
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {
+                "group": group, "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                "versions": [{
+                    "name": version, "served": True, "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                    "subresources": subresources,
+                }],
+            },
+        })
+        # Served once a list answers.
+        for _ in range(300):
+            try:
+                call(f"{base}/apis/{group}/{version}/{plural}")
+                return
+            except Exception:
+                time.sleep(0.1)
+        sys.exit(f"CRD {plural}.{group} not served")
+
+    crd("argoproj.io", "Rollout", "rollouts", "v1alpha1", True)
+    crd("keda.sh", "ScaledObject", "scaledobjects", "v1alpha1", False)
+    crd(CLUSTER_GROUP, "Cluster", "clusters", "v1", False)
+
+
+def template(name):
+    return {
+        "metadata": {"labels": {"app": name}},
+        "spec": {"containers": [{"name": "app", "image": "app",
+                                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]},
+    }
+
+
 def create(base, namespaces, per_namespace):
+    deployments, rollouts, scaled, clusters = kinds_of(per_namespace)
+
     def one_namespace(i):
         ns = namespace_name(i)
         call(
@@ -46,10 +120,13 @@ def create(base, namespaces, per_namespace):
                     "name": ns,
                     # An environment, in one of ten groups a filter can pick.
                     "labels": {"kdev.dev/environment": "bench", "bench-group": f"g{i % 10}"},
+                    "annotations": {"kdev.dev/sleep-patches": PATCH_RULE},
                 }
             },
         )
-        for j in range(per_namespace):
+        # The first `scaled` are the ScaledObjects' targets, beside the
+        # workloads counted.
+        for j in range(scaled + deployments):
             name = f"app-{j:03d}"
             call(
                 f"{base}/apis/apps/v1/namespaces/{ns}/deployments",
@@ -63,13 +140,32 @@ def create(base, namespaces, per_namespace):
                         # work, not kwok's pod churn.
                         "paused": True,
                         "selector": {"matchLabels": {"app": name}},
-                        "template": {
-                            "metadata": {"labels": {"app": name}},
-                            "spec": {"containers": [{"name": "app", "image": "app"}]},
-                        },
+                        "template": template(name),
                     },
                 },
             )
+        for j in range(rollouts):
+            name = f"ro-{j:03d}"
+            # No Argo controller runs: nothing acts on it but kdev.
+            call(f"{base}/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts", "POST", {
+                "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                "metadata": {"name": name},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template(name)},
+            })
+        for j in range(scaled):
+            # Each scales one of the Deployments, which the sleep then
+            # leaves to KEDA (not running here either).
+            call(f"{base}/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects", "POST", {
+                "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                "metadata": {"name": f"so-{j:03d}"},
+                "spec": {"scaleTargetRef": {"name": f"app-{j:03d}"}, "minReplicaCount": 1},
+            })
+        for j in range(clusters):
+            call(f"{base}/apis/{CLUSTER_GROUP}/v1/namespaces/{ns}/clusters", "POST", {
+                "apiVersion": f"{CLUSTER_GROUP}/v1", "kind": "Cluster",
+                "metadata": {"name": f"pg-{j:03d}"},
+                "spec": {"instances": 1, "storage": {"size": "1Gi"}},
+            })
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(one_namespace, range(namespaces)))
@@ -86,31 +182,75 @@ def schedule(base, namespaces, start, end):
         )
 
 
-def wait(base, replicas, count, edge):
-    listed = json.loads(call(f"{base}/apis/apps/v1/deployments?labelSelector="))
-    sizes = {}
+# Each kind, where it is listed, and whether an object of it is awake.
+KINDS = {
+    "deployments": ("/apis/apps/v1/deployments", lambda o: o["spec"].get("replicas", 1) > 0),
+    "rollouts": ("/apis/argoproj.io/v1alpha1/rollouts", lambda o: o["spec"].get("replicas", 1) > 0),
+    "scaledobjects": ("/apis/keda.sh/v1alpha1/scaledobjects",
+                      lambda o: "autoscaling.keda.sh/paused-replicas" not in (o["metadata"].get("annotations") or {})),
+    "clusters": (f"/apis/{CLUSTER_GROUP}/v1/clusters", lambda o: o["spec"].get("instances", 1) > 0),
+}
 
-    def note(obj):
+
+def scaled_targets(base):
+    """The Deployments a ScaledObject scales: KEDA's, which a sleep leaves alone."""
+    listed = json.loads(call(f"{base}/apis/keda.sh/v1alpha1/scaledobjects"))
+    return {(o["metadata"]["namespace"], o["spec"]["scaleTargetRef"]["name"]) for o in listed["items"]}
+
+
+def wait(base, awake, count, edge):
+    """Watches the four kinds until `count` workloads are awake (1) or asleep (0)."""
+    import threading
+    skip = scaled_targets(base)
+    states = {}
+    lock = threading.Lock()
+    reached = threading.Event()
+
+    def note(kind, is_awake, obj):
         meta = obj["metadata"]
-        if meta["namespace"].startswith("env-"):
-            sizes[(meta["namespace"], meta["name"])] = obj["spec"].get("replicas", 1)
+        key = (kind, meta["namespace"], meta["name"])
+        if not meta["namespace"].startswith("env-") or (kind == "deployments" and key[1:] in skip):
+            return
+        with lock:
+            states[key] = is_awake(obj)
+            if sum(1 for s in states.values() if s == bool(awake)) >= count:
+                reached.set()
 
-    for item in listed["items"]:
-        note(item)
-    version = listed["metadata"]["resourceVersion"]
-    done = lambda: sum(1 for size in sizes.values() if size == replicas) >= count
-    while not done():
-        url = f"{base}/apis/apps/v1/deployments?watch=1&resourceVersion={version}&allowWatchBookmarks=true"
-        with urllib.request.urlopen(url, timeout=600) as stream:
-            for line in stream:
-                event = json.loads(line)
-                obj = event["object"]
-                version = obj["metadata"].get("resourceVersion", version)
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    note(obj)
-                if done():
-                    break
+    def follow(kind):
+        path, is_awake = KINDS[kind]
+        listed = json.loads(call(f"{base}{path}"))
+        for item in listed["items"]:
+            note(kind, is_awake, item)
+        version = listed["metadata"]["resourceVersion"]
+        while not reached.is_set():
+            url = f"{base}{path}?watch=1&resourceVersion={version}&allowWatchBookmarks=true&timeoutSeconds=30"
+            with urllib.request.urlopen(url, timeout=600) as stream:
+                for line in stream:
+                    event = json.loads(line)
+                    obj = event["object"]
+                    version = obj["metadata"].get("resourceVersion", version)
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        note(kind, is_awake, obj)
+                    if reached.is_set():
+                        break
+
+    threads = [threading.Thread(target=follow, args=(kind,), daemon=True) for kind in KINDS]
+    for thread in threads:
+        thread.start()
+    reached.wait()
     print(f"{time.time() - edge:.2f}")
+
+
+def workloads(base):
+    """How many workloads the set has, as a sleep counts them."""
+    skip = scaled_targets(base)
+    total = 0
+    for kind, (path, _) in KINDS.items():
+        for o in json.loads(call(f"{base}{path}"))["items"]:
+            ns = o["metadata"]["namespace"]
+            if ns.startswith("env-") and not (kind == "deployments" and (ns, o["metadata"]["name"]) in skip):
+                total += 1
+    print(total)
 
 
 def applied(base, namespaces):
@@ -137,30 +277,42 @@ def applied(base, namespaces):
                     break
 
 
-def ceiling(base, namespaces, per_namespace, replicas):
-    def one(pair):
-        i, j = pair
-        call(
-            f"{base}/apis/apps/v1/namespaces/{namespace_name(i)}/deployments/app-{j:03d}",
-            "PATCH",
-            {"spec": {"replicas": replicas}},
-            "application/merge-patch+json",
-        )
+def ceiling(base, namespaces, per_namespace, awake):
+    """The same changes kdev makes, as plain PATCHes, 16 at once."""
+    deployments, rollouts, scaled, clusters = kinds_of(per_namespace)
+    merge = "application/merge-patch+json"
+    paused = None if awake else "0"
+    changes = []
+    for i in range(namespaces):
+        ns = namespace_name(i)
+        for j in range(scaled, scaled + deployments):
+            changes.append((f"/apis/apps/v1/namespaces/{ns}/deployments/app-{j:03d}", {"spec": {"replicas": awake}}))
+        for j in range(rollouts):
+            changes.append((f"/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts/ro-{j:03d}", {"spec": {"replicas": awake}}))
+        for j in range(scaled):
+            changes.append((f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/so-{j:03d}",
+                            {"metadata": {"annotations": {"autoscaling.keda.sh/paused-replicas": paused}}}))
+        for j in range(clusters):
+            changes.append((f"/apis/{CLUSTER_GROUP}/v1/namespaces/{ns}/clusters/pg-{j:03d}", {"spec": {"instances": awake}}))
 
-    pairs = [(i, j) for i in range(namespaces) for j in range(per_namespace)]
+    def one(change):
+        call(f"{base}{change[0]}", "PATCH", change[1], merge)
+
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, pairs))
+        list(pool.map(one, changes))
     print(f"{time.time() - start:.2f}")
 
 
 # What kdev's controller reads and writes; the controller manager's status
 # updates (subresource status), watches and Leases (leader elections of
-# every component) are other components' noise and not counted.
+# every component) are other components' noise and not counted. So kdev's
+# own Lease requests are not either: the savings ledger's get and patch of
+# each environment's activity Lease, 2 per environment and transition.
 COUNTED = {
     "deployments", "statefulsets", "daemonsets", "cronjobs", "jobs", "rollouts", "scaledobjects", "events", "namespaces",
     "services", "pods", "replicasets", "serviceaccounts", "rolebindings",
-    "horizontalpodautoscalers",
+    "horizontalpodautoscalers", "clusters",
 }
 
 
@@ -190,7 +342,11 @@ def requests(base):
 
 def main():
     command, base, *rest = sys.argv[1:]
-    if command == "create":
+    if command == "crds":
+        crds(base)
+    elif command == "workloads":
+        workloads(base)
+    elif command == "create":
         create(base, int(rest[0]), int(rest[1]))
     elif command == "schedule":
         schedule(base, int(rest[0]), rest[1], rest[2])

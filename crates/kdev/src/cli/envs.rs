@@ -397,6 +397,9 @@ pub struct WakerServeArgs {
     /// Where readiness is answered, for `kdev __agent-ready`.
     #[arg(long, default_value = crate::envs::place::HEALTH)]
     pub health: std::net::SocketAddr,
+    /// The namespace's kdev.dev/sleep-patches rules at the sleep: what they slept wakes too.
+    #[arg(long, value_name = "JSON")]
+    pub sleep_patches: Option<String>,
 }
 
 impl WakerServeArgs {
@@ -413,6 +416,14 @@ impl WakerServeArgs {
             hold: self.hold,
             drain: self.drain,
             health: self.health,
+            patches: match self.sleep_patches {
+                Some(rules) => {
+                    kdev_contract::envs::patch::parse_rules(&rules)
+                        .map_err(|err| crate::error::usage(format!("--sleep-patches: {err}")))?;
+                    Some(rules)
+                }
+                None => None,
+            },
         })
     }
 }

@@ -546,7 +546,10 @@ pub async fn place_wakers(
         },
         None => Vec::new(),
     };
-    Some(super::place::place(kube, namespace, image, &wake).await)
+    let patches = ns_annotations
+        .get(kdev_contract::envs::patch::SLEEP_PATCHES_ANNOTATION)
+        .map(String::as_str);
+    Some(super::place::place(kube, namespace, image, &wake, patches).await)
 }
 
 struct Step<'a> {

@@ -112,13 +112,21 @@ pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
 
 /// Replaces the namespace's wakers by one per sleeping workload that a
 /// Service selects. An error says why wake on request is off there.
-pub async fn place(kube: &Kube, namespace: &str, image: &str, wake: &[Ref]) -> Placed {
+/// `patches`: the namespace's `kdev.dev/sleep-patches` rules, which the
+/// wakers carry so that a request wakes what they slept as well.
+pub async fn place(
+    kube: &Kube,
+    namespace: &str,
+    image: &str,
+    wake: &[Ref],
+    patches: Option<&str>,
+) -> Placed {
     let mut placed = Placed {
         namespace: namespace.to_owned(),
         wakers: Vec::new(),
         error: None,
     };
-    if let Err(err) = place_in(kube, namespace, image, wake, &mut placed.wakers).await {
+    if let Err(err) = place_in(kube, namespace, image, wake, patches, &mut placed.wakers).await {
         placed.error = Some(format!("{err:#}"));
     }
     placed
@@ -129,6 +137,7 @@ async fn place_in(
     namespace: &str,
     image: &str,
     wake: &[Ref],
+    patches: Option<&str>,
     wakers: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let client = kube.client.clone();
@@ -183,7 +192,7 @@ async fn place_in(
     if planned.is_empty() {
         return Ok(());
     }
-    ensure_account(kube, namespace).await?;
+    ensure_account(kube, namespace, patches.is_some()).await?;
     // The waker renews the activity Lease (it may patch that one only).
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), namespace);
@@ -201,7 +210,7 @@ async fn place_in(
         }
     }
     for (sleeper, behind) in planned {
-        let pod = pod(&sleeper, image, wake)?;
+        let pod = pod(&sleeper, image, wake, patches)?;
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(|err| {
@@ -219,10 +228,11 @@ async fn place_in(
     Ok(())
 }
 
-/// The waker's ServiceAccount and its RoleBinding to `kdev-env-waker`,
-/// created once per namespace and left there (they grant nothing to
-/// anyone else).
-async fn ensure_account(kube: &Kube, namespace: &str) -> anyhow::Result<()> {
+/// The waker's ServiceAccount and its RoleBinding to `kdev-env-waker`
+/// (and, where the namespace sleeps resources by patch, to
+/// `kdev-env-patched`), created once per namespace and left there (they
+/// grant nothing to anyone else).
+async fn ensure_account(kube: &Kube, namespace: &str, patched: bool) -> anyhow::Result<()> {
     let labels = Some(BTreeMap::from([(
         MANAGED_BY_LABEL.to_owned(),
         MANAGED_BY_VALUE.to_owned(),
@@ -235,16 +245,16 @@ async fn ensure_account(kube: &Kube, namespace: &str) -> anyhow::Result<()> {
         },
         ..ServiceAccount::default()
     };
-    let binding = RoleBinding {
+    let binding = |name: &str, role: &str| RoleBinding {
         metadata: ObjectMeta {
-            name: Some(WAKER_SERVICE_ACCOUNT.into()),
-            labels,
+            name: Some(name.into()),
+            labels: labels.clone(),
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "ClusterRole".into(),
-            name: WAKER_CLUSTER_ROLE.into(),
+            name: role.into(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -253,18 +263,27 @@ async fn ensure_account(kube: &Kube, namespace: &str) -> anyhow::Result<()> {
             ..Subject::default()
         }]),
     };
+    let mut roles = vec![binding(WAKER_SERVICE_ACCOUNT, WAKER_CLUSTER_ROLE)];
+    if patched {
+        roles.push(binding(WAKER_PATCHED_BINDING, PATCHED_CLUSTER_ROLE));
+    }
     let accounts: Api<ServiceAccount> = Api::namespaced(kube.client.clone(), namespace);
     let bindings: Api<RoleBinding> = Api::namespaced(kube.client.clone(), namespace);
-    for created in [
+    let mut created = vec![
         accounts
             .create(&PostParams::default(), &account)
             .await
             .map(drop),
-        bindings
-            .create(&PostParams::default(), &binding)
-            .await
-            .map(drop),
-    ] {
+    ];
+    for binding in &roles {
+        created.push(
+            bindings
+                .create(&PostParams::default(), binding)
+                .await
+                .map(drop),
+        );
+    }
+    for created in created {
         match created {
             Ok(()) => {}
             Err(err) if k8s::is_conflict(&err) => {}
@@ -272,7 +291,8 @@ async fn ensure_account(kube: &Kube, namespace: &str) -> anyhow::Result<()> {
                 return Err(kube.explain(
                     err,
                     format!(
-                        "create ServiceAccount {WAKER_SERVICE_ACCOUNT} and its RoleBinding to ClusterRole {WAKER_CLUSTER_ROLE} in {namespace} (is deploy/env-waker.yaml applied?)"
+                                                "create ServiceAccount {WAKER_SERVICE_ACCOUNT} and its RoleBindings to ClusterRole {WAKER_CLUSTER_ROLE}{} in {namespace} (are deploy/env-waker.yaml and deploy/env-patched.yaml applied?)",
+                        if patched { format!(" and {PATCHED_CLUSTER_ROLE}") } else { String::new() }
                     ),
                 ));
             }
@@ -281,8 +301,13 @@ async fn ensure_account(kube: &Kube, namespace: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The RoleBinding of a waker to [`PATCHED_CLUSTER_ROLE`].
+const WAKER_PATCHED_BINDING: &str = "kdev-waker-patched";
+/// What it takes to sleep and wake resources by patch (deploy/env-patched.yaml).
+pub const PATCHED_CLUSTER_ROLE: &str = "kdev-env-patched";
+
 /// The waker Pod for one sleeping workload.
-fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
+fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref], patches: Option<&str>) -> anyhow::Result<Pod> {
     let template = sleeper.template.spec.as_ref();
     let mut labels = sleeper
         .template
@@ -317,6 +342,9 @@ fn pod(sleeper: &Sleeper, image: &str, wake: &[Ref]) -> anyhow::Result<Pod> {
     }
     for target in wake {
         args.extend(["--wake".into(), target.to_string()]);
+    }
+    if let Some(rules) = patches {
+        args.extend(["--sleep-patches".into(), rules.to_owned()]);
     }
     let kind = match sleeper.reference.kind {
         Kind::StatefulSet => "sts",
@@ -416,7 +444,7 @@ mod tests {
         }))
         .expect("valid");
         let found = sleeper(&deployment).expect("asleep");
-        let pod = pod(&found, "kdev:test", &[]).expect("a pod");
+        let pod = pod(&found, "kdev:test", &[], None).expect("a pod");
         let labels = pod.metadata.labels.clone().expect("labels");
         assert_eq!(labels["app"], "web");
         assert_eq!(labels[ROLE_LABEL], ROLE_WAKER);
@@ -483,7 +511,7 @@ mod tests {
         }))
         .expect("valid");
         let found = sleeper(&rollout).expect("asleep");
-        let pod = pod(&found, "kdev:test", &[]).expect("a pod");
+        let pod = pod(&found, "kdev:test", &[], None).expect("a pod");
         let labels = pod.metadata.labels.expect("labels");
         assert_eq!(labels["rollouts-pod-template-hash"], "5d8f7c9b6");
         assert_eq!(

@@ -67,6 +67,9 @@ pub struct Serve {
     /// How long it keeps forwarding after its readiness fails.
     pub drain: Duration,
     pub health: SocketAddr,
+    /// The namespace's sleep patch rules when it was put to sleep: what
+    /// they slept (an operator's database) wakes with the workloads.
+    pub patches: Option<String>,
 }
 
 /// Most connections held at once.
@@ -540,7 +543,7 @@ async fn wake_once(shared: &Shared) -> Result<(), String> {
     let config = act::Config {
         direction: Direction::Wake,
         selection: Selection {
-            namespaces: vec![namespace],
+            namespaces: vec![namespace.clone()],
             workloads,
             ..Selection::default()
         },
@@ -559,6 +562,44 @@ async fn wake_once(shared: &Shared) -> Result<(), String> {
         tracing::info!("{}", change.line());
         if matches!(change.done, act::Done::Failed { .. }) {
             failed.push(change.line());
+        }
+    }
+    if let Some(rules) = &shared.config.patches {
+        let annotations = std::collections::BTreeMap::from([(
+            kdev_contract::envs::patch::SLEEP_PATCHES_ANNOTATION.to_owned(),
+            rules.clone(),
+        )]);
+        let by = match &config.reason {
+            Some(reason) => format!("kdev-waker: {reason}"),
+            None => "kdev-waker".to_owned(),
+        };
+        let moving = super::patched::Move {
+            kube,
+            namespace: &namespace,
+            ns_annotations: &annotations,
+            excluded_ns: None,
+            sleep: false,
+            dry_run: false,
+            by: &by,
+            now: super::now(),
+        };
+        for moved in moving.run(&mut super::patched::Kinds::default()).await {
+            let line = format!(
+                "{}/{} in {namespace}: {}",
+                moved.resource,
+                moved.name,
+                match &moved.outcome {
+                    super::patched::Outcome::Woke =>
+                        format!("awake, as before its sleep; {}", moved.fields.join("; ")),
+                    super::patched::Outcome::Slept => "asleep".to_owned(),
+                    super::patched::Outcome::Unchanged(why) => format!("unchanged, {why}"),
+                    super::patched::Outcome::Failed(error) => format!("failed: {error}"),
+                }
+            );
+            tracing::info!("{line}");
+            if matches!(moved.outcome, super::patched::Outcome::Failed(_)) {
+                failed.push(line);
+            }
         }
     }
     if failed.is_empty() {

@@ -1301,7 +1301,7 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         create_running_job(&ns, "migrate").await;
         // An operator's Cluster, slept by the namespace's patch: its kind is
         // granted as deploy/envs says, by a ClusterRole (this test's own)
-        // that kdev-controller-patched gathers.
+        // that kdev-env-patched gathers.
         let crd = crate::envs_patch::OwnCrd::cnpg_like(&ns).await;
         let rule = crd.rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]));
         crate::envs_patch::annotate(&ns, "kdev.dev/sleep-patches", &rule.to_string()).await;
@@ -1313,7 +1313,7 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
                 "kind": "ClusterRole",
                 "metadata": {
                     "name": grant,
-                    "labels": { "kdev.dev/aggregate-to-controller-patched": "true" },
+                    "labels": { "kdev.dev/aggregate-to-env-patched": "true" },
                     "ownerReferences": [{
                         "apiVersion": "v1", "kind": "Namespace", "name": ns.name,
                         "uid": Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
@@ -1377,7 +1377,17 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
             (!pods.items.is_empty()).then_some(pods.items)
         })
         .await;
-        assert_eq!(wakers.len(), 1, "one waker, for the api behind its Service");
+                assert_eq!(wakers.len(), 1, "one waker, for the api behind its Service");
+        // It carries the namespace's patch rules, and its account may use
+        // them: a request wakes pg too.
+        let args = wakers[0].spec.as_ref().expect("a spec").containers[0].args.clone().unwrap_or_default();
+        assert!(args.iter().any(|a| a == "--sleep-patches"), "{args:?}");
+        let binding = ns
+            .api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+            .get("kdev-waker-patched")
+            .await
+            .expect("the waker's binding to kdev-env-patched");
+        assert_eq!(binding.role_ref.name, "kdev-env-patched");
         let labels = wakers[0].labels();
         assert_eq!(labels["app"], "api", "{labels:?}");
         // deploy/envs' admission policy: the controller's account may create

@@ -328,3 +328,103 @@ async fn an_operators_resource_sleeps_by_its_namespaces_patch_and_wakes_to_what_
     })
     .await;
 }
+
+/// Wake on request wakes what the namespace's patch slept too: an app's
+/// first request must not find its database still asleep. The waker
+/// carries the rules it was placed with (`--sleep-patches`); here a local
+/// waker stands in for the Pod, and one connection wakes the Deployment
+/// and the Cluster, which its stand-in operator then runs again.
+#[tokio::test]
+async fn a_request_to_a_waker_wakes_the_resources_slept_by_patch_as_well() {
+    use tokio::io::AsyncWriteExt as _;
+    with_namespace("envs-patch-waker", |ns| async move {
+        let crd = OwnCrd::cnpg_like(&ns).await;
+        let operator = tokio::spawn(stand_in_operator(
+            ns.client.clone(),
+            ns.name.clone(),
+            crd.resource.clone(),
+        ));
+        let rules = crd
+            .rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]))
+            .to_string();
+        annotate(&ns, "kdev.dev/sleep-patches", &rules).await;
+        crd.create(&ns, "pg", json!({ "instances": 2 })).await;
+        let web: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(simple_deployment("web", 2, &[])).expect("a deployment");
+        ns.api::<k8s_openapi::api::apps::v1::Deployment>()
+            .create(&PostParams::default(), &web)
+            .await
+            .expect("create web");
+        wait_instances(&ns, "pg", 2).await;
+        let (ok, out) = run(&ns, &["sleep", "--no-wake-on-request"]);
+        assert!(ok, "{out}");
+        wait_instances(&ns, "pg", 0).await;
+
+        let port = crate::support::free_port();
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let mut waker = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "__waker", "--workload", "deployment/web"])
+            .args(["--selector", "app=nobody", "--hold", "2s"])
+            .args(["--port", &port.to_string(), "--health", "127.0.0.1:0"])
+            .args(["--sleep-patches", &rules])
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().expect("the log"))
+            .spawn()
+            .expect("start the waker");
+        let mut socket = eventually(Duration::from_secs(10), "the waker to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .await
+            .expect("send");
+        let api = crd.api(&ns);
+        let woke = eventually(
+            Duration::from_secs(20),
+            "pg woken by the request",
+            || async {
+                let pg = api.get("pg").await.ok()?;
+                (pg.data["spec"]["instances"] == 2).then_some(pg)
+            },
+        )
+        .await;
+        assert!(!woke.annotations().contains_key(RECORD));
+        wait_instances(&ns, "pg", 2).await;
+        let web = ns
+            .api::<k8s_openapi::api::apps::v1::Deployment>()
+            .get("web")
+            .await
+            .expect("web");
+        assert_eq!(web.spec.and_then(|s| s.replicas), Some(2));
+        let _ = waker.kill();
+        let _ = waker.wait();
+        let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+        assert!(
+            said.contains("/pg in") && said.contains("awake, as before its sleep"),
+            "{said}"
+        );
+        // A waker given rules that cannot be used refuses to start.
+        let refused = kdev()
+            .arg("--kubeconfig")
+            .arg(&ns.kubeconfig)
+            .args(["-n", &ns.name, "__waker", "--workload", "deployment/web"])
+            .args([
+                "--selector",
+                "app=nobody",
+                "--port",
+                "1",
+                "--sleep-patches",
+                "{}",
+            ])
+            .output()
+            .expect("run the waker");
+        assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+        operator.abort();
+    })
+    .await;
+}
