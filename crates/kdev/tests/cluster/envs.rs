@@ -385,7 +385,7 @@ async fn an_argo_rollout_sleeps_wakes_and_gets_a_waker_its_active_service_select
 
 /// Applies a CustomResourceDefinition for `scaledobjects.keda.sh` (KEDA's
 /// group, kind and names; the schema left open).
-async fn apply_keda_crd(ns: &TestNamespace) {
+pub async fn apply_keda_crd(ns: &TestNamespace) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": { "name": "scaledobjects.keda.sh" },
@@ -417,7 +417,7 @@ async fn apply_keda_crd(ns: &TestNamespace) {
 /// sleep must hold against: on every change of a ScaledObject or of a
 /// Deployment, a paused one's target is scaled to its paused replicas, and
 /// an unpaused one's target below `minReplicaCount` is scaled up to it.
-async fn stand_in_keda(client: kube::Client, namespace: String) {
+pub async fn stand_in_keda(client: kube::Client, namespace: String) {
     use futures::StreamExt as _;
     use kdev::envs::workload::{KEDA_PAUSED, KEDA_PAUSED_REPLICAS};
     use kube::api::DynamicObject;
@@ -476,7 +476,7 @@ async fn stand_in_keda(client: kube::Client, namespace: String) {
     }
 }
 
-async fn replicas_of(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
+pub async fn replicas_of(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
     let d = deployments.get(name).await.ok()?;
     Some(d.spec?.replicas.unwrap_or(1))
 }
@@ -991,7 +991,7 @@ async fn kdev_wake_works_with_nothing_but_the_starter_role() {
     .await;
 }
 
-async fn annotate_namespace(ns: &TestNamespace, annotations: Value, labels: Value) {
+pub async fn annotate_namespace(ns: &TestNamespace, annotations: Value, labels: Value) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
     api.patch(
         &ns.name,
@@ -1027,7 +1027,7 @@ async fn sleep_record(ns: &TestNamespace, name: &str) -> Option<Value> {
 
 /// `kdev controller --schedules` for the namespace, as `kubeconfig`'s user,
 /// with no grace period and its clock started at `clock` (RFC 3339).
-fn scheduler(
+pub fn scheduler(
     ns: &TestNamespace,
     kubeconfig: &Path,
     clock: &str,

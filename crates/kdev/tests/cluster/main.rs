@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod deploy_manifests;
 mod envs;
+mod envs_crash_kinds;
 mod envs_idle;
 mod envs_patch;
 mod envs_savings;
