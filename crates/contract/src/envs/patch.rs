@@ -434,18 +434,8 @@ pub fn patch_wake(object: &Value) -> Result<PatchWake, String> {
 /// The record annotation into a merge patch (`null` removes it).
 fn add_annotation(merge: &mut Value, record: Value) {
     let segments = ["metadata", "annotations", PATCH_RECORD_ANNOTATION].map(String::from);
-    let mut at = merge;
-    for segment in segments {
-        if !at.is_object() {
-            *at = Value::Object(serde_json::Map::new());
-        }
-        at = at
-            .as_object_mut()
-            .expect("made an object above")
-            .entry(segment)
-            .or_insert(Value::Null);
-    }
-    *at = record;
+    // A null, written as it is, removes the annotation.
+    set(merge, &segments, None, Some(&record));
 }
 
 fn annotations_of(object: &Value) -> BTreeMap<String, String> {

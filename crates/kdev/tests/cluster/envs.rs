@@ -2084,6 +2084,59 @@ async fn an_hpa_neither_fights_the_sleep_nor_blocks_the_wake() {
     .await;
 }
 
+/// One transition of a crash sweep: the scheduler killed after write
+/// `crash` of the transition its clock reaches at `crash_at`, then a
+/// scheduler at `complete_at` until the namespace records the transition
+/// as applied (`awake` or asleep).
+pub async fn crash_and_complete(
+    ns: &TestNamespace,
+    crash: &str,
+    crash_at: &str,
+    complete_at: &str,
+    awake: bool,
+) {
+    let mut crashed = crate::swap_support::Controller::launch(
+        ns,
+        &ns.kubeconfig,
+        &[
+            "--schedules",
+            "--grace-period",
+            "0s",
+            "--clock-start",
+            crash_at,
+        ],
+        &[("KDEV_ENVS_CRASH_AFTER", crash)],
+    );
+    let (status, crashed) = tokio::task::spawn_blocking(move || {
+        let status = crashed.child.wait();
+        (status, crashed)
+    })
+    .await
+    .expect("join");
+    let log = crashed.log();
+    assert!(
+        !status.expect("wait").success() && log.contains("crash injected"),
+        "crash after {crash}: {log}"
+    );
+    let controller = scheduler(ns, &ns.kubeconfig, complete_at);
+    let want = if awake { "awake " } else { "asleep " };
+    eventually(
+        Duration::from_secs(30),
+        "the next controller to complete the transition",
+        || async {
+            let namespace: k8s_openapi::api::core::v1::Namespace =
+                Api::all(ns.client.clone()).get(&ns.name).await.ok()?;
+            namespace
+                .annotations()
+                .get("kdev.dev/schedule-applied")?
+                .starts_with(want)
+                .then_some(())
+        },
+    )
+    .await;
+    controller.stop();
+}
+
 /// The crash sweep: the scheduler killed (SIGKILL) after each write of a
 /// sleep (each workload, the wakers, the applied state) and of a wake; the
 /// next controller completes each transition exactly: every workload at
@@ -2135,41 +2188,7 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
             ] {
                 // A wake has no wakers to place: one write fewer.
                 let crash = if awake { crash_after.min(7) } else { crash_after }.to_string();
-                let mut crashed = crate::swap_support::Controller::launch(
-                    &ns,
-                    &ns.kubeconfig,
-                    &["--schedules", "--grace-period", "0s", "--clock-start", crash_at],
-                    &[("KDEV_ENVS_CRASH_AFTER", &crash)],
-                );
-                let status = tokio::task::spawn_blocking(move || {
-                    let status = crashed.child.wait();
-                    (status, crashed)
-                })
-                .await
-                .expect("join");
-                let (status, crashed) = status;
-                let log = crashed.log();
-                assert!(
-                    !status.expect("wait").success() && log.contains("crash injected"),
-                    "crash after {crash}: {log}"
-                );
-                let controller = scheduler(&ns, &ns.kubeconfig, complete_at);
-                let want = if awake { "awake " } else { "asleep " };
-                eventually(
-                    Duration::from_secs(30),
-                    "the next controller to complete the transition",
-                    || async {
-                        let namespace: k8s_openapi::api::core::v1::Namespace =
-                            Api::all(ns.client.clone()).get(&ns.name).await.ok()?;
-                        namespace
-                            .annotations()
-                            .get("kdev.dev/schedule-applied")?
-                            .starts_with(want)
-                            .then_some(())
-                    },
-                )
-                .await;
-                controller.stop();
+                                crash_and_complete(&ns, &crash, crash_at, complete_at, awake).await;
                 for (name, had) in [("api", 2), ("web", 3)] {
                     let (size, record) = replicas(&ns, name).await;
                     if awake {

@@ -4,15 +4,13 @@
 //! (The sweep in envs.rs runs the Job on the real node, which this
 //! cluster does not have.)
 
-use std::time::Duration;
-
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::ResourceExt as _;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 
-use crate::envs::{annotate_namespace, apply_keda_crd, scheduler, stand_in_keda};
-use crate::support::{OwnCluster, eventually, with_namespace_in};
+use crate::envs::{annotate_namespace, apply_keda_crd, crash_and_complete, stand_in_keda};
+use crate::support::{OwnCluster, with_namespace_in};
 use crate::swap_support::{apply_rollout_crd, simple_deployment, stand_in_rollouts};
 
 /// The scheduler killed (SIGKILL) after each write of a sleep (api, ro,
@@ -97,37 +95,7 @@ async fn a_controller_killed_after_any_write_with_rollouts_keda_daemonsets_and_p
             ] {
                 // A wake places no wakers: one write fewer.
                 let crash = if awake { crash_after.min(6) } else { crash_after }.to_string();
-                let mut crashed = crate::swap_support::Controller::launch(
-                    &ns,
-                    &ns.kubeconfig,
-                    &["--schedules", "--grace-period", "0s", "--clock-start", crash_at],
-                    &[("KDEV_ENVS_CRASH_AFTER", &crash)],
-                );
-                let status = tokio::task::spawn_blocking(move || {
-                    let status = crashed.child.wait();
-                    (status, crashed)
-                })
-                .await
-                .expect("join");
-                let (status, crashed) = status;
-                let log = crashed.log();
-                assert!(
-                    !status.expect("wait").success() && log.contains("crash injected"),
-                    "crash after {crash}: {log}"
-                );
-                let controller = scheduler(&ns, &ns.kubeconfig, complete_at);
-                let want = if awake { "awake " } else { "asleep " };
-                eventually(Duration::from_secs(30), "the next controller to complete the transition", || async {
-                    let namespace: k8s_openapi::api::core::v1::Namespace =
-                        Api::all(ns.client.clone()).get(&ns.name).await.ok()?;
-                    namespace
-                        .annotations()
-                        .get("kdev.dev/schedule-applied")?
-                        .starts_with(want)
-                        .then_some(())
-                })
-                .await;
-                controller.stop();
+                crash_and_complete(&ns, &crash, crash_at, complete_at, awake).await;
                 let api = deployments.get("api").await.expect("api");
                 assert_eq!(api.spec.and_then(|s| s.replicas), Some(if awake { 2 } else { 0 }), "api, crash after {crash}");
                 let ro = rollouts.get("ro").await.expect("ro");
