@@ -386,30 +386,14 @@ async fn an_argo_rollout_sleeps_wakes_and_gets_a_waker_its_active_service_select
 /// Applies a CustomResourceDefinition for `scaledobjects.keda.sh` (KEDA's
 /// group, kind and names; the schema left open).
 pub async fn apply_keda_crd(ns: &TestNamespace) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": { "name": "scaledobjects.keda.sh" },
-        "spec": {
-            "group": "keda.sh",
-            "scope": "Namespaced",
-            "names": { "kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject", "shortNames": ["so"] },
-            "versions": [{
-                "name": "v1alpha1", "served": true, "storage": true,
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                "subresources": { "status": {} }
-            }]
-        }
-    }))
-    .expect("a valid CRD");
-    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create the ScaledObject CRD");
-    eventually(Duration::from_secs(30), "the ScaledObject API", || async {
-        let api: Api<kdev::envs::workload::ScaledObject> =
-            Api::namespaced(ns.client.clone(), &ns.name);
-        api.list(&Default::default()).await.ok().map(|_| ())
-    })
+    crate::support::apply_crd(
+        ns,
+        "keda.sh",
+        "ScaledObject",
+        "scaledobjects",
+        "v1alpha1",
+        false,
+    )
     .await;
 }
 

@@ -28,26 +28,8 @@ pub struct OwnCrd {
 impl OwnCrd {
     /// Creates the CRD under a group named for `ns` and waits until it is served.
     pub async fn cnpg_like(ns: &TestNamespace) -> Self {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let group = format!("{}.cnpg.test.kdev.dev", ns.name);
-        let crd: CustomResourceDefinition = serde_json::from_value(json!({
-            "metadata": { "name": format!("clusters.{group}") },
-            "spec": {
-                "group": group,
-                "scope": "Namespaced",
-                "names": { "kind": "Cluster", "plural": "clusters", "singular": "cluster" },
-                "versions": [{
-                    "name": "v1", "served": true, "storage": true,
-                    "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                    "subresources": { "status": {} }
-                }]
-            }
-        }))
-        .expect("a valid CRD");
-        let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("create the CRD");
+        // Deleted on drop from here on, also when the creation fails half-way.
         let own = OwnCrd {
             resource: ApiResource {
                 group: group.clone(),
@@ -58,11 +40,7 @@ impl OwnCrd {
             },
             kubeconfig: ns.kubeconfig.clone(),
         };
-        let api = own.api(ns);
-        eventually(Duration::from_secs(30), "the CRD to be served", || async {
-            api.list(&ListParams::default()).await.ok().map(|_| ())
-        })
-        .await;
+        crate::support::apply_crd(ns, &group, "Cluster", "clusters", "v1", false).await;
         own
     }
 

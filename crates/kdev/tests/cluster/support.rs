@@ -556,3 +556,59 @@ pub async fn event_notes(ns: &TestNamespace, reason: &str) -> Vec<String> {
         .filter_map(|e| e.note)
         .collect()
 }
+
+/// Creates a namespaced CustomResourceDefinition `plural.group` (kind
+/// `kind`, version `version`, the schema left open, a status subresource
+/// and, with `scale`, a scale subresource on `spec.replicas`) and waits
+/// until the API server serves its objects.
+pub async fn apply_crd(
+    ns: &TestNamespace,
+    group: &str,
+    kind: &str,
+    plural: &str,
+    version: &str,
+    scale: bool,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let mut subresources = serde_json::json!({ "status": {} });
+    if scale {
+        subresources["scale"] = serde_json::json!({
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector"
+        });
+    }
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": format!("{plural}.{group}") },
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": { "kind": kind, "plural": plural, "singular": kind.to_lowercase() },
+            "versions": [{
+                "name": version, "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
+                "subresources": subresources
+            }]
+        }
+    }))
+    .expect("a valid CRD");
+    Api::<CustomResourceDefinition>::all(ns.client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap_or_else(|err| panic!("create the CRD {plural}.{group}: {err}"));
+    let resource = kube::discovery::ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    };
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{plural}.{group} to be served"),
+        || async { api.list(&Default::default()).await.ok().map(|_| ()) },
+    )
+    .await;
+}

@@ -553,46 +553,7 @@ pub async fn create_blue_green_rollout(
 /// parts of Argo Rollouts' own that kdev reads: `spec.replicas` behind the
 /// scale subresource, the selector and the template.
 pub async fn apply_rollout_crd(ns: &TestNamespace) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": { "name": "rollouts.argoproj.io" },
-        "spec": {
-            "group": "argoproj.io",
-            "scope": "Namespaced",
-            "names": { "kind": "Rollout", "plural": "rollouts", "singular": "rollout", "shortNames": ["ro"] },
-            "versions": [{
-                "name": "v1alpha1", "served": true, "storage": true,
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector"
-                    }
-                }
-            }]
-        }
-    }))
-    .expect("a valid CRD");
-    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create the Rollout CRD");
-    eventually(
-        Duration::from_secs(30),
-        "the Rollout CRD to be served",
-        || async {
-            let crd = crds.get("rollouts.argoproj.io").await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        },
-    )
-    .await;
+    crate::support::apply_crd(ns, "argoproj.io", "Rollout", "rollouts", "v1alpha1", true).await;
 }
 
 /// What Argo Rollouts' controller does that a swap relies on, for every
