@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kdev_contract::keys::FIELD_MANAGER;
@@ -17,6 +19,7 @@ use super::workload::{self, Kind, Ref, Rollout, Scalable, ScaledObject, Workload
 use crate::faults;
 use crate::k8s::Kube;
 use crate::k8s::guarded::{self, Decision};
+use kdev_contract::envs::savings::Amount;
 use kdev_contract::envs::{self, SleepRecord};
 use kdev_contract::session::ORIGINAL_REPLICAS_ANNOTATION;
 
@@ -272,25 +275,57 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new(), now);
         // Listed objects are decided on as listed (no second read); named
         // ones are read.
-        let (targets, scaled_objects): (Vec<(Ref, Option<Known>)>, Vec<ScaledObject>) =
+        let (targets, scaled_objects, untouched): (Vec<Target>, Vec<ScaledObject>, Option<Amount>) =
             if config.selection.workloads.is_empty() {
                 let listed = workload::listed(kube, &namespace).await?;
                 let scaled_objects = listed.scaled_objects.clone();
                 let own = config.selection.except_own_schedules;
                 let mut targets = Vec::new();
-                known(&mut targets, listed.deployments, own, Known::Deployment);
-                known(&mut targets, listed.statefulsets, own, Known::StatefulSet);
-                known(&mut targets, listed.cronjobs, own, Known::CronJob);
-                known(&mut targets, listed.jobs, own, Known::Job);
-                known(&mut targets, listed.rollouts, own, Known::Rollout);
+                let mut untouched = Amount::default();
                 known(
                     &mut targets,
+                    &mut untouched,
+                    listed.deployments,
+                    own,
+                    Known::Deployment,
+                );
+                known(
+                    &mut targets,
+                    &mut untouched,
+                    listed.statefulsets,
+                    own,
+                    Known::StatefulSet,
+                );
+                known(
+                    &mut targets,
+                    &mut untouched,
+                    listed.cronjobs,
+                    own,
+                    Known::CronJob,
+                );
+                known(&mut targets, &mut untouched, listed.jobs, own, Known::Job);
+                known(
+                    &mut targets,
+                    &mut untouched,
+                    listed.rollouts,
+                    own,
+                    Known::Rollout,
+                );
+                known(
+                    &mut targets,
+                    &mut untouched,
                     listed.scaled_objects,
                     own,
                     Known::ScaledObject,
                 );
-                known(&mut targets, listed.daemonsets, own, Known::DaemonSet);
-                (targets, scaled_objects)
+                known(
+                    &mut targets,
+                    &mut untouched,
+                    listed.daemonsets,
+                    own,
+                    Known::DaemonSet,
+                );
+                (targets, scaled_objects, Some(untouched))
             } else {
                 let targets = config
                     .selection
@@ -300,76 +335,71 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                     .collect();
                 let scaled_objects =
                     workload::list_kind::<ScaledObject>(kube, Some(&namespace)).await?;
-                (targets, scaled_objects)
+                // What the others have asleep is not known without a list.
+                (targets, scaled_objects, None)
             };
         let keda = keda_targets(&scaled_objects);
-        // Listed when a workload first needs them.
-        let mut hpas: Option<anyhow::Result<Vec<_>>> = None;
         let whole = config.selection.workloads.is_empty();
-        let mut summary = Summary::default();
-        for (target, known) in targets {
-            if let Some(scaler) = keda.get(&target) {
-                report.changes.push(Change {
-                    namespace: namespace.clone(),
-                    kind: Of::Workload(target.kind),
-                    name: target.name,
-                    done: unchanged(&format!(
-                        "scaled by KEDA ScaledObject {scaler}, which sleeps and wakes instead"
-                    )),
-                    dry_run: config.dry_run,
-                    also: Vec::new(),
-                });
-                continue;
+        let step = Step {
+            kube,
+            namespace: &namespace,
+            ns_annotations: &ns_annotations,
+            excluded_ns: excluded_ns.as_deref(),
+            config,
+            by: &by,
+            now,
+        };
+        // Listed when a workload first needs them.
+        let hpas = tokio::sync::OnceCell::new();
+        // The workloads change several at once, each its own guarded write
+        // within the process's budget (workload::turn), and so do the
+        // resources slept by patch; lines and Events follow in listed order.
+        let workloads = futures::stream::iter(targets)
+            .map(|(target, known)| step.change(target, known, &keda, &hpas))
+            .buffered(workload::AT_ONCE)
+            .collect::<Vec<_>>();
+        let moving = super::patched::Move {
+            kube,
+            namespace: &namespace,
+            ns_annotations: &ns_annotations,
+            excluded_ns: excluded_ns.as_deref(),
+            sleep: config.direction == Direction::Sleep,
+            dry_run: config.dry_run,
+            by: &by,
+            now,
+        };
+        let patched = async {
+            match whole {
+                true => moving.run(&mut patched_kinds).await,
+                false => Vec::new(),
             }
-            let step = Step {
-                kube,
-                namespace: &namespace,
-                ns_annotations: &ns_annotations,
-                excluded_ns: excluded_ns.as_deref(),
-                config,
-                by: &by,
-                now,
-            };
-            let outcome = match (target.kind, known) {
-                (_, Some(Known::Deployment(d))) => step.apply(&target.name, Some(*d)).await,
-                (_, Some(Known::StatefulSet(s))) => step.apply(&target.name, Some(*s)).await,
-                (_, Some(Known::CronJob(c))) => step.apply(&target.name, Some(*c)).await,
-                (_, Some(Known::Job(j))) => step.apply(&target.name, Some(*j)).await,
-                (_, Some(Known::Rollout(r))) => step.apply(&target.name, Some(*r)).await,
-                (_, Some(Known::ScaledObject(o))) => step.apply(&target.name, Some(*o)).await,
-                (_, Some(Known::DaemonSet(d))) => step.apply(&target.name, Some(*d)).await,
-                (Kind::DaemonSet, None) => step.apply::<DaemonSet>(&target.name, None).await,
-                (Kind::Deployment, None) => step.apply::<Deployment>(&target.name, None).await,
-                (Kind::StatefulSet, None) => step.apply::<StatefulSet>(&target.name, None).await,
-                (Kind::CronJob, None) => step.apply::<CronJob>(&target.name, None).await,
-                (Kind::Job, None) => step.apply::<Job>(&target.name, None).await,
-                (Kind::Rollout, None) => step.apply::<Rollout>(&target.name, None).await,
-                (Kind::ScaledObject, None) => step.apply::<ScaledObject>(&target.name, None).await,
-            };
-            let (done, reference) = outcome.unwrap_or_else(|err| {
-                (
-                    Done::Failed {
-                        error: format!("{err:#}"),
-                    },
-                    None,
-                )
-            });
+        };
+        let (workloads, patched) = tokio::join!(workloads, patched);
+        let mut summary = Summary::default();
+        // What is asleep after the transition, when every workload's state
+        // is known from its write or its read.
+        let mut asleep = untouched;
+        for (change, reference, amount) in workloads {
+            asleep = asleep.zip(amount).map(|(a, b)| a.plus(b));
             // A whole environment's plain sleeps and wakes are one Event on
             // its namespace (below), not one per workload: a thousand
             // workloads are not a thousand Events. The rest are each their own.
-            let summed = whole && matches!(done, Done::Slept { .. } | Done::Woke { .. });
+            let summed = whole && matches!(change.done, Done::Slept { .. } | Done::Woke { .. });
             if summed && !config.dry_run {
-                summary.push(format!("{}/{}", target.kind.short(), target.name), &done);
+                summary.push(
+                    format!("{}/{}", change.kind.short(), change.name),
+                    &change.done,
+                );
             }
             if !config.dry_run
                 && !summed
                 && let Some(reference) = reference
             {
-                publish(&recorder, &reference, &done, &by).await;
+                publish(&recorder, &reference, &change.done, &by).await;
             }
             if !config.dry_run
                 && matches!(
-                    done,
+                    change.done,
                     Done::Slept { .. }
                         | Done::Woke { .. }
                         | Done::RetargetedSwap { .. }
@@ -378,78 +408,22 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             {
                 written();
             }
-            let mut also = Vec::new();
-            let hpa_change = match &done {
-                Done::Slept { to, .. } if *to > 0 => Some(Some(*to)),
-                Done::Woke { .. } | Done::KeptChanged { .. } => Some(None),
-                _ => None,
-            };
-            if let Some(sleeping_to) = hpa_change
-                && !config.dry_run
-                && !target.kind.suspends()
-            {
-                if hpas.is_none() {
-                    hpas = Some(super::hpa::list(kube, &namespace).await);
-                }
-                let adjusted = match hpas.as_ref().expect("listed") {
-                    Ok(list) => {
-                        super::hpa::adjust(
-                            kube,
-                            &namespace,
-                            list,
-                            target.kind,
-                            &target.name,
-                            sleeping_to,
-                        )
-                        .await
-                    }
-                    Err(err) => Err(anyhow::anyhow!("{err:#}")),
-                };
-                match adjusted {
-                    Ok(notes) => also = notes,
-                    // Only what kdev changed on HPAs itself; nothing to undo.
-                    Err(err)
-                        if crate::k8s::refused_with(&err) == Some(403) && sleeping_to.is_none() => {
-                    }
-                    Err(err) => also.push(format!("its HPA was not adjusted: {err:#}")),
-                }
-            }
-            report.changes.push(Change {
-                namespace: namespace.clone(),
-                kind: Of::Workload(target.kind),
-                name: target.name,
-                done,
-                dry_run: config.dry_run,
-                also,
-            });
+            report.changes.push(change);
         }
-        if whole {
-            let moving = super::patched::Move {
-                kube,
-                namespace: &namespace,
-                ns_annotations: &ns_annotations,
-                excluded_ns: excluded_ns.as_deref(),
-                sleep: config.direction == Direction::Sleep,
-                dry_run: config.dry_run,
-                by: &by,
-                now,
-            };
-            for moved in moving.run(&mut patched_kinds).await {
-                let change = patched_change(&namespace, config.dry_run, moved);
-                if !config.dry_run && matches!(change.done, Done::Slept { .. } | Done::Woke { .. })
-                {
-                    // In the environment's one Event, with the fields.
-                    let line = format!(
-                        "{}/{} {}",
-                        change.kind.short(),
-                        change.name,
-                        change.also.join(", ")
-                    );
-                    summary.push_line(line, &change.done);
-                    written();
-                }
-                report.changes.push(change);
+        for moved in patched {
+            let change = patched_change(&namespace, config.dry_run, moved);
+            if !config.dry_run && matches!(change.done, Done::Slept { .. } | Done::Woke { .. }) {
+                // In the environment's one Event, with the fields.
+                let line = format!(
+                    "{}/{} {}",
+                    change.kind.short(),
+                    change.name,
+                    change.also.join(", ")
+                );
+                summary.push_line(line, &change.done);
+                written();
             }
+            report.changes.push(change);
         }
         let changed = summary.changed();
         summary.publish(&recorder, &namespace, &by).await;
@@ -463,7 +437,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
                         )
                 }))
         {
-            super::savings::record(kube, &namespace, now).await;
+            super::savings::record(kube, &namespace, now, asleep).await;
         }
         // A person's or a request's wake is activity; the scheduler's is
         // not (the idle rule counts its wake itself), or an environment
@@ -492,7 +466,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
 
 /// A patched resource's outcome as a change: slept is 1 → 0, woken 0 → 1,
 /// its fields in `also`.
-fn patched_change(namespace: &str, dry_run: bool, moved: super::patched::Moved) -> Change {
+pub fn patched_change(namespace: &str, dry_run: bool, moved: super::patched::Moved) -> Change {
     use super::patched::Outcome;
     let done = match moved.outcome {
         Outcome::Slept => Done::Slept { from: 1, to: 0 },
@@ -563,13 +537,106 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    /// Decides and writes one workload; what was done, and a reference to
-    /// the workload for its Event.
+    /// Decides and writes one listed (`known`) or named workload, then its
+    /// HPAs; the change, and a reference to the workload for its Event.
+    async fn change(
+        &self,
+        target: Ref,
+        known: Option<Known>,
+        keda: &BTreeMap<Ref, String>,
+        hpas: &tokio::sync::OnceCell<anyhow::Result<Vec<HorizontalPodAutoscaler>>>,
+    ) -> (Change, Option<ObjectReference>, Option<Amount>) {
+        let config = self.config;
+        let changed = |done, also| Change {
+            namespace: self.namespace.to_owned(),
+            kind: Of::Workload(target.kind),
+            name: target.name.clone(),
+            done,
+            dry_run: config.dry_run,
+            also,
+        };
+        if let Some(scaler) = keda.get(&target) {
+            let why =
+                format!("scaled by KEDA ScaledObject {scaler}, which sleeps and wakes instead");
+            // Not counted in what sleeping saved (see savings).
+            return (
+                changed(unchanged(&why), Vec::new()),
+                None,
+                Some(Amount::default()),
+            );
+        }
+        let _turn = workload::turn().await;
+        let name = &target.name;
+        let outcome = match (target.kind, known) {
+            (_, Some(Known::Deployment(d))) => self.apply(name, Some(*d)).await,
+            (_, Some(Known::StatefulSet(s))) => self.apply(name, Some(*s)).await,
+            (_, Some(Known::CronJob(c))) => self.apply(name, Some(*c)).await,
+            (_, Some(Known::Job(j))) => self.apply(name, Some(*j)).await,
+            (_, Some(Known::Rollout(r))) => self.apply(name, Some(*r)).await,
+            (_, Some(Known::ScaledObject(o))) => self.apply(name, Some(*o)).await,
+            (_, Some(Known::DaemonSet(d))) => self.apply(name, Some(*d)).await,
+            (Kind::DaemonSet, None) => self.apply::<DaemonSet>(name, None).await,
+            (Kind::Deployment, None) => self.apply::<Deployment>(name, None).await,
+            (Kind::StatefulSet, None) => self.apply::<StatefulSet>(name, None).await,
+            (Kind::CronJob, None) => self.apply::<CronJob>(name, None).await,
+            (Kind::Job, None) => self.apply::<Job>(name, None).await,
+            (Kind::Rollout, None) => self.apply::<Rollout>(name, None).await,
+            (Kind::ScaledObject, None) => self.apply::<ScaledObject>(name, None).await,
+        };
+        let (done, reference, amount) = outcome.unwrap_or_else(|err| {
+            (
+                Done::Failed {
+                    error: format!("{err:#}"),
+                },
+                None,
+                None,
+            )
+        });
+        let mut also = Vec::new();
+        let hpa_change = match &done {
+            Done::Slept { to, .. } if *to > 0 => Some(Some(*to)),
+            Done::Woke { .. } | Done::KeptChanged { .. } => Some(None),
+            _ => None,
+        };
+        if let Some(sleeping_to) = hpa_change
+            && !config.dry_run
+            && !target.kind.suspends()
+        {
+            let listed = hpas
+                .get_or_init(|| super::hpa::list(self.kube, self.namespace))
+                .await;
+            let adjusted = match listed {
+                Ok(list) => {
+                    super::hpa::adjust(
+                        self.kube,
+                        self.namespace,
+                        list,
+                        target.kind,
+                        name,
+                        sleeping_to,
+                    )
+                    .await
+                }
+                Err(err) => Err(anyhow::anyhow!("{err:#}")),
+            };
+            match adjusted {
+                Ok(notes) => also = notes,
+                // Only what kdev changed on HPAs itself; nothing to undo.
+                Err(err)
+                    if crate::k8s::refused_with(&err) == Some(403) && sleeping_to.is_none() => {}
+                Err(err) => also.push(format!("its HPA was not adjusted: {err:#}")),
+            }
+        }
+        (changed(done, also), reference, amount)
+    }
+
+    /// Decides and writes one workload; what was done, a reference to the
+    /// workload for its Event, and what it has asleep now (when known).
     async fn apply<K: Scalable>(
         &self,
         name: &str,
         known: Option<K>,
-    ) -> anyhow::Result<(Done, Option<ObjectReference>)> {
+    ) -> anyhow::Result<(Done, Option<ObjectReference>, Option<Amount>)> {
         let api: Api<K> = Api::namespaced(self.kube.client.clone(), self.namespace);
         let what = format!("{} {}/{name}", K::KIND.short(), self.namespace);
         let dry_run = self.config.dry_run;
@@ -580,9 +647,9 @@ impl Step<'_> {
             let (owned, done) = self.decide(&workload::view(object))?;
             Ok(match owned {
                 Some(owned) if !dry_run => {
-                    Decision::Apply(owned.config::<K>(name, self.namespace), done)
+                    Decision::Apply(owned.config::<K>(name, self.namespace), (done, None))
                 }
-                _ => Decision::Keep(done),
+                _ => Decision::Keep((done, Some(super::savings::asleep_of(object)))),
             })
         })
         .await;
@@ -594,10 +661,13 @@ impl Step<'_> {
                     }
                     None => None,
                 };
-                Ok((updated.value, object.map(|object| object.object_ref(&()))))
+                let (done, kept) = updated.value;
+                let asleep = kept.or_else(|| object.as_ref().map(super::savings::asleep_of));
+                Ok((done, object.map(|object| object.object_ref(&())), asleep))
             }
             Err(err) if forbidden(&err) && self.config.direction == Direction::Wake => {
-                self.wake_through_scale::<K>(&api, name, &what).await
+                let (done, reference) = self.wake_through_scale::<K>(&api, name, &what).await?;
+                Ok((done, reference, None))
             }
             Err(err) => Err(err),
         }
@@ -1005,6 +1075,9 @@ impl Summary {
 }
 
 /// A workload as listed, decided on without reading it again.
+/// A workload to change, with its listed state (none: read it).
+type Target = (Ref, Option<Known>);
+
 enum Known {
     Deployment(Box<Deployment>),
     StatefulSet(Box<StatefulSet>),
@@ -1016,15 +1089,18 @@ enum Known {
 }
 
 /// Adds each listed object of a kind as a target decided on as listed;
-/// with `except_own_schedules`, not those that have a schedule of their own.
+/// with `except_own_schedules`, not those that have a schedule of their own
+/// (what they have asleep is added to `untouched`).
 fn known<K: Scalable>(
-    targets: &mut Vec<(Ref, Option<Known>)>,
+    targets: &mut Vec<Target>,
+    untouched: &mut Amount,
     objects: Vec<K>,
     except_own_schedules: bool,
     wrap: fn(Box<K>) -> Known,
 ) {
     for object in objects {
         if except_own_schedules && envs::has_own_schedule(object.annotations()) {
+            *untouched = untouched.plus(super::savings::asleep_of(&object));
             continue;
         }
         let reference = Ref {

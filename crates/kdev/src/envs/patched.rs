@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt as _;
 use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DynamicObject};
 
@@ -135,13 +136,21 @@ impl Move<'_> {
                     continue;
                 }
             };
-            for object in listed {
-                let name = object.name_any();
-                moved.push(match self.one(&api, rule, object).await {
-                    Ok(done) => done,
-                    Err(err) => failed(of.clone(), &name, format!("{err:#}")),
-                });
-            }
+            let of = &of;
+            let api = &api;
+            let outcomes = futures::stream::iter(listed)
+                .map(|object| async move {
+                    let name = object.name_any();
+                    let _turn = super::workload::turn().await;
+                    match self.one(api, rule, object).await {
+                        Ok(done) => done,
+                        Err(err) => failed(of.clone(), &name, format!("{err:#}")),
+                    }
+                })
+                .buffered(super::workload::AT_ONCE)
+                .collect::<Vec<_>>()
+                .await;
+            moved.extend(outcomes);
         }
         moved
     }

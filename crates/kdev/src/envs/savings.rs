@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::{Api, ResourceExt as _};
 use serde::Serialize;
 
-use super::workload::{self, Rollout, Scalable};
+use super::workload::{self, Kind, Rollout, Scalable};
 use crate::k8s::guarded::{self, Decision};
 use crate::k8s::{self, Kube};
 pub use kdev_contract::envs::savings::Hours;
@@ -64,8 +64,14 @@ pub fn per_pod(template: &PodTemplateSpec) -> Amount {
 }
 
 /// What `object` has asleep: the replicas its sleep record says it had,
-/// less those it has.
-fn asleep_of<K: Scalable>(object: &K) -> Amount {
+/// less those it has; nothing for the kinds not counted (see above).
+pub fn asleep_of<K: Scalable>(object: &K) -> Amount {
+    if !matches!(
+        K::KIND,
+        Kind::Deployment | Kind::StatefulSet | Kind::Rollout
+    ) {
+        return Amount::default();
+    }
     let Ok(Some(record)) = SleepRecord::read(object.annotations()) else {
         return Amount::default();
     };
@@ -94,19 +100,28 @@ pub async fn asleep(kube: &Kube, namespace: &str) -> anyhow::Result<Amount> {
         .fold(Amount::default(), Amount::plus))
 }
 
-/// Records in `namespace`'s ledger what is asleep there from `now` on.
-/// Best effort, after the transition it follows: an account that may not
-/// write the activity Lease records nothing (and the log says so); a
-/// process killed before it leaves the previous amount counting until the
-/// next record.
-pub async fn record(kube: &Kube, namespace: &str, now: jiff::Timestamp) {
-    if let Err(err) = try_record(kube, namespace, now).await {
+/// Records in `namespace`'s ledger what is asleep there from `now` on:
+/// `known` when the transition saw every workload's state after it, else
+/// what a listing finds. Best effort, after the transition it follows: an
+/// account that may not write the activity Lease records nothing (and the
+/// log says so); a process killed before it leaves the previous amount
+/// counting until the next record.
+pub async fn record(kube: &Kube, namespace: &str, now: jiff::Timestamp, known: Option<Amount>) {
+    if let Err(err) = try_record(kube, namespace, now, known).await {
         tracing::warn!(namespace, "what sleeping saves was not recorded: {err:#}");
     }
 }
 
-async fn try_record(kube: &Kube, namespace: &str, now: jiff::Timestamp) -> anyhow::Result<()> {
-    let amount = asleep(kube, namespace).await?;
+async fn try_record(
+    kube: &Kube,
+    namespace: &str,
+    now: jiff::Timestamp,
+    known: Option<Amount>,
+) -> anyhow::Result<()> {
+    let amount = match known {
+        Some(amount) => amount,
+        None => asleep(kube, namespace).await?,
+    };
     let api: Api<Lease> = Api::namespaced(kube.client.clone(), namespace);
     let what = format!("lease {namespace}/{ACTIVITY_LEASE}");
     let written = guarded::update(kube, &api, ACTIVITY_LEASE, &what, |current| {

@@ -584,21 +584,10 @@ async fn wake_once(shared: &Shared) -> Result<(), String> {
             now: super::now(),
         };
         for moved in moving.run(&mut super::patched::Kinds::default()).await {
-            let line = format!(
-                "{}/{} in {namespace}: {}",
-                moved.resource,
-                moved.name,
-                match &moved.outcome {
-                    super::patched::Outcome::Woke =>
-                        format!("awake, as before its sleep; {}", moved.fields.join("; ")),
-                    super::patched::Outcome::Slept => "asleep".to_owned(),
-                    super::patched::Outcome::Unchanged(why) => format!("unchanged, {why}"),
-                    super::patched::Outcome::Failed(error) => format!("failed: {error}"),
-                }
-            );
-            tracing::info!("{line}");
-            if matches!(moved.outcome, super::patched::Outcome::Failed(_)) {
-                failed.push(line);
+            let change = act::patched_change(&namespace, false, moved);
+            tracing::info!("{}", change.line());
+            if matches!(change.done, act::Done::Failed { .. }) {
+                failed.push(change.line());
             }
         }
     }

@@ -25,6 +25,23 @@ use crate::k8s::Kube;
 use kdev_contract::envs::ASLEEP_NODE_SELECTOR;
 use kdev_contract::session::{DeploymentMarks, WorkloadKind};
 
+/// How many workloads of one environment change at once.
+pub const AT_ONCE: usize = 8;
+
+/// How many workload writes this process has in flight at once, whatever
+/// the environments (the controller moves several): each write is a round
+/// trip, so 16 keep the API server busy, well under its own limit on
+/// mutating requests in flight (`--max-mutating-requests-inflight`, 200
+/// by default) that other clients share.
+const IN_FLIGHT: usize = 16;
+
+/// A turn to change one workload, within [`IN_FLIGHT`]: held across its
+/// read-decide-write.
+pub async fn turn() -> tokio::sync::SemaphorePermit<'static> {
+    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(IN_FLIGHT);
+    TURNS.acquire().await.expect("never closed")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {

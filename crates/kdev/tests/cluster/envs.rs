@@ -30,6 +30,11 @@ fn run(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
         .expect("run kdev")
 }
 
+/// Runs kdev in `ns` and returns what it said; fails the test when kdev does.
+pub fn kdev_in(ns: &TestNamespace, args: &[&str]) -> String {
+    ok(run(&ns.kubeconfig, &ns.name, args))
+}
+
 fn ok(output: Output) -> String {
     let text = format!(
         "{}{}",
@@ -90,7 +95,7 @@ async fn create_cronjob(ns: &TestNamespace, name: &str) {
 
 /// A Job with `pod` as its pod template's spec (`restartPolicy: Never`
 /// added).
-async fn create_job(ns: &TestNamespace, name: &str, mut pod: Value) {
+pub async fn create_job(ns: &TestNamespace, name: &str, mut pod: Value) {
     pod["restartPolicy"] = json!("Never");
     let job: Job = serde_json::from_value(json!({
         "metadata": { "name": name },
@@ -134,7 +139,7 @@ async fn create_finished_job(ns: &TestNamespace, name: &str) {
 }
 
 /// How many of `name`'s pods run, as the Job controller counts them.
-async fn job_active(ns: &TestNamespace, name: &str) -> Option<i32> {
+pub async fn job_active(ns: &TestNamespace, name: &str) -> Option<i32> {
     let job = ns.api::<Job>().get(name).await.ok()?;
     Some(job.status?.active.unwrap_or(0))
 }
