@@ -351,13 +351,19 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         };
         // Listed when a workload first needs them.
         let hpas = tokio::sync::OnceCell::new();
-        // The workloads change several at once, each its own guarded write
-        // within the process's budget (workload::turn), and so do the
-        // resources slept by patch; lines and Events follow in listed order.
-        let workloads = futures::stream::iter(targets)
-            .map(|(target, known)| step.change(target, known, &keda, &hpas))
-            .buffered(workload::AT_ONCE)
-            .collect::<Vec<_>>();
+        // In the environment's turn (workload::turn), its workloads change
+        // several at once, each its own guarded write, then the resources
+        // slept by patch; lines and Events follow in listed order.
+        let turn = workload::turn().await;
+        let (step, keda, hpas) = (&step, &keda, &hpas);
+        let mut workloads = futures::stream::iter(targets.into_iter().enumerate())
+            .map(|(at, (target, known))| async move {
+                (at, step.change(target, known, keda, hpas).await)
+            })
+            .buffer_unordered(workload::AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        workloads.sort_by_key(|(at, _)| *at);
         let moving = super::patched::Move {
             kube,
             namespace: &namespace,
@@ -368,18 +374,16 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             by: &by,
             now,
         };
-        let patched = async {
-            match whole {
-                true => moving.run(&mut patched_kinds).await,
-                false => Vec::new(),
-            }
+        let patched = match whole {
+            true => moving.run(&mut patched_kinds).await,
+            false => Vec::new(),
         };
-        let (workloads, patched) = tokio::join!(workloads, patched);
+        drop(turn);
         let mut summary = Summary::default();
         // What is asleep after the transition, when every workload's state
         // is known from its write or its read.
         let mut asleep = untouched;
-        for (change, reference, amount) in workloads {
+        for (_, (change, reference, amount)) in workloads {
             asleep = asleep.zip(amount).map(|(a, b)| a.plus(b));
             // A whole environment's plain sleeps and wakes are one Event on
             // its namespace (below), not one per workload: a thousand
@@ -565,7 +569,6 @@ impl Step<'_> {
                 Some(Amount::default()),
             );
         }
-        let _turn = workload::turn().await;
         let name = &target.name;
         let outcome = match (target.kind, known) {
             (_, Some(Known::Deployment(d))) => self.apply(name, Some(*d)).await,

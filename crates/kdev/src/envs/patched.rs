@@ -141,7 +141,6 @@ impl Move<'_> {
             let outcomes = futures::stream::iter(listed)
                 .map(|object| async move {
                     let name = object.name_any();
-                    let _turn = super::workload::turn().await;
                     match self.one(api, rule, object).await {
                         Ok(done) => done,
                         Err(err) => failed(of.clone(), &name, format!("{err:#}")),

@@ -35,11 +35,17 @@ pub const AT_ONCE: usize = 8;
 /// by default) that other clients share.
 const IN_FLIGHT: usize = 16;
 
-/// A turn to change one workload, within [`IN_FLIGHT`]: held across its
-/// read-decide-write.
+/// An environment's turn to write: [`AT_ONCE`] of the process's
+/// [`IN_FLIGHT`] writes, held while its workloads change. Turns are given
+/// in the order asked (a fair queue), so environments that read first
+/// write first and finish one after another, while the next ones read
+/// beside them, instead of all sharing the writes and finishing together.
 pub async fn turn() -> tokio::sync::SemaphorePermit<'static> {
     static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(IN_FLIGHT);
-    TURNS.acquire().await.expect("never closed")
+    TURNS
+        .acquire_many(AT_ONCE as u32)
+        .await
+        .expect("never closed")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
