@@ -16,8 +16,8 @@
                                                     the controller's schedule-applied record
   envbench.py ceiling URL NAMESPACES PER AWAKE     the physical ceiling: the same changes
                                                     as plain PATCHes (replicas, the pause,
-                                                    instances), 16 at once, nothing else;
-                                                    prints seconds
+                                                    instances, each with its record), 16 at
+                                                    once, nothing else; prints seconds
   envbench.py requests URL                          the API server's request count
                                                     (see `counted` below), as JSON
 """
@@ -278,22 +278,42 @@ def applied(base, namespaces):
 
 
 def ceiling(base, namespaces, per_namespace, awake):
-    """The same changes kdev makes, as plain PATCHes, 16 at once."""
+    """The same changes kdev makes, as plain PATCHes, 16 at once: each
+    workload's size and its record in one write, as kube-downscaler writes
+    `downscaler/original-replicas` with the replicas (the record is what
+    lets a wake restore exactly; a sleep without one could not)."""
     deployments, rollouts, scaled, clusters = kinds_of(per_namespace)
     merge = "application/merge-patch+json"
     paused = None if awake else "0"
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def recorded(ns, key, record):
+        # The record's text as long as kdev's: who and why included.
+        by = f"kdev-controller: schedule kdev.dev/downtime on namespace {ns}"
+        return None if awake else json.dumps({**record, "at": at, "by": by}, separators=(",", ":"))
+
+    def sized(ns, field):
+        record = recorded(ns, "kdev.dev/sleep", {"replicas": 1, "to": 0})
+        return {"metadata": {"annotations": {"kdev.dev/sleep": record}}, "spec": {field: awake}}
+
     changes = []
     for i in range(namespaces):
         ns = namespace_name(i)
         for j in range(scaled, scaled + deployments):
-            changes.append((f"/apis/apps/v1/namespaces/{ns}/deployments/app-{j:03d}", {"spec": {"replicas": awake}}))
+            changes.append((f"/apis/apps/v1/namespaces/{ns}/deployments/app-{j:03d}", sized(ns, "replicas")))
         for j in range(rollouts):
-            changes.append((f"/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts/ro-{j:03d}", {"spec": {"replicas": awake}}))
+            changes.append((f"/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts/ro-{j:03d}", sized(ns, "replicas")))
         for j in range(scaled):
+            record = recorded(ns, "kdev.dev/sleep", {"replicas": 1, "to": 0})
             changes.append((f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/so-{j:03d}",
-                            {"metadata": {"annotations": {"autoscaling.keda.sh/paused-replicas": paused}}}))
+                            {"metadata": {"annotations": {"autoscaling.keda.sh/paused-replicas": paused,
+                                                          "kdev.dev/sleep": record}}}))
         for j in range(clusters):
-            changes.append((f"/apis/{CLUSTER_GROUP}/v1/namespaces/{ns}/clusters/pg-{j:03d}", {"spec": {"instances": awake}}))
+            record = recorded(ns, "kdev.dev/sleep-patched",
+                              {"fields": [{"path": "/spec/instances", "was": 1, "set": 0}]})
+            changes.append((f"/apis/{CLUSTER_GROUP}/v1/namespaces/{ns}/clusters/pg-{j:03d}",
+                            {"metadata": {"annotations": {"kdev.dev/sleep-patched": record}},
+                             "spec": {"instances": awake}}))
 
     def one(change):
         call(f"{base}{change[0]}", "PATCH", change[1], merge)
