@@ -266,9 +266,13 @@ impl Window {
     fn edges(&self, at: Timestamp) -> Vec<Timestamp> {
         match self {
             Window::Absolute { from, to } => {
+                // The first instant after the inclusive end: the window
+                // holds at `to` and no longer a nanosecond later (as
+                // kube-downscaler's `start <= now <= end`), so that is when
+                // the next state is due, not a second later.
                 vec![
                     *from,
-                    to.saturating_add(SignedDuration::from_secs(1))
+                    to.saturating_add(SignedDuration::from_nanos(1))
                         .unwrap_or(*to),
                 ]
             }
@@ -392,10 +396,11 @@ mod tests {
             spec.holds(at("2019-04-01T18:00:00Z")),
             "the end is inclusive"
         );
-        assert!(!spec.holds(at("2019-04-01T18:00:01Z")));
+        assert!(!spec.holds(at("2019-04-01T18:00:00.000000001Z")));
         assert_eq!(
             spec.next_change(at("2019-04-01T12:00:00Z")),
-            Some(at("2019-04-01T18:00:01Z"))
+            Some(at("2019-04-01T18:00:00.000000001Z")),
+            "due as soon as the window no longer holds"
         );
     }
 

@@ -715,6 +715,7 @@ async fn transition(
     now: jiff::Timestamp,
 ) -> anyhow::Result<()> {
     let why = format!("schedule {} on namespace {name}", schedule.from.join(", "));
+    tracing::debug!(namespace = name, awake, "environment transition started");
     let selection = Selection {
         namespaces: vec![name.to_owned()],
         // Workloads with schedules of their own follow those.

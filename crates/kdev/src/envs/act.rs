@@ -271,6 +271,8 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
     let mut report = Report::default();
     let mut patched_kinds = super::patched::Kinds::default();
     for namespace in namespaces(kube, &config.selection).await? {
+        // Where an environment's transition spends its time (debug log).
+        let started = std::time::Instant::now();
         let ns_annotations = namespace_annotations(kube, &namespace).await;
         let excluded_ns = envs::exclusion(&ns_annotations, &BTreeMap::new(), now);
         // Listed objects are decided on as listed (no second read); named
@@ -354,7 +356,9 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         // In the environment's turn (workload::turn), its workloads change
         // several at once, each its own guarded write, then the resources
         // slept by patch; lines and Events follow in listed order.
+        let listed_in = started.elapsed();
         let turn = workload::turn().await;
+        let turn_in = started.elapsed();
         let (step, keda, hpas) = (&step, &keda, &hpas);
         let mut workloads = futures::stream::iter(targets.into_iter().enumerate())
             .map(|(at, (target, known))| async move {
@@ -379,6 +383,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             false => Vec::new(),
         };
         drop(turn);
+        let written_in = started.elapsed();
         let mut summary = Summary::default();
         // What is asleep after the transition, when every workload's state
         // is known from its write or its read.
@@ -443,6 +448,14 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         {
             super::savings::record(kube, &namespace, now, asleep).await;
         }
+        tracing::debug!(
+            namespace,
+            listed = ?listed_in,
+            turn = ?turn_in,
+            written = ?written_in,
+            recorded = ?started.elapsed(),
+            "environment's transition timed"
+        );
         // A person's or a request's wake is activity; the scheduler's is
         // not (the idle rule counts its wake itself), or an environment
         // woken every morning would never be idle enough to delete.
