@@ -55,6 +55,60 @@ async fn create_deployment(ns: &TestNamespace, name: &str, replicas: i32, annota
         .expect("create deployment");
 }
 
+/// A Deployment `name` of `replicas` with container port 8080, and the
+/// Service `name` (port 80) in front of it: what gets a waker.
+pub async fn behind_a_service(ns: &TestNamespace, name: &str, replicas: i32) {
+    let deployment: Deployment =
+        serde_json::from_value(simple_deployment(name, replicas, &[8080])).expect("a deployment");
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    let service = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "selector": { "app": name }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+    }))
+    .expect("a service");
+    ns.api::<k8s_openapi::api::core::v1::Service>()
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+}
+
+/// The two edges of `Wed 19:00-19:01 UTC` a crash sweep crosses: when the
+/// controller that crashes starts, when the next one completes the
+/// transition, and whether the environment is then awake.
+pub const SWEEP_EDGES: [(&str, &str, bool); 2] = [
+    ("2026-12-02T18:59:59Z", "2026-12-02T19:00:01Z", false),
+    ("2026-12-02T19:00:59Z", "2026-12-02T19:01:01Z", true),
+];
+
+/// The write after which a sweep's controller crashes: `crash_after`, but
+/// for a wake, which places no wakers (one write fewer), at most its last
+/// write, `wake_writes`.
+pub fn crash_point(crash_after: u32, awake: bool, wake_writes: u32) -> String {
+    match awake {
+        true => crash_after.min(wake_writes),
+        false => crash_after,
+    }
+    .to_string()
+}
+
+/// A DaemonSet `agent` whose pods any node would run.
+pub fn agent_daemonset() -> k8s_openapi::api::apps::v1::DaemonSet {
+    serde_json::from_value(json!({
+        "metadata": { "name": "agent" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "agent" } },
+            "template": {
+                "metadata": { "labels": { "app": "agent" } },
+                "spec": { "containers": [{ "name": "agent", "image": "example.invalid/agent:1" }] }
+            }
+        }
+    }))
+    .expect("a daemonset")
+}
+
 async fn create_statefulset(ns: &TestNamespace, name: &str, replicas: i32) {
     let sts: StatefulSet = serde_json::from_value(json!({
         "metadata": { "name": name },
@@ -605,26 +659,20 @@ async fn a_keda_scaled_workload_sleeps_by_pausing_its_scaledobject() {
 async fn an_opted_in_daemonset_sleeps_off_every_node_and_wakes_back() {
     use k8s_openapi::api::apps::v1::DaemonSet;
     with_namespace("envs-ds", |ns| async move {
-        let ds: DaemonSet = serde_json::from_value(json!({
-            "metadata": { "name": "agent" },
-            "spec": {
-                "selector": { "matchLabels": { "app": "agent" } },
-                "template": {
-                    "metadata": { "labels": { "app": "agent" } },
-                    "spec": { "containers": [{ "name": "agent", "image": "example.invalid/agent:1" }] }
-                }
-            }
-        }))
-        .expect("a daemonset");
+        let ds = agent_daemonset();
         let api = ns.api::<DaemonSet>();
-        api.create(&PostParams::default(), &ds).await.expect("create daemonset");
+        api.create(&PostParams::default(), &ds)
+            .await
+            .expect("create daemonset");
         let scheduled = || async {
             let ds = api.get("agent").await.ok()?;
             Some(ds.status?.desired_number_scheduled)
         };
-        eventually(Duration::from_secs(30), "the DaemonSet on kwok's node", || async {
-            (scheduled().await? >= 1).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "the DaemonSet on kwok's node",
+            || async { (scheduled().await? >= 1).then_some(()) },
+        )
         .await;
         let state = || async {
             let ds = api.get("agent").await.expect("get daemonset");
@@ -633,34 +681,56 @@ async fn an_opted_in_daemonset_sleeps_off_every_node_and_wakes_back() {
                 .and_then(|s| s.template.spec)
                 .and_then(|s| s.node_selector)
                 .unwrap_or_default();
-            (selector, ds.metadata.annotations.unwrap_or_default().get(SLEEP).cloned())
+            (
+                selector,
+                ds.metadata
+                    .annotations
+                    .unwrap_or_default()
+                    .get(SLEEP)
+                    .cloned(),
+            )
         };
 
         let left = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
-        assert!(left.contains("a DaemonSet sleeps only when opted in"), "{left}");
+        assert!(
+            left.contains("a DaemonSet sleeps only when opted in"),
+            "{left}"
+        );
         assert_eq!(state().await, (BTreeMap::new(), None));
 
-        annotate_namespace(&ns, json!({ "kdev.dev/sleep-daemonsets": "true" }), json!({})).await;
+        annotate_namespace(
+            &ns,
+            json!({ "kdev.dev/sleep-daemonsets": "true" }),
+            json!({}),
+        )
+        .await;
         let slept = ok(run(&kubeconfig(), &ns.name, &["sleep"]));
         assert!(
             slept.contains("daemonset/agent in") && slept.contains("(on its nodes → on no node)"),
             "{slept}"
         );
         let (selector, record) = state().await;
-        assert_eq!(selector.get("kdev.dev/asleep").map(String::as_str), Some("true"));
+        assert_eq!(
+            selector.get("kdev.dev/asleep").map(String::as_str),
+            Some("true")
+        );
         assert!(record.is_some(), "the DaemonSet carries its sleep record");
-        eventually(Duration::from_secs(30), "the DaemonSet's pods to go", || async {
-            (scheduled().await? == 0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "the DaemonSet's pods to go",
+            || async { (scheduled().await? == 0).then_some(()) },
+        )
         .await;
         assert_eq!(envs_json(&ns).await["state"], "asleep");
 
         let woke = ok(run(&kubeconfig(), &ns.name, &["wake"]));
         assert!(woke.contains("(on no node → on its nodes)"), "{woke}");
         assert_eq!(state().await, (BTreeMap::new(), None));
-        eventually(Duration::from_secs(30), "the DaemonSet's pods back", || async {
-            (scheduled().await? >= 1).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "the DaemonSet's pods back",
+            || async { (scheduled().await? >= 1).then_some(()) },
+        )
         .await;
     })
     .await;
@@ -1321,21 +1391,7 @@ async fn the_scheduler_needs_nothing_but_deploy_envs_rbac() {
         let _grant = crate::support::ClusterScoped(vec![format!("clusterrole/{grant}")]);
         // A Service in front of a workload with a port: its waker is placed
         // with the same rights.
-        let api: Deployment =
-            serde_json::from_value(simple_deployment("api", 1, &[8080])).expect("a deployment");
-        ns.api::<Deployment>()
-            .create(&PostParams::default(), &api)
-            .await
-            .expect("create deployment");
-        let service = serde_json::from_value(json!({
-            "metadata": { "name": "api" },
-            "spec": { "selector": { "app": "api" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
-        }))
-        .expect("a service");
-        ns.api::<k8s_openapi::api::core::v1::Service>()
-            .create(&PostParams::default(), &service)
-            .await
-            .expect("create service");
+        behind_a_service(&ns, "api", 1).await;
 
         let dir = tempfile::tempdir().unwrap();
         let account = format!("system:serviceaccount:{}:kdev-controller", ns.name);
@@ -2139,7 +2195,8 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
     let rounds = (1..=8).map(|crash_after| {
         with_namespace("envs-crash", move |ns| async move {
             let crd = crate::envs_patch::OwnCrd::cnpg_like(&ns).await;
-            let rule = crd.rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]));
+            let rule =
+                crd.rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]));
             crate::envs_patch::annotate(&ns, "kdev.dev/sleep-patches", &rule.to_string()).await;
             crd.create(&ns, "pg", json!({ "instances": 2 })).await;
             annotate_namespace(
@@ -2152,32 +2209,14 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
                 json!({}),
             )
             .await;
-            let api: Deployment = serde_json::from_value(simple_deployment("api", 2, &[8080]))
-                .expect("a deployment");
-            ns.api::<Deployment>()
-                .create(&PostParams::default(), &api)
-                .await
-                .expect("create deployment");
-            let service = serde_json::from_value(json!({
-                "metadata": { "name": "api" },
-                "spec": { "selector": { "app": "api" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
-            }))
-            .expect("a service");
-            ns.api::<k8s_openapi::api::core::v1::Service>()
-                .create(&PostParams::default(), &service)
-                .await
-                .expect("create service");
+            behind_a_service(&ns, "api", 2).await;
             create_deployment(&ns, "web", 3, json!({})).await;
             create_statefulset(&ns, "db", 1).await;
             create_cronjob(&ns, "nightly").await;
             create_running_job(&ns, "migrate").await;
-            for (crash_at, complete_at, awake) in [
-                ("2026-12-02T18:59:59Z", "2026-12-02T19:00:01Z", false),
-                ("2026-12-02T19:00:59Z", "2026-12-02T19:01:01Z", true),
-            ] {
-                // A wake has no wakers to place: one write fewer.
-                let crash = if awake { crash_after.min(7) } else { crash_after }.to_string();
-                                crash_and_complete(&ns, &crash, crash_at, complete_at, awake).await;
+            for (crash_at, complete_at, awake) in SWEEP_EDGES {
+                let crash = crash_point(crash_after, awake, 7);
+                crash_and_complete(&ns, &crash, crash_at, complete_at, awake).await;
                 for (name, had) in [("api", 2), ("web", 3)] {
                     let (size, record) = replicas(&ns, name).await;
                     if awake {
@@ -2194,9 +2233,17 @@ async fn a_controller_killed_after_any_write_leaves_a_transition_the_next_comple
                 assert_eq!(nightly.spec.suspend, Some(!awake), "crash after {crash}");
                 let (suspend, record) = suspended(&ns, "migrate").await;
                 assert_eq!(suspend, Some(!awake), "crash after {crash}");
-                assert_eq!(record.is_some(), !awake, "migrate's record, crash after {crash}");
+                assert_eq!(
+                    record.is_some(),
+                    !awake,
+                    "migrate's record, crash after {crash}"
+                );
                 let pg = crd.api(&ns).get("pg").await.expect("pg");
-                assert_eq!(pg.data["spec"]["instances"], if awake { 2 } else { 0 }, "crash after {crash}");
+                assert_eq!(
+                    pg.data["spec"]["instances"],
+                    if awake { 2 } else { 0 },
+                    "crash after {crash}"
+                );
                 assert_eq!(
                     pg.annotations().contains_key("kdev.dev/sleep-patched"),
                     !awake,

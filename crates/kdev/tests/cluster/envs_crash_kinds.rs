@@ -16,8 +16,8 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::envs::{
-    annotate_namespace, apply_keda_crd, crash_and_complete, create_job, job_active, kdev_in,
-    stand_in_keda,
+    SWEEP_EDGES, annotate_namespace, apply_keda_crd, behind_a_service, crash_and_complete,
+    crash_point, create_job, job_active, kdev_in, stand_in_keda,
 };
 use crate::envs_patch::OwnCrd;
 use crate::support::{OwnCluster, TestNamespace, eventually, with_namespace_in};
@@ -55,24 +55,13 @@ impl EveryKind {
         let rule = crd.rule(json!([{ "op": "replace", "path": "/spec/instances", "value": 0 }]));
         crate::envs_patch::annotate(ns, "kdev.dev/sleep-patches", &rule.to_string()).await;
         crd.create(ns, "pg", json!({ "instances": 2 })).await;
-        let deployments = ns.api::<Deployment>();
-        for (name, replicas, ports) in [("api", 2, vec![8080]), ("worker", 1, vec![])] {
-            let d: Deployment = serde_json::from_value(simple_deployment(name, replicas, &ports))
-                .expect("a deployment");
-            deployments
-                .create(&PostParams::default(), &d)
-                .await
-                .expect("create deployment");
-        }
-        let service = serde_json::from_value(json!({
-            "metadata": { "name": "api" },
-            "spec": { "selector": { "app": "api" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
-        }))
-        .expect("a service");
-        ns.api::<k8s_openapi::api::core::v1::Service>()
-            .create(&PostParams::default(), &service)
+        behind_a_service(ns, "api", 2).await;
+        let worker: Deployment =
+            serde_json::from_value(simple_deployment("worker", 1, &[])).expect("a deployment");
+        ns.api::<Deployment>()
+            .create(&PostParams::default(), &worker)
             .await
-            .expect("create service");
+            .expect("create deployment");
         let rollouts = crate::swap_support::create_blue_green_rollout(ns, "ro", 2).await;
         let scalers: Api<DynamicObject> = Api::namespaced_with(
             ns.client.clone(),
@@ -95,17 +84,7 @@ impl EveryKind {
             .create(&PostParams::default(), &scaler)
             .await
             .expect("create the ScaledObject");
-        let ds: DaemonSet = serde_json::from_value(json!({
-            "metadata": { "name": "agent" },
-            "spec": {
-                "selector": { "matchLabels": { "app": "agent" } },
-                "template": {
-                    "metadata": { "labels": { "app": "agent" } },
-                    "spec": { "containers": [{ "name": "agent", "image": "example.invalid/agent:1" }] }
-                }
-            }
-        }))
-        .expect("a daemonset");
+        let ds = crate::envs::agent_daemonset();
         ns.api::<DaemonSet>()
             .create(&PostParams::default(), &ds)
             .await
@@ -287,17 +266,8 @@ async fn an_environment_of_every_kind_sleeps_and_wakes_whole_and_survives_a_cras
             )
             .await;
             let env = EveryKind::create(&ns).await;
-            for (crash_at, complete_at, awake) in [
-                ("2026-12-02T18:59:59Z", "2026-12-02T19:00:01Z", false),
-                ("2026-12-02T19:00:59Z", "2026-12-02T19:01:01Z", true),
-            ] {
-                // A wake places no wakers: one write fewer.
-                let crash = if awake {
-                    crash_after.min(7)
-                } else {
-                    crash_after
-                }
-                .to_string();
+            for (crash_at, complete_at, awake) in SWEEP_EDGES {
+                let crash = crash_point(crash_after, awake, 7);
                 crash_and_complete(&ns, &crash, crash_at, complete_at, awake).await;
                 let at = format!("crash after write {crash}");
                 env.check(
