@@ -351,23 +351,16 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             by: &by,
             now,
         };
-        // Listed when a workload first needs them.
+        // Listed when a workload first needs them: on a wake, before the
+        // turn (every woken Deployment, StatefulSet or Rollout needs them).
         let hpas = tokio::sync::OnceCell::new();
-        // In the environment's turn (workload::turn), its workloads change
-        // several at once, each its own guarded write, then the resources
-        // slept by patch; lines and Events follow in listed order.
-        let listed_in = started.elapsed();
-        let turn = workload::turn().await;
-        let turn_in = started.elapsed();
-        let (step, keda, hpas) = (&step, &keda, &hpas);
-        let mut workloads = futures::stream::iter(targets.into_iter().enumerate())
-            .map(|(at, (target, known))| async move {
-                (at, step.change(target, known, keda, hpas).await)
-            })
-            .buffer_unordered(workload::AT_ONCE)
-            .collect::<Vec<_>>()
-            .await;
-        workloads.sort_by_key(|(at, _)| *at);
+        if config.direction == Direction::Wake
+            && !config.dry_run
+            && targets.iter().any(|(target, _)| !target.kind.suspends())
+        {
+            hpas.get_or_init(|| super::hpa::list(kube, &namespace))
+                .await;
+        }
         let moving = super::patched::Move {
             kube,
             namespace: &namespace,
@@ -379,16 +372,49 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
             now,
         };
         let patched = match whole {
-            true => moving.run(&mut patched_kinds).await,
+            true => moving.read(&mut patched_kinds).await,
             false => Vec::new(),
         };
+        // In the environment's turn (workload::turn), its workloads and the
+        // resources its rules sleep by patch change several at once, each
+        // its own guarded write, with nothing read in the turn; lines and
+        // Events follow in listed order.
+        let listed_in = started.elapsed();
+        let turn = workload::turn().await;
+        let turn_in = started.elapsed();
+        let (step, keda, hpas, moving) = (&step, &keda, &hpas, &moving);
+        let writes = targets
+            .into_iter()
+            .map(Write::Workload)
+            .chain(patched.into_iter().map(Write::Patched));
+        let mut written_all = futures::stream::iter(writes.enumerate())
+            .map(|(at, write)| async move {
+                let done = match write {
+                    Write::Workload((target, known)) => {
+                        Written::Workload(Box::new(step.change(target, known, keda, hpas).await))
+                    }
+                    Write::Patched(item) => Written::Patched(moving.write(item).await),
+                };
+                (at, done)
+            })
+            .buffer_unordered(workload::AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        written_all.sort_by_key(|(at, _)| *at);
+        let (mut workloads, mut patched) = (Vec::new(), Vec::new());
+        for (_, done) in written_all {
+            match done {
+                Written::Workload(done) => workloads.push(*done),
+                Written::Patched(moved) => patched.push(moved),
+            }
+        }
         drop(turn);
         let written_in = started.elapsed();
         let mut summary = Summary::default();
         // What is asleep after the transition, when every workload's state
         // is known from its write or its read.
         let mut asleep = untouched;
-        for (_, (change, reference, amount)) in workloads {
+        for (change, reference, amount) in workloads {
             asleep = asleep.zip(amount).map(|(a, b)| a.plus(b));
             // A whole environment's plain sleeps and wakes are one Event on
             // its namespace (below), not one per workload: a thousand
@@ -662,21 +688,14 @@ impl Step<'_> {
             };
             let (owned, done) = self.decide(&workload::view(object))?;
             Ok(match owned {
-                Some(owned) if !dry_run => {
-                    Decision::Apply(owned.config::<K>(name, self.namespace), (done, None))
-                }
+                Some(owned) if !dry_run => Decision::Write(owned.patch(object), (done, None)),
                 _ => Decision::Keep((done, Some(super::savings::asleep_of(object)))),
             })
         })
         .await;
         match updated {
             Ok(updated) => {
-                let object = match updated.object {
-                    Some(object) => {
-                        Some(self.drop_foreign_record(&api, name, &what, object).await?)
-                    }
-                    None => None,
-                };
+                let object = updated.object;
                 let (done, kept) = updated.value;
                 let asleep = kept.or_else(|| object.as_ref().map(super::savings::asleep_of));
                 Ok((done, object.map(|object| object.object_ref(&())), asleep))
@@ -687,46 +706,6 @@ impl Step<'_> {
             }
             Err(err) => Err(err),
         }
-    }
-
-    /// A wake's apply removes the sleep record only when kdev's apply wrote
-    /// it. One written otherwise (by a kdev before server-side apply, or by
-    /// hand) is removed by a guarded merge patch. A crash between the two
-    /// writes leaves an awake workload with a stale record, which the next
-    /// wake removes (the contract's `Cleanup`).
-    async fn drop_foreign_record<K: Scalable>(
-        &self,
-        api: &Api<K>,
-        name: &str,
-        what: &str,
-        written: K,
-    ) -> anyhow::Result<K> {
-        // Stale: the workload is awake at a size the record does not say
-        // it sleeps at; a record of a sleep since is never removed.
-        let stale = |object: &K| {
-            !self.config.dry_run
-                && self.config.direction == Direction::Wake
-                && object.annotations().contains_key(envs::SLEEP_ANNOTATION)
-                && envs::wake_plan(object.size(), object.annotations(), None).is_ok_and(|plan| {
-                    matches!(plan, envs::Wake::Cleanup | envs::Wake::KeepChanged { .. })
-                })
-        };
-        if !stale(&written) {
-            return Ok(written);
-        }
-        let updated = guarded::update_from(self.kube, api, name, what, Some(written), |current| {
-            Ok(match current {
-                Some(object) if stale(object) => Decision::Write(
-                    serde_json::json!({ "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } } }),
-                    (),
-                ),
-                _ => Decision::Keep(()),
-            })
-        })
-        .await?;
-        updated
-            .object
-            .ok_or_else(|| anyhow::anyhow!("failed to update {what}: it was deleted"))
     }
 
     /// Wakes through the scale subresource alone: what a starter Role
@@ -806,7 +785,7 @@ impl Step<'_> {
     /// and record together), and what the write does.
     fn decide(&self, w: &Workload) -> anyhow::Result<(Option<Owned>, Done)> {
         // Unless a transition retargets it, a swap's restore count stays as
-        // it is (and stays in the apply, so it is never let go of).
+        // it is.
         let swap_restores = w.annotations.get(ORIGINAL_REPLICAS_ANNOTATION).cloned();
         let owned =
             |size: i32, record: Option<&SleepRecord>, swap_restores: Option<String>| Owned {
@@ -904,13 +883,12 @@ impl Step<'_> {
     }
 }
 
-/// Everything kdev's environments own on a workload, written whole by one
-/// server-side apply under kdev's field manager: its size, its sleep record
-/// while it sleeps, and a swap's restore count while a swap holds it. What
-/// kdev owned and an apply leaves out is removed, so every apply names all
-/// of it: the size even when it does not change (else a size only kdev
-/// owned would fall back to the API's default of 1), the restore count
-/// whenever a swap has one.
+/// What kdev's environments set on a workload in one guarded merge patch
+/// under kdev's field manager: its size, its sleep record (set by a sleep,
+/// removed by every other write, whoever wrote it), and a swap's restore
+/// count when a swap holds it. A field a write changes becomes kdev's in
+/// `managedFields` (for GitOps tools' ignore rules), taken from whoever
+/// owned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Owned {
     size: i32,
@@ -921,28 +899,25 @@ struct Owned {
 }
 
 impl Owned {
-    /// The apply configuration for `K`'s object `name` in `namespace`.
-    fn config<K: Scalable>(&self, name: &str, namespace: &str) -> serde_json::Value {
-        let mut annotations = serde_json::Map::new();
-        if let Some(record) = &self.record {
-            annotations.insert(envs::SLEEP_ANNOTATION.into(), record.clone().into());
-        }
+    /// The merge patch that makes `current` so.
+    fn patch<K: Scalable>(&self, current: &K) -> serde_json::Value {
+        let mut patch = current.size_patch(self.size);
+        // A size that is an annotation (a ScaledObject's pause) joins these.
+        let mut annotations = patch["metadata"]["annotations"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        annotations.insert(
+            envs::SLEEP_ANNOTATION.into(),
+            self.record
+                .clone()
+                .map_or(serde_json::Value::Null, Into::into),
+        );
         if let Some(count) = &self.swap_restores {
             annotations.insert(ORIGINAL_REPLICAS_ANNOTATION.into(), count.clone().into());
         }
-        let mut config = K::size_patch(self.size);
-        // A size that is an annotation (a ScaledObject's pause) joins these.
-        if let Some(sized) = config["metadata"]["annotations"].as_object() {
-            annotations.extend(sized.clone());
-        }
-        config["apiVersion"] = K::api_version(&()).into();
-        config["kind"] = K::kind(&()).into();
-        config["metadata"] = serde_json::json!({
-            "name": name,
-            "namespace": namespace,
-            "annotations": annotations,
-        });
-        config
+        patch["metadata"]["annotations"] = annotations.into();
+        patch
     }
 }
 
@@ -1090,6 +1065,19 @@ impl Summary {
     }
 }
 
+/// One write of an environment's turn: a workload, or a resource slept by
+/// patch.
+enum Write {
+    Workload(Target),
+    Patched(super::patched::Item),
+}
+
+/// What one [`Write`] did.
+enum Written {
+    Workload(Box<(Change, Option<ObjectReference>, Option<Amount>)>),
+    Patched(super::patched::Moved),
+}
+
 /// A workload as listed, decided on without reading it again.
 /// A workload to change, with its listed state (none: read it).
 type Target = (Ref, Option<Known>);
@@ -1153,26 +1141,71 @@ mod tests {
     }
 
     #[test]
-    fn a_scaledobjects_sleep_is_its_pause_beside_the_record_and_its_wake_leaves_both_out() {
+    fn a_scaledobjects_sleep_is_its_pause_beside_the_record_and_its_wake_removes_both() {
+        let running = scaled_object("worker", "web", serde_json::json!({}));
         let asleep = Owned {
             size: 0,
             record: Some("{\"replicas\":1}".into()),
             swap_restores: None,
         }
-        .config::<ScaledObject>("worker", "dev");
-        assert_eq!(asleep["apiVersion"], "keda.sh/v1alpha1");
-        assert_eq!(asleep["kind"], "ScaledObject");
+        .patch(&running);
         let annotations = &asleep["metadata"]["annotations"];
         assert_eq!(annotations[workload::KEDA_PAUSED_REPLICAS], "0");
         assert_eq!(annotations[envs::SLEEP_ANNOTATION], "{\"replicas\":1}");
-        let awake = Owned {
+        assert!(asleep.get("spec").is_none());
+        let wake = Owned {
             size: 1,
             record: None,
             swap_restores: None,
+        };
+        let paused = scaled_object(
+            "worker",
+            "web",
+            serde_json::json!({ workload::KEDA_PAUSED_REPLICAS: "0", envs::SLEEP_ANNOTATION: "{}" }),
+        );
+        assert_eq!(
+            wake.patch(&paused),
+            serde_json::json!({ "metadata": { "annotations": {
+                workload::KEDA_PAUSED_REPLICAS: null,
+                envs::SLEEP_ANNOTATION: null,
+            } } })
+        );
+        // A pause someone changed while asleep is theirs: only the record goes.
+        let repaused = scaled_object(
+            "worker",
+            "web",
+            serde_json::json!({ workload::KEDA_PAUSED_REPLICAS: "2", envs::SLEEP_ANNOTATION: "{}" }),
+        );
+        assert_eq!(
+            wake.patch(&repaused),
+            serde_json::json!({ "metadata": { "annotations": { envs::SLEEP_ANNOTATION: null } } })
+        );
+    }
+
+    #[test]
+    fn a_daemonsets_wake_removes_kdevs_node_selector_and_keeps_its_own() {
+        let asleep: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "agent" },
+            "spec": { "selector": {}, "template": { "spec": { "containers": [],
+                "nodeSelector": { envs::ASLEEP_NODE_SELECTOR: "true", "disk": "ssd" } } } }
+        }))
+        .expect("a DaemonSet");
+        let woke = Owned {
+            size: 1,
+            record: None,
+            swap_restores: Some("2".into()),
         }
-        .config::<ScaledObject>("worker", "dev");
-        assert_eq!(awake["metadata"]["annotations"], serde_json::json!({}));
-        assert!(awake.get("spec").is_none());
+        .patch(&asleep);
+        assert_eq!(
+            woke,
+            serde_json::json!({
+                "spec": { "template": { "spec": { "nodeSelector": { envs::ASLEEP_NODE_SELECTOR: null } } } },
+                "metadata": { "annotations": {
+                    envs::SLEEP_ANNOTATION: null,
+                    ORIGINAL_REPLICAS_ANNOTATION: "2",
+                } }
+            })
+        );
     }
 
     #[test]

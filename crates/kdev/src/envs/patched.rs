@@ -79,33 +79,58 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// One object a rule names, as listed, to decide on and write; or what a
+/// rule came to without one (not served, not listed, not parsed).
+pub enum Item {
+    Moved(Moved),
+    Object(Box<Object>),
+}
+
+/// An object as listed, with its rule and where to write it.
+pub struct Object {
+    api: Api<DynamicObject>,
+    rule: Rule,
+    object: DynamicObject,
+}
+
 impl Move<'_> {
     /// Sleeps or wakes every object the namespace's rules name; one change
     /// each (and one for rules that cannot be used).
     pub async fn run(&self, kinds: &mut Kinds) -> Vec<Moved> {
+        futures::stream::iter(self.read(kinds).await)
+            .map(|item| self.write(item))
+            .buffered(super::workload::AT_ONCE)
+            .collect()
+            .await
+    }
+
+    /// What the namespace's rules name, read (discovery and one list per
+    /// rule) and not yet written: an environment reads before its turn to
+    /// write, so its turn is writes only.
+    pub async fn read(&self, kinds: &mut Kinds) -> Vec<Item> {
         let Some(text) = self.ns_annotations.get(patch::SLEEP_PATCHES_ANNOTATION) else {
             return Vec::new();
         };
         let rules = match patch::parse_rules(text) {
             Ok(rules) => rules,
             Err(err) => {
-                return vec![failed(
+                return vec![Item::Moved(failed(
                     "namespace".into(),
                     self.namespace,
                     format!(
                         "{err}; fix it with kubectl annotate namespace {} --overwrite",
                         self.namespace
                     ),
-                )];
+                ))];
             }
         };
-        let mut moved = Vec::new();
-        for rule in &rules {
+        let mut items = Vec::new();
+        for rule in rules {
             let of = rule.resource().to_lowercase();
-            let resource = match kinds.resolve(self.kube, rule).await {
+            let resource = match kinds.resolve(self.kube, &rule).await {
                 Ok(Some(resource)) => resource,
                 Ok(None) => {
-                    moved.push(Moved {
+                    items.push(Item::Moved(Moved {
                         resource: of,
                         name: "*".into(),
                         outcome: Outcome::Unchanged(format!(
@@ -115,43 +140,49 @@ impl Move<'_> {
                             self.namespace
                         )),
                         fields: Vec::new(),
-                    });
+                    }));
                     continue;
                 }
                 Err(err) => {
-                    moved.push(failed(of.clone(), "*", format!("{err:#}")));
+                    items.push(Item::Moved(failed(of, "*", format!("{err:#}"))));
                     continue;
                 }
             };
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.kube.client.clone(), self.namespace, &resource);
-            let listed = match api.list(&Default::default()).await {
-                Ok(list) => list.items,
+            match api.list(&Default::default()).await {
+                Ok(list) => items.extend(list.items.into_iter().map(|object| {
+                    Item::Object(Box::new(Object {
+                        api: api.clone(),
+                        rule: rule.clone(),
+                        object,
+                    }))
+                })),
                 Err(err) => {
                     let err = self.kube.explain(
                         err,
                         format!("list {} in namespace {}", rule.resource(), self.namespace),
                     );
-                    moved.push(failed(of.clone(), "*", format!("{err:#}")));
-                    continue;
+                    items.push(Item::Moved(failed(of, "*", format!("{err:#}"))));
                 }
-            };
-            let of = &of;
-            let api = &api;
-            let outcomes = futures::stream::iter(listed)
-                .map(|object| async move {
-                    let name = object.name_any();
-                    match self.one(api, rule, object).await {
-                        Ok(done) => done,
-                        Err(err) => failed(of.clone(), &name, format!("{err:#}")),
-                    }
-                })
-                .buffered(super::workload::AT_ONCE)
-                .collect::<Vec<_>>()
-                .await;
-            moved.extend(outcomes);
+            }
         }
-        moved
+        items
+    }
+
+    /// Decides on and writes one item [`Move::read`] found.
+    pub async fn write(&self, item: Item) -> Moved {
+        match item {
+            Item::Moved(moved) => moved,
+            Item::Object(item) => {
+                let Object { api, rule, object } = *item;
+                let name = object.name_any();
+                match self.one(&api, &rule, object).await {
+                    Ok(done) => done,
+                    Err(err) => failed(rule.resource().to_lowercase(), &name, format!("{err:#}")),
+                }
+            }
+        }
     }
 
     /// Decides and writes one object, as listed.

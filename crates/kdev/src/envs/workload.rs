@@ -5,7 +5,7 @@
 //! that opted in (on their nodes is 1, kept off every node is 0).
 //!
 //! Argo Rollouts are read as [`Rollout`], the fields of the CRD's objects
-//! that envs reads; kdev only ever patches them (server-side apply of the
+//! that envs reads; kdev only ever patches them (a merge patch of the
 //! fields it owns, the scale subresource), never writes a whole object
 //! back, so what the type leaves out is never lost. Where the CRD is not
 //! installed there are none.
@@ -216,8 +216,10 @@ pub trait Scalable:
     const KIND: Kind;
     fn size(&self) -> i32;
     fn ready(&self) -> i32;
-    /// The patch that sets the size (merged with the annotations by the caller).
-    fn size_patch(size: i32) -> serde_json::Value;
+    /// The merge patch that sets this object's size (the caller adds the
+    /// record's annotations): to 0, what kdev's sleep adds; above 0, a
+    /// count, or the removal of what kdev's sleep added and nothing else.
+    fn size_patch(&self, size: i32) -> serde_json::Value;
     /// Whether it has run to its end (a Job).
     fn finished(&self) -> bool {
         false
@@ -254,7 +256,7 @@ impl Scalable for Deployment {
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0)
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "replicas": size } })
     }
     fn keep_viewed(&mut self) {
@@ -300,7 +302,7 @@ impl Scalable for StatefulSet {
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0)
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "replicas": size } })
     }
     fn keep_viewed(&mut self) {
@@ -326,7 +328,7 @@ impl Scalable for CronJob {
     fn ready(&self) -> i32 {
         self.size()
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "suspend": size == 0 } })
     }
     fn keep_viewed(&mut self) {
@@ -354,7 +356,7 @@ impl Scalable for Job {
     fn ready(&self) -> i32 {
         self.size()
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "suspend": size == 0 } })
     }
     fn finished(&self) -> bool {
@@ -460,7 +462,7 @@ impl Scalable for Rollout {
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0)
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
         serde_json::json!({ "spec": { "replicas": size } })
     }
     fn pods(&self) -> Option<Pods<'_>> {
@@ -585,11 +587,18 @@ impl Scalable for ScaledObject {
     fn ready(&self) -> i32 {
         self.size()
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
+        let kdevs_pause = self
+            .annotations()
+            .get(KEDA_PAUSED_REPLICAS)
+            .is_some_and(|v| v == "0");
         if size == 0 {
             serde_json::json!({ "metadata": { "annotations": { KEDA_PAUSED_REPLICAS: "0" } } })
+        } else if kdevs_pause {
+            // The pause kdev's sleep set is removed; one someone changed
+            // while asleep is theirs and stays, as a count set by hand.
+            serde_json::json!({ "metadata": { "annotations": { KEDA_PAUSED_REPLICAS: null } } })
         } else {
-            // Left out of kdev's apply, the pause kdev owned is removed.
             serde_json::json!({})
         }
     }
@@ -618,13 +627,17 @@ impl Scalable for DaemonSet {
         let ready = status.map_or(0, |s| s.number_ready);
         i32::from(self.size() > 0 && ready >= desired)
     }
-    fn size_patch(size: i32) -> serde_json::Value {
+    fn size_patch(&self, size: i32) -> serde_json::Value {
         if size == 0 {
             serde_json::json!({ "spec": { "template": { "spec": {
                 "nodeSelector": { ASLEEP_NODE_SELECTOR: "true" }
             } } } })
+        } else if self.size() == 0 {
+            // Only kdev's key is removed; the template's own selector stays.
+            serde_json::json!({ "spec": { "template": { "spec": {
+                "nodeSelector": { ASLEEP_NODE_SELECTOR: null }
+            } } } })
         } else {
-            // Left out of kdev's apply, the selector kdev owned is removed.
             serde_json::json!({})
         }
     }

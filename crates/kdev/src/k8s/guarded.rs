@@ -1,5 +1,5 @@
 //! The one guarded read-modify-write: read an object, decide, write a merge
-//! patch (or a server-side apply) that carries the `resourceVersion` that
+//! patch under kdev's field manager that carries the `resourceVersion` that
 //! was read, and on a 409 read again and decide again. A concurrent change
 //! is never overwritten: the decision is always made on what the write will
 //! replace.
@@ -22,13 +22,6 @@ pub enum Decision<T> {
     /// Write this merge patch (its `metadata.resourceVersion` is set to the
     /// one that was read), then return the value.
     Write(serde_json::Value, T),
-    /// Server-side apply this configuration under kdev's field manager,
-    /// taking the fields it names from any other manager (`force`): what
-    /// kdev owns is then recorded as kdev's `Apply` in managedFields, and
-    /// a field kdev owned and leaves out is removed. The configuration
-    /// names apiVersion, kind and name; its `metadata.resourceVersion`, set
-    /// to the one read, makes the apply a guarded write too.
-    Apply(serde_json::Value, T),
     /// Write nothing; return the value.
     Keep(T),
 }
@@ -77,7 +70,6 @@ where
         field_manager: Some(kdev_contract::keys::FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    let apply_params = PatchParams::apply(kdev_contract::keys::FIELD_MANAGER).force();
     for _ in 0..ATTEMPTS {
         let current = match known.take() {
             Some(object) => Some(object),
@@ -86,25 +78,20 @@ where
                 .await
                 .map_err(|err| kube.explain(err, format!("read {what}")))?,
         };
-        let (mut patch, value, apply) = match decide(current.as_ref())? {
+        let (mut patch, value) = match decide(current.as_ref())? {
             Decision::Keep(value) => {
                 return Ok(Updated {
                     value,
                     object: current,
                 });
             }
-            Decision::Write(patch, value) => (patch, value, false),
-            Decision::Apply(config, value) => (config, value, true),
+            Decision::Write(patch, value) => (patch, value),
         };
         let Some(current) = current else {
             anyhow::bail!("failed to update {what}: it does not exist");
         };
         patch["metadata"]["resourceVersion"] = current.meta().resource_version.clone().into();
-        let written = if apply {
-            api.patch(name, &apply_params, &Patch::Apply(&patch)).await
-        } else {
-            api.patch(name, &params, &Patch::Merge(&patch)).await
-        };
+        let written = api.patch(name, &params, &Patch::Merge(&patch)).await;
         match written {
             Ok(written) => {
                 return Ok(Updated {

@@ -758,7 +758,7 @@ fn owned_by(object: &Deployment, manager: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn replicas_are_kdevs_by_server_side_apply_and_a_gitops_sync_leaves_the_sleep_alone() {
+async fn replicas_are_kdevs_in_managed_fields_and_a_gitops_sync_leaves_the_sleep_alone() {
     with_namespace("envs-gitops", |ns| async move {
         // A GitOps tool's server-side sync: its own manager owns the
         // manifest, replicas included.
@@ -774,10 +774,10 @@ async fn replicas_are_kdevs_by_server_side_apply_and_a_gitops_sync_leaves_the_sl
         assert_eq!(web.spec.as_ref().unwrap().replicas, Some(0));
         let kdev = owned_by(&web, "kdev");
         assert!(
-            kdev.iter().any(|(op, fields)| op == "Apply"
+            kdev.iter().any(|(op, fields)| op == "Update"
                 && fields.contains("f:replicas")
                 && fields.contains("f:kdev.dev/sleep")),
-            "kdev owns replicas and its record through Apply: {kdev:?}"
+            "kdev owns replicas and its record (its merge patch): {kdev:?}"
         );
         assert!(
             !owned_by(&web, "argocd-controller")
@@ -812,8 +812,8 @@ async fn replicas_are_kdevs_by_server_side_apply_and_a_gitops_sync_leaves_the_sl
 
 #[tokio::test]
 async fn a_sleep_record_written_by_a_merge_patch_is_removed_by_the_wake() {
-    // Records of a kdev before server-side apply, or written by hand, are
-    // not kdev's apply's to let go of: the wake removes them itself.
+    // A record written by hand (or by another kdev) is removed by the wake
+    // like kdev's own.
     with_namespace("envs-old-record", |ns| async move {
         create_deployment(&ns, "web", 0, json!({})).await;
         ns.api::<Deployment>()
@@ -826,6 +826,35 @@ async fn a_sleep_record_written_by_a_merge_patch_is_removed_by_the_wake() {
             )
             .await
             .expect("an old record");
+        let woke = ok(run(&kubeconfig(), &ns.name, &["wake", "deploy/web"]));
+        assert!(woke.contains("(0 replicas → 2 replicas)"), "{woke}");
+        assert_eq!(replicas(&ns, "web").await, (2, None));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sleep_an_earlier_kdev_applied_server_side_is_woken_by_its_merge_patch() {
+    // kdev slept by server-side apply until 2026-12-08: its Apply owns the
+    // size and the record; the wake's merge patch restores and removes them.
+    with_namespace("envs-applied-record", |ns| async move {
+        create_deployment(&ns, "web", 2, json!({})).await;
+        let config = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": "web", "annotations": {
+                SLEEP: r#"{"replicas":2,"to":0,"at":"2026-12-01T19:00:00Z","by":"kdev"}"#
+            } },
+            "spec": { "replicas": 0 }
+        });
+        ns.api::<Deployment>()
+            .patch(
+                "web",
+                &PatchParams::apply("kdev").force(),
+                &Patch::Apply(&config),
+            )
+            .await
+            .expect("an earlier kdev's sleep");
         let woke = ok(run(&kubeconfig(), &ns.name, &["wake", "deploy/web"]));
         assert!(woke.contains("(0 replicas → 2 replicas)"), "{woke}");
         assert_eq!(replicas(&ns, "web").await, (2, None));
