@@ -356,7 +356,7 @@ pub async fn run_at(kube: &Kube, config: &Config, now: jiff::Timestamp) -> anyho
         let hpas = tokio::sync::OnceCell::new();
         if config.direction == Direction::Wake
             && !config.dry_run
-            && targets.iter().any(|(target, _)| !target.kind.suspends())
+            && targets.iter().any(|(target, _)| target.kind.has_replicas())
         {
             hpas.get_or_init(|| super::hpa::list(kube, &namespace))
                 .await;
@@ -642,7 +642,7 @@ impl Step<'_> {
         };
         if let Some(sleeping_to) = hpa_change
             && !config.dry_run
-            && !target.kind.suspends()
+            && target.kind.has_replicas()
         {
             let listed = hpas
                 .get_or_init(|| super::hpa::list(self.kube, self.namespace))
@@ -744,7 +744,7 @@ impl Step<'_> {
                     .line()
                 ),
             };
-            if K::KIND.suspends() {
+            if !K::KIND.has_replicas() {
                 anyhow::bail!(
                     "failed to wake {what}: a {} has no scale subresource, and this account may not patch it",
                     K::kind(&())
@@ -814,7 +814,7 @@ impl Step<'_> {
                     .or_else(|| envs::exclusion(&w.annotations, &w.labels, self.now))
                     .or(young);
                 let to = match w.kind {
-                    kind if kind.suspends() => 0,
+                    kind if !kind.has_replicas() => 0,
                     _ => envs::downtime_replicas(&w.annotations, self.ns_annotations)?,
                 };
                 if w.finished && w.size > 0 {
@@ -835,7 +835,7 @@ impl Step<'_> {
                     envs::Sleep::AlreadySmall { replicas } => (
                         None,
                         unchanged(&match w.kind {
-                            kind if kind.suspends() => {
+                            kind if !kind.has_replicas() => {
                                 format!("{} before the sleep; left as it is", kind.size_text(0))
                             }
                             _ => format!("at {replicas} replicas already; left as it is"),

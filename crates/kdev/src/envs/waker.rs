@@ -534,7 +534,7 @@ async fn wake_once(shared: &Shared) -> Result<(), String> {
             .await
             .map_err(|err| format!("{err:#}"))?
             .iter()
-            .filter(|w| !w.kind.suspends())
+            .filter(|w| w.kind.has_replicas())
             .map(|w| w.reference())
             .collect()
     } else {

@@ -71,14 +71,12 @@ impl Kind {
         Kind::DaemonSet,
     ];
 
-    /// Whether a sleep suspends it (a CronJob, a Job) or pauses it (a
-    /// ScaledObject) rather than scaling it: no replicas, no scale
-    /// subresource, no HPA, no waker of its own.
-    pub fn suspends(self) -> bool {
-        matches!(
-            self,
-            Kind::CronJob | Kind::Job | Kind::ScaledObject | Kind::DaemonSet
-        )
+    /// Whether its size is a count of replicas (a Deployment, StatefulSet
+    /// or Rollout: a scale subresource, HPAs, a waker). The others sleep by
+    /// a switch: suspended (a CronJob, a Job), paused (a ScaledObject), or
+    /// kept off every node (a DaemonSet).
+    pub fn has_replicas(self) -> bool {
+        matches!(self, Kind::Deployment | Kind::StatefulSet | Kind::Rollout)
     }
 
     /// How a size of this kind reads: replicas, or running and suspended.
@@ -88,8 +86,8 @@ impl Kind {
             (Kind::ScaledObject, _) => "scaling".to_owned(),
             (Kind::DaemonSet, 0) => "on no node".to_owned(),
             (Kind::DaemonSet, _) => "on its nodes".to_owned(),
-            (kind, 0) if kind.suspends() => "suspended".to_owned(),
-            (kind, _) if kind.suspends() => "running".to_owned(),
+            (kind, 0) if !kind.has_replicas() => "suspended".to_owned(),
+            (kind, _) if !kind.has_replicas() => "running".to_owned(),
             (_, 1) => "1 replica".to_owned(),
             (_, n) => format!("{n} replicas"),
         }
