@@ -490,6 +490,7 @@ impl<'a> Reader<'a> {
                     namespaced: false,
                     skip_log_output: body.bool("skipLogOutput")?.unwrap_or(false),
                     background: false,
+                    ignore_failure: false,
                 })
             }
             "sleep" => {

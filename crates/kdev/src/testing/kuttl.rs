@@ -478,6 +478,7 @@ fn read_test_step(file: &Path, doc: &Doc, dir: &Path) -> Result<TestStep, LoadEr
                 namespaced: true,
                 skip_log_output: false,
                 background: false,
+                ignore_failure: false,
             }),
             timeout: None,
             continue_on_error: false,
@@ -619,9 +620,10 @@ fn read_command(file: &Path, doc: &Doc, pointer: &str, value: &Value) -> Result<
             namespaced: f.bool("namespaced")?.unwrap_or(false),
             skip_log_output: f.bool("skipLogOutput")?.unwrap_or(false),
             background: f.bool("background")?.unwrap_or(false),
+            ignore_failure: f.bool("ignoreFailure")?.unwrap_or(false),
         }),
         timeout: f.duration("timeout")?,
-        continue_on_error: f.bool("ignoreFailure")?.unwrap_or(false),
+        continue_on_error: false,
         bindings: Vec::new(),
     })
 }

@@ -155,8 +155,8 @@ pub struct Op {
     pub what: OpKind,
     /// Overrides the test's timeout for this kind of operation.
     pub timeout: Option<Duration>,
-    /// Failure is reported, but the step goes on (chainsaw
-    /// `continueOnError`, kuttl `ignoreFailure` for commands).
+    /// Failure is reported and fails the test, but the step goes on
+    /// (chainsaw `continueOnError`).
     pub continue_on_error: bool,
     pub bindings: Vec<Binding>,
 }
@@ -273,6 +273,10 @@ pub struct Exec {
     pub skip_log_output: bool,
     /// kuttl `background`: started and left running until the test ends.
     pub background: bool,
+    /// kuttl `ignoreFailure`: a command that ran and failed (an exit
+    /// status, or killed at its timeout) is no failure; one that could
+    /// not start still is, as in kuttl.
+    pub ignore_failure: bool,
 }
 
 /// The two ways a process is given.

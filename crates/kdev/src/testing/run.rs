@@ -875,6 +875,12 @@ impl Ctx<'_> {
         match &exec.check {
             None => match error {
                 None => Ok(()),
+                Some(e) if exec.ignore_failure => {
+                    // As kuttl: the step goes on and can pass; the report
+                    // of a later failure says it.
+                    let _ = writeln!(self.report, "{what} failed ({e}); ignored (ignoreFailure)");
+                    Ok(())
+                }
                 Some(e) => Err(format!(
                     "{what} failed ({e}):\n{}",
                     indent(&tail_lines(&format!("{stdout}{stderr}"), 20))

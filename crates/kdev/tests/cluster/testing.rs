@@ -253,6 +253,47 @@ async fn rerun_failed_runs_only_what_failed_last_time() {
 }
 
 #[tokio::test]
+async fn a_kuttl_command_with_ignore_failure_that_fails_passes_its_step_as_kuttl_does() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path();
+    write(
+        root,
+        "s/kuttl-test.yaml",
+        "apiVersion: kuttl.dev/v1beta1\nkind: TestSuite\ntestDirs: [./tests]\ntimeout: 10\n",
+    );
+    // A failing command (kubectl deleting what is not there) with and
+    // without ignoreFailure, then a command that must still run.
+    let step = |ignore: bool| {
+        format!(
+            "apiVersion: kuttl.dev/v1beta1\nkind: TestStep\ncommands:\n- command: kubectl delete configmap absent\n  namespaced: true\n  ignoreFailure: {ignore}\n- script: kubectl create configmap after -n $NAMESPACE\n"
+        )
+    };
+    let after = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: after\n";
+    write(root, "s/tests/ignored/00-step.yaml", &step(true));
+    write(root, "s/tests/ignored/00-assert.yaml", after);
+    write(root, "s/tests/counted/00-step.yaml", &step(false));
+    write(root, "s/tests/counted/00-assert.yaml", after);
+    let output = kdev_test(root, &["s", "-o", "json"]);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    let mut verdicts: Vec<String> = summary["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .map(|t| {
+            format!(
+                "{}:{}",
+                t["name"].as_str().unwrap_or(""),
+                t["status"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    verdicts.sort();
+    assert_eq!(verdicts, ["counted:failed", "ignored:passed"], "{shown}");
+}
+
+#[tokio::test]
 async fn a_negative_assertion_must_keep_holding_for_its_window() {
     let work = tempfile::tempdir().expect("tempdir");
     // The object does not exist when the error check starts, and appears
